@@ -1,0 +1,342 @@
+//! The task builder: every option of a task, validated at `submit`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::cluster::Cluster;
+use crate::core::duration_ticks;
+use crate::error::{SubmitError, TaskError};
+use crate::handle::TaskHandle;
+use crate::job::{Body, Cloner, Extras, Outcome, Policy, TaskCell};
+use crate::task::TaskId;
+
+/// The longest user-given task id, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// Where a failed task waits for its retry.
+///
+/// # Default
+/// [`RetryMode::Requeue`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RetryMode {
+    /// The worker is freed; the task goes back to the queue with start time
+    /// `now + backoff` and its original priority.
+    #[default]
+    Requeue,
+    /// The worker waits for the backoff and retries at once, keeping its slot.
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    Now,
+    At(Instant),
+    After(Duration),
+}
+
+/// Configures one task; [`submit`](TaskBuilder::submit) queues it.
+///
+/// Made by [`Cluster::task`] (async body) or [`Cluster::blocking_task`]
+/// (blocking body). Setters consume and return the builder; values are
+/// checked at `submit`, which reports the first bad one.
+///
+/// # Default
+/// | option | default |
+/// |---|---|
+/// | `id` | generated, unique for the cluster's life |
+/// | `priority` | `0` (higher runs first) |
+/// | start | now (as soon as a worker is free) |
+/// | `timeout` | none |
+/// | `retry` | `0` retries (one attempt) |
+/// | `backoff` | [`FixedBackoff`](crate::FixedBackoff) of zero |
+/// | `jitter` | none |
+/// | `retry_if` | retry every failure, panic and timeout |
+/// | `retry_mode` | [`RetryMode::Requeue`] |
+/// | `cacheable` | off; when on, kept for the cluster's retention (5 minutes unless set) |
+#[must_use = "a task builder does nothing until `submit` is called"]
+pub struct TaskBuilder<'c, B, T, E> {
+    cluster: &'c Cluster,
+    body: B,
+    blocking: bool,
+    id: Option<TaskId>,
+    priority: i32,
+    start: Start,
+    timeout: Option<Duration>,
+    retries: u32,
+    mode: RetryMode,
+    /// `Some(None)`: cached for the cluster's default retention.
+    cache: Option<Option<Duration>>,
+    extras: Extras<T, E>,
+    cloner: Option<Cloner<T, E>>,
+}
+
+impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
+    pub(crate) fn new(cluster: &'c Cluster, body: B, blocking: bool) -> Self {
+        TaskBuilder {
+            cluster,
+            body,
+            blocking,
+            id: None,
+            priority: 0,
+            start: Start::Now,
+            timeout: None,
+            retries: 0,
+            mode: RetryMode::Requeue,
+            cache: None,
+            extras: Extras::default(),
+            cloner: None,
+        }
+    }
+
+    /// Names the task. At most one pending or running task may hold a name;
+    /// a finished one's name may be reused (replacing its cached outcome).
+    /// Empty ids and ids over [`MAX_ID_LEN`] bytes are rejected at submit.
+    pub fn id(mut self, id: impl Into<TaskId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Higher priorities run first. Equal priorities run by start time, then
+    /// in submission order.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The task is not started before `at`. A time in the past or now means
+    /// "as soon as a worker is free"; an earlier start time still runs first
+    /// among tasks of equal priority.
+    pub fn start_at(mut self, at: Instant) -> Self {
+        self.start = Start::At(at);
+        self
+    }
+
+    /// The task is not started before `delay` has passed since `submit`.
+    /// Saturates: `Duration::MAX` means "not in this process's lifetime"
+    /// (the task stays pending until cancelled or shut down).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.start = Start::After(delay);
+        self
+    }
+
+    /// Each attempt may run at most `timeout`. An async attempt is then
+    /// dropped; a blocking one is signalled (its [`TaskContext`](crate::TaskContext)
+    /// reports [`CancelReason::TimedOut`](crate::CancelReason::TimedOut)) and
+    /// keeps its worker until it returns. Zero is rejected at submit; a
+    /// timeout too large to be an [`Instant`] means no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Retries a failed attempt up to `retries` times (`retries + 1` attempts
+    /// in all). Failures, panics and timeouts are retried; cancels and
+    /// shutdowns never are.
+    pub fn retry(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The delay before each retry (see [`Backoff`]).
+    pub fn backoff(mut self, backoff: impl Backoff) -> Self {
+        self.extras.backoff = Some(Box::new(backoff));
+        self
+    }
+
+    /// Multiplies each retry delay by a factor drawn uniformly from
+    /// `[1 - ratio, 1 + ratio]`. The reference API's jitter is `0.1`. A ratio
+    /// outside `0.0..=1.0` (or NaN) is rejected at submit.
+    pub fn jitter(mut self, ratio: f64) -> Self {
+        self.extras.jitter = ratio;
+        self
+    }
+
+    /// Retries only the failures `predicate` accepts. It sees the error of
+    /// the failed attempt: [`TaskError::Failed`], [`TaskError::Panicked`] or
+    /// [`TaskError::TimedOut`] (so returning `false` for timeouts stops
+    /// retrying them). A predicate that panics counts as `false`.
+    pub fn retry_if(
+        mut self,
+        predicate: impl Fn(&TaskError<E>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.extras.retry_if = Some(Box::new(predicate));
+        self
+    }
+
+    /// Where the retry waits: see [`RetryMode`].
+    pub fn retry_mode(mut self, mode: RetryMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Called once with the final outcome, whatever it is, after
+    /// `on_failure` and before the handle resolves. It runs on the thread
+    /// that settles the task (usually a worker): keep it short. A panic in
+    /// it is caught and logged.
+    pub fn on_complete(
+        mut self,
+        callback: impl Fn(&TaskId, &Result<T, TaskError<E>>) + Send + Sync + 'static,
+    ) -> Self {
+        self.extras.on_complete = Some(Box::new(callback));
+        self
+    }
+
+    /// Called once if the final outcome is an error (failure, panic, timeout,
+    /// cancel or shutdown), before `on_complete`; never per failed attempt.
+    /// Same rules as [`on_complete`](Self::on_complete).
+    pub fn on_failure(
+        mut self,
+        callback: impl Fn(&TaskId, &TaskError<E>) + Send + Sync + 'static,
+    ) -> Self {
+        self.extras.on_failure = Some(Box::new(callback));
+        self
+    }
+}
+
+impl<B, T, E> TaskBuilder<'_, B, T, E>
+where
+    T: Clone,
+    E: Clone,
+{
+    /// Keeps the outcome after completion for the cluster's retention
+    /// (5 minutes unless [`ClusterBuilder::retention`](crate::ClusterBuilder::retention)
+    /// says otherwise), so that late [`subscribe`](Cluster::subscribe)rs get it.
+    /// Needs `Clone` because each reader gets its own copy.
+    pub fn cacheable(mut self, cacheable: bool) -> Self {
+        self.cache = cacheable.then_some(None);
+        self.cloner = cacheable.then_some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);
+        self
+    }
+
+    /// Caches the outcome for `retention` after completion (implies
+    /// [`cacheable`](Self::cacheable)).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self = self.cacheable(true);
+        self.cache = Some(Some(retention));
+        self
+    }
+}
+
+impl<B, T, E> TaskBuilder<'_, B, T, E>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// Validates the options and queues the task.
+    ///
+    /// Tasks submitted before [`Cluster::run`] wait in the queue.
+    ///
+    /// # Errors
+    /// - [`SubmitError::InvalidId`]: the id is empty, longer than
+    ///   [`MAX_ID_LEN`], or a generated id.
+    /// - [`SubmitError::InvalidOption`]: a zero timeout, or a jitter ratio
+    ///   outside `0.0..=1.0`.
+    /// - [`SubmitError::DuplicateId`]: a task with this id is pending or running.
+    /// - [`SubmitError::ShuttingDown`]: the cluster is stopping or stopped.
+    ///
+    /// On error the body is dropped without running and nothing queued is touched.
+    pub fn submit(self) -> Result<TaskHandle<T, E>, SubmitError> {
+        let TaskBuilder {
+            cluster,
+            body,
+            blocking,
+            id,
+            priority,
+            start,
+            timeout,
+            retries,
+            mode,
+            cache,
+            extras,
+            cloner,
+        } = self;
+        let name = match id {
+            None => None,
+            Some(id) => Some(validate_id(&id)?.clone()),
+        };
+        if timeout == Some(Duration::ZERO) {
+            return Err(SubmitError::InvalidOption {
+                option: "timeout",
+                reason: "must be greater than zero",
+            });
+        }
+        if !(0.0..=1.0).contains(&extras.jitter) {
+            return Err(SubmitError::InvalidOption {
+                option: "jitter",
+                reason: "must be a ratio between 0.0 and 1.0",
+            });
+        }
+        let shared = cluster.shared();
+        let policy = Policy {
+            timeout,
+            retries,
+            mode,
+            blocking,
+            retention: cache.map(|r| r.unwrap_or(shared.retention)),
+        };
+        let has_extras = extras.backoff.is_some()
+            || extras.jitter > 0.0
+            || extras.retry_if.is_some()
+            || extras.on_failure.is_some()
+            || extras.on_complete.is_some();
+        let extras = has_extras.then(|| Box::new(extras));
+
+        let mut core = shared.lock();
+        let now = shared.now();
+        let start = match start {
+            Start::Now => now,
+            Start::At(at) => shared.tick(at),
+            Start::After(d) => now.saturating_add(duration_ticks(d)),
+        };
+        let (id, replaced) = match core.reserve(name) {
+            Ok(r) => r,
+            Err(e) => {
+                drop(core);
+                return Err(e);
+            }
+        };
+        let cell = Arc::new(TaskCell::new(id, body, policy, extras, cloner));
+        core.insert(cell.clone(), priority, start, now);
+        shared.unlock(core);
+        if let Some(old) = replaced {
+            old.release();
+        }
+        Ok(TaskHandle::new(cell))
+    }
+}
+
+fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {
+    let name = id.name().ok_or(SubmitError::InvalidId(
+        "a generated id cannot be given as a task's id",
+    ))?;
+    if name.is_empty() {
+        return Err(SubmitError::InvalidId("the id is empty"));
+    }
+    if name.len() > MAX_ID_LEN {
+        return Err(SubmitError::InvalidId(
+            "the id is longer than MAX_ID_LEN (1024) bytes",
+        ));
+    }
+    Ok(name)
+}
+
+impl<B, T, E> fmt::Debug for TaskBuilder<'_, B, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskBuilder")
+            .field("blocking", &self.blocking)
+            .field("id", &self.id)
+            .field("priority", &self.priority)
+            .field("start", &self.start)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("retry_mode", &self.mode)
+            .field("jitter", &self.extras.jitter)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}

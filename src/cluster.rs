@@ -1,0 +1,396 @@
+//! The cluster handle: building, running, submitting, cancelling,
+//! subscribing and shutting down.
+//!
+//! Shutdown protocol:
+//! 1. `stop`/`drain`/`cancel` change the phase under the lock, so a racing
+//!    submit either lands before (and is handled by the shutdown) or fails
+//!    with [`SubmitError::ShuttingDown`](crate::SubmitError::ShuttingDown).
+//! 2. Queued tasks are settled as shut down right there (invariant 2 of the
+//!    core module: each exactly once).
+//! 3. `stopping` interrupts immediate-retry waits; `closing` sends idle
+//!    workers and the timekeeper home. Busy workers leave at their next claim.
+//! 4. `stop`/`drain` wait on the tracker of worker tasks; at the timeout,
+//!    running attempts are marked and signalled as shut down.
+//! 5. Dropping the last `Cluster` clone runs `cancel`, so workers never leak.
+
+use std::any::type_name;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::TaskBuilder;
+use crate::core::{ClusterStats, Delivery, Phase, Shared};
+use crate::error::{BuildError, RunError, StopError, SubscribeError};
+use crate::handle::Subscription;
+use crate::job::{AsyncBody, BlockingBody, Outcome, SubscribeRequest};
+use crate::signal::CancelReason;
+use crate::task::{TaskContext, TaskId};
+use crate::worker::{run_timekeeper, run_worker};
+
+/// How long a cached outcome is kept unless the cluster or task says otherwise.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
+
+/// Configures a [`Cluster`].
+///
+/// # Default
+/// | option | default |
+/// |---|---|
+/// | `workers` | the number of CPUs |
+/// | `retention` | [`DEFAULT_RETENTION`] (5 minutes) |
+/// | `cancel_on` | none |
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct ClusterBuilder {
+    workers: usize,
+    retention: Duration,
+    parent: Option<CancellationToken>,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            retention: DEFAULT_RETENTION,
+            parent: None,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// At most this many attempts run at once. Zero is rejected by `build`.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How long cached outcomes are kept after completion by default.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Ties the cluster to a parent token: cancelling it cancels the cluster
+    /// as [`Cluster::cancel`] does (the reference API's parent context).
+    pub fn cancel_on(mut self, parent: CancellationToken) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    /// Builds the cluster. It accepts tasks at once; they start after [`Cluster::run`].
+    ///
+    /// # Errors
+    /// [`BuildError::ZeroWorkers`] if `workers` is zero.
+    pub fn build(self) -> Result<Cluster, BuildError> {
+        if self.workers == 0 {
+            return Err(BuildError::ZeroWorkers);
+        }
+        Ok(Cluster {
+            owner: Arc::new(Owner {
+                shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
+            }),
+        })
+    }
+}
+
+/// Runs `cancel` when the last user clone goes (shutdown protocol step 5).
+/// Workers hold `Shared`, not `Owner`, so they do not keep the cluster alive.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.cancel_all();
+    }
+}
+
+/// A task cluster: a queue of tasks and a bounded pool of workers.
+///
+/// Cheap to clone; all clones drive the same cluster. Dropping the last
+/// clone cancels the cluster (as [`cancel`](Self::cancel)): pending tasks
+/// resolve as [`TaskError::Shutdown`](crate::TaskError::Shutdown) and the workers exit.
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// cluster.run().unwrap();
+/// let handle = cluster
+///     .task(|ctx| async move { Ok::<_, String>(format!("attempt {}", ctx.attempt())) })
+///     .priority(5)
+///     .timeout(Duration::from_secs(1))
+///     .submit()
+///     .unwrap();
+/// assert_eq!(handle.await, Ok("attempt 1".to_string()));
+/// cluster.stop(Duration::from_secs(1)).await.unwrap();
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    owner: Arc<Owner>,
+}
+
+impl Cluster {
+    /// A cluster with `workers` workers and default settings.
+    ///
+    /// # Errors
+    /// [`BuildError::ZeroWorkers`] if `workers` is zero.
+    pub fn new(workers: usize) -> Result<Cluster, BuildError> {
+        Cluster::builder().workers(workers).build()
+    }
+
+    /// A builder for the cluster's settings.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.owner.shared
+    }
+
+    /// The number of workers (attempts that may run at once).
+    pub fn workers(&self) -> usize {
+        self.shared().workers
+    }
+
+    /// Starts the workers. Tasks submitted before wait in the queue until now.
+    ///
+    /// # Errors
+    /// [`RunError::AlreadyRunning`] on a second call, [`RunError::ShutDown`]
+    /// after a stop or cancel, [`RunError::NoRuntime`] outside a tokio runtime.
+    pub fn run(&self) -> Result<(), RunError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(RunError::NoRuntime);
+        }
+        let shared = self.shared();
+        if shared
+            .parent
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            shared.cancel_all();
+        }
+        {
+            let mut core = shared.lock();
+            match core.phase {
+                Phase::Idle => core.phase = Phase::Running,
+                Phase::Running => return Err(RunError::AlreadyRunning),
+                Phase::Draining | Phase::Stopping | Phase::Cancelled => {
+                    return Err(RunError::ShutDown)
+                }
+            }
+        }
+        for _ in 0..shared.workers {
+            shared.tracker.spawn(run_worker(shared.clone()));
+        }
+        shared.tracker.spawn(run_timekeeper(shared.clone()));
+        Ok(())
+    }
+
+    /// Starts building a task whose body is an async closure, called once per
+    /// attempt with that attempt's [`TaskContext`].
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let cluster = Cluster::new(1).unwrap();
+    /// # cluster.run().unwrap();
+    /// let h = cluster.task(|_ctx| async { Ok::<u32, std::io::Error>(7) }).submit().unwrap();
+    /// assert_eq!(h.await.unwrap(), 7);
+    /// # }
+    /// ```
+    pub fn task<F, Fut, T, E>(&self, body: F) -> TaskBuilder<'_, AsyncBody<F>, T, E>
+    where
+        F: Fn(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        TaskBuilder::new(self, AsyncBody(body), false)
+    }
+
+    /// Starts building a task whose body is a blocking (CPU-bound) closure.
+    /// It runs on tokio's blocking pool and holds a worker slot while it
+    /// runs; poll [`TaskContext::is_cancelled`] to stop early on a cancel or
+    /// timeout.
+    pub fn blocking_task<F, T, E>(&self, body: F) -> TaskBuilder<'_, BlockingBody<F>, T, E>
+    where
+        F: Fn(TaskContext) -> Result<T, E> + Send + Sync + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        TaskBuilder::new(self, BlockingBody(Arc::new(body)), true)
+    }
+
+    /// Subscribes to the outcome of the task `id`: pending, running, or
+    /// finished with a cached outcome. Any number of subscribers may
+    /// subscribe at any time; each gets its own copy, once.
+    ///
+    /// A finished task that was not cacheable is forgotten at once, so a
+    /// subscribe after its end is [`SubscribeError::UnknownId`]; one that
+    /// finds the task is always answered.
+    ///
+    /// # Errors
+    /// [`SubscribeError::UnknownId`] if no such task is known;
+    /// [`SubscribeError::TypeMismatch`] if it does not produce `Result<T, TaskError<E>>`.
+    pub fn subscribe<T, E>(
+        &self,
+        id: impl Into<TaskId>,
+    ) -> Result<Subscription<T, E>, SubscribeError>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        let id = id.into();
+        let mut req = SubscribeRequest::<T, E> {
+            cloner: <Outcome<T, E> as Clone>::clone,
+            receiver: None,
+        };
+        let found = self.shared().lock().subscribe(&id, &mut req);
+        match (found, req.receiver) {
+            (Some(true), Some(rx)) => Ok(Subscription::new(id, rx)),
+            (Some(_), _) => Err(SubscribeError::TypeMismatch {
+                id,
+                expected: type_name::<Result<T, E>>(),
+            }),
+            (None, _) => Err(SubscribeError::UnknownId(id)),
+        }
+    }
+
+    /// Cancels the task `id` wherever it is. Returns `true` if it was
+    /// scheduled, due, running or waiting for a retry; its outcome is then
+    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled), guaranteed. Returns `false` for an unknown
+    /// or already finished task.
+    ///
+    /// A queued task is removed at once (its memory too). A running attempt
+    /// is signalled; an async one is dropped at once, a blocking one holds its
+    /// worker until it returns.
+    pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
+        let id = id.into();
+        let shared = self.shared();
+        let mut core = shared.lock();
+        let (found, delivery, running) = core.cancel(&id, shared.now());
+        shared.unlock(core);
+        if let Some(job) = running {
+            job.signal().raise(CancelReason::Cancelled);
+        }
+        if let Some(d) = delivery {
+            d.deliver();
+        }
+        found
+    }
+
+    /// Graceful stop. New submits are refused at once; tasks not yet started
+    /// resolve as [`TaskError::Shutdown`](crate::TaskError::Shutdown); running attempts finish untouched
+    /// (their cancellation signal does not fire) but are not retried; tasks
+    /// waiting for a retry resolve as shut down.
+    ///
+    /// Returns when every worker has finished. Calling it again (or after
+    /// `cancel`) waits the same way.
+    ///
+    /// # Errors
+    /// [`StopError::Timeout`] if attempts were still running after `timeout`;
+    /// they are then cancelled (and resolve as shut down).
+    ///
+    /// Cancel safe: dropping the future leaves the cluster stopping.
+    pub async fn stop(&self, timeout: Duration) -> Result<(), StopError> {
+        let shared = self.shared();
+        let deliveries = {
+            let mut core = shared.lock();
+            match core.phase {
+                Phase::Idle | Phase::Running | Phase::Draining => {
+                    core.phase = Phase::Stopping;
+                    core.shut_down_queued(shared.now(), None)
+                }
+                Phase::Stopping | Phase::Cancelled => Vec::new(),
+            }
+        };
+        shared.stopping.cancel();
+        shared.closing.cancel();
+        deliveries.into_iter().for_each(Delivery::deliver);
+        self.wait_workers(timeout).await
+    }
+
+    /// Like [`stop`](Self::stop), but first runs every task that is due at
+    /// the call, with its retries; tasks scheduled for later resolve as
+    /// [`TaskError::Shutdown`](crate::TaskError::Shutdown) at once. On a cluster that never ran it is `stop`.
+    ///
+    /// # Errors
+    /// [`StopError::Timeout`] if work remained after `timeout`; everything
+    /// left is then shut down as by [`cancel`](Self::cancel).
+    pub async fn drain(&self, timeout: Duration) -> Result<(), StopError> {
+        let shared = self.shared();
+        let (deliveries, finished) = {
+            let mut core = shared.lock();
+            let now = shared.now();
+            match core.phase {
+                Phase::Idle => (None, false),
+                Phase::Running => {
+                    core.phase = Phase::Draining;
+                    let d = core.shut_down_queued(now, Some(now));
+                    (Some(d), core.queue.len() == 0 && core.running() == 0)
+                }
+                Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
+            }
+        };
+        let Some(deliveries) = deliveries else {
+            // Never ran: nothing is due on any worker.
+            return self.stop(timeout).await;
+        };
+        if finished {
+            shared.closing.cancel();
+        }
+        deliveries.into_iter().for_each(Delivery::deliver);
+        self.wait_workers(timeout).await
+    }
+
+    async fn wait_workers(&self, timeout: Duration) -> Result<(), StopError> {
+        let shared = self.shared();
+        shared.tracker.close();
+        if tokio::time::timeout(timeout, shared.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let running = shared.lock().running();
+        shared.cancel_all();
+        Err(StopError::Timeout { running, timeout })
+    }
+
+    /// Immediate stop: every running attempt is cancelled (async ones are
+    /// dropped), every pending task and waiting subscriber is answered with
+    /// [`TaskError::Shutdown`](crate::TaskError::Shutdown), and the workers exit. Does not wait; follow
+    /// with [`stop`](Self::stop) to wait for the workers to be gone.
+    pub fn cancel(&self) {
+        self.shared().cancel_all();
+    }
+
+    /// Counts of the tasks the cluster holds. Cheap (one lock); `held`
+    /// returns to zero once everything has settled and caches have expired.
+    pub fn stats(&self) -> ClusterStats {
+        self.shared().lock().stats()
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = self.shared();
+        let (phase, stats) = {
+            let core = shared.lock();
+            (core.phase, core.stats())
+        };
+        f.debug_struct("Cluster")
+            .field("workers", &shared.workers)
+            .field("phase", &phase)
+            .field("stats", &stats)
+            .finish()
+    }
+}

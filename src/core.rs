@@ -1,0 +1,629 @@
+//! The cluster's shared state and every operation on it that needs the lock.
+//!
+//! ```text
+//! submit ──► Core { registry (slab + name map), Queue, cache expiries } ──► workers
+//!               ▲ one parking_lot mutex, never held across an await,       │
+//!               │ never held while user code runs                          ▼
+//!            timekeeper (promotes due tasks, sweeps the cache)        outcome ──► handle / subscribers
+//! ```
+//!
+//! Invariants:
+//! 1. Every task in the registry is in exactly one state: `Queued` (in the
+//!    queue), `Running` (claimed by one worker: attempt running, or an
+//!    immediate retry waiting), or `Retained` (finished, outcome cached).
+//! 2. A task leaves `Queued`/`Running` only through [`Core::finalize`],
+//!    which returns a [`Delivery`]; the caller runs it after unlocking. So
+//!    each task's outcome is delivered exactly once.
+//! 3. A cancel or shutdown that reaches a running task sets `forced`; the
+//!    worker's later `settle` honours it, whatever the attempt returned. So
+//!    `cancel_task` returning `true` guarantees a `Cancelled` outcome.
+//! 4. Lock order: `Shared::core`, then a task cell's locks. Nothing that may
+//!    drop the last reference to a task cell (and so run user `Drop` code)
+//!    happens under `core`: removed cells travel out in `Delivery`/`Vec`s.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use slab::Slab;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::SubmitError;
+use crate::job::{Forced, Job};
+use crate::queue::{Item, Queue, Slot};
+use crate::signal::CancelReason;
+use crate::task::TaskId;
+
+/// Where the cluster is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Built, `run` not called yet: tasks queue up.
+    Idle,
+    Running,
+    /// `drain`: no new tasks; what was due at the call runs to the end.
+    Draining,
+    /// `stop`: no new tasks, nothing new starts, running attempts finish.
+    Stopping,
+    /// `cancel` (or a stop/drain timeout): everything is shut down.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    Running,
+    Retained,
+}
+
+struct Entry {
+    job: Arc<dyn Job>,
+    seq: u64,
+    priority: i32,
+    /// Attempts started so far.
+    attempts: u32,
+    state: State,
+    forced: Option<Forced>,
+}
+
+/// A task a worker has claimed.
+pub(crate) struct Claim {
+    pub(crate) slot: Slot,
+    pub(crate) seq: u64,
+    pub(crate) job: Arc<dyn Job>,
+    /// Attempts started so far (the worker bumps it per attempt).
+    pub(crate) attempts: u32,
+}
+
+/// What a worker decided when a claimed task's attempt(s) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Deliver the stored result, or the forced outcome.
+    Final(Option<Forced>),
+    /// Queue the task again after `delay`.
+    Requeue(Duration),
+}
+
+/// A final outcome to deliver once the lock is released (invariant 2).
+#[must_use]
+pub(crate) struct Delivery {
+    job: Arc<dyn Job>,
+    forced: Option<Forced>,
+    retain: bool,
+}
+
+impl Delivery {
+    pub(crate) fn deliver(self) {
+        self.job.complete(self.forced, self.retain);
+    }
+}
+
+/// What a worker does next.
+pub(crate) enum Next {
+    Run(Claim),
+    /// Nothing due: wait for work.
+    Idle,
+    /// Leave the loop.
+    Exit,
+    /// Leave the loop and tell the other workers to leave (drain finished).
+    ExitAll,
+}
+
+/// Counts of what the cluster holds; see [`Cluster::stats`](crate::Cluster::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Tasks waiting in the queue, due or scheduled (requeued retries included).
+    pub queued: usize,
+    /// Tasks claimed by a worker: an attempt running or an immediate retry waiting.
+    pub running: usize,
+    /// Finished tasks whose outcome is cached.
+    pub cached: usize,
+    /// Every task the cluster holds state for (`queued + running + cached`).
+    pub held: usize,
+}
+
+pub(crate) struct Core {
+    entries: Slab<Entry>,
+    /// User-given ids; generated ids carry their slot and need no map.
+    names: HashMap<Arc<str>, Slot>,
+    pub(crate) queue: Queue,
+    /// Cache expiries, earliest first: `(tick, seq, slot)`; stale ones are skipped.
+    expiries: BinaryHeap<Reverse<(i64, u64, Slot)>>,
+    next_seq: u64,
+    pub(crate) phase: Phase,
+    running: usize,
+    cached: usize,
+    idle_workers: usize,
+    /// When the timekeeper wakes next (`i64::MAX`: not armed).
+    timer_at: i64,
+    /// Wake-ups decided under the lock, sent after it is released.
+    wake_workers: usize,
+    wake_timer: bool,
+    /// Registry size at which shrinking was last tried.
+    shrink_mark: usize,
+}
+
+fn is_live(entries: &Slab<Entry>, item: &Item) -> bool {
+    entries
+        .get(item.slot as usize)
+        .is_some_and(|e| e.seq == item.seq && e.state == State::Queued)
+}
+
+impl Core {
+    fn new() -> Self {
+        Core {
+            entries: Slab::new(),
+            names: HashMap::new(),
+            queue: Queue::default(),
+            expiries: BinaryHeap::new(),
+            next_seq: 0,
+            phase: Phase::Idle,
+            running: 0,
+            cached: 0,
+            idle_workers: 0,
+            timer_at: i64::MAX,
+            wake_workers: 0,
+            wake_timer: false,
+            shrink_mark: 0,
+        }
+    }
+
+    fn accepts_workers(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Draining)
+    }
+
+    /// Wakes idle workers for `n` newly due tasks.
+    fn note_ready(&mut self, n: usize) {
+        let k = n.min(self.idle_workers);
+        self.idle_workers -= k;
+        self.wake_workers += k;
+    }
+
+    /// Re-arms the timekeeper if `tick` is earlier than its wake-up.
+    fn note_timer(&mut self, tick: i64) {
+        if tick < self.timer_at && self.accepts_workers() {
+            self.timer_at = tick;
+            self.wake_timer = true;
+        }
+    }
+
+    fn push(&mut self, item: Item, now: i64) {
+        self.queue.push(item, now);
+        if item.start <= now {
+            self.note_ready(1);
+        } else {
+            self.note_timer(item.start);
+        }
+    }
+
+    fn lookup(&self, id: &TaskId) -> Option<Slot> {
+        match id.generated_parts() {
+            Some((seq, slot)) => self
+                .entries
+                .get(slot as usize)
+                .filter(|e| e.seq == seq)
+                .map(|_| slot),
+            None => id.name().and_then(|n| self.names.get(n).copied()),
+        }
+    }
+
+    /// Validates the id and phase and picks the slot and id for a new task.
+    /// A cached task with the same id is dropped from the cache (returned, to
+    /// be released after unlocking).
+    pub(crate) fn reserve(
+        &mut self,
+        name: Option<Arc<str>>,
+    ) -> Result<(TaskId, Option<Arc<dyn Job>>), SubmitError> {
+        if !matches!(self.phase, Phase::Idle | Phase::Running) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let slot = self.entries.vacant_key();
+        let slot32 = u32::try_from(slot).map_err(|_| SubmitError::InvalidOption {
+            option: "submit",
+            reason: "the cluster holds too many tasks (more than 2^32)",
+        })?;
+        let mut replaced = None;
+        let id = match name {
+            None => TaskId::generated(self.next_seq, slot32),
+            Some(name) => {
+                if let Some(&old) = self.names.get(&name) {
+                    if self.entries[old as usize].state != State::Retained {
+                        return Err(SubmitError::DuplicateId(TaskId::from(name)));
+                    }
+                    replaced = Some(self.remove(old));
+                    self.cached -= 1;
+                }
+                TaskId::from(name)
+            }
+        };
+        Ok((id, replaced))
+    }
+
+    /// Inserts a task whose id came from [`reserve`](Self::reserve) (no
+    /// unlock in between, so the slot is still the vacant one).
+    pub(crate) fn insert(&mut self, job: Arc<dyn Job>, priority: i32, start: i64, now: i64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(name) = job.id().name() {
+            self.names
+                .insert(name.clone(), self.entries.vacant_key() as Slot);
+        }
+        let slot = self.entries.insert(Entry {
+            job,
+            seq,
+            priority,
+            attempts: 0,
+            state: State::Queued,
+            forced: None,
+        }) as Slot;
+        self.push(
+            Item {
+                slot,
+                seq,
+                start,
+                priority,
+            },
+            now,
+        );
+    }
+
+    /// The next due task for a worker.
+    pub(crate) fn claim(&mut self, now: i64) -> Next {
+        match self.phase {
+            Phase::Stopping | Phase::Cancelled => return Next::Exit,
+            Phase::Idle | Phase::Running | Phase::Draining => {}
+        }
+        let promoted = self.queue.promote(now);
+        let entries = &self.entries;
+        let popped = self.queue.pop(now, |i| is_live(entries, i));
+        if let Some(item) = popped {
+            let e = &mut self.entries[item.slot as usize];
+            e.state = State::Running;
+            self.running += 1;
+            let claim = Claim {
+                slot: item.slot,
+                seq: item.seq,
+                job: e.job.clone(),
+                attempts: e.attempts,
+            };
+            // Tasks this pop promoted may be waiting while others sleep.
+            if promoted > 1 {
+                self.note_ready(promoted - 1);
+            }
+            return Next::Run(claim);
+        }
+        if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+            return Next::ExitAll;
+        }
+        self.idle_workers += 1;
+        Next::Idle
+    }
+
+    /// Applies a worker's plan for the task it claimed.
+    pub(crate) fn settle(&mut self, claim: Claim, plan: Plan, now: i64) -> Option<Delivery> {
+        let slot = claim.slot;
+        let e = self.entries.get_mut(slot as usize)?;
+        debug_assert!(e.seq == claim.seq && e.state == State::Running);
+        self.running -= 1;
+        let retry_ok = matches!(self.phase, Phase::Running | Phase::Draining);
+        match (e.forced, plan) {
+            (None, Plan::Requeue(delay)) if retry_ok => {
+                e.state = State::Queued;
+                e.attempts = claim.attempts;
+                let item = Item {
+                    slot,
+                    seq: e.seq,
+                    start: now.saturating_add(duration_ticks(delay)),
+                    priority: e.priority,
+                };
+                self.push(item, now);
+                None
+            }
+            (None, Plan::Requeue(_)) => Some(self.finalize(slot, Some(Forced::Shutdown), now)),
+            (None, Plan::Final(f)) => Some(self.finalize(slot, f, now)),
+            (Some(f), _) => Some(self.finalize(slot, Some(f), now)),
+        }
+    }
+
+    /// Ends a queued or running task (invariant 2): retains it if its outcome
+    /// is cached, else removes it from the registry.
+    fn finalize(&mut self, slot: Slot, forced: Option<Forced>, now: i64) -> Delivery {
+        let e = &mut self.entries[slot as usize];
+        let retention = e.job.policy().retention;
+        match retention {
+            Some(r) => {
+                e.state = State::Retained;
+                let until = now.saturating_add(duration_ticks(r));
+                let seq = e.seq;
+                let job = e.job.clone();
+                self.cached += 1;
+                self.expiries.push(Reverse((until, seq, slot)));
+                self.note_timer(until);
+                Delivery {
+                    job,
+                    forced,
+                    retain: true,
+                }
+            }
+            None => Delivery {
+                job: self.remove(slot),
+                forced,
+                retain: false,
+            },
+        }
+    }
+
+    /// Removes a task from the registry (not from the queue).
+    fn remove(&mut self, slot: Slot) -> Arc<dyn Job> {
+        let e = self.entries.remove(slot as usize);
+        if let Some(name) = e.job.id().name() {
+            self.names.remove(name);
+        }
+        self.maybe_shrink();
+        e.job
+    }
+
+    /// Gives memory back after a mass removal (a cancel storm must not leave
+    /// the registry at its peak size). Slab keys stay valid.
+    fn maybe_shrink(&mut self) {
+        let len = self.entries.len();
+        if self.entries.capacity() > 1024 && len < self.shrink_mark / 4 {
+            self.entries.shrink_to_fit();
+            self.names.shrink_to_fit();
+            self.shrink_mark = self.entries.capacity();
+        } else if len > self.shrink_mark {
+            self.shrink_mark = len;
+        }
+    }
+
+    /// Cancels by id (see [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
+    /// Returns whether the task was pending or running, the delivery for a
+    /// queued task, and the job to signal for a running one.
+    pub(crate) fn cancel(
+        &mut self,
+        id: &TaskId,
+        now: i64,
+    ) -> (bool, Option<Delivery>, Option<Arc<dyn Job>>) {
+        let Some(slot) = self.lookup(id) else {
+            return (false, None, None);
+        };
+        let e = &mut self.entries[slot as usize];
+        match e.state {
+            State::Queued => {
+                // Finalize first: a due task's queue entry then reads as dead.
+                let scheduled = self.queue.remove_scheduled(slot);
+                let d = self.finalize(slot, Some(Forced::Cancelled), now);
+                if !scheduled {
+                    let entries = &self.entries;
+                    self.queue.forget_ready(|i| is_live(entries, i));
+                }
+                (true, Some(d), None)
+            }
+            State::Running => {
+                if e.forced.is_none() {
+                    e.forced = Some(Forced::Cancelled);
+                }
+                (true, None, Some(e.job.clone()))
+            }
+            State::Retained => (false, None, None),
+        }
+    }
+
+    /// Registers a typed subscriber under the lock, so that it cannot miss
+    /// the delivery of a task it found.
+    pub(crate) fn subscribe(&self, id: &TaskId, req: &mut dyn std::any::Any) -> Option<bool> {
+        let slot = self.lookup(id)?;
+        Some(self.entries[slot as usize].job.subscribe(req))
+    }
+
+    /// Shuts down every queued task (all of them, or only scheduled first
+    /// attempts after `cutoff` for a drain).
+    pub(crate) fn shut_down_queued(
+        &mut self,
+        now: i64,
+        drain_cutoff: Option<i64>,
+    ) -> Vec<Delivery> {
+        let items = match drain_cutoff {
+            None => self.queue.drain(),
+            Some(cutoff) => {
+                let entries = &self.entries;
+                self.queue.take_scheduled_after(cutoff, |i| {
+                    entries
+                        .get(i.slot as usize)
+                        .is_some_and(|e| e.attempts == 0)
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            if is_live(&self.entries, &item) {
+                out.push(self.finalize(item.slot, Some(Forced::Shutdown), now));
+            }
+        }
+        out
+    }
+
+    /// Marks every running task as shut down and returns them to signal.
+    pub(crate) fn shut_down_running(&mut self) -> Vec<Arc<dyn Job>> {
+        self.entries
+            .iter_mut()
+            .filter(|(_, e)| e.state == State::Running)
+            .map(|(_, e)| {
+                e.forced.get_or_insert(Forced::Shutdown);
+                e.job.clone()
+            })
+            .collect()
+    }
+
+    /// Drops cached outcomes whose retention has passed; returns them to release.
+    pub(crate) fn sweep(&mut self, now: i64) -> Vec<Arc<dyn Job>> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((until, seq, slot))) = self.expiries.peek() {
+            if until > now {
+                break;
+            }
+            self.expiries.pop();
+            let current = self
+                .entries
+                .get(slot as usize)
+                .is_some_and(|e| e.seq == seq && e.state == State::Retained);
+            if current {
+                self.cached -= 1;
+                out.push(self.remove(slot));
+            }
+        }
+        if self.expiries.capacity() > 64 && self.expiries.len() < self.expiries.capacity() / 4 {
+            self.expiries.shrink_to(self.expiries.len() * 2);
+        }
+        out
+    }
+
+    /// When the timekeeper must wake next, and records it.
+    pub(crate) fn arm_timer(&mut self) -> Option<i64> {
+        let next_start = self.queue.next_start();
+        let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
+        let next = match (next_start, next_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timer_at = next.unwrap_or(i64::MAX);
+        next
+    }
+
+    pub(crate) fn promote(&mut self, now: i64) {
+        let n = self.queue.promote(now);
+        self.note_ready(n);
+    }
+
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    pub(crate) fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            queued: self.queue.len(),
+            running: self.running,
+            cached: self.cached,
+            held: self.entries.len(),
+        }
+    }
+}
+
+impl Drop for Core {
+    /// Last resort (the runtime died under the workers): nothing pending may
+    /// leave a handle waiting forever.
+    fn drop(&mut self) {
+        for (_, e) in self.entries.iter() {
+            if e.state != State::Retained {
+                e.job.complete(Some(Forced::Shutdown), false);
+            }
+        }
+    }
+}
+
+/// Nanoseconds in `d`, saturating.
+pub(crate) fn duration_ticks(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Everything the workers, the timekeeper and the user's handles share.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    /// Idle workers wait here.
+    pub(crate) work: Notify,
+    /// The timekeeper waits here for an earlier deadline.
+    pub(crate) timer: Notify,
+    /// Cancelled by `stop`: interrupts immediate-retry waits.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when idle workers and the timekeeper must leave.
+    pub(crate) closing: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    /// Tick 0. Ticks are signed so that start times before the epoch keep their order.
+    epoch: Instant,
+    pub(crate) workers: usize,
+    pub(crate) retention: Duration,
+    pub(crate) parent: Option<CancellationToken>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        workers: usize,
+        retention: Duration,
+        parent: Option<CancellationToken>,
+    ) -> Self {
+        Shared {
+            core: Mutex::new(Core::new()),
+            work: Notify::new(),
+            timer: Notify::new(),
+            stopping: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            epoch: Instant::now(),
+            workers,
+            retention,
+            parent,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock()
+    }
+
+    /// Releases the lock, then sends the wake-ups decided under it.
+    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core>) {
+        let workers = std::mem::take(&mut core.wake_workers);
+        let timer = std::mem::take(&mut core.wake_timer);
+        drop(core);
+        for _ in 0..workers {
+            self.work.notify_one();
+        }
+        if timer {
+            self.timer.notify_one();
+        }
+    }
+
+    pub(crate) fn tick(&self, t: Instant) -> i64 {
+        match t.checked_duration_since(self.epoch) {
+            Some(d) => duration_ticks(d),
+            None => duration_ticks(self.epoch - t).saturating_neg(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> i64 {
+        self.tick(Instant::now())
+    }
+
+    /// The instant of `tick`, or `None` if it is beyond what `Instant` holds.
+    pub(crate) fn instant(&self, tick: i64) -> Option<Instant> {
+        let d = Duration::from_nanos(tick.unsigned_abs());
+        if tick >= 0 {
+            self.epoch.checked_add(d)
+        } else {
+            self.epoch.checked_sub(d)
+        }
+    }
+
+    /// `cancel()`: shuts everything down at once. Idempotent.
+    pub(crate) fn cancel_all(&self) {
+        let mut core = self.lock();
+        if core.phase == Phase::Cancelled {
+            return;
+        }
+        core.phase = Phase::Cancelled;
+        let now = self.now();
+        let deliveries = core.shut_down_queued(now, None);
+        let running = core.shut_down_running();
+        self.unlock(core);
+        self.stopping.cancel();
+        self.closing.cancel();
+        for job in &running {
+            job.signal().raise(CancelReason::Shutdown);
+        }
+        drop(running);
+        deliveries.into_iter().for_each(Delivery::deliver);
+    }
+}

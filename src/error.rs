@@ -1,0 +1,170 @@
+//! Error types: the outcome error of a task, and the errors of the cluster's
+//! own operations (building, running, submitting, subscribing, stopping).
+
+use std::time::Duration;
+
+use crate::task::TaskId;
+
+/// Why a task did not produce a value.
+///
+/// Every task resolves to exactly one `Result<T, TaskError<E>>`. The variants
+/// tell apart the task's own error from what the cluster did to it:
+///
+/// | variant | cause | retried? |
+/// |---|---|---|
+/// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and the `retry_if` predicate agrees |
+/// | [`Panicked`](TaskError::Panicked) | the body panicked | same as `Failed` |
+/// | [`TimedOut`](TaskError::TimedOut) | an attempt ran past its timeout | same as `Failed` (the predicate sees it) |
+/// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |
+/// | [`Shutdown`](TaskError::Shutdown) | the cluster stopped before the task could finish | never |
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError<E> {
+    /// The task body returned this error on its last attempt.
+    #[error("task failed: {0}")]
+    Failed(E),
+    /// The task body panicked on its last attempt.
+    #[error("task panicked: {message}")]
+    Panicked {
+        /// The panic message, or a placeholder when the payload was not a string.
+        message: String,
+    },
+    /// The last attempt did not finish within the task's timeout.
+    #[error("task timed out after {limit:?}")]
+    TimedOut {
+        /// The per-attempt timeout that was exceeded.
+        limit: Duration,
+    },
+    /// The task was cancelled by id before it produced an outcome.
+    #[error("task was cancelled")]
+    Cancelled,
+    /// The cluster was stopped or cancelled before the task could finish.
+    #[error("cluster shut down before the task finished")]
+    Shutdown,
+}
+
+impl<E> TaskError<E> {
+    /// `true` if the body itself returned an error.
+    pub fn is_failed(&self) -> bool {
+        matches!(self, TaskError::Failed(_))
+    }
+
+    /// `true` if the body panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Panicked { .. })
+    }
+
+    /// `true` if an attempt ran past its timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TaskError::TimedOut { .. })
+    }
+
+    /// `true` if the task was cancelled by id.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, TaskError::Cancelled)
+    }
+
+    /// `true` if the cluster shut down before the task finished.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, TaskError::Shutdown)
+    }
+
+    /// The task's own error, if that is what this is.
+    pub fn failure(&self) -> Option<&E> {
+        match self {
+            TaskError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Consumes the error and returns the task's own error, if that is what this is.
+    pub fn into_failure(self) -> Option<E> {
+        match self {
+            TaskError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`TaskBuilder::submit`](crate::TaskBuilder::submit) refused a task.
+///
+/// Nothing already queued is touched when a submit fails; the rejected task's
+/// body is dropped without being run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// A task with this id is scheduled, ready, running or waiting for a retry.
+    #[error("a task with id {0} is already pending or running")]
+    DuplicateId(TaskId),
+    /// The id is empty or too long.
+    #[error("invalid task id: {0}")]
+    InvalidId(&'static str),
+    /// An option of the task is out of range (see the message).
+    #[error("invalid task option `{option}`: {reason}")]
+    InvalidOption {
+        /// The builder method whose value was rejected.
+        option: &'static str,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
+    /// The cluster is stopping, draining or stopped and takes no new tasks.
+    #[error("the cluster is shutting down and accepts no new tasks")]
+    ShuttingDown,
+}
+
+/// Why [`ClusterBuilder::build`](crate::ClusterBuilder::build) refused a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A cluster needs at least one worker.
+    #[error("a cluster needs at least one worker")]
+    ZeroWorkers,
+}
+
+/// Why [`Cluster::run`](crate::Cluster::run) could not start the workers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// `run` was already called on this cluster.
+    #[error("the cluster is already running")]
+    AlreadyRunning,
+    /// The cluster was stopped or cancelled; a stopped cluster cannot be restarted.
+    #[error("the cluster has been shut down")]
+    ShutDown,
+    /// `run` was called outside a tokio runtime.
+    #[error("Cluster::run must be called from within a tokio runtime")]
+    NoRuntime,
+}
+
+/// Why [`Cluster::subscribe`](crate::Cluster::subscribe) found nothing to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// No task with this id is pending, running, or cached.
+    #[error("no pending, running or cached task has id {0}")]
+    UnknownId(TaskId),
+    /// The task exists, but its value or error type is not the one asked for.
+    #[error("task {id} does not produce Result<{expected}, TaskError<..>>")]
+    TypeMismatch {
+        /// The id that was found.
+        id: TaskId,
+        /// The type that was asked for.
+        expected: &'static str,
+    },
+}
+
+/// Why [`Cluster::stop`](crate::Cluster::stop) or [`Cluster::drain`](crate::Cluster::drain)
+/// did not end cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    /// Attempts were still running when the timeout passed. They have been
+    /// cancelled and will resolve as [`TaskError::Shutdown`].
+    #[error("{running} attempt(s) still running after {timeout:?}; they were cancelled")]
+    Timeout {
+        /// How many attempts were still running at the timeout.
+        running: usize,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+}

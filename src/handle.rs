@@ -1,0 +1,115 @@
+//! Typed futures of a task's outcome: the submitter's [`TaskHandle`] and a
+//! subscriber's [`Subscription`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::error::TaskError;
+use crate::job::OutcomeSlot;
+use crate::task::TaskId;
+
+/// The submitter's handle to a task's outcome; await it for the result.
+///
+/// Resolves exactly once to `Ok(value)` or a [`TaskError`], however the
+/// task ends; awaiting it never races with completion. Dropping the handle
+/// does not cancel the task (use [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
+///
+/// Cancel safe: dropping the future before it resolves loses nothing but
+/// this handle's copy of the outcome. Polling it again after it resolved panics,
+/// as for any future.
+#[must_use = "a task handle does nothing unless awaited; dropping it detaches the task"]
+pub struct TaskHandle<T, E> {
+    slot: Arc<dyn OutcomeSlot<T, E>>,
+    finished: bool,
+}
+
+impl<T, E> TaskHandle<T, E> {
+    pub(crate) fn new(slot: Arc<dyn OutcomeSlot<T, E>>) -> Self {
+        TaskHandle {
+            slot,
+            finished: false,
+        }
+    }
+
+    /// The task's id (generated unless one was given).
+    pub fn id(&self) -> &TaskId {
+        self.slot.task_id()
+    }
+}
+
+impl<T, E> Future for TaskHandle<T, E> {
+    type Output = Result<T, TaskError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        assert!(!self.finished, "TaskHandle polled after it resolved");
+        match self.slot.poll_outcome(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(outcome) => {
+                self.finished = true;
+                // `None` cannot happen for the one handle of a task; answer
+                // "shut down" rather than panic if it ever did.
+                Poll::Ready(outcome.unwrap_or(Err(TaskError::Shutdown)))
+            }
+        }
+    }
+}
+
+impl<T, E> Drop for TaskHandle<T, E> {
+    fn drop(&mut self) {
+        self.slot.drop_handle();
+    }
+}
+
+impl<T, E> fmt::Debug for TaskHandle<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("id", self.id())
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+/// A subscriber's copy of a task's outcome, from [`Cluster::subscribe`](crate::Cluster::subscribe).
+///
+/// Resolves once, to a clone of the outcome. Cancel safe.
+#[must_use = "a subscription does nothing unless awaited"]
+pub struct Subscription<T, E> {
+    id: TaskId,
+    rx: oneshot::Receiver<Result<T, TaskError<E>>>,
+}
+
+impl<T, E> Subscription<T, E> {
+    pub(crate) fn new(id: TaskId, rx: oneshot::Receiver<Result<T, TaskError<E>>>) -> Self {
+        Subscription { id, rx }
+    }
+
+    /// The id subscribed to.
+    pub fn id(&self) -> &TaskId {
+        &self.id
+    }
+}
+
+impl<T, E> Future for Subscription<T, E> {
+    type Output = Result<T, TaskError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            // The sender is only dropped unanswered if the cluster itself is
+            // torn down without settling the task.
+            .map(|r| r.unwrap_or(Err(TaskError::Shutdown)))
+    }
+}
+
+impl<T, E> fmt::Debug for Subscription<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}

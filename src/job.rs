@@ -1,0 +1,486 @@
+//! The task cell: the one allocation that holds a task's body, its options,
+//! its interruption signal and its outcome slot, and the type erasure that
+//! lets the untyped engine drive it.
+//!
+//! The engine sees a task as `Arc<dyn Job>`; the user's [`TaskHandle`] sees
+//! the same allocation as `Arc<dyn OutcomeSlot<T, E>>`. Type erasure happens
+//! here and nowhere else.
+//!
+//! Invariants:
+//! 1. Only the worker that owns the running attempt touches the pending
+//!    attempt result (`CellState::result` while `done` is false).
+//! 2. `complete` runs once per task, after the task has left the cluster's
+//!    registry (or been marked retained there), and never under the
+//!    cluster's lock: it runs user callbacks and drops the body, and either
+//!    may call back into the cluster.
+//! 3. No user code (body, predicate, strategy, callback, `Drop` of the body)
+//!    runs while `state` is locked.
+//!
+//! [`TaskHandle`]: crate::TaskHandle
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::backoff::{jittered, Backoff};
+use crate::builder::RetryMode;
+use crate::error::TaskError;
+use crate::panic::{catch_unwind, guard};
+use crate::signal::Signal;
+use crate::task::{TaskContext, TaskId};
+
+/// The final result of a task.
+pub(crate) type Outcome<T, E> = Result<T, TaskError<E>>;
+
+/// Copies an outcome for a second reader (set only where `T, E: Clone`).
+pub(crate) type Cloner<T, E> = fn(&Outcome<T, E>) -> Outcome<T, E>;
+
+pub(crate) type AttemptFuture = Pin<Box<dyn Future<Output = AttemptStatus> + Send>>;
+
+/// How an attempt ended, as far as the untyped engine needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptStatus {
+    Succeeded,
+    /// The body returned an error or panicked; the error is stored in the cell.
+    Failed,
+}
+
+/// An outcome the cluster imposes instead of the body's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forced {
+    Cancelled,
+    Shutdown,
+}
+
+/// The options the engine reads on every attempt, kept inline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) mode: RetryMode,
+    pub(crate) blocking: bool,
+    /// `Some` when the outcome is cached after completion.
+    pub(crate) retention: Option<Duration>,
+}
+
+pub(crate) type RetryIf<E> = Box<dyn Fn(&TaskError<E>) -> bool + Send + Sync>;
+pub(crate) type OnFailure<E> = Box<dyn Fn(&TaskId, &TaskError<E>) + Send + Sync>;
+pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + Sync>;
+
+/// Options most tasks do not use, boxed so that a plain task stays small.
+pub(crate) struct Extras<T, E> {
+    pub(crate) backoff: Option<Box<dyn Backoff>>,
+    pub(crate) jitter: f64,
+    pub(crate) retry_if: Option<RetryIf<E>>,
+    pub(crate) on_failure: Option<OnFailure<E>>,
+    pub(crate) on_complete: Option<OnComplete<T, E>>,
+}
+
+impl<T, E> Default for Extras<T, E> {
+    fn default() -> Self {
+        Extras {
+            backoff: None,
+            jitter: 0.0,
+            retry_if: None,
+            on_failure: None,
+            on_complete: None,
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The kind of a task's body: [`AsyncBody`] or [`BlockingBody`].
+///
+/// It only appears in [`TaskBuilder`](crate::TaskBuilder)'s type; it is
+/// sealed and has nothing to call.
+pub trait Body<T, E>: sealed::Sealed + Send + 'static {
+    /// Starts an attempt. The future yields `Err(panic message)` if the body panicked.
+    #[doc(hidden)]
+    fn start(
+        &self,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Result<T, E>, String>> + Send + 'static;
+}
+
+/// The body of a task made by [`Cluster::task`](crate::Cluster::task): an
+/// async closure, polled on the worker that runs the attempt.
+pub struct AsyncBody<F>(pub(crate) F);
+
+impl<F> sealed::Sealed for AsyncBody<F> {}
+
+impl<F, Fut, T, E> Body<T, E> for AsyncBody<F>
+where
+    F: Fn(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    fn start(
+        &self,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Result<T, E>, String>> + Send + 'static {
+        catch_unwind((self.0)(ctx))
+    }
+}
+
+/// The body of a task made by [`Cluster::blocking_task`](crate::Cluster::blocking_task):
+/// a blocking closure, run on tokio's blocking pool while it holds a worker slot.
+/// Shared through an `Arc` because each attempt hands it to another thread.
+pub struct BlockingBody<F>(pub(crate) Arc<F>);
+
+impl<F> sealed::Sealed for BlockingBody<F> {}
+
+impl<F, T, E> Body<T, E> for BlockingBody<F>
+where
+    F: Fn(TaskContext) -> Result<T, E> + Send + Sync + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn start(
+        &self,
+        ctx: TaskContext,
+    ) -> impl Future<Output = Result<Result<T, E>, String>> + Send + 'static {
+        let f = Arc::clone(&self.0);
+        let join = tokio::task::spawn_blocking(move || guard(|| f(ctx)));
+        async move {
+            match join.await {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(crate::panic::message(e.into_panic())),
+                Err(_) => Err("the runtime shut down while the blocking body ran".to_owned()),
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for AsyncBody<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncBody")
+    }
+}
+
+impl<F> std::fmt::Debug for BlockingBody<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockingBody")
+    }
+}
+
+/// The engine's view of a task. See the module docs.
+pub(crate) trait Job: Send + Sync + 'static {
+    fn id(&self) -> &TaskId;
+    fn policy(&self) -> &Policy;
+    fn signal(&self) -> &Signal;
+    /// Starts attempt `attempt` (1-based). The future stores the body's
+    /// result in the cell before it resolves.
+    fn start_attempt(
+        self: Arc<Self>,
+        attempt: u32,
+        deadline: Option<tokio::time::Instant>,
+    ) -> AttemptFuture;
+    /// Records that the current attempt timed out.
+    fn record_timeout(&self, limit: Duration);
+    /// Asks the task's `retry_if` predicate about the stored error
+    /// (`true` without one; `false` if it panics).
+    fn should_retry(&self) -> bool;
+    /// The delay before the retry after failed attempt `attempt` (0-based),
+    /// jitter applied; `None` if the strategy panicked.
+    fn retry_delay(&self, attempt: u32) -> Option<Duration>;
+    /// Delivers the final outcome: see invariant 2.
+    fn complete(&self, forced: Option<Forced>, retain: bool);
+    /// The cache dropped this task: keep the outcome only for an unread handle.
+    fn release(&self);
+    /// Registers a typed subscriber; `req` is a `SubscribeRequest<T, E>`.
+    /// Returns `false` if the types do not match.
+    fn subscribe(&self, req: &mut dyn Any) -> bool;
+}
+
+/// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
+pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
+    fn task_id(&self) -> &TaskId;
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>>;
+    fn drop_handle(&self);
+}
+
+/// A typed subscription request, passed through [`Job::subscribe`] as `dyn Any`.
+pub(crate) struct SubscribeRequest<T, E> {
+    pub(crate) cloner: Cloner<T, E>,
+    pub(crate) receiver: Option<oneshot::Receiver<Outcome<T, E>>>,
+}
+
+struct CellState<T, E> {
+    /// Before `done`: the last attempt's result. After: the final outcome,
+    /// kept while the handle has not read it or the cache retains it.
+    result: Option<Outcome<T, E>>,
+    done: bool,
+    retained: bool,
+    handle_gone: bool,
+    handle_waker: Option<Waker>,
+    /// Set by the first subscriber or by `cacheable`, whose bounds guarantee `Clone`.
+    cloner: Option<Cloner<T, E>>,
+    subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
+}
+
+/// See the module docs.
+pub(crate) struct TaskCell<B, T, E> {
+    id: TaskId,
+    policy: Policy,
+    signal: Signal,
+    extras: Option<Box<Extras<T, E>>>,
+    /// Separate from `state` so that starting an attempt (user code) never
+    /// holds the lock that handles and subscribers take.
+    body: Mutex<Option<B>>,
+    state: Mutex<CellState<T, E>>,
+}
+
+impl<B, T, E> TaskCell<B, T, E> {
+    pub(crate) fn new(
+        id: TaskId,
+        body: B,
+        policy: Policy,
+        extras: Option<Box<Extras<T, E>>>,
+        cloner: Option<Cloner<T, E>>,
+    ) -> Self {
+        TaskCell {
+            id,
+            policy,
+            signal: Signal::default(),
+            extras,
+            body: Mutex::new(Some(body)),
+            state: Mutex::new(CellState {
+                result: None,
+                done: false,
+                retained: false,
+                handle_gone: false,
+                handle_waker: None,
+                cloner,
+                subscribers: Vec::new(),
+            }),
+        }
+    }
+
+    fn store_attempt(&self, outcome: Outcome<T, E>) {
+        // A raised signal means the worker has already decided this attempt's
+        // fate (a blocking body finishing after its timeout or cancel).
+        if self.signal.reason().is_none() {
+            let old = self.state.lock().result.replace(outcome);
+            drop(old);
+        }
+    }
+}
+
+impl<B, T, E> Job for TaskCell<B, T, E>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn id(&self) -> &TaskId {
+        &self.id
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn signal(&self) -> &Signal {
+        &self.signal
+    }
+
+    fn start_attempt(
+        self: Arc<Self>,
+        attempt: u32,
+        deadline: Option<tokio::time::Instant>,
+    ) -> AttemptFuture {
+        self.signal.reset_timeout();
+        let ctx = TaskContext::new(self.id.clone(), attempt, deadline, self.clone());
+        let started = match &*self.body.lock() {
+            Some(body) => guard(|| body.start(ctx)),
+            None => Err("the task body was already released".to_owned()),
+        };
+        Box::pin(async move {
+            let result = match started {
+                Ok(fut) => fut.await,
+                Err(message) => Err(message),
+            };
+            let outcome = match result {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(TaskError::Failed(e)),
+                Err(message) => Err(TaskError::Panicked { message }),
+            };
+            let status = if outcome.is_ok() {
+                AttemptStatus::Succeeded
+            } else {
+                AttemptStatus::Failed
+            };
+            self.store_attempt(outcome);
+            status
+        })
+    }
+
+    fn record_timeout(&self, limit: Duration) {
+        let old = self
+            .state
+            .lock()
+            .result
+            .replace(Err(TaskError::TimedOut { limit }));
+        drop(old);
+    }
+
+    fn should_retry(&self) -> bool {
+        let Some(pred) = self.extras.as_ref().and_then(|x| x.retry_if.as_ref()) else {
+            return true;
+        };
+        // Invariant 1: only this worker touches the pending result, so it can
+        // be lent out while the predicate (user code) runs unlocked.
+        let pending = self.state.lock().result.take();
+        let verdict = match &pending {
+            Some(Err(err)) => guard(|| pred(err)).unwrap_or_else(|msg| {
+                tracing::error!(task = %self.id, panic = %msg, "retry_if predicate panicked; not retrying");
+                false
+            }),
+            _ => false,
+        };
+        self.state.lock().result = pending;
+        verdict
+    }
+
+    fn retry_delay(&self, attempt: u32) -> Option<Duration> {
+        let extras = self.extras.as_deref();
+        let delay = match extras.and_then(|x| x.backoff.as_ref()) {
+            None => Duration::ZERO,
+            Some(b) => match guard(|| b.delay(attempt)) {
+                Ok(d) => d,
+                Err(msg) => {
+                    tracing::error!(task = %self.id, panic = %msg, "backoff strategy panicked; not retrying");
+                    return None;
+                }
+            },
+        };
+        Some(jittered(delay, extras.map_or(0.0, |x| x.jitter)))
+    }
+
+    fn complete(&self, forced: Option<Forced>, retain: bool) {
+        let pending = self.state.lock().result.take();
+        let outcome = match (forced, pending) {
+            (Some(Forced::Cancelled), _) => Err(TaskError::Cancelled),
+            (Some(Forced::Shutdown), _) => Err(TaskError::Shutdown),
+            (None, Some(r)) => r,
+            // Unreachable by construction; never invent a value.
+            (None, None) => Err(TaskError::Shutdown),
+        };
+        // Release what the body captured before anyone sees the outcome.
+        let body = self.body.lock().take();
+        drop(body);
+        if let Some(x) = self.extras.as_deref() {
+            if let (Err(err), Some(cb)) = (&outcome, &x.on_failure) {
+                if let Err(msg) = guard(|| cb(&self.id, err)) {
+                    tracing::error!(task = %self.id, panic = %msg, "on_failure callback panicked");
+                }
+            }
+            if let Some(cb) = &x.on_complete {
+                if let Err(msg) = guard(|| cb(&self.id, &outcome)) {
+                    tracing::error!(task = %self.id, panic = %msg, "on_complete callback panicked");
+                }
+            }
+        }
+        let (waker, dropped) = {
+            let mut st = self.state.lock();
+            let subscribers = std::mem::take(&mut st.subscribers);
+            if let Some(clone) = st.cloner {
+                for tx in subscribers {
+                    // A subscriber that gave up is not an error.
+                    let _ = tx.send(clone(&outcome));
+                }
+            }
+            st.done = true;
+            st.retained = retain;
+            let dropped = if st.handle_gone && !retain {
+                Some(outcome)
+            } else {
+                st.result = Some(outcome);
+                None
+            };
+            (st.handle_waker.take(), dropped)
+        };
+        drop(dropped);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn release(&self) {
+        let dropped = {
+            let mut st = self.state.lock();
+            st.retained = false;
+            if st.handle_gone {
+                st.result.take()
+            } else {
+                None
+            }
+        };
+        drop(dropped);
+    }
+
+    fn subscribe(&self, req: &mut dyn Any) -> bool {
+        let Some(req) = req.downcast_mut::<SubscribeRequest<T, E>>() else {
+            return false;
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.lock();
+        st.cloner.get_or_insert(req.cloner);
+        if !st.done {
+            st.subscribers.push(tx);
+        } else if let Some(outcome) = &st.result {
+            let _ = tx.send((req.cloner)(outcome));
+        }
+        req.receiver = Some(rx);
+        true
+    }
+}
+
+impl<B, T, E> OutcomeSlot<T, E> for TaskCell<B, T, E>
+where
+    B: Send,
+    T: Send,
+    E: Send,
+{
+    fn task_id(&self) -> &TaskId {
+        &self.id
+    }
+
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
+        let mut st = self.state.lock();
+        if !st.done {
+            match &st.handle_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.handle_waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        match st.cloner {
+            // Retained for late subscribers: the handle reads a copy.
+            Some(clone) if st.retained => Poll::Ready(st.result.as_ref().map(clone)),
+            _ => Poll::Ready(st.result.take()),
+        }
+    }
+
+    fn drop_handle(&self) {
+        let dropped = {
+            let mut st = self.state.lock();
+            st.handle_gone = true;
+            st.handle_waker = None;
+            if st.done && !st.retained {
+                st.result.take()
+            } else {
+                None
+            }
+        };
+        drop(dropped);
+    }
+}

@@ -1,0 +1,123 @@
+//! # corral
+//!
+//! An in-process task engine for tokio: a bounded pool of workers, an exact
+//! priority queue, tasks scheduled for a start time, per-attempt timeouts,
+//! retries with backoff and jitter, cancel by id, graceful and immediate
+//! shutdown, typed results you can await or subscribe to by id, an opt-in
+//! result cache, lifecycle callbacks and panic recovery.
+//!
+//! ```text
+//!  Cluster::task(..).submit() ──► queue ──► workers (N long-lived tokio tasks) ──► outcome
+//!        │  TaskHandle<T, E> ◄──────────────────────────────────────────────────────┤
+//!        └─ Cluster::subscribe(id) ─► Subscription<T, E> ◄── (cached: late readers) ─┘
+//! ```
+//!
+//! - **Order**: among due tasks, higher priority first, then earlier start
+//!   time, then submission order (exact and stable).
+//! - **Outcomes**: every task resolves exactly once to `Result<T, TaskError<E>>`,
+//!   where [`TaskError`] tells the task's own error from a panic, a timeout, a
+//!   cancel and a shutdown.
+//! - **Cost**: a task is one allocation while it waits; bodies run inline on
+//!   the workers, so there is no tokio task, timer or thread per task.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use corral::{Cluster, ExponentialBackoff, TaskError};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cluster = Cluster::new(4).unwrap();
+//! cluster.run().unwrap();
+//!
+//! // A flaky task: fails twice, then succeeds; retried with exponential backoff.
+//! let flaky = cluster
+//!     .task(|ctx| async move {
+//!         if ctx.attempt() < 3 { Err("not yet") } else { Ok(ctx.attempt()) }
+//!     })
+//!     .id("flaky")
+//!     .retry(5)
+//!     .backoff(ExponentialBackoff::new(Duration::from_millis(10), 2.0))
+//!     .jitter(0.1)
+//!     .submit()
+//!     .unwrap();
+//!
+//! // A task that will not finish in time.
+//! let slow = cluster
+//!     .task(|_ctx| async {
+//!         tokio::time::sleep(Duration::from_secs(60)).await;
+//!         Ok::<_, String>(())
+//!     })
+//!     .timeout(Duration::from_millis(50))
+//!     .submit()
+//!     .unwrap();
+//!
+//! assert_eq!(flaky.await, Ok(3));
+//! assert!(matches!(slow.await, Err(TaskError::TimedOut { .. })));
+//! cluster.stop(Duration::from_secs(5)).await.unwrap();
+//! # }
+//! ```
+//!
+//! ## From the reference (Go) API
+//!
+//! | Go | corral |
+//! |---|---|
+//! | `NewCluster(workers, ctx)` | [`Cluster::new`], [`Cluster::builder`] + [`ClusterBuilder::cancel_on`] |
+//! | `Run()` | [`Cluster::run`] |
+//! | `AddTask(t)...Submit()` | [`Cluster::task`] / [`Cluster::blocking_task`] → [`TaskBuilder`] → [`TaskBuilder::submit`] |
+//! | `WithStartTime`, `WithTimeout`, `WithPriority`, `WithRetry` | [`TaskBuilder::start_at`] / [`TaskBuilder::delay`], [`TaskBuilder::timeout`], [`TaskBuilder::priority`], [`TaskBuilder::retry`] |
+//! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`], [`TaskBuilder::retry_mode`] |
+//! | `IsCacheable`, `OnComplete`, `OnFailure` | [`TaskBuilder::cacheable`] / [`TaskBuilder::retention`], [`TaskBuilder::on_complete`], [`TaskBuilder::on_failure`] |
+//! | `Subscribe(id)` | [`Cluster::subscribe`] (and the [`TaskHandle`] from `submit`) |
+//! | `CancelTask(id)` | [`Cluster::cancel_task`] |
+//! | `Stop(timeout)` | [`Cluster::stop`] (truly graceful), [`Cluster::drain`] |
+//! | `Cancel()` | [`Cluster::cancel`] |
+//! | `FixedBackoff`, `LinearBackoff`, `ExponentialBackoff`, `RetryBackoffStrategy` | [`FixedBackoff`], [`LinearBackoff`], [`ExponentialBackoff`], [`Backoff`] |
+//! | `Requeue`, `Immediate` | [`RetryMode::Requeue`], [`RetryMode::Immediate`] |
+//! | `Result{Result, Err}` | `Result<T, TaskError<E>>` |
+//!
+//! ## Decisions where the reference is silent
+//! - Start time, when not given, is the submission time; it orders equal
+//!   priorities (earlier first) and then submission order breaks ties.
+//! - `cancel_task` returning `true` guarantees the outcome `Cancelled`, even
+//!   if the attempt was just finishing.
+//! - A task whose retry is refused by a stop resolves as `Shutdown`.
+//! - A cacheable task caches whatever its final outcome is, cancels included.
+//! - Callbacks run on the thread that settles the task, before the handle
+//!   resolves: `on_failure`, then `on_complete`.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod backoff;
+mod builder;
+mod cluster;
+mod core;
+mod error;
+mod handle;
+mod job;
+mod panic;
+mod queue;
+mod signal;
+mod task;
+mod worker;
+
+pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff};
+pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
+pub use crate::cluster::{Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::core::ClusterStats;
+pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
+pub use crate::handle::{Subscription, TaskHandle};
+pub use crate::job::{AsyncBody, BlockingBody, Body};
+pub use crate::signal::CancelReason;
+pub use crate::task::{TaskContext, TaskId};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

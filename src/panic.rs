@@ -1,0 +1,42 @@
+//! Turning panics in user code into values.
+//!
+//! Every call into user code (bodies, predicates, backoff strategies,
+//! callbacks) goes through here, so a panic never unwinds into a worker.
+
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
+use std::task::Poll;
+
+/// The message of a panic payload (`&str` and `String` payloads; anything
+/// else becomes a placeholder).
+pub(crate) fn message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "<non-string panic payload>".to_owned(),
+        },
+    }
+}
+
+/// Runs `f`, returning the panic message if it panicked.
+///
+/// Unwind safety: the callers only hand in user closures whose captured
+/// state is the user's own; the engine's state is never borrowed across it.
+pub(crate) fn guard<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(message)
+}
+
+/// Awaits `fut`, yielding `Err(message)` instead of unwinding if it panics
+/// while being polled. The future is pinned in place (no extra allocation).
+pub(crate) async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, String> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| match guard(|| fut.as_mut().poll(cx)) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+        Err(msg) => Poll::Ready(Err(msg)),
+    })
+    .await
+}

@@ -1,0 +1,183 @@
+//! The per-task interruption signal: how a cancel, a timeout or a shutdown
+//! reaches the worker running an attempt and the body itself.
+//!
+//! Invariants:
+//! 1. `Cancelled` and `Shutdown` are final: once set they are never cleared.
+//!    `TimedOut` belongs to one attempt and is cleared when the next starts
+//!    (with a compare-exchange, so it can never erase a final reason).
+//! 2. Setting a reason wakes the registered worker and cancels the body's
+//!    token, if the body asked for one. The token is made lazily, because
+//!    most bodies never ask and a token costs an allocation.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// Why a running attempt was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The attempt ran past its timeout (this attempt only; a retry may follow).
+    TimedOut,
+    /// The task was cancelled by id.
+    Cancelled,
+    /// The cluster is shutting down.
+    Shutdown,
+}
+
+const NONE: u8 = 0;
+const TIMED_OUT: u8 = 1;
+const CANCELLED: u8 = 2;
+const SHUTDOWN: u8 = 3;
+
+impl CancelReason {
+    fn encode(self) -> u8 {
+        match self {
+            CancelReason::TimedOut => TIMED_OUT,
+            CancelReason::Cancelled => CANCELLED,
+            CancelReason::Shutdown => SHUTDOWN,
+        }
+    }
+
+    fn decode(v: u8) -> Option<Self> {
+        match v {
+            TIMED_OUT => Some(CancelReason::TimedOut),
+            CANCELLED => Some(CancelReason::Cancelled),
+            SHUTDOWN => Some(CancelReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Listeners {
+    worker: Option<Waker>,
+    token: Option<CancellationToken>,
+}
+
+/// See the module docs.
+#[derive(Default)]
+pub(crate) struct Signal {
+    reason: AtomicU8,
+    listeners: Mutex<Listeners>,
+}
+
+impl Signal {
+    pub(crate) fn reason(&self) -> Option<CancelReason> {
+        CancelReason::decode(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Raises `reason`. A final reason already set is kept (the first final
+    /// reason wins), but a timeout may be upgraded to a cancel or shutdown.
+    pub(crate) fn raise(&self, reason: CancelReason) {
+        let new = reason.encode();
+        let mut cur = self.reason.load(Ordering::Acquire);
+        loop {
+            if cur >= CANCELLED || (cur == TIMED_OUT && new == TIMED_OUT) {
+                return;
+            }
+            match self
+                .reason
+                .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let (waker, token) = {
+            let mut l = self.listeners.lock();
+            (l.worker.take(), l.token.clone())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if let Some(t) = token {
+            t.cancel();
+        }
+    }
+
+    /// Clears a timeout left by the previous attempt. Final reasons stay.
+    pub(crate) fn reset_timeout(&self) {
+        if self
+            .reason
+            .compare_exchange(TIMED_OUT, NONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // The old token fired for the old attempt; the next attempt gets a fresh one.
+            self.listeners.lock().token = None;
+        }
+    }
+
+    /// Polled by the worker: ready once a final reason (cancel or shutdown)
+    /// is set. Timeouts are the worker's own business and are ignored here.
+    pub(crate) fn poll_final(&self, cx: &mut Context<'_>) -> Poll<CancelReason> {
+        if let Some(r) = self.final_reason() {
+            return Poll::Ready(r);
+        }
+        {
+            let mut l = self.listeners.lock();
+            match &l.worker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => l.worker = Some(cx.waker().clone()),
+            }
+        }
+        // Re-check: `raise` may have run between the first check and the registration.
+        match self.final_reason() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    fn final_reason(&self) -> Option<CancelReason> {
+        self.reason().filter(|r| *r != CancelReason::TimedOut)
+    }
+
+    /// The token handed to the body: cancelled when any reason is raised.
+    pub(crate) fn token(&self) -> CancellationToken {
+        let mut l = self.listeners.lock();
+        let token = l.token.get_or_insert_with(CancellationToken::new).clone();
+        drop(l);
+        if self.reason().is_some() {
+            token.cancel();
+        }
+        token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_reasons_are_never_overwritten() {
+        let s = Signal::default();
+        s.raise(CancelReason::TimedOut);
+        assert_eq!(s.reason(), Some(CancelReason::TimedOut));
+        s.raise(CancelReason::Cancelled);
+        assert_eq!(s.reason(), Some(CancelReason::Cancelled));
+        s.raise(CancelReason::Shutdown);
+        s.raise(CancelReason::TimedOut);
+        s.reset_timeout();
+        assert_eq!(s.reason(), Some(CancelReason::Cancelled));
+    }
+
+    #[test]
+    fn timeout_is_reset_between_attempts_with_a_fresh_token() {
+        let s = Signal::default();
+        let t1 = s.token();
+        s.raise(CancelReason::TimedOut);
+        assert!(t1.is_cancelled());
+        s.reset_timeout();
+        assert_eq!(s.reason(), None);
+        assert!(!s.token().is_cancelled());
+    }
+
+    #[test]
+    fn token_taken_after_raise_is_already_cancelled() {
+        let s = Signal::default();
+        s.raise(CancelReason::Shutdown);
+        assert!(s.token().is_cancelled());
+    }
+}

@@ -1,0 +1,234 @@
+//! Workers and the timekeeper: the cluster's long-lived tokio tasks.
+//!
+//! A worker loops: claim the best due task, run its attempt (timeout,
+//! cancel, panic capture), decide about a retry, settle. Settling a task and
+//! claiming the next take one lock acquisition. Bodies run inline on the
+//! worker, so a task costs no tokio task of its own.
+//!
+//! The timekeeper sleeps until the earliest scheduled start or cache expiry,
+//! promotes due tasks (waking idle workers) and sweeps expired outcomes. It
+//! is the only timer for pending tasks, however many there are.
+
+use std::future::{pending, poll_fn};
+use std::sync::Arc;
+
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::builder::RetryMode;
+use crate::core::{Claim, Next, Plan, Shared};
+use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
+use crate::signal::CancelReason;
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => pending().await,
+    }
+}
+
+/// Resolves when the task is cancelled or shut down (not on a timeout).
+async fn interrupted(job: &dyn Job) -> Forced {
+    match poll_fn(|cx| job.signal().poll_final(cx)).await {
+        CancelReason::Cancelled => Forced::Cancelled,
+        _ => Forced::Shutdown,
+    }
+}
+
+/// How the attempts of one claim ended.
+struct ClaimEnd {
+    plan: Plan,
+    /// A blocking body still running after a timeout or cancel: the worker
+    /// keeps its slot until it returns.
+    leftover: Option<AttemptFuture>,
+    /// Attempts started so far.
+    attempts: u32,
+}
+
+/// Settles the claim as shut down if the worker is dropped mid-attempt (the
+/// runtime shutting down), so no handle waits forever.
+struct ClaimGuard<'a> {
+    shared: &'a Shared,
+    claim: Option<Claim>,
+}
+
+impl ClaimGuard<'_> {
+    fn take(mut self) -> Claim {
+        self.claim.take().expect("claim is present until taken")
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            settle_now(self.shared, claim, Plan::Final(Some(Forced::Shutdown)));
+        }
+    }
+}
+
+fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
+    let mut core = shared.lock();
+    let d = core.settle(claim, plan, shared.now());
+    shared.unlock(core);
+    if let Some(d) = d {
+        d.deliver();
+    }
+}
+
+pub(crate) async fn run_worker(shared: Arc<Shared>) {
+    let mut done: Option<(Claim, Plan)> = None;
+    loop {
+        let (delivery, next) = {
+            let mut core = shared.lock();
+            let now = shared.now();
+            let delivery = done.take().and_then(|(c, p)| core.settle(c, p, now));
+            let next = core.claim(now);
+            shared.unlock(core);
+            (delivery, next)
+        };
+        if let Some(d) = delivery {
+            d.deliver();
+        }
+        match next {
+            Next::Run(claim) => {
+                let guard = ClaimGuard {
+                    shared: &shared,
+                    claim: Some(claim),
+                };
+                let end = run_claim(&shared, guard.claim.as_ref().expect("just set")).await;
+                let mut claim = guard.take();
+                claim.attempts = end.attempts;
+                match (end.leftover, end.plan) {
+                    (None, plan) => done = Some((claim, plan)),
+                    // A requeued task must not start again while its old
+                    // blocking attempt still runs; a cancel meanwhile ends it.
+                    (Some(mut leftover), plan @ Plan::Requeue(_)) => {
+                        let job = claim.job.clone();
+                        tokio::select! {
+                            _ = &mut leftover => done = Some((claim, plan)),
+                            forced = interrupted(job.as_ref()) => {
+                                settle_now(&shared, claim, Plan::Final(Some(forced)));
+                                leftover.await;
+                            }
+                        }
+                    }
+                    // A final outcome goes out at once; the slot is kept until
+                    // the blocking body returns.
+                    (Some(leftover), plan) => {
+                        settle_now(&shared, claim, plan);
+                        leftover.await;
+                    }
+                }
+            }
+            Next::Idle => {
+                tokio::select! {
+                    _ = shared.work.notified() => {}
+                    _ = shared.closing.cancelled() => return,
+                }
+            }
+            Next::Exit => return,
+            Next::ExitAll => {
+                shared.closing.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// Runs attempts of a claimed task until it succeeds, fails for good, is
+/// interrupted, or is to be requeued.
+async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
+    let job = &claim.job;
+    let policy = *job.policy();
+    let mut attempts = claim.attempts;
+    let finish = |plan, leftover, attempts| ClaimEnd {
+        plan,
+        leftover,
+        attempts,
+    };
+    loop {
+        attempts = attempts.saturating_add(1);
+        let deadline = policy.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut attempt = job.clone().start_attempt(attempts, deadline);
+        enum End {
+            Done(AttemptStatus),
+            Interrupted(Forced),
+            TimedOut,
+        }
+        let end = tokio::select! {
+            biased;
+            status = &mut attempt => End::Done(status),
+            forced = interrupted(job.as_ref()) => End::Interrupted(forced),
+            _ = sleep_until_opt(deadline) => End::TimedOut,
+        };
+        // An async attempt is dropped here; a blocking one is waited for.
+        let leftover = |attempt: AttemptFuture| policy.blocking.then_some(attempt);
+        let leftover = match end {
+            End::Done(AttemptStatus::Succeeded) => {
+                return finish(Plan::Final(None), None, attempts)
+            }
+            End::Done(AttemptStatus::Failed) => None,
+            End::Interrupted(forced) => {
+                return finish(Plan::Final(Some(forced)), leftover(attempt), attempts)
+            }
+            End::TimedOut => {
+                job.signal().raise(CancelReason::TimedOut);
+                job.record_timeout(policy.timeout.unwrap_or_default());
+                leftover(attempt)
+            }
+        };
+        // The attempt failed; its error is stored in the cell.
+        let retries_used = attempts - 1;
+        if retries_used >= policy.retries || !job.should_retry() {
+            return finish(Plan::Final(None), leftover, attempts);
+        }
+        let Some(delay) = job.retry_delay(retries_used) else {
+            return finish(Plan::Final(None), leftover, attempts);
+        };
+        match policy.mode {
+            RetryMode::Requeue => return finish(Plan::Requeue(delay), leftover, attempts),
+            RetryMode::Immediate => {
+                if let Some(l) = leftover {
+                    l.await;
+                }
+                if shared.stopping.is_cancelled() {
+                    return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts);
+                }
+                tokio::select! {
+                    biased;
+                    forced = interrupted(job.as_ref()) => return finish(Plan::Final(Some(forced)), None, attempts),
+                    _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts),
+                    _ = sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
+    let parent = shared.parent.clone();
+    loop {
+        let (deadline, expired) = {
+            let mut core = shared.lock();
+            let now = shared.now();
+            core.promote(now);
+            let expired = core.sweep(now);
+            let next = core.arm_timer();
+            shared.unlock(core);
+            (next.and_then(|t| shared.instant(t)), expired)
+        };
+        for job in expired {
+            job.release();
+        }
+        tokio::select! {
+            biased;
+            _ = shared.closing.cancelled() => return,
+            _ = async { match &parent { Some(p) => p.cancelled().await, None => pending().await } } => {
+                shared.cancel_all();
+                return;
+            }
+            _ = shared.timer.notified() => {}
+            _ = sleep_until_opt(deadline) => {}
+        }
+    }
+}
