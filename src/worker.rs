@@ -10,6 +10,7 @@
 //! is the only timer for pending tasks, however many there are.
 
 use std::future::{pending, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
 
 use tokio::time::{sleep, sleep_until, Instant};
@@ -78,11 +79,19 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
 pub(crate) async fn run_worker(shared: Arc<Shared>) {
     let mut done: Option<(Claim, Plan)> = None;
     loop {
+        let notified = shared.work.notified();
+        let mut notified = pin!(notified);
         let (delivery, next) = {
             let mut core = shared.lock();
             let now = shared.now();
             let delivery = done.take().and_then(|(c, p)| core.settle(c, p, now));
             let next = core.claim(now);
+            if let Next::Idle = next {
+                // Join the waiters before the lock goes, so every wake-up
+                // sent for this idle registration finds a waiter: a stored
+                // `Notify` permit holds only one, and two would be lost as one.
+                notified.as_mut().enable();
+            }
             shared.unlock(core);
             (delivery, next)
         };
@@ -122,7 +131,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
             }
             Next::Idle => {
                 tokio::select! {
-                    _ = shared.work.notified() => {}
+                    _ = notified => {}
                     _ = shared.closing.cancelled() => return,
                 }
             }
@@ -188,8 +197,12 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
         match policy.mode {
             RetryMode::Requeue => return finish(Plan::Requeue(delay), leftover, attempts),
             RetryMode::Immediate => {
-                if let Some(l) = leftover {
-                    l.await;
+                if let Some(mut l) = leftover {
+                    tokio::select! {
+                        _ = &mut l => {}
+                        forced = interrupted(job.as_ref()) => return finish(Plan::Final(Some(forced)), Some(l), attempts),
+                        _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), Some(l), attempts),
+                    }
                 }
                 if shared.stopping.is_cancelled() {
                     return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts);
