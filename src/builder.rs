@@ -277,9 +277,11 @@ where
             retries,
             mode,
             blocking,
-            retention: cache.map(|r| r.unwrap_or(shared.retention)),
         };
-        let has_extras = extras.backoff.is_some()
+        let mut extras = extras;
+        extras.retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let has_extras = extras.retention.is_some()
+            || extras.backoff.is_some()
             || extras.jitter > 0.0
             || extras.retry_if.is_some()
             || extras.on_failure.is_some()

@@ -143,7 +143,7 @@ pub(crate) struct Core {
     /// Wake-ups decided under the lock, sent after it is released.
     wake_workers: usize,
     wake_timer: bool,
-    /// Registry size at which shrinking was last tried.
+    /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
 }
 
@@ -333,7 +333,7 @@ impl Core {
     /// is cached, else removes it from the registry.
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>, now: i64) -> Delivery {
         let e = &mut self.entries[slot as usize];
-        let retention = e.job.policy().retention;
+        let retention = e.job.retention();
         match retention {
             Some(r) => {
                 e.state = State::Retained;
@@ -368,14 +368,16 @@ impl Core {
     }
 
     /// Gives memory back after a mass removal (a cancel storm must not leave
-    /// the registry at its peak size). Slab keys stay valid.
+    /// the registry at its peak size). Slab keys stay valid, so only trailing
+    /// free slots can go. Tries again only after the size has fallen to a
+    /// quarter of the last try (or of the peak): amortised O(1) per removal.
     fn maybe_shrink(&mut self) {
         let len = self.entries.len();
-        if self.entries.capacity() > 1024 && len < self.shrink_mark / 4 {
+        if len > self.shrink_mark {
+            self.shrink_mark = len;
+        } else if len <= self.shrink_mark / 4 && self.entries.capacity() > 1024 {
             self.entries.shrink_to_fit();
             self.names.shrink_to_fit();
-            self.shrink_mark = self.entries.capacity();
-        } else if len > self.shrink_mark {
             self.shrink_mark = len;
         }
     }

@@ -65,8 +65,6 @@ pub(crate) struct Policy {
     pub(crate) retries: u32,
     pub(crate) mode: RetryMode,
     pub(crate) blocking: bool,
-    /// `Some` when the outcome is cached after completion.
-    pub(crate) retention: Option<Duration>,
 }
 
 pub(crate) type RetryIf<E> = Box<dyn Fn(&TaskError<E>) -> bool + Send + Sync>;
@@ -75,6 +73,8 @@ pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + 
 
 /// Options most tasks do not use, boxed so that a plain task stays small.
 pub(crate) struct Extras<T, E> {
+    /// `Some` when the outcome is cached after completion.
+    pub(crate) retention: Option<Duration>,
     pub(crate) backoff: Option<Box<dyn Backoff>>,
     pub(crate) jitter: f64,
     pub(crate) retry_if: Option<RetryIf<E>>,
@@ -85,6 +85,7 @@ pub(crate) struct Extras<T, E> {
 impl<T, E> Default for Extras<T, E> {
     fn default() -> Self {
         Extras {
+            retention: None,
             backoff: None,
             jitter: 0.0,
             retry_if: None,
@@ -175,6 +176,8 @@ impl<F> std::fmt::Debug for BlockingBody<F> {
 pub(crate) trait Job: Send + Sync + 'static {
     fn id(&self) -> &TaskId;
     fn policy(&self) -> &Policy;
+    /// How long the outcome is cached after completion, if it is.
+    fn retention(&self) -> Option<Duration>;
     fn signal(&self) -> &Signal;
     /// Starts attempt `attempt` (1-based). The future stores the body's
     /// result in the cell before it resolves.
@@ -221,8 +224,14 @@ struct CellState<T, E> {
     retained: bool,
     handle_gone: bool,
     handle_waker: Option<Waker>,
-    /// Set by the first subscriber or by `cacheable`, whose bounds guarantee `Clone`.
-    cloner: Option<Cloner<T, E>>,
+    /// Made by the first subscriber or by `cacheable`, whose bounds
+    /// guarantee `Clone`; boxed because most tasks have no second reader.
+    readers: Option<Box<Readers<T, E>>>,
+}
+
+/// Readers of the outcome besides the handle.
+struct Readers<T, E> {
+    cloner: Cloner<T, E>,
     subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
 }
 
@@ -258,8 +267,12 @@ impl<B, T, E> TaskCell<B, T, E> {
                 retained: false,
                 handle_gone: false,
                 handle_waker: None,
-                cloner,
-                subscribers: Vec::new(),
+                readers: cloner.map(|cloner| {
+                    Box::new(Readers {
+                        cloner,
+                        subscribers: Vec::new(),
+                    })
+                }),
             }),
         }
     }
@@ -286,6 +299,10 @@ where
 
     fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    fn retention(&self) -> Option<Duration> {
+        self.extras.as_ref().and_then(|x| x.retention)
     }
 
     fn signal(&self) -> &Signal {
@@ -391,11 +408,10 @@ where
         }
         let (waker, dropped) = {
             let mut st = self.state.lock();
-            let subscribers = std::mem::take(&mut st.subscribers);
-            if let Some(clone) = st.cloner {
-                for tx in subscribers {
+            if let Some(readers) = st.readers.as_deref_mut() {
+                for tx in readers.subscribers.drain(..) {
                     // A subscriber that gave up is not an error.
-                    let _ = tx.send(clone(&outcome));
+                    let _ = tx.send((readers.cloner)(&outcome));
                 }
             }
             st.done = true;
@@ -433,9 +449,14 @@ where
         };
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
-        st.cloner.get_or_insert(req.cloner);
         if !st.done {
-            st.subscribers.push(tx);
+            let readers = st.readers.get_or_insert_with(|| {
+                Box::new(Readers {
+                    cloner: req.cloner,
+                    subscribers: Vec::new(),
+                })
+            });
+            readers.subscribers.push(tx);
         } else if let Some(outcome) = &st.result {
             let _ = tx.send((req.cloner)(outcome));
         }
@@ -463,9 +484,9 @@ where
             }
             return Poll::Pending;
         }
-        match st.cloner {
+        match st.readers.as_deref() {
             // Retained for late subscribers: the handle reads a copy.
-            Some(clone) if st.retained => Poll::Ready(st.result.as_ref().map(clone)),
+            Some(readers) if st.retained => Poll::Ready(st.result.as_ref().map(readers.cloner)),
             _ => Poll::Ready(st.result.take()),
         }
     }
