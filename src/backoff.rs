@@ -126,6 +126,10 @@ impl ExponentialBackoff {
 
 impl Backoff for ExponentialBackoff {
     fn delay(&self, attempt: u32) -> Duration {
+        if self.base.is_zero() {
+            // 0 * inf would be NaN below; zero stays zero.
+            return Duration::ZERO;
+        }
         let cap = self.max.unwrap_or(Duration::MAX);
         // powi takes an i32; past that the factor is infinite anyway.
         let exp = i32::try_from(attempt).unwrap_or(i32::MAX);

@@ -1,0 +1,367 @@
+//! `Cluster::cancel_task` in every state a task can be in.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral::{CancelReason, Cluster, ClusterStats, FixedBackoff, RetryMode, TaskError, TaskId};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Sets its flag when dropped: proves a task's future (or body) was dropped.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Yields to the other tasks of the (single-threaded) test runtime until
+/// `cond` holds. Never advances the clock.
+async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never reached: {what}");
+}
+
+fn stats(queued: usize, running: usize, cached: usize, held: usize) -> ClusterStats {
+    ClusterStats {
+        queued,
+        running,
+        cached,
+        held,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_scheduled_task_frees_it_at_once() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let body_dropped = Arc::new(AtomicBool::new(false));
+    let flag = DropFlag(body_dropped.clone());
+    let r = ran.clone();
+    let h = cluster
+        .task(move |_| {
+            let _keep = &flag;
+            r.store(true, Ordering::SeqCst);
+            async { Ok::<_, String>(1) }
+        })
+        .id("sched")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    assert_eq!(cluster.stats(), stats(1, 0, 0, 1));
+
+    let t0 = Instant::now();
+    assert!(cluster.cancel_task("sched"));
+    // Removed from the schedule and the registry right away, not at its start time.
+    assert_eq!(cluster.stats(), stats(0, 0, 0, 0));
+    // The body (and what it captured) is released with the task.
+    assert!(body_dropped.load(Ordering::SeqCst));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert_eq!(
+        Instant::now(),
+        t0,
+        "the outcome must not wait for the start time"
+    );
+
+    // Its start time passing later does not run it.
+    tokio::time::sleep(2 * HOUR).await;
+    assert!(!ran.load(Ordering::SeqCst));
+    assert_eq!(cluster.stats().held, 0);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_ready_task_queued_behind_busy_worker() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let gate = CancellationToken::new();
+    let started = Arc::new(Notify::new());
+
+    let (g, s) = (gate.clone(), started.clone());
+    let busy = cluster
+        .task(move |_| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                s.notify_one();
+                g.cancelled().await;
+                Ok::<_, String>("busy")
+            }
+        })
+        .submit()
+        .unwrap();
+    started.notified().await;
+
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let h = cluster
+        .task(move |_| {
+            r.store(true, Ordering::SeqCst);
+            async { Ok::<_, String>("ready") }
+        })
+        .id("ready")
+        .priority(10)
+        .submit()
+        .unwrap();
+    assert_eq!(cluster.stats(), stats(1, 1, 0, 2));
+
+    assert!(cluster.cancel_task("ready"));
+    assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+
+    // The worker is not taken by the cancelled task: a later task runs after `busy`.
+    let after = cluster
+        .task(|_| async { Ok::<_, String>("after") })
+        .submit()
+        .unwrap();
+    gate.cancel();
+    assert_eq!(busy.await, Ok("busy"));
+    assert_eq!(after.await, Ok("after"));
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "a cancelled ready task must never run"
+    );
+    assert_eq!(cluster.stats().held, 0);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let started = Arc::new(Notify::new());
+    let future_dropped = Arc::new(AtomicBool::new(false));
+    let sub_work_done = Arc::new(Notify::new());
+    let sub_work_saw_cancel = Arc::new(AtomicBool::new(false));
+
+    let (s, fd, swd, sws) = (
+        started.clone(),
+        future_dropped.clone(),
+        sub_work_done.clone(),
+        sub_work_saw_cancel.clone(),
+    );
+    let h = cluster
+        .task(move |ctx| {
+            let (s, fd, swd, sws) = (s.clone(), fd.clone(), swd.clone(), sws.clone());
+            async move {
+                let _guard = DropFlag(fd);
+                let token = ctx.cancellation_token();
+                tokio::spawn(async move {
+                    token.cancelled().await;
+                    sws.store(true, Ordering::SeqCst);
+                    swd.notify_one();
+                });
+                s.notify_one();
+                tokio::time::sleep(HOUR).await;
+                Ok::<_, String>(1)
+            }
+        })
+        .id("run")
+        .submit()
+        .unwrap();
+    started.notified().await;
+    assert!(!future_dropped.load(Ordering::SeqCst));
+    assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
+
+    let t0 = Instant::now();
+    assert!(cluster.cancel_task("run"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert!(
+        future_dropped.load(Ordering::SeqCst),
+        "the attempt's future must be dropped by the time the outcome is out"
+    );
+    assert_eq!(
+        Instant::now(),
+        t0,
+        "cancel must not wait for the body's sleep"
+    );
+    sub_work_done.notified().await;
+    assert!(sub_work_saw_cancel.load(Ordering::SeqCst));
+    assert_eq!(cluster.stats().held, 0);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_running_blocking_task_signals_its_context() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let started = Arc::new(Notify::new());
+    let finished = Arc::new(Notify::new());
+    type Seen = Arc<Mutex<Option<(bool, Option<CancelReason>)>>>;
+    let seen: Seen = Arc::new(Mutex::new(None));
+
+    let (s, f, sn) = (started.clone(), finished.clone(), seen.clone());
+    let h = cluster
+        .blocking_task(move |ctx| {
+            s.notify_one();
+            // No timers here: the paused clock does not move while this runs.
+            while !ctx.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            *sn.lock().unwrap() = Some((ctx.is_cancelled(), ctx.cancel_reason()));
+            f.notify_one();
+            Ok::<_, String>(1)
+        })
+        .id("blocking")
+        .submit()
+        .unwrap();
+    started.notified().await;
+    assert!(cluster.cancel_task("blocking"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    finished.notified().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some((true, Some(CancelReason::Cancelled)))
+    );
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(cluster.stats().held, 0);
+}
+
+async fn cancel_during_backoff(mode: RetryMode) {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let h = cluster
+        .task(move |_| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, _>("fail".to_string())
+            }
+        })
+        .id("retrying")
+        .retry(3)
+        .retry_mode(mode)
+        .backoff(FixedBackoff::new(HOUR))
+        .submit()
+        .unwrap();
+
+    // Waiting for the retry: in the queue (Requeue) or on its worker (Immediate).
+    let waiting = match mode {
+        RetryMode::Requeue => stats(1, 0, 0, 1),
+        RetryMode::Immediate => stats(0, 1, 0, 1),
+    };
+    yield_until(
+        "first attempt failed and the task waits for its retry",
+        || attempts.load(Ordering::SeqCst) == 1 && cluster.stats() == waiting,
+    )
+    .await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cluster.stats(), waiting);
+
+    let t0 = Instant::now();
+    assert!(cluster.cancel_task("retrying"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert_eq!(
+        Instant::now(),
+        t0,
+        "cancel must end the backoff wait at once"
+    );
+    assert_eq!(cluster.stats(), stats(0, 0, 0, 0));
+
+    // No retry happens later.
+    tokio::time::sleep(3 * HOUR).await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_task_waiting_for_requeue_retry() {
+    cancel_during_backoff(RetryMode::Requeue).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_task_waiting_in_immediate_retry_backoff() {
+    cancel_during_backoff(RetryMode::Immediate).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_unknown_id_returns_false() {
+    let cluster = Cluster::new(1).unwrap();
+    assert!(!cluster.cancel_task("nope"));
+    cluster.run().unwrap();
+    assert!(!cluster.cancel_task("nope"));
+    assert!(!cluster.cancel_task(String::new()));
+    // An unrelated pending task is not touched.
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(3) })
+        .id("other")
+        .delay(Duration::from_secs(1))
+        .submit()
+        .unwrap();
+    assert!(!cluster.cancel_task("nope"));
+    assert_eq!(h.await, Ok(3));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .id("done")
+        .submit()
+        .unwrap();
+    assert_eq!(h.await, Ok(1));
+    assert!(!cluster.cancel_task("done"));
+
+    // A finished, cached task is not cancellable either; its cached outcome stays.
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(2) })
+        .id("cached")
+        .cacheable(true)
+        .submit()
+        .unwrap();
+    assert_eq!(h.await, Ok(2));
+    assert!(!cluster.cancel_task("cached"));
+    let late = cluster.subscribe::<i32, String>("cached").unwrap();
+    assert_eq!(late.await, Ok(2));
+
+    // A task that was cancelled cannot be cancelled again.
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(3) })
+        .id("twice")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    assert!(cluster.cancel_task("twice"));
+    assert!(!cluster.cancel_task("twice"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_by_generated_id() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let id: TaskId = h.id().clone();
+    assert!(id.is_generated());
+    // The printed form is not the id.
+    assert!(!cluster.cancel_task(id.to_string()));
+    assert_eq!(cluster.stats().held, 1);
+
+    assert!(cluster.cancel_task(id.clone()));
+    assert_eq!(cluster.stats().held, 0);
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert!(!cluster.cancel_task(&id));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}

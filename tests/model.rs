@@ -1,0 +1,756 @@
+//! Model-based property test: random sequences of operations run against a
+//! one-worker cluster on tokio's paused clock, and against a small reference
+//! model that predicts every attempt start (task, attempt, time) and every
+//! outcome. The two must agree exactly.
+//!
+//! Timing is made exact by construction:
+//! - every engine duration (start offsets, body sleeps, timeouts, backoffs,
+//!   retention, stop timeouts) is a whole number of seconds, except body
+//!   sleeps, which are whole seconds plus 500 ms (so a sleep never ends at
+//!   the same instant as its timeout);
+//! - the test's operations happen at distinct millisecond offsets 1..=499
+//!   within a second, one new offset per operation.
+//!
+//! So an operation never happens at the same instant as an engine event, and
+//! the engine's own coinciding events are ordered by the queue's exact rules.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral::{
+    Cluster, FixedBackoff, RetryMode, SubmitError, Subscription, TaskError, TaskHandle, TaskId,
+};
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+const SEC: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behavior {
+    /// Succeeds at once with the task's index.
+    Ok,
+    /// Fails on the first `k` attempts, then succeeds.
+    FailTimes(u32),
+    /// Panics on every attempt.
+    Panic,
+    /// Sleeps `secs` s + 500 ms, then succeeds.
+    Sleep(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    name: Option<usize>,
+    priority: i32,
+    /// Absolute start second, or `None` for "now".
+    start_sec: Option<u64>,
+    behavior: Behavior,
+    timeout_secs: Option<u64>,
+    retries: u32,
+    backoff_secs: u64,
+    immediate: bool,
+    retention_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Submit(Spec),
+    /// Cancel by name, or by the generated id of the n-th submitted task.
+    CancelName(usize),
+    CancelNth(usize),
+    Subscribe(usize),
+    /// Move on this many whole seconds (the op itself lands on a fresh ms offset).
+    Advance(u64),
+    Run,
+    Stop(u64),
+    CancelAll,
+}
+
+fn behavior() -> impl Strategy<Value = Behavior> {
+    prop_oneof![
+        3 => Just(Behavior::Ok),
+        2 => (1u32..4).prop_map(Behavior::FailTimes),
+        1 => Just(Behavior::Panic),
+        2 => (0u64..4).prop_map(Behavior::Sleep),
+    ]
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        prop::option::weighted(0.6, 0usize..NAMES.len()),
+        0i32..4,
+        prop::option::of(0u64..12),
+        behavior(),
+        prop::option::of(1u64..4),
+        0u32..3,
+        0u64..3,
+        any::<bool>(),
+        prop::option::weighted(0.3, 0u64..5),
+    )
+        .prop_map(
+            |(
+                name,
+                priority,
+                start_sec,
+                behavior,
+                timeout_secs,
+                retries,
+                backoff_secs,
+                immediate,
+                retention_secs,
+            )| Spec {
+                name,
+                priority,
+                start_sec,
+                behavior,
+                timeout_secs,
+                retries,
+                backoff_secs,
+                immediate,
+                retention_secs,
+            },
+        )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => spec().prop_map(Op::Submit),
+        2 => (0usize..NAMES.len()).prop_map(Op::CancelName),
+        1 => (0usize..12).prop_map(Op::CancelNth),
+        2 => (0usize..NAMES.len()).prop_map(Op::Subscribe),
+        4 => (0u64..4).prop_map(Op::Advance),
+        2 => Just(Op::Run),
+        1 => (1u64..4).prop_map(Op::Stop),
+        1 => Just(Op::CancelAll),
+    ]
+}
+
+// ---------------------------------------------------------------- the model
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    Value(usize),
+    Failed,
+    Panicked,
+    TimedOut,
+    Cancelled,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MState {
+    Queued,
+    Running,
+    Done,
+}
+
+#[derive(Debug)]
+struct MTask {
+    spec: Spec,
+    seq: u64,
+    start: u64,
+    attempts: u32,
+    state: MState,
+    outcome: Option<Fate>,
+    finished_at: u64,
+    /// When a re-submit of the same id replaced the cached outcome.
+    replaced_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Worker {
+    Idle,
+    /// Attempt of task `i` ends at `at`; `ok` tells how.
+    Running {
+        i: usize,
+        at: u64,
+        end: AttemptEnd,
+    },
+    /// Task `i` waits in an immediate retry until `at`.
+    Waiting {
+        i: usize,
+        at: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttemptEnd {
+    Ok,
+    Failed,
+    Panicked,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Model {
+    now: u64,
+    phase: Phase,
+    run_at: Option<u64>,
+    stop_at: Option<u64>,
+    tasks: Vec<MTask>,
+    worker: Worker,
+    starts: Vec<(usize, u32, u64)>,
+    next_seq: u64,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            now: 0,
+            phase: Phase::Idle,
+            run_at: None,
+            stop_at: None,
+            tasks: Vec::new(),
+            worker: Worker::Idle,
+            starts: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
+    fn by_name(&self, name: usize) -> Option<usize> {
+        self.tasks
+            .iter()
+            .rposition(|t| t.spec.name == Some(name) && self.known(t))
+    }
+
+    /// Known: pending, running, or finished with a cached outcome not yet
+    /// swept or replaced.
+    fn known(&self, t: &MTask) -> bool {
+        if t.state != MState::Done {
+            return true;
+        }
+        if t.replaced_at.is_some_and(|r| r <= self.now) {
+            return false;
+        }
+        match t.spec.retention_secs {
+            None => false, // forgotten at once
+            Some(r) => self.now < self.swept_at(t.finished_at + r * SEC),
+        }
+    }
+
+    /// When an outcome cached until `expiry` is swept: the one sweeper runs
+    /// from `run` until a stop or cancel.
+    fn swept_at(&self, expiry: u64) -> u64 {
+        match self.run_at {
+            None => u64::MAX,
+            Some(run) => {
+                let at = expiry.max(run);
+                if self.stop_at.is_some_and(|stop| at >= stop) {
+                    u64::MAX
+                } else {
+                    at
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, i: usize, out: Fate) {
+        let t = &mut self.tasks[i];
+        t.state = MState::Done;
+        t.outcome = Some(out);
+        t.finished_at = self.now;
+    }
+
+    fn best_due(&self) -> Option<usize> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.state == MState::Queued && t.start <= self.now)
+            .min_by_key(|(_, t)| (std::cmp::Reverse(t.spec.priority), t.start, t.seq))
+            .map(|(i, _)| i)
+    }
+
+    fn next_start(&self) -> Option<u64> {
+        self.tasks
+            .iter()
+            .filter(|t| t.state == MState::Queued)
+            .map(|t| t.start)
+            .min()
+    }
+
+    fn start_attempt(&mut self, i: usize) {
+        let now = self.now;
+        let t = &mut self.tasks[i];
+        t.state = MState::Running;
+        t.attempts += 1;
+        let a = t.attempts;
+        self.starts.push((i, a, now));
+        let (dur, end) = match t.spec.behavior {
+            Behavior::Ok => (0, AttemptEnd::Ok),
+            Behavior::FailTimes(k) if a <= k => (0, AttemptEnd::Failed),
+            Behavior::FailTimes(_) => (0, AttemptEnd::Ok),
+            Behavior::Panic => (0, AttemptEnd::Panicked),
+            Behavior::Sleep(s) => (s * SEC + 500, AttemptEnd::Ok),
+        };
+        let (dur, end) = match t.spec.timeout_secs {
+            Some(to) if to * SEC < dur => (to * SEC, AttemptEnd::TimedOut),
+            _ => (dur, end),
+        };
+        self.worker = Worker::Running {
+            i,
+            at: now + dur,
+            end,
+        };
+    }
+
+    /// The worker is free at `now`: take the best due task, if any.
+    fn claim(&mut self) {
+        self.worker = Worker::Idle;
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some(i) = self.best_due() {
+            self.start_attempt(i);
+        }
+    }
+
+    fn end_attempt(&mut self, i: usize, end: AttemptEnd) {
+        let out = match end {
+            AttemptEnd::Ok => {
+                self.finish(i, Fate::Value(i));
+                return self.claim();
+            }
+            AttemptEnd::Failed => Fate::Failed,
+            AttemptEnd::Panicked => Fate::Panicked,
+            AttemptEnd::TimedOut => Fate::TimedOut,
+        };
+        let t = &self.tasks[i];
+        if t.attempts > t.spec.retries {
+            self.finish(i, out);
+            return self.claim();
+        }
+        if self.phase != Phase::Running {
+            // A retry refused by a stop.
+            self.finish(i, Fate::Shutdown);
+            return self.claim();
+        }
+        let delay = t.spec.backoff_secs * SEC;
+        if t.spec.immediate {
+            self.worker = Worker::Waiting {
+                i,
+                at: self.now + delay,
+            };
+        } else {
+            let t = &mut self.tasks[i];
+            t.state = MState::Queued;
+            t.start = self.now + delay;
+            self.claim();
+        }
+    }
+
+    /// Runs the engine's events strictly before `until`.
+    fn advance_to(&mut self, until: u64) {
+        loop {
+            match self.worker {
+                Worker::Running { i, at, end } if at < until => {
+                    self.now = at;
+                    self.end_attempt(i, end);
+                }
+                Worker::Waiting { i, at } if at < until => {
+                    self.now = at;
+                    self.start_attempt(i);
+                }
+                Worker::Idle if self.phase == Phase::Running => match self.next_start() {
+                    Some(s) if s < until => {
+                        self.now = self.now.max(s);
+                        self.claim();
+                    }
+                    _ => break,
+                },
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    fn shut_down_queued(&mut self) {
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].state == MState::Queued {
+                self.finish(i, Fate::Shutdown);
+            }
+        }
+    }
+
+    fn cancel_all(&mut self) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        self.phase = Phase::Stopped;
+        self.stop_at = Some(self.now);
+        self.shut_down_queued();
+        match self.worker {
+            Worker::Running { i, .. } | Worker::Waiting { i, .. } => self.finish(i, Fate::Shutdown),
+            Worker::Idle => {}
+        }
+        self.worker = Worker::Idle;
+    }
+
+    /// Graceful stop with a timeout; returns the predicted `Ok`/timeout and
+    /// leaves `now` at the time `stop` returns.
+    fn stop(&mut self, timeout: u64) -> bool {
+        if self.phase == Phase::Stopped {
+            return true;
+        }
+        self.phase = Phase::Stopped;
+        self.stop_at = Some(self.now);
+        self.shut_down_queued();
+        match self.worker {
+            Worker::Waiting { i, .. } => {
+                self.finish(i, Fate::Shutdown);
+                self.worker = Worker::Idle;
+                true
+            }
+            Worker::Running { i, at, end } => {
+                if at < self.now + timeout {
+                    self.now = at;
+                    self.end_attempt(i, end);
+                    true
+                } else {
+                    self.now += timeout;
+                    self.finish(i, Fate::Shutdown);
+                    self.worker = Worker::Idle;
+                    false
+                }
+            }
+            Worker::Idle => true,
+        }
+    }
+
+    fn run(&mut self) {
+        self.phase = Phase::Running;
+        self.run_at = Some(self.now);
+        self.claim();
+    }
+
+    fn cancel(&mut self, i: usize) -> bool {
+        match self.tasks[i].state {
+            MState::Done => false,
+            MState::Queued => {
+                self.finish(i, Fate::Cancelled);
+                true
+            }
+            MState::Running => {
+                self.finish(i, Fate::Cancelled);
+                self.claim();
+                true
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the runner
+
+type Handle = TaskHandle<usize, String>;
+
+struct Real {
+    cluster: Cluster,
+    base: Instant,
+    handles: Vec<Option<Handle>>,
+    ids: Vec<TaskId>,
+    subs: Vec<(usize, Subscription<usize, String>)>,
+    log: Arc<Mutex<Vec<(usize, u32, u64)>>>,
+}
+
+fn to_out(r: Result<usize, TaskError<String>>) -> Fate {
+    match r {
+        Ok(v) => Fate::Value(v),
+        Err(TaskError::Failed(_)) => Fate::Failed,
+        Err(TaskError::Panicked { .. }) => Fate::Panicked,
+        Err(TaskError::TimedOut { .. }) => Fate::TimedOut,
+        Err(TaskError::Cancelled) => Fate::Cancelled,
+        Err(TaskError::Shutdown) => Fate::Shutdown,
+        Err(e) => panic!("unexpected error kind {e:?}"),
+    }
+}
+
+impl Real {
+    fn submit(&mut self, index: usize, spec: &Spec) -> Result<(), SubmitError> {
+        let log = self.log.clone();
+        let base = self.base;
+        let behavior = spec.behavior;
+        let mut b = self
+            .cluster
+            .task(move |ctx| {
+                let log = log.clone();
+                async move {
+                    let at = Instant::now().duration_since(base).as_millis() as u64;
+                    log.lock().unwrap().push((index, ctx.attempt(), at));
+                    match behavior {
+                        Behavior::Ok => Ok(index),
+                        Behavior::FailTimes(k) if ctx.attempt() <= k => {
+                            Err(format!("fail {}", ctx.attempt()))
+                        }
+                        Behavior::FailTimes(_) => Ok(index),
+                        Behavior::Panic => panic!("model-panic"),
+                        Behavior::Sleep(s) => {
+                            tokio::time::sleep(Duration::from_millis(s * SEC + 500)).await;
+                            Ok(index)
+                        }
+                    }
+                }
+            })
+            .priority(spec.priority)
+            .retry(spec.retries)
+            .backoff(FixedBackoff::new(Duration::from_secs(spec.backoff_secs)))
+            .retry_mode(if spec.immediate {
+                RetryMode::Immediate
+            } else {
+                RetryMode::Requeue
+            });
+        if let Some(n) = spec.name {
+            b = b.id(NAMES[n]);
+        }
+        if let Some(s) = spec.start_sec {
+            b = b.start_at(base + Duration::from_secs(s));
+        }
+        if let Some(t) = spec.timeout_secs {
+            b = b.timeout(Duration::from_secs(t));
+        }
+        if let Some(r) = spec.retention_secs {
+            b = b.retention(Duration::from_secs(r));
+        }
+        let h = b.submit()?;
+        self.ids.push(h.id().clone());
+        self.handles.push(Some(h));
+        Ok(())
+    }
+}
+
+fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let base = Instant::now();
+        let mut real = Real {
+            cluster: Cluster::new(1).unwrap(),
+            base,
+            handles: Vec::new(),
+            ids: Vec::new(),
+            subs: Vec::new(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut model = Model::new();
+        quiet_model_panics();
+        // Operation k happens at millisecond offset k + 1 of its second.
+        let mut second = 0u64;
+        for (k, op) in ops.iter().enumerate() {
+            if let Op::Advance(s) = op {
+                second += s;
+            }
+            let at = op_time(second, k as u64 + 1, model.now);
+            second = at / SEC;
+            model.advance_to(at);
+            tokio::time::sleep_until(base + Duration::from_millis(at)).await;
+            match op {
+                Op::Advance(_) => {}
+                Op::Submit(spec) => {
+                    let index = real.handles.len();
+                    let expected = predict_submit(&model, spec);
+                    let got = real.submit(index, spec);
+                    prop_assert_eq!(&got, &expected, "submit #{} {:?}", index, spec);
+                    if got.is_ok() {
+                        let start = spec.start_sec.map_or(model.now, |s| s * SEC);
+                        if let Some(n) = spec.name {
+                            if let Some(old) = model.by_name(n) {
+                                // Replacing a cached outcome: it is forgotten.
+                                model.tasks[old].replaced_at = Some(model.now);
+                            }
+                        }
+                        model.tasks.push(MTask {
+                            spec: spec.clone(),
+                            seq: model.next_seq,
+                            start,
+                            attempts: 0,
+                            state: MState::Queued,
+                            outcome: None,
+                            finished_at: 0,
+                            replaced_at: None,
+                        });
+                        model.next_seq += 1;
+                        if matches!(model.worker, Worker::Idle) {
+                            model.claim();
+                        }
+                    } else {
+                        real.handles.push(None);
+                        real.ids.push(TaskId::from("rejected"));
+                        model.tasks.push(MTask {
+                            spec: spec.clone(),
+                            seq: u64::MAX,
+                            start: 0,
+                            attempts: 0,
+                            state: MState::Done,
+                            outcome: None,
+                            finished_at: 0,
+                            replaced_at: Some(0),
+                        });
+                    }
+                }
+                Op::CancelName(n) => {
+                    let expected = model.by_name(*n).is_some_and(|i| model.cancel(i));
+                    prop_assert_eq!(
+                        real.cluster.cancel_task(NAMES[*n]),
+                        expected,
+                        "cancel {}",
+                        NAMES[*n]
+                    );
+                }
+                Op::CancelNth(i) => {
+                    if *i < real.ids.len() && model.tasks[*i].seq != u64::MAX {
+                        // A user id names whoever holds it now; a generated one, this task.
+                        let target = match model.tasks[*i].spec.name {
+                            Some(n) => model.by_name(n),
+                            None => Some(*i),
+                        };
+                        let expected = target.is_some_and(|t| model.cancel(t));
+                        prop_assert_eq!(
+                            real.cluster.cancel_task(real.ids[*i].clone()),
+                            expected,
+                            "cancel #{}",
+                            i
+                        );
+                    }
+                }
+                Op::Subscribe(n) => {
+                    let found = model.by_name(*n);
+                    match real.cluster.subscribe::<usize, String>(NAMES[*n]) {
+                        Ok(s) => {
+                            prop_assert!(
+                                found.is_some(),
+                                "subscribe {} found a task the model forgot",
+                                NAMES[*n]
+                            );
+                            real.subs.push((found.unwrap(), s));
+                        }
+                        Err(e) => prop_assert!(
+                            found.is_none(),
+                            "subscribe {}: {} but the model knows it",
+                            NAMES[*n],
+                            e
+                        ),
+                    }
+                }
+                Op::Run => {
+                    let expected = model.phase == Phase::Idle;
+                    prop_assert_eq!(real.cluster.run().is_ok(), expected, "run");
+                    if expected {
+                        model.run();
+                    }
+                }
+                Op::Stop(t) => {
+                    let timeout = Duration::from_secs(*t);
+                    let expected = model.stop(t * SEC);
+                    let got = real.cluster.stop(timeout).await;
+                    prop_assert_eq!(got.is_ok(), expected, "stop: {:?}", got);
+                    let now = Instant::now().duration_since(base).as_millis() as u64;
+                    prop_assert_eq!(now, model.now, "stop returned at the predicted time");
+                }
+                Op::CancelAll => {
+                    model.cancel_all();
+                    real.cluster.cancel();
+                }
+            }
+        }
+        // Let everything settle: run if never run, then wait out the schedule.
+        // Offsets 998 and 999 are never an operation's, nor an event's.
+        let end = op_time(model.now / SEC, 998, model.now);
+        if model.phase == Phase::Idle {
+            model.advance_to(end);
+            tokio::time::sleep_until(base + Duration::from_millis(end)).await;
+            model.run();
+            real.cluster.run().unwrap();
+        }
+        let horizon = op_time(model.now / SEC + 200, 999, model.now);
+        model.advance_to(horizon);
+        tokio::time::sleep_until(base + Duration::from_millis(horizon)).await;
+        model.cancel_all();
+        real.cluster.cancel();
+
+        let starts = real.log.lock().unwrap().clone();
+        prop_assert_eq!(&starts, &model.starts, "attempt starts (task, attempt, ms)");
+        for (i, h) in real.handles.iter_mut().enumerate() {
+            if let Some(h) = h.take() {
+                let got = to_out(h.await);
+                prop_assert_eq!(
+                    Some(&got),
+                    model.tasks[i].outcome.as_ref(),
+                    "outcome of task #{}",
+                    i
+                );
+            }
+        }
+        for (i, s) in real.subs.drain(..) {
+            let got = to_out(s.await);
+            prop_assert_eq!(
+                Some(&got),
+                model.tasks[i].outcome.as_ref(),
+                "subscriber of task #{}",
+                i
+            );
+        }
+        prop_assert_eq!(
+            real.cluster.stats().queued + real.cluster.stats().running,
+            0
+        );
+        Ok(())
+    })
+}
+
+fn predict_submit(model: &Model, spec: &Spec) -> Result<(), SubmitError> {
+    if model.phase == Phase::Stopped {
+        return Err(SubmitError::ShuttingDown);
+    }
+    if let Some(n) = spec.name {
+        if let Some(i) = model.by_name(n) {
+            if model.tasks[i].state != MState::Done {
+                return Err(SubmitError::DuplicateId(TaskId::from(NAMES[n])));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 1000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_model(ops in prop::collection::vec(op(), 1..40)) {
+        check(ops)?;
+    }
+}
+
+/// The first time at `offset` ms into a second, from `second` on, after `now`.
+fn op_time(second: u64, offset: u64, now: u64) -> u64 {
+    let at = second * SEC + offset;
+    if at > now {
+        at
+    } else {
+        (now / SEC + 1) * SEC + offset
+    }
+}
+
+/// Keeps the test output readable: the model's own panics are expected.
+fn quiet_model_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&"model-panic") {
+                default(info);
+            }
+        }));
+    });
+}
