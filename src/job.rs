@@ -383,18 +383,28 @@ where
     }
 
     fn complete(&self, forced: Option<Forced>, retain: bool) {
-        let pending = self.state.lock().result.take();
-        let outcome = match (forced, pending) {
+        // Release what the body captured before anyone sees the outcome
+        // (a body that owns nothing needs no lock for that).
+        if std::mem::needs_drop::<B>() {
+            let body = self.body.lock().take();
+            drop(body);
+        }
+        let mut st = self.state.lock();
+        let outcome = match (forced, st.result.take()) {
             (Some(Forced::Cancelled), _) => Err(TaskError::Cancelled),
             (Some(Forced::Shutdown), _) => Err(TaskError::Shutdown),
             (None, Some(r)) => r,
             // Unreachable by construction; never invent a value.
             (None, None) => Err(TaskError::Shutdown),
         };
-        // Release what the body captured before anyone sees the outcome.
-        let body = self.body.lock().take();
-        drop(body);
-        if let Some(x) = self.extras.as_deref() {
+        let hooks = self
+            .extras
+            .as_deref()
+            .filter(|x| x.on_failure.is_some() || x.on_complete.is_some());
+        if let Some(x) = hooks {
+            // Invariant 3: callbacks run unlocked. Nobody else reads the
+            // result before `done` is set, so the outcome can be out meanwhile.
+            drop(st);
             if let (Err(err), Some(cb)) = (&outcome, &x.on_failure) {
                 if let Err(msg) = guard(|| cb(&self.id, err)) {
                     tracing::error!(task = %self.id, panic = %msg, "on_failure callback panicked");
@@ -405,25 +415,24 @@ where
                     tracing::error!(task = %self.id, panic = %msg, "on_complete callback panicked");
                 }
             }
+            st = self.state.lock();
         }
-        let (waker, dropped) = {
-            let mut st = self.state.lock();
-            if let Some(readers) = st.readers.as_deref_mut() {
-                for tx in readers.subscribers.drain(..) {
-                    // A subscriber that gave up is not an error.
-                    let _ = tx.send((readers.cloner)(&outcome));
-                }
+        if let Some(readers) = st.readers.as_deref_mut() {
+            for tx in readers.subscribers.drain(..) {
+                // A subscriber that gave up is not an error.
+                let _ = tx.send((readers.cloner)(&outcome));
             }
-            st.done = true;
-            st.retained = retain;
-            let dropped = if st.handle_gone && !retain {
-                Some(outcome)
-            } else {
-                st.result = Some(outcome);
-                None
-            };
-            (st.handle_waker.take(), dropped)
+        }
+        st.done = true;
+        st.retained = retain;
+        let dropped = if st.handle_gone && !retain {
+            Some(outcome)
+        } else {
+            st.result = Some(outcome);
+            None
         };
+        let waker = st.handle_waker.take();
+        drop(st);
         drop(dropped);
         if let Some(w) = waker {
             w.wake();
