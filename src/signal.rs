@@ -9,11 +9,34 @@
 //!    token, if the body asked for one. The token is made lazily, because
 //!    most bodies never ask and a token costs an allocation.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
+
+use self::sync::{AtomicU8, Mutex, Ordering};
+
+/// The signal is the engine's only lock-free state, so it is the part model
+/// checked with loom: `RUSTFLAGS="--cfg corral_loom" cargo test --lib loom`.
+#[cfg(not(corral_loom))]
+mod sync {
+    pub(crate) use parking_lot::Mutex;
+    pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+}
+
+#[cfg(corral_loom)]
+mod sync {
+    pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+
+    /// `parking_lot`'s API over loom's mutex.
+    #[derive(Debug, Default)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+}
 
 /// Why a running attempt was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,5 +202,68 @@ mod tests {
         let s = Signal::default();
         s.raise(CancelReason::Shutdown);
         assert!(s.token().is_cancelled());
+    }
+}
+
+#[cfg(all(test, corral_loom))]
+mod loom_tests {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::task::{Wake, Waker};
+
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+
+    use super::*;
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, SeqCst);
+        }
+    }
+
+    /// A cancel racing the worker's registration is never lost: the worker
+    /// either sees it at once or is woken.
+    #[test]
+    fn loom_raise_vs_poll_is_never_lost() {
+        loom::model(|| {
+            let signal = Arc::new(Signal::default());
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let s2 = signal.clone();
+            let t = loom::thread::spawn(move || s2.raise(CancelReason::Cancelled));
+            let first = signal.poll_final(&mut Context::from_waker(&waker));
+            t.join().unwrap();
+            assert!(first.is_ready() || flag.0.load(SeqCst));
+            assert_eq!(signal.reason(), Some(CancelReason::Cancelled));
+        });
+    }
+
+    /// Clearing a timeout between attempts never erases a racing cancel.
+    #[test]
+    fn loom_timeout_reset_vs_cancel_keeps_the_cancel() {
+        loom::model(|| {
+            let signal = Arc::new(Signal::default());
+            signal.raise(CancelReason::TimedOut);
+            let s2 = signal.clone();
+            let t = loom::thread::spawn(move || s2.raise(CancelReason::Cancelled));
+            signal.reset_timeout();
+            t.join().unwrap();
+            assert_eq!(signal.reason(), Some(CancelReason::Cancelled));
+        });
+    }
+
+    /// A token taken while a shutdown is raised ends up cancelled.
+    #[test]
+    fn loom_token_vs_raise_ends_cancelled() {
+        loom::model(|| {
+            let signal = Arc::new(Signal::default());
+            let s2 = signal.clone();
+            let t = loom::thread::spawn(move || s2.raise(CancelReason::Shutdown));
+            let token = signal.token();
+            t.join().unwrap();
+            assert!(token.is_cancelled());
+        });
     }
 }
