@@ -1,0 +1,110 @@
+//! The child process: runs exactly one (workload, side, workers, driver,
+//! variant) on a fresh tokio multi-thread runtime with 2 worker threads, and
+//! prints one line for the parent:
+//!
+//! ```text
+//! RESULT rate=1234567.8 secs=0.16 ...
+//! ```
+//!
+//! A broken correctness check (wrong value, inversions, a handle that did
+//! not answer as it must) is printed as `FAIL ...` on stderr after the
+//! `RESULT` line, and the child exits with status 1.
+
+use std::future::Future;
+
+use tokio::runtime::Runtime;
+
+use crate::alloc;
+use crate::spec::{Driver, Side, Spec};
+use crate::workloads::{latency, memory, order, throughput, timers, Outcome, Sizes};
+
+/// Runs the child given its arguments (starting with `--child`); returns
+/// the process exit status.
+pub fn main(args: &[String]) -> i32 {
+    let (spec, quick) = match Spec::parse(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("FAIL bad child arguments: {e}");
+            return 2;
+        }
+    };
+    if matches!(spec.workload, "W5" | "W6" | "W9") {
+        alloc::enable();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("FAIL runtime: {e}");
+            return 2;
+        }
+    };
+    let outcome = run(&rt, &spec, &Sizes::new(quick));
+    drop(rt);
+    match outcome {
+        Ok(report) => {
+            let fields: Vec<String> = report
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("RESULT {}", fields.join(" "));
+            for f in &report.failures {
+                eprintln!("FAIL {spec}: {f}");
+            }
+            i32::from(!report.failures.is_empty())
+        }
+        Err(e) => {
+            eprintln!("FAIL {spec}: {e}");
+            1
+        }
+    }
+}
+
+/// Runs the workload loop where the driver says.
+fn drive<F>(rt: &Runtime, driver: Driver, fut: F) -> Outcome
+where
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    match driver {
+        Driver::BlockOn => rt.block_on(fut),
+        Driver::Spawned => rt.block_on(async {
+            tokio::spawn(fut)
+                .await
+                .unwrap_or_else(|e| Err(format!("workload task: {e}")))
+        }),
+    }
+}
+
+fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
+    let (w, d) = (spec.workers, spec.driver);
+    let variant = spec.variant;
+    match (spec.workload, spec.side) {
+        ("W1", Side::Corral) => drive(rt, d, throughput::w1_corral(s.w1, w)),
+        ("W1", Side::Floor) => drive(rt, d, throughput::w1_floor(s.w1, w)),
+        ("W2", Side::Corral) => drive(rt, d, order::w2_corral(s.w2, variant)),
+        ("W2", Side::Floor) => order::w2_floor(s.w2, variant),
+        ("W3", Side::Corral) => drive(rt, d, timers::w3_corral(s.w3, s.w3_from, s.w3_to, w)),
+        ("W3", Side::Floor) => drive(rt, d, timers::w3_floor(s.w3, s.w3_from, s.w3_to)),
+        ("W4", Side::Corral) => drive(rt, d, latency::w4_corral(s.w4, w)),
+        ("W4", Side::Floor) => drive(rt, d, latency::w4_floor(s.w4)),
+        ("W5", Side::Corral) => drive(rt, d, memory::w5_corral(s.w5, s.settle, w)),
+        ("W5", Side::Floor) => drive(rt, d, memory::w5_floor(s.w5, s.settle)),
+        ("W6", Side::Corral) => drive(rt, d, memory::w6_corral(s.w6, s.settle, w)),
+        ("W6", Side::Floor) => drive(rt, d, memory::w6_floor(s.w6, s.settle)),
+        ("W7", Side::Corral) => drive(rt, d, throughput::w7_corral(s.w7, w)),
+        ("W7", Side::Floor) => drive(rt, d, throughput::w7_floor(s.w7, w)),
+        ("W8", Side::Corral) => drive(rt, d, throughput::w8_corral(s.w8, w)),
+        ("W8", Side::Floor) => drive(rt, d, throughput::w8_floor(s.w8, w)),
+        ("W9", Side::Corral) => drive(
+            rt,
+            d,
+            memory::w9_corral(s.w9, s.w9_checkpoint, s.w9_wave, w),
+        ),
+        ("W9", Side::Floor) => Err("W9 has no floor program".into()),
+        (other, _) => Err(format!("unknown workload {other}")),
+    }
+}

@@ -1,0 +1,343 @@
+//! The rows of the report: for each workload, which child values are
+//! compared, how repetitions are folded, and the target from
+//! `benchmarks.md`. Ratios are always corral/floor (see [`crate::report`]).
+
+use crate::parent::Options;
+use crate::report::{Cell, Results, Row, Target, Unit};
+use crate::spec::{Driver, Side, Spec};
+use crate::stats::median;
+use crate::workloads::Sizes;
+
+/// How repetitions are folded into one value.
+#[derive(Debug, Clone, Copy)]
+enum Fold {
+    Median,
+    Max,
+}
+
+/// One side of a row: whose runs, which value.
+type Source<'a> = Option<(&'a Spec, &'static str)>;
+
+fn series(res: &Results, spec: &Spec, key: &str) -> Vec<Option<f64>> {
+    res.get(spec).map_or_else(Vec::new, |runs| {
+        runs.iter()
+            .map(|r| r.as_ref().and_then(|m| m.get(key).copied()))
+            .map(|v| v.filter(|v| v.is_finite()))
+            .collect()
+    })
+}
+
+fn row(
+    res: &Results,
+    name: String,
+    unit: Unit,
+    (corral, floor): (Source<'_>, Source<'_>),
+    target: Target,
+    fold: Fold,
+) -> Row {
+    let c = corral.map(|(s, k)| series(res, s, k));
+    let f = floor.map(|(s, k)| series(res, s, k));
+    let cell = |v: &Option<Vec<Option<f64>>>| match v {
+        None => Cell::Absent,
+        Some(v) => {
+            let vals: Vec<f64> = v.iter().flatten().copied().collect();
+            let folded = match fold {
+                Fold::Median => median(&vals),
+                Fold::Max => vals.into_iter().reduce(f64::max),
+            };
+            folded.map_or(Cell::Missing, Cell::Value)
+        }
+    };
+    // A ratio of counts or of percentages says nothing: those rows are
+    // judged on corral's own value.
+    let comparable = !matches!(unit, Unit::Int | Unit::Pct);
+    let ratio = match (&c, &f) {
+        (Some(c), Some(f)) if comparable => {
+            let ratios: Vec<f64> = c
+                .iter()
+                .zip(f)
+                .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+                .filter(|r| r.is_finite())
+                .collect();
+            median(&ratios)
+        }
+        _ => None,
+    };
+    Row {
+        name,
+        unit,
+        corral: cell(&c),
+        floor: cell(&f),
+        ratio,
+        target,
+    }
+}
+
+/// A row comparing the same value of a corral spec and its floor.
+fn paired(res: &Results, name: String, unit: Unit, c: &Spec, key: &'static str, t: Target) -> Row {
+    let f = Spec {
+        side: Side::Floor,
+        ..c.clone()
+    };
+    row(
+        res,
+        name,
+        unit,
+        (Some((c, key)), Some((&f, key))),
+        t,
+        Fold::Median,
+    )
+}
+
+/// W2's child runs: both variants on both sides, and the W1 floor at 1
+/// worker that W2's drain rate is compared with.
+pub fn w2_specs() -> Vec<Spec> {
+    let w2 = |side, v| Spec::new("W2", side, 1).variant(v);
+    vec![
+        w2(Side::Corral, "distinct"),
+        w2(Side::Corral, "same"),
+        w2(Side::Floor, "distinct"),
+        w2(Side::Floor, "same"),
+        Spec::new("W1", Side::Floor, 1),
+    ]
+}
+
+/// "10M", "200k", "1000".
+fn count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// Builds every row for the workloads that were run.
+pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
+    let s = Sizes::new(o.quick);
+    let mut rows = Vec::new();
+    let drivers = [Driver::BlockOn, Driver::Spawned];
+    if o.wants("W1") {
+        for w in [1, 2, 8] {
+            for d in drivers {
+                let c = Spec::new("W1", Side::Corral, w).driver(d);
+                let name = format!("W1 throughput, {w} worker(s), {d}");
+                rows.push(paired(
+                    res,
+                    name,
+                    Unit::Rate,
+                    &c,
+                    "rate",
+                    Target::AtLeast(1.5),
+                ));
+            }
+        }
+    }
+    if o.wants("W2") {
+        let w1_floor = Spec::new("W1", Side::Floor, 1);
+        for v in ["distinct", "same"] {
+            let c = Spec::new("W2", Side::Corral, 1).variant(v);
+            let f = Spec::new("W2", Side::Floor, 1).variant(v);
+            let zero = Target::Corral(0.0, "= 0");
+            rows.push(row(
+                res,
+                format!("W2 {v} start times: inversions (max)"),
+                Unit::Int,
+                (Some((&c, "inversions")), Some((&f, "inversions"))),
+                zero,
+                Fold::Max,
+            ));
+            rows.push(row(
+                res,
+                format!("W2 {v}: drain rate vs W1 floor w=1"),
+                Unit::Rate,
+                (Some((&c, "rate")), Some((&w1_floor, "rate"))),
+                Target::AtLeast(1.0),
+                Fold::Median,
+            ));
+            rows.push(row(
+                res,
+                format!("W2 {v}: BinaryHeap push+pop (floor)"),
+                Unit::Rate,
+                (None, Some((&f, "rate"))),
+                Target::Info,
+                Fold::Median,
+            ));
+        }
+    }
+    if o.wants("W3") {
+        let c = Spec::new("W3", Side::Corral, 8);
+        let one = Target::AtMost(1.0);
+        rows.push(paired(
+            res,
+            "W3 timer lateness p50".into(),
+            Unit::Ms,
+            &c,
+            "p50_ms",
+            one,
+        ));
+        rows.push(paired(
+            res,
+            "W3 timer lateness p99".into(),
+            Unit::Ms,
+            &c,
+            "p99_ms",
+            one,
+        ));
+        rows.push(paired(
+            res,
+            "W3 process CPU".into(),
+            Unit::Secs,
+            &c,
+            "cpu_s",
+            one,
+        ));
+    }
+    if o.wants("W4") {
+        for d in drivers {
+            let c = Spec::new("W4", Side::Corral, 2).driver(d);
+            let t = Target::AtMost(1.3);
+            rows.push(paired(
+                res,
+                format!("W4 round trip p50, {d}"),
+                Unit::Us,
+                &c,
+                "p50_us",
+                t,
+            ));
+            rows.push(paired(
+                res,
+                format!("W4 round trip p99, {d}"),
+                Unit::Us,
+                &c,
+                "p99_us",
+                t,
+            ));
+        }
+    }
+    if o.wants("W5") {
+        let c = Spec::new("W5", Side::Corral, 2);
+        let n = count(s.w5);
+        rows.push(paired(
+            res,
+            format!("W5 submit rate ({n} pending)"),
+            Unit::Rate,
+            &c,
+            "submit_rate",
+            Target::AtLeast(3.0),
+        ));
+        rows.push(paired(
+            res,
+            "W5 live heap per pending task".into(),
+            Unit::Bytes,
+            &c,
+            "heap_per_task",
+            Target::AtMost(0.75),
+        ));
+        rows.push(paired(
+            res,
+            "W5 allocations per task".into(),
+            Unit::PerTask,
+            &c,
+            "allocs_per_task",
+            Target::Corral(1.0, "<= 1"),
+        ));
+        rows.push(paired(
+            res,
+            "W5 peak heap per task (info)".into(),
+            Unit::Bytes,
+            &c,
+            "peak_heap_per_task",
+            Target::Info,
+        ));
+        rows.push(paired(
+            res,
+            "W5 peak RSS (info)".into(),
+            Unit::MiB,
+            &c,
+            "rss_mib",
+            Target::Info,
+        ));
+    }
+    if o.wants("W6") {
+        let c = Spec::new("W6", Side::Corral, 2);
+        let n = count(s.w6);
+        rows.push(paired(
+            res,
+            format!("W6 time to cancel {n} by id"),
+            Unit::Ms,
+            &c,
+            "cancel_ms",
+            Target::AtMost(0.5),
+        ));
+        rows.push(paired(
+            res,
+            "W6 time until every awaiter answered".into(),
+            Unit::Ms,
+            &c,
+            "answered_ms",
+            Target::AtMost(0.5),
+        ));
+        rows.push(paired(
+            res,
+            "W6 live heap after, % of peak".into(),
+            Unit::Pct,
+            &c,
+            "after_pct",
+            Target::Corral(5.0, "<= 5 %"),
+        ));
+    }
+    if o.wants("W7") {
+        let c = Spec::new("W7", Side::Corral, 2);
+        rows.push(paired(
+            res,
+            "W7 4 producers, throughput".into(),
+            Unit::Rate,
+            &c,
+            "rate",
+            Target::AtLeast(1.2),
+        ));
+    }
+    if o.wants("W8") {
+        let c = Spec::new("W8", Side::Corral, 2);
+        rows.push(paired(
+            res,
+            "W8 retries (2 fails + 1), throughput".into(),
+            Unit::Rate,
+            &c,
+            "rate",
+            Target::AtLeast(0.5),
+        ));
+    }
+    if o.wants("W9") {
+        let c = Spec::new("W9", Side::Corral, 2);
+        let (n1, n2) = (count(s.w9_checkpoint), count(s.w9));
+        let one = |name: String, unit, key, t| {
+            row(res, name, unit, (Some((&c, key)), None), t, Fold::Median)
+        };
+        rows.push(one(
+            format!("W9 peak RSS after {n1} (info)"),
+            Unit::MiB,
+            "rss_1_mib",
+            Target::Info,
+        ));
+        rows.push(one(
+            format!("W9 peak RSS after {n2} (info)"),
+            Unit::MiB,
+            "rss_end_mib",
+            Target::Info,
+        ));
+        rows.push(one(
+            format!("W9 peak RSS {n2} / {n1}"),
+            Unit::Ratio,
+            "rss_ratio",
+            Target::Corral(1.2, "<= 1.2"),
+        ));
+        rows.push(one(
+            "W9 soak throughput (info)".into(),
+            Unit::Rate,
+            "rate",
+            Target::Info,
+        ));
+    }
+    rows
+}

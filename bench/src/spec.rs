@@ -1,0 +1,158 @@
+//! What one child process runs: a workload, a side (corral or its raw-tokio
+//! floor), a worker count, a driver and a variant, and how that travels on
+//! the child's command line (`--child W1 --side corral --workers 2 --driver
+//! block_on --variant - [--quick]`).
+
+use std::fmt;
+
+/// Which program runs the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Through corral.
+    Corral,
+    /// The most direct raw-tokio program doing the same job.
+    Floor,
+}
+
+/// Where the workload loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Driver {
+    /// In `Runtime::block_on` on the main thread (the body of `#[tokio::main]`).
+    BlockOn,
+    /// Inside a `tokio::spawn`ed task, on a runtime worker thread.
+    Spawned,
+}
+
+/// One (workload, side, workers, driver, variant) combination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// `W1` .. `W9`.
+    pub workload: &'static str,
+    /// Corral or floor.
+    pub side: Side,
+    /// Corral workers, and the floor's semaphore size.
+    pub workers: usize,
+    /// Where the loop runs.
+    pub driver: Driver,
+    /// Workload-specific variant (`distinct` / `same` for W2), else `-`.
+    pub variant: &'static str,
+}
+
+const WORKLOADS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
+const VARIANTS: [&str; 3] = ["-", "distinct", "same"];
+
+impl Spec {
+    /// A spec with the `block_on` driver and no variant.
+    pub fn new(workload: &'static str, side: Side, workers: usize) -> Self {
+        Spec {
+            workload,
+            side,
+            workers,
+            driver: Driver::BlockOn,
+            variant: "-",
+        }
+    }
+
+    /// This spec with another driver.
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = driver;
+        self
+    }
+
+    /// This spec with another variant.
+    pub fn variant(mut self, variant: &'static str) -> Self {
+        self.variant = variant;
+        self
+    }
+
+    /// The hidden arguments that make the binary run this spec as a child.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--child".into(),
+            self.workload.into(),
+            "--side".into(),
+            self.side.to_string(),
+            "--workers".into(),
+            self.workers.to_string(),
+            "--driver".into(),
+            self.driver.to_string(),
+            "--variant".into(),
+            self.variant.into(),
+        ]
+    }
+
+    /// Parses the arguments written by [`to_args`](Self::to_args) (plus an
+    /// optional `--quick`), returning the spec and the quick flag.
+    pub fn parse(args: &[String]) -> Result<(Spec, bool), String> {
+        let mut spec = Spec::new("W1", Side::Corral, 1);
+        let mut quick = false;
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--child" => spec.workload = pick(&WORKLOADS, value()?)?,
+                "--side" => {
+                    spec.side = match value()?.as_str() {
+                        "corral" => Side::Corral,
+                        "floor" => Side::Floor,
+                        other => return Err(format!("unknown side {other}")),
+                    }
+                }
+                "--workers" => {
+                    spec.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?
+                }
+                "--driver" => {
+                    spec.driver = match value()?.as_str() {
+                        "block_on" => Driver::BlockOn,
+                        "spawned" => Driver::Spawned,
+                        other => return Err(format!("unknown driver {other}")),
+                    }
+                }
+                "--variant" => spec.variant = pick(&VARIANTS, value()?)?,
+                "--quick" => quick = true,
+                other => return Err(format!("unknown child argument {other}")),
+            }
+        }
+        Ok((spec, quick))
+    }
+}
+
+fn pick(known: &[&'static str], value: &str) -> Result<&'static str, String> {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .ok_or_else(|| format!("unknown value {value}"))
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Corral => "corral",
+            Side::Floor => "floor",
+        })
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::BlockOn => "block_on",
+            Driver::Spawned => "spawned",
+        })
+    }
+}
+
+impl fmt::Display for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} w={} {}",
+            self.workload, self.side, self.workers, self.driver
+        )?;
+        if self.variant != "-" {
+            write!(f, " {}", self.variant)?;
+        }
+        Ok(())
+    }
+}
