@@ -288,8 +288,10 @@ where
             || extras.on_complete.is_some();
         let extras = has_extras.then(|| Box::new(extras));
 
-        let mut core = shared.lock();
+        // Read the clock before locking: the lock is the cluster's one
+        // contended resource, so nothing that can run outside it runs inside.
         let now = shared.now();
+        let mut core = shared.lock();
         let start = match start {
             Start::Now => now,
             Start::At(at) => shared.tick(at),

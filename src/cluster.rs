@@ -253,7 +253,14 @@ impl Cluster {
             cloner: <Outcome<T, E> as Clone>::clone,
             receiver: None,
         };
-        let found = self.shared().lock().subscribe(&id, &mut req);
+        let shared = self.shared();
+        let now = shared.now();
+        let (found, expired) = {
+            let mut core = shared.lock();
+            let expired = core.sweep(now);
+            (core.subscribe(&id, &mut req), expired)
+        };
+        release(expired);
         match (found, req.receiver) {
             (Some(true), Some(rx)) => Ok(Subscription::new(id, rx)),
             (Some(_), _) => Err(SubscribeError::TypeMismatch {
@@ -275,9 +282,12 @@ impl Cluster {
     pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
         let id = id.into();
         let shared = self.shared();
+        let now = shared.now();
         let mut core = shared.lock();
-        let (found, delivery, running) = core.cancel(&id, shared.now());
+        let expired = core.sweep(now);
+        let (found, delivery, running) = core.cancel(&id, now);
         shared.unlock(core);
+        release(expired);
         if let Some(job) = running {
             job.signal().raise(CancelReason::Cancelled);
         }
@@ -374,9 +384,27 @@ impl Cluster {
     }
 
     /// Counts of the tasks the cluster holds. Cheap (one lock); `held`
-    /// returns to zero once everything has settled and caches have expired.
+    /// returns to zero once everything has settled and caches have expired
+    /// (also on a stopped cluster: expired outcomes are dropped here then).
     pub fn stats(&self) -> ClusterStats {
-        self.shared().lock().stats()
+        let shared = self.shared();
+        let now = shared.now();
+        let (stats, expired) = {
+            let mut core = shared.lock();
+            let expired = core.sweep(now);
+            (core.stats(), expired)
+        };
+        release(expired);
+        stats
+    }
+}
+
+/// Drops cached outcomes whose retention passed. The timekeeper does this on
+/// time while the cluster runs; after a stop, `stats`, `subscribe` and
+/// `cancel_task` do it, so a stopped cluster still forgets them.
+fn release(expired: Vec<Arc<dyn crate::job::Job>>) {
+    for job in expired {
+        job.release();
     }
 }
 

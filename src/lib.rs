@@ -84,6 +84,9 @@
 //!   if the attempt was just finishing.
 //! - A task whose retry is refused by a stop resolves as `Shutdown`.
 //! - A cacheable task caches whatever its final outcome is, cancels included.
+//!   One sweeper expires the cache while the cluster runs; after a stop,
+//!   expired outcomes are dropped by the next `stats`, `subscribe` or
+//!   `cancel_task`.
 //! - Callbacks run on the thread that settles the task, before the handle
 //!   resolves: `on_failure`, then `on_complete`.
 

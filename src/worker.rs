@@ -82,8 +82,10 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
         let notified = shared.work.notified();
         let mut notified = pin!(notified);
         let (delivery, next) = {
-            let mut core = shared.lock();
+            // A clock read taken before the lock can only be early, which
+            // delays a promotion to the next claim, never starts a task early.
             let now = shared.now();
+            let mut core = shared.lock();
             let delivery = done.take().and_then(|(c, p)| core.settle(c, p, now));
             let next = core.claim(now);
             if let Next::Idle = next {
