@@ -193,8 +193,6 @@ enum Phase {
 struct Model {
     now: u64,
     phase: Phase,
-    run_at: Option<u64>,
-    stop_at: Option<u64>,
     tasks: Vec<MTask>,
     worker: Worker,
     starts: Vec<(usize, u32, u64)>,
@@ -206,8 +204,6 @@ impl Model {
         Model {
             now: 0,
             phase: Phase::Idle,
-            run_at: None,
-            stop_at: None,
             tasks: Vec::new(),
             worker: Worker::Idle,
             starts: Vec::new(),
@@ -221,8 +217,9 @@ impl Model {
             .rposition(|t| t.spec.name == Some(name) && self.known(t))
     }
 
-    /// Known: pending, running, or finished with a cached outcome not yet
-    /// swept or replaced.
+    /// Known: pending, running, or finished with a cached outcome whose
+    /// retention has not passed (the sweeper removes it on time while the
+    /// cluster runs, and every lookup sweeps first otherwise).
     fn known(&self, t: &MTask) -> bool {
         if t.state != MState::Done {
             return true;
@@ -232,23 +229,7 @@ impl Model {
         }
         match t.spec.retention_secs {
             None => false, // forgotten at once
-            Some(r) => self.now < self.swept_at(t.finished_at + r * SEC),
-        }
-    }
-
-    /// When an outcome cached until `expiry` is swept: the one sweeper runs
-    /// from `run` until a stop or cancel.
-    fn swept_at(&self, expiry: u64) -> u64 {
-        match self.run_at {
-            None => u64::MAX,
-            Some(run) => {
-                let at = expiry.max(run);
-                if self.stop_at.is_some_and(|stop| at >= stop) {
-                    u64::MAX
-                } else {
-                    at
-                }
-            }
+            Some(r) => self.now < t.finished_at + r * SEC,
         }
     }
 
@@ -384,7 +365,6 @@ impl Model {
             return;
         }
         self.phase = Phase::Stopped;
-        self.stop_at = Some(self.now);
         self.shut_down_queued();
         match self.worker {
             Worker::Running { i, .. } | Worker::Waiting { i, .. } => self.finish(i, Fate::Shutdown),
@@ -400,7 +380,6 @@ impl Model {
             return true;
         }
         self.phase = Phase::Stopped;
-        self.stop_at = Some(self.now);
         self.shut_down_queued();
         match self.worker {
             Worker::Waiting { i, .. } => {
@@ -426,7 +405,6 @@ impl Model {
 
     fn run(&mut self) {
         self.phase = Phase::Running;
-        self.run_at = Some(self.now);
         self.claim();
     }
 
