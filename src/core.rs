@@ -277,9 +277,9 @@ impl Core {
             Phase::Stopping | Phase::Cancelled => return Next::Exit,
             Phase::Idle | Phase::Running | Phase::Draining => {}
         }
-        let promoted = self.queue.promote(now);
         let entries = &self.entries;
-        let popped = self.queue.pop(now, |i| is_live(entries, i));
+        let promoted = self.queue.promote(now, |i| is_live(entries, i));
+        let popped = self.queue.pop(|i| is_live(entries, i));
         if let Some(item) = popped {
             let e = &mut self.entries[item.slot as usize];
             e.state = State::Running;
@@ -396,13 +396,11 @@ impl Core {
         let e = &mut self.entries[slot as usize];
         match e.state {
             State::Queued => {
-                // Finalize first: a due task's queue entry then reads as dead.
-                let scheduled = self.queue.remove_scheduled(slot);
+                // Finalize first: the queue entry then reads as dead. The
+                // registry entry, which holds the task's memory, goes at once.
                 let d = self.finalize(slot, Some(Forced::Cancelled), now);
-                if !scheduled {
-                    let entries = &self.entries;
-                    self.queue.forget_ready(|i| is_live(entries, i));
-                }
+                let entries = &self.entries;
+                self.queue.forget(|i| is_live(entries, i));
                 (true, Some(d), None)
             }
             State::Running => {
@@ -433,11 +431,15 @@ impl Core {
             None => self.queue.drain(),
             Some(cutoff) => {
                 let entries = &self.entries;
-                self.queue.take_scheduled_after(cutoff, |i| {
-                    entries
-                        .get(i.slot as usize)
-                        .is_some_and(|e| e.attempts == 0)
-                })
+                self.queue.take_scheduled_after(
+                    cutoff,
+                    |i| is_live(entries, i),
+                    |i| {
+                        entries
+                            .get(i.slot as usize)
+                            .is_some_and(|e| e.attempts == 0)
+                    },
+                )
             }
         };
         let mut out = Vec::new();
@@ -486,7 +488,8 @@ impl Core {
 
     /// When the timekeeper must wake next, and records it.
     pub(crate) fn arm_timer(&mut self) -> Option<i64> {
-        let next_start = self.queue.next_start();
+        let entries = &self.entries;
+        let next_start = self.queue.next_start(|i| is_live(entries, i));
         let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
         let next = match (next_start, next_expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -497,7 +500,8 @@ impl Core {
     }
 
     pub(crate) fn promote(&mut self, now: i64) {
-        let n = self.queue.promote(now);
+        let entries = &self.entries;
+        let n = self.queue.promote(now, |i| is_live(entries, i));
         self.note_ready(n);
     }
 

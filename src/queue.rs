@@ -9,18 +9,18 @@
 //! lower `seq` (earlier submission) first.
 //!
 //! Shape, chosen by measurement (see `benchmarks.md`):
-//! - Future tasks sit in one indexed binary min-heap on `(start, seq)`. The
-//!   index (`sched_pos`) makes removal O(log n) and immediate, so a cancelled
-//!   task never lingers until its start time.
+//! - Future tasks sit in one binary min-heap on `(start, seq)`.
 //! - Due tasks sit in one FIFO per priority level. Keys almost always arrive
 //!   in order (submission `seq` and `now` only grow), so a FIFO is exact and
 //!   far cheaper than a heap; a key that arrives out of order (a start time
 //!   in the past, a promoted task older than the FIFO's tail) goes to a small
 //!   per-level heap, and pop takes the smaller of the two heads.
-//! - A due task that is cancelled is not searched for: the caller forgets
-//!   it, and pop skips entries the caller no longer recognises (it passes an
-//!   `is_live` check). Tombstones are compacted once they outnumber live
-//!   entries, so they cannot pile up.
+//! - A removed task (cancel, shutdown) is not searched for: the caller
+//!   forgets it (its registry entry, which holds its memory, goes at once),
+//!   and the queue skips entries the caller no longer recognises (an
+//!   `is_live` check) when they reach a head. The 24-byte entries left
+//!   behind are compacted away once they outnumber live ones, so removal is
+//!   O(1) amortised and a cancel storm cannot leave the queue at its peak.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -28,11 +28,12 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 /// Index of a task in the registry.
 pub(crate) type Slot = u32;
 
-const NOT_SCHEDULED: u32 = u32::MAX;
 /// Keep at most this many empty priority levels around, so a level that
 /// empties and refills (the common case) does not reallocate its FIFO.
 const KEEP_EMPTY_LEVELS: usize = 8;
-const COMPACT_MIN_TOMBSTONES: usize = 1024;
+/// Dead entries are compacted away once there are this many and they
+/// outnumber live ones.
+const COMPACT_MIN_DEAD: usize = 1024;
 
 /// A task as the queue sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +72,33 @@ impl Ord for ByKey {
     }
 }
 
+/// A min-heap of items on `(start, seq)`.
+type MinHeap = BinaryHeap<Reverse<ByKey>>;
+
+/// Pops dead heads off `heap`; returns how many.
+fn drop_dead_heads(heap: &mut MinHeap, is_live: &mut impl FnMut(&Item) -> bool) -> usize {
+    let mut dead = 0;
+    while let Some(Reverse(ByKey(h))) = heap.peek() {
+        if is_live(h) {
+            break;
+        }
+        heap.pop();
+        dead += 1;
+    }
+    dead
+}
+
+fn retain_heap(heap: &mut MinHeap, is_live: &mut impl FnMut(&Item) -> bool) {
+    let mut items = std::mem::take(heap).into_vec();
+    items.retain(|Reverse(ByKey(i))| is_live(i));
+    items.shrink_to(items.len() * 2);
+    *heap = BinaryHeap::from(items);
+}
+
 #[derive(Debug, Default)]
 struct Level {
     fifo: VecDeque<Item>,
-    late: BinaryHeap<Reverse<ByKey>>,
+    late: MinHeap,
 }
 
 impl Level {
@@ -100,13 +124,7 @@ impl Level {
             self.fifo.pop_front();
             dead += 1;
         }
-        while let Some(Reverse(ByKey(h))) = self.late.peek() {
-            if is_live(h) {
-                break;
-            }
-            self.late.pop();
-            dead += 1;
-        }
+        dead += drop_dead_heads(&mut self.late, is_live);
         let take_late = match (self.fifo.front(), self.late.peek()) {
             (Some(f), Some(Reverse(ByKey(l)))) => l.key() < f.key(),
             (None, Some(_)) => true,
@@ -124,15 +142,14 @@ impl Level {
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
-    /// Min-heap on `(start, seq)` of tasks not yet due.
-    sched: Vec<Item>,
-    /// `sched_pos[slot]` is the slot's index in `sched`, or `NOT_SCHEDULED`.
-    sched_pos: Vec<u32>,
-    /// Due tasks, highest priority first.
+    /// Tasks not yet due (dead ones included).
+    sched: MinHeap,
+    /// Due tasks, highest priority first (dead ones included).
     levels: BTreeMap<Reverse<i32>, Level>,
-    /// Entries in `levels`, tombstones included.
+    /// Entries in `levels`.
     ready_entries: usize,
-    tombstones: usize,
+    /// Entries in `sched` and `levels` that the caller has forgotten.
+    dead: usize,
 }
 
 impl Queue {
@@ -141,29 +158,34 @@ impl Queue {
         if item.start <= now {
             self.push_ready(item);
         } else {
-            self.push_scheduled(item);
+            self.sched.push(Reverse(ByKey(item)));
         }
     }
 
     /// Moves every scheduled task whose start has come into the ready levels,
-    /// in `(start, seq)` order. Returns how many moved.
-    pub(crate) fn promote(&mut self, now: i64) -> usize {
+    /// in `(start, seq)` order. Returns how many live ones moved.
+    pub(crate) fn promote(&mut self, now: i64, mut is_live: impl FnMut(&Item) -> bool) -> usize {
         let mut moved = 0;
-        while let Some(head) = self.sched.first() {
+        while let Some(Reverse(ByKey(head))) = self.sched.peek() {
             if head.start > now {
                 break;
             }
-            let item = self.remove_sched_at(0);
-            self.push_ready(item);
-            moved += 1;
+            let Some(Reverse(ByKey(item))) = self.sched.pop() else {
+                break;
+            };
+            if is_live(&item) {
+                self.push_ready(item);
+                moved += 1;
+            } else {
+                self.dead -= 1;
+            }
         }
         moved
     }
 
-    /// Pops the next due task (promoting first). `is_live` tells whether a
-    /// ready entry still stands for a queued task (see the module docs).
-    pub(crate) fn pop(&mut self, now: i64, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
-        self.promote(now);
+    /// Pops the next due task. `is_live` tells whether an entry still stands
+    /// for a queued task (see the module docs). Call [`promote`](Self::promote) first.
+    pub(crate) fn pop(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
         let mut found = None;
         let mut emptied = None;
         for (prio, level) in self.levels.iter_mut() {
@@ -171,7 +193,7 @@ impl Queue {
                 continue;
             }
             let (item, dead) = level.pop(&mut is_live);
-            self.tombstones = self.tombstones.saturating_sub(dead);
+            self.dead -= dead;
             self.ready_entries -= dead + usize::from(item.is_some());
             if level.len() == 0 {
                 emptied = Some(*prio);
@@ -189,75 +211,68 @@ impl Queue {
         found
     }
 
-    /// Removes a scheduled task at once. Returns `false` if the slot is not
-    /// scheduled (it may be due: then call [`forget_ready`](Self::forget_ready)).
-    pub(crate) fn remove_scheduled(&mut self, slot: Slot) -> bool {
-        let pos = match self.sched_pos.get(slot as usize) {
-            Some(&p) if p != NOT_SCHEDULED => p as usize,
-            _ => return false,
-        };
-        self.remove_sched_at(pos);
-        self.shrink_sched();
-        true
-    }
-
-    /// Records that a due task's entry is now a tombstone, and compacts the
-    /// levels when tombstones outnumber live entries.
-    pub(crate) fn forget_ready(&mut self, is_live: impl FnMut(&Item) -> bool) {
-        self.tombstones += 1;
-        if self.tombstones >= COMPACT_MIN_TOMBSTONES && self.tombstones * 2 > self.ready_entries {
+    /// Records that a queued task was removed by the caller (its entry is now
+    /// dead), and compacts when dead entries outnumber live ones.
+    pub(crate) fn forget(&mut self, is_live: impl FnMut(&Item) -> bool) {
+        self.dead += 1;
+        let total = self.sched.len() + self.ready_entries;
+        if self.dead >= COMPACT_MIN_DEAD && self.dead * 2 > total {
             self.compact(is_live);
+        } else if self.dead == total {
+            // Everything is dead: drop it all now, whatever the size.
+            self.clear();
         }
     }
 
-    /// When the earliest scheduled task falls due.
-    pub(crate) fn next_start(&self) -> Option<i64> {
-        self.sched.first().map(|i| i.start)
+    /// When the earliest live scheduled task falls due.
+    pub(crate) fn next_start(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<i64> {
+        self.dead -= drop_dead_heads(&mut self.sched, &mut is_live);
+        self.sched.peek().map(|Reverse(ByKey(i))| i.start)
     }
 
-    /// Live-or-not entries still counted: scheduled plus ready (tombstones excluded).
+    /// Live entries, scheduled and due.
     pub(crate) fn len(&self) -> usize {
-        self.sched.len() + self.ready_entries.saturating_sub(self.tombstones)
+        self.sched.len() + self.ready_entries - self.dead
     }
 
-    #[cfg(test)]
-    pub(crate) fn scheduled_len(&self) -> usize {
-        self.sched.len()
-    }
-
-    /// Removes every scheduled task whose start is after `cutoff` and matches
-    /// `pred`, returning them.
+    /// Removes every live scheduled task whose start is after `cutoff` and
+    /// matches `pred`, returning them (for a drain).
     pub(crate) fn take_scheduled_after(
         &mut self,
         cutoff: i64,
+        mut is_live: impl FnMut(&Item) -> bool,
         mut pred: impl FnMut(&Item) -> bool,
     ) -> Vec<Item> {
-        let (taken, kept): (Vec<Item>, Vec<Item>) = std::mem::take(&mut self.sched)
+        self.compact(&mut is_live);
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sched)
+            .into_vec()
             .into_iter()
-            .partition(|i| i.start > cutoff && pred(i));
-        for i in &taken {
-            self.sched_pos[i.slot as usize] = NOT_SCHEDULED;
-        }
-        for i in kept {
-            self.sched_pos[i.slot as usize] = NOT_SCHEDULED;
-            self.push_scheduled(i);
-        }
-        self.shrink_sched();
-        taken
+            .partition(|Reverse(ByKey(i))| i.start > cutoff && pred(i));
+        self.sched = BinaryHeap::from(kept);
+        taken.into_iter().map(|Reverse(ByKey(i))| i).collect()
     }
 
-    /// Empties the queue, returning every entry (tombstones included: the
+    /// Empties the queue, returning every entry (dead ones included: the
     /// caller filters them as it does on pop).
     pub(crate) fn drain(&mut self) -> Vec<Item> {
-        let mut all = std::mem::take(&mut self.sched);
+        let mut all: Vec<Item> = std::mem::take(&mut self.sched)
+            .into_vec()
+            .into_iter()
+            .map(|Reverse(ByKey(i))| i)
+            .collect();
         for level in std::mem::take(&mut self.levels).into_values() {
             all.extend(level.fifo);
             all.extend(level.late.into_iter().map(|Reverse(ByKey(i))| i));
         }
-        self.sched_pos = Vec::new();
-        self.ready_entries = 0;
-        self.tombstones = 0;
+        self.clear();
         all
+    }
+
+    fn clear(&mut self) {
+        self.sched = BinaryHeap::new();
+        self.levels.clear();
+        self.ready_entries = 0;
+        self.dead = 0;
     }
 
     fn push_ready(&mut self, item: Item) {
@@ -269,99 +284,22 @@ impl Queue {
     }
 
     fn compact(&mut self, mut is_live: impl FnMut(&Item) -> bool) {
+        retain_heap(&mut self.sched, &mut is_live);
         for level in self.levels.values_mut() {
             level.fifo.retain(&mut is_live);
-            let late = std::mem::take(&mut level.late);
-            level.late = late
-                .into_iter()
-                .filter(|Reverse(ByKey(i))| is_live(i))
-                .collect();
             level.fifo.shrink_to(level.fifo.len() * 2);
+            retain_heap(&mut level.late, &mut is_live);
         }
         self.levels.retain(|_, l| l.len() > 0);
         self.ready_entries = self.levels.values().map(Level::len).sum();
-        self.tombstones = 0;
-    }
-
-    // ---- the indexed heap ----
-
-    fn push_scheduled(&mut self, item: Item) {
-        let slot = item.slot as usize;
-        if self.sched_pos.len() <= slot {
-            self.sched_pos.resize(slot + 1, NOT_SCHEDULED);
-        }
-        self.sched.push(item);
-        let pos = self.sched.len() - 1;
-        self.sched_pos[slot] = pos as u32;
-        self.sift_up(pos);
-    }
-
-    fn remove_sched_at(&mut self, pos: usize) -> Item {
-        let last = self.sched.len() - 1;
-        self.sched.swap(pos, last);
-        let item = self.sched.pop().expect("pos is in bounds");
-        self.sched_pos[item.slot as usize] = NOT_SCHEDULED;
-        if pos < self.sched.len() {
-            self.sched_pos[self.sched[pos].slot as usize] = pos as u32;
-            let pos = self.sift_up(pos);
-            self.sift_down(pos);
-        }
-        item
-    }
-
-    fn sift_up(&mut self, mut pos: usize) -> usize {
-        while pos > 0 {
-            let parent = (pos - 1) / 2;
-            if self.sched[pos].key() >= self.sched[parent].key() {
-                break;
-            }
-            self.swap(pos, parent);
-            pos = parent;
-        }
-        pos
-    }
-
-    fn sift_down(&mut self, mut pos: usize) {
-        let len = self.sched.len();
-        loop {
-            let l = 2 * pos + 1;
-            if l >= len {
-                break;
-            }
-            let r = l + 1;
-            let child = if r < len && self.sched[r].key() < self.sched[l].key() {
-                r
-            } else {
-                l
-            };
-            if self.sched[child].key() >= self.sched[pos].key() {
-                break;
-            }
-            self.swap(pos, child);
-            pos = child;
-        }
-    }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.sched.swap(a, b);
-        self.sched_pos[self.sched[a].slot as usize] = a as u32;
-        self.sched_pos[self.sched[b].slot as usize] = b as u32;
-    }
-
-    /// Gives memory back after mass removal (a cancel storm must not leave
-    /// the heap at its peak size).
-    fn shrink_sched(&mut self) {
-        if self.sched.capacity() > 64 && self.sched.len() < self.sched.capacity() / 4 {
-            self.sched.shrink_to(self.sched.len() * 2);
-        }
-        if self.sched.is_empty() && self.sched_pos.capacity() > 64 {
-            self.sched_pos = Vec::new();
-        }
+        self.dead = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn item(slot: Slot, seq: u64, start: i64, priority: i32) -> Item {
@@ -373,8 +311,11 @@ mod tests {
         }
     }
 
-    fn drain_order(q: &mut Queue, now: i64) -> Vec<Slot> {
-        std::iter::from_fn(|| q.pop(now, |_| true).map(|i| i.slot)).collect()
+    /// Pops everything due at `now`, with `dead` slots forgotten.
+    fn drain_order(q: &mut Queue, now: i64, dead: &HashSet<Slot>) -> Vec<Slot> {
+        let live = |i: &Item| !dead.contains(&i.slot);
+        q.promote(now, live);
+        std::iter::from_fn(|| q.pop(live).map(|i| i.slot)).collect()
     }
 
     #[test]
@@ -385,56 +326,82 @@ mod tests {
         q.push(item(2, 2, 3, 1), 10);
         q.push(item(3, 3, 9, 7), 10);
         q.push(item(4, 4, 0, -3), 10);
-        assert_eq!(drain_order(&mut q, 10), vec![3, 1, 2, 0, 4]);
+        assert_eq!(
+            drain_order(&mut q, 10, &HashSet::new()),
+            vec![3, 1, 2, 0, 4]
+        );
     }
 
     #[test]
     fn future_tasks_wait_for_their_start() {
         let mut q = Queue::default();
+        let none = HashSet::new();
         q.push(item(0, 0, 20, 0), 0);
         q.push(item(1, 1, 10, 0), 0);
-        assert_eq!(q.pop(5, |_| true), None);
-        assert_eq!(q.next_start(), Some(10));
-        assert_eq!(q.pop(10, |_| true).map(|i| i.slot), Some(1));
-        assert_eq!(q.pop(15, |_| true), None);
-        assert_eq!(q.pop(25, |_| true).map(|i| i.slot), Some(0));
+        assert!(drain_order(&mut q, 5, &none).is_empty());
+        assert_eq!(q.next_start(|_| true), Some(10));
+        assert_eq!(drain_order(&mut q, 10, &none), vec![1]);
+        assert!(drain_order(&mut q, 15, &none).is_empty());
+        assert_eq!(drain_order(&mut q, 25, &none), vec![0]);
     }
 
     #[test]
-    fn scheduled_removal_is_immediate_and_keeps_heap_valid() {
+    fn forgotten_scheduled_tasks_never_come_out_and_are_compacted() {
         let mut q = Queue::default();
-        for s in 0..100u32 {
-            q.push(item(s, s as u64, 1000 - i64::from(s), 0), 0);
+        let n = 3000u32;
+        for s in 0..n {
+            q.push(item(s, s as u64, 10_000 - i64::from(s), 0), 0);
         }
-        for s in (0..100u32).step_by(3) {
-            assert!(q.remove_scheduled(s));
-            assert!(!q.remove_scheduled(s));
+        let mut dead = HashSet::new();
+        for s in (0..n).filter(|s| s % 3 != 0) {
+            dead.insert(s);
+            q.forget(|i| !dead.contains(&i.slot));
         }
-        assert_eq!(q.scheduled_len(), 66);
-        let order = drain_order(&mut q, 10_000);
-        let mut expected: Vec<Slot> = (0..100u32).filter(|s| s % 3 != 0).collect();
+        assert_eq!(q.len(), 1000);
+        // Compaction ran (2000 dead > 1000 live), so few dead entries remain.
+        assert!(q.sched.len() < 1000 + COMPACT_MIN_DEAD);
+        // The earliest live start is slot 2997's (slot 2999 and 2998 are dead).
+        assert_eq!(
+            q.next_start(|i| !dead.contains(&i.slot)),
+            Some(10_000 - 2997)
+        );
+        let mut expected: Vec<Slot> = (0..n).filter(|s| s % 3 == 0).collect();
         expected.reverse(); // later slots start earlier
-        assert_eq!(order, expected);
+        assert_eq!(drain_order(&mut q, 20_000, &dead), expected);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]
-    fn dead_ready_entries_are_skipped_and_compacted() {
+    fn forgotten_ready_tasks_are_skipped_and_compacted() {
         let mut q = Queue::default();
         let n = 4000u32;
         for s in 0..n {
             q.push(item(s, s as u64, 0, 0), 0);
         }
-        let mut dead = std::collections::HashSet::new();
+        let mut dead = HashSet::new();
         for s in (0..n).filter(|s| s % 4 != 0) {
             dead.insert(s);
-            q.forget_ready(|i| !dead.contains(&i.slot));
+            q.forget(|i| !dead.contains(&i.slot));
         }
         assert_eq!(q.len(), (n / 4) as usize);
-        // Compaction ran (3000 tombstones > 1000 live), so few entries remain.
-        assert!(q.ready_entries < 2 * (n as usize / 4) + COMPACT_MIN_TOMBSTONES);
-        let order: Vec<Slot> =
-            std::iter::from_fn(|| q.pop(0, |i| !dead.contains(&i.slot)).map(|i| i.slot)).collect();
-        assert_eq!(order, (0..n).step_by(4).collect::<Vec<_>>());
+        assert!(q.ready_entries < 2 * (n as usize / 4) + COMPACT_MIN_DEAD);
+        assert_eq!(
+            drain_order(&mut q, 0, &dead),
+            (0..n).step_by(4).collect::<Vec<_>>()
+        );
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn forgetting_everything_frees_everything() {
+        let mut q = Queue::default();
+        for s in 0..10u32 {
+            q.push(item(s, s as u64, 100, 0), 0);
+        }
+        for _ in 0..10 {
+            q.forget(|_| false);
+        }
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.sched.capacity(), 0);
     }
 }
