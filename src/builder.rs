@@ -11,7 +11,7 @@ use crate::cluster::Cluster;
 use crate::core::duration_ticks;
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
-use crate::job::{Body, Cloner, Extras, Outcome, Policy, TaskCell};
+use crate::job::{Body, Cloner, Extras, Job, Outcome, Policy, TaskCell};
 use crate::task::TaskId;
 
 /// The longest user-given task id, in bytes.
@@ -288,29 +288,26 @@ where
             || extras.on_complete.is_some();
         let extras = has_extras.then(|| Box::new(extras));
 
-        // Read the clock before locking: the lock is the cluster's one
-        // contended resource, so nothing that can run outside it runs inside.
+        // Allocate and read the clock before locking: the lock is the
+        // cluster's one contended resource, so nothing that can run outside
+        // it runs inside.
+        let cell = Arc::new(TaskCell::new(name, body, policy, extras, cloner));
+        let job: Arc<dyn Job> = cell.clone();
         let now = shared.now();
-        let mut core = shared.lock();
         let start = match start {
             Start::Now => now,
             Start::At(at) => shared.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
-        let (id, replaced) = match core.reserve(name) {
-            Ok(r) => r,
-            Err(e) => {
-                drop(core);
-                return Err(e);
-            }
-        };
-        let cell = Arc::new(TaskCell::new(id, body, policy, extras, cloner));
-        core.insert(cell.clone(), priority, start, now);
+        let mut core = shared.lock();
+        let admitted = core.submit(job, priority, start, now);
         shared.unlock(core);
+        // On error the body (in `cell`) is dropped here, after the unlock.
+        let (id, replaced) = admitted?;
         if let Some(old) = replaced {
             old.release();
         }
-        Ok(TaskHandle::new(cell))
+        Ok(TaskHandle::new(id, cell))
     }
 }
 

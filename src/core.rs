@@ -211,55 +211,49 @@ impl Core {
         }
     }
 
-    /// Validates the id and phase and picks the slot and id for a new task.
-    /// A cached task with the same id is dropped from the cache (returned, to
-    /// be released after unlocking).
-    pub(crate) fn reserve(
+    /// Admits a new task: checks the phase and the id, picks its sequence
+    /// number and slot, and queues it. A cached task with the same id is
+    /// dropped from the cache (returned, to be released after unlocking).
+    pub(crate) fn submit(
         &mut self,
-        name: Option<Arc<str>>,
+        job: Arc<dyn Job>,
+        priority: i32,
+        start: i64,
+        now: i64,
     ) -> Result<(TaskId, Option<Arc<dyn Job>>), SubmitError> {
         if !matches!(self.phase, Phase::Idle | Phase::Running) {
             return Err(SubmitError::ShuttingDown);
         }
-        let slot = self.entries.vacant_key();
-        let slot32 = u32::try_from(slot).map_err(|_| SubmitError::InvalidOption {
-            option: "submit",
-            reason: "the cluster holds too many tasks (more than 2^32)",
-        })?;
         let mut replaced = None;
-        let id = match name {
-            None => TaskId::generated(self.next_seq, slot32),
-            Some(name) => {
-                if let Some(&old) = self.names.get(&name) {
-                    if self.entries[old as usize].state != State::Retained {
-                        return Err(SubmitError::DuplicateId(TaskId::from(name)));
-                    }
-                    replaced = Some(self.remove(old));
-                    self.cached -= 1;
+        if let Some(name) = job.name() {
+            if let Some(&old) = self.names.get(name) {
+                if self.entries[old as usize].state != State::Retained {
+                    return Err(SubmitError::DuplicateId(TaskId::from(name.clone())));
                 }
-                TaskId::from(name)
+                replaced = Some(self.remove(old));
+                self.cached -= 1;
             }
-        };
-        Ok((id, replaced))
-    }
-
-    /// Inserts a task whose id came from [`reserve`](Self::reserve) (no
-    /// unlock in between, so the slot is still the vacant one).
-    pub(crate) fn insert(&mut self, job: Arc<dyn Job>, priority: i32, start: i64, now: i64) {
+        }
+        let slot =
+            u32::try_from(self.entries.vacant_key()).map_err(|_| SubmitError::InvalidOption {
+                option: "submit",
+                reason: "the cluster holds too many tasks (more than 2^32)",
+            })?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(name) = job.id().name() {
-            self.names
-                .insert(name.clone(), self.entries.vacant_key() as Slot);
+        job.assign(seq, slot);
+        let id = job.id();
+        if let Some(name) = job.name() {
+            self.names.insert(name.clone(), slot);
         }
-        let slot = self.entries.insert(Entry {
+        self.entries.insert(Entry {
             job,
             seq,
             priority,
             attempts: 0,
             state: State::Queued,
             forced: None,
-        }) as Slot;
+        });
         self.push(
             Item {
                 slot,
@@ -269,6 +263,7 @@ impl Core {
             },
             now,
         );
+        Ok((id, replaced))
     }
 
     /// The next due task for a worker.
@@ -360,7 +355,7 @@ impl Core {
     /// Removes a task from the registry (not from the queue).
     fn remove(&mut self, slot: Slot) -> Arc<dyn Job> {
         let e = self.entries.remove(slot as usize);
-        if let Some(name) = e.job.id().name() {
+        if let Some(name) = e.job.name() {
             self.names.remove(name);
         }
         self.maybe_shrink();

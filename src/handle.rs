@@ -24,13 +24,15 @@ use crate::task::TaskId;
 /// as for any future.
 #[must_use = "a task handle does nothing unless awaited; dropping it detaches the task"]
 pub struct TaskHandle<T, E> {
+    id: TaskId,
     slot: Arc<dyn OutcomeSlot<T, E>>,
     finished: bool,
 }
 
 impl<T, E> TaskHandle<T, E> {
-    pub(crate) fn new(slot: Arc<dyn OutcomeSlot<T, E>>) -> Self {
+    pub(crate) fn new(id: TaskId, slot: Arc<dyn OutcomeSlot<T, E>>) -> Self {
         TaskHandle {
+            id,
             slot,
             finished: false,
         }
@@ -38,7 +40,7 @@ impl<T, E> TaskHandle<T, E> {
 
     /// The task's id (generated unless one was given).
     pub fn id(&self) -> &TaskId {
-        self.slot.task_id()
+        &self.id
     }
 }
 

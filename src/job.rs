@@ -21,6 +21,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -174,7 +175,12 @@ impl<F> std::fmt::Debug for BlockingBody<F> {
 
 /// The engine's view of a task. See the module docs.
 pub(crate) trait Job: Send + Sync + 'static {
-    fn id(&self) -> &TaskId;
+    /// The task's id (cheap: a copy, or a reference count for a user id).
+    fn id(&self) -> TaskId;
+    /// The user-given id, if any.
+    fn name(&self) -> Option<&Arc<str>>;
+    /// Records the sequence number and registry slot picked at submit.
+    fn assign(&self, seq: u64, slot: u32);
     fn policy(&self) -> &Policy;
     /// How long the outcome is cached after completion, if it is.
     fn retention(&self) -> Option<Duration>;
@@ -205,7 +211,6 @@ pub(crate) trait Job: Send + Sync + 'static {
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
 pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
-    fn task_id(&self) -> &TaskId;
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>>;
     fn drop_handle(&self);
 }
@@ -237,7 +242,13 @@ struct Readers<T, E> {
 
 /// See the module docs.
 pub(crate) struct TaskCell<B, T, E> {
-    id: TaskId,
+    /// The id is assembled from these: the cell is allocated before the
+    /// cluster's lock is taken (to keep the allocation out of it), and the
+    /// sequence number and slot are only known under it. They are written
+    /// once, under that lock, before any other thread can see the cell.
+    name: Option<Arc<str>>,
+    seq: AtomicU64,
+    slot: AtomicU32,
     policy: Policy,
     signal: Signal,
     extras: Option<Box<Extras<T, E>>>,
@@ -249,14 +260,16 @@ pub(crate) struct TaskCell<B, T, E> {
 
 impl<B, T, E> TaskCell<B, T, E> {
     pub(crate) fn new(
-        id: TaskId,
+        name: Option<Arc<str>>,
         body: B,
         policy: Policy,
         extras: Option<Box<Extras<T, E>>>,
         cloner: Option<Cloner<T, E>>,
     ) -> Self {
         TaskCell {
-            id,
+            name,
+            seq: AtomicU64::new(0),
+            slot: AtomicU32::new(u32::MAX),
             policy,
             signal: Signal::default(),
             extras,
@@ -293,8 +306,20 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    fn id(&self) -> &TaskId {
-        &self.id
+    fn id(&self) -> TaskId {
+        match &self.name {
+            Some(name) => TaskId::from(name.clone()),
+            None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
+        }
+    }
+
+    fn name(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
+    fn assign(&self, seq: u64, slot: u32) {
+        self.seq.store(seq, Relaxed);
+        self.slot.store(slot, Relaxed);
     }
 
     fn policy(&self) -> &Policy {
@@ -315,7 +340,7 @@ where
         deadline: Option<tokio::time::Instant>,
     ) -> AttemptFuture {
         self.signal.reset_timeout();
-        let ctx = TaskContext::new(self.id.clone(), attempt, deadline, self.clone());
+        let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
         let started = match &*self.body.lock() {
             Some(body) => guard(|| body.start(ctx)),
             None => Err("the task body was already released".to_owned()),
@@ -358,7 +383,7 @@ where
         let pending = self.state.lock().result.take();
         let verdict = match &pending {
             Some(Err(err)) => guard(|| pred(err)).unwrap_or_else(|msg| {
-                tracing::error!(task = %self.id, panic = %msg, "retry_if predicate panicked; not retrying");
+                tracing::error!(task = %self.id(), panic = %msg, "retry_if predicate panicked; not retrying");
                 false
             }),
             _ => false,
@@ -374,7 +399,7 @@ where
             Some(b) => match guard(|| b.delay(attempt)) {
                 Ok(d) => d,
                 Err(msg) => {
-                    tracing::error!(task = %self.id, panic = %msg, "backoff strategy panicked; not retrying");
+                    tracing::error!(task = %self.id(), panic = %msg, "backoff strategy panicked; not retrying");
                     return None;
                 }
             },
@@ -405,14 +430,15 @@ where
             // Invariant 3: callbacks run unlocked. Nobody else reads the
             // result before `done` is set, so the outcome can be out meanwhile.
             drop(st);
+            let id = self.id();
             if let (Err(err), Some(cb)) = (&outcome, &x.on_failure) {
-                if let Err(msg) = guard(|| cb(&self.id, err)) {
-                    tracing::error!(task = %self.id, panic = %msg, "on_failure callback panicked");
+                if let Err(msg) = guard(|| cb(&id, err)) {
+                    tracing::error!(task = %id, panic = %msg, "on_failure callback panicked");
                 }
             }
             if let Some(cb) = &x.on_complete {
-                if let Err(msg) = guard(|| cb(&self.id, &outcome)) {
-                    tracing::error!(task = %self.id, panic = %msg, "on_complete callback panicked");
+                if let Err(msg) = guard(|| cb(&id, &outcome)) {
+                    tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
                 }
             }
             st = self.state.lock();
@@ -480,10 +506,6 @@ where
     T: Send,
     E: Send,
 {
-    fn task_id(&self) -> &TaskId {
-        &self.id
-    }
-
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
         let mut st = self.state.lock();
         if !st.done {
