@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
-use crate::core::duration_ticks;
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Body, Cloner, Extras, Job, Outcome, Policy, TaskCell};

@@ -254,10 +254,9 @@ impl Cluster {
             receiver: None,
         };
         let shared = self.shared();
-        let now = shared.now();
         let (found, expired) = {
             let mut core = shared.lock();
-            let expired = core.sweep(now);
+            let expired = core.sweep();
             (core.subscribe(&id, &mut req), expired)
         };
         release(expired);
@@ -282,10 +281,9 @@ impl Cluster {
     pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
         let id = id.into();
         let shared = self.shared();
-        let now = shared.now();
         let mut core = shared.lock();
-        let expired = core.sweep(now);
-        let (found, delivery, running) = core.cancel(&id, now);
+        let expired = core.sweep();
+        let (found, delivery, running) = core.cancel(&id);
         shared.unlock(core);
         release(expired);
         if let Some(job) = running {
@@ -317,7 +315,7 @@ impl Cluster {
             match core.phase {
                 Phase::Idle | Phase::Running | Phase::Draining => {
                     core.phase = Phase::Stopping;
-                    core.shut_down_queued(shared.now(), None)
+                    core.shut_down_queued(None)
                 }
                 Phase::Stopping | Phase::Cancelled => Vec::new(),
             }
@@ -344,7 +342,7 @@ impl Cluster {
                 Phase::Idle => (None, false),
                 Phase::Running => {
                     core.phase = Phase::Draining;
-                    let d = core.shut_down_queued(now, Some(now));
+                    let d = core.shut_down_queued(Some(now));
                     (Some(d), core.queue.len() == 0 && core.running() == 0)
                 }
                 Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
@@ -388,10 +386,9 @@ impl Cluster {
     /// (also on a stopped cluster: expired outcomes are dropped here then).
     pub fn stats(&self) -> ClusterStats {
         let shared = self.shared();
-        let now = shared.now();
         let (stats, expired) = {
             let mut core = shared.lock();
-            let expired = core.sweep(now);
+            let expired = core.sweep();
             (core.stats(), expired)
         };
         release(expired);

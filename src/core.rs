@@ -30,6 +30,8 @@ use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::clock::{duration_ticks, Clock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -127,6 +129,8 @@ pub struct ClusterStats {
 }
 
 pub(crate) struct Core {
+    /// Read only when needed: most claims and settles need no time at all.
+    clock: Clock,
     entries: Slab<Entry>,
     /// User-given ids; generated ids carry their slot and need no map.
     names: HashMap<Arc<str>, Slot>,
@@ -154,8 +158,9 @@ fn is_live(entries: &Slab<Entry>, item: &Item) -> bool {
 }
 
 impl Core {
-    fn new() -> Self {
+    fn new(clock: Clock) -> Self {
         Core {
+            clock,
             entries: Slab::new(),
             names: HashMap::new(),
             queue: Queue::default(),
@@ -267,13 +272,18 @@ impl Core {
     }
 
     /// The next due task for a worker.
-    pub(crate) fn claim(&mut self, now: i64) -> Next {
+    pub(crate) fn claim(&mut self) -> Next {
         match self.phase {
             Phase::Stopping | Phase::Cancelled => return Next::Exit,
             Phase::Idle | Phase::Running | Phase::Draining => {}
         }
         let entries = &self.entries;
-        let promoted = self.queue.promote(now, |i| is_live(entries, i));
+        let promoted = if self.queue.has_scheduled() {
+            self.queue
+                .promote(self.clock.now(), |i| is_live(entries, i))
+        } else {
+            0
+        };
         let popped = self.queue.pop(|i| is_live(entries, i));
         if let Some(item) = popped {
             let e = &mut self.entries[item.slot as usize];
@@ -299,7 +309,7 @@ impl Core {
     }
 
     /// Applies a worker's plan for the task it claimed.
-    pub(crate) fn settle(&mut self, claim: Claim, plan: Plan, now: i64) -> Option<Delivery> {
+    pub(crate) fn settle(&mut self, claim: Claim, plan: Plan) -> Option<Delivery> {
         let slot = claim.slot;
         let e = self.entries.get_mut(slot as usize)?;
         debug_assert!(e.seq == claim.seq && e.state == State::Running);
@@ -309,6 +319,7 @@ impl Core {
             (None, Plan::Requeue(delay)) if retry_ok => {
                 e.state = State::Queued;
                 e.attempts = claim.attempts;
+                let now = self.clock.now();
                 let item = Item {
                     slot,
                     seq: e.seq,
@@ -318,21 +329,21 @@ impl Core {
                 self.push(item, now);
                 None
             }
-            (None, Plan::Requeue(_)) => Some(self.finalize(slot, Some(Forced::Shutdown), now)),
-            (None, Plan::Final(f)) => Some(self.finalize(slot, f, now)),
-            (Some(f), _) => Some(self.finalize(slot, Some(f), now)),
+            (None, Plan::Requeue(_)) => Some(self.finalize(slot, Some(Forced::Shutdown))),
+            (None, Plan::Final(f)) => Some(self.finalize(slot, f)),
+            (Some(f), _) => Some(self.finalize(slot, Some(f))),
         }
     }
 
     /// Ends a queued or running task (invariant 2): retains it if its outcome
     /// is cached, else removes it from the registry.
-    fn finalize(&mut self, slot: Slot, forced: Option<Forced>, now: i64) -> Delivery {
+    fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
         let e = &mut self.entries[slot as usize];
         let retention = e.job.retention();
         match retention {
             Some(r) => {
                 e.state = State::Retained;
-                let until = now.saturating_add(duration_ticks(r));
+                let until = self.clock.now().saturating_add(duration_ticks(r));
                 let seq = e.seq;
                 let job = e.job.clone();
                 self.cached += 1;
@@ -380,11 +391,7 @@ impl Core {
     /// Cancels by id (see [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
     /// Returns whether the task was pending or running, the delivery for a
     /// queued task, and the job to signal for a running one.
-    pub(crate) fn cancel(
-        &mut self,
-        id: &TaskId,
-        now: i64,
-    ) -> (bool, Option<Delivery>, Option<Arc<dyn Job>>) {
+    pub(crate) fn cancel(&mut self, id: &TaskId) -> (bool, Option<Delivery>, Option<Arc<dyn Job>>) {
         let Some(slot) = self.lookup(id) else {
             return (false, None, None);
         };
@@ -393,7 +400,7 @@ impl Core {
             State::Queued => {
                 // Finalize first: the queue entry then reads as dead. The
                 // registry entry, which holds the task's memory, goes at once.
-                let d = self.finalize(slot, Some(Forced::Cancelled), now);
+                let d = self.finalize(slot, Some(Forced::Cancelled));
                 let entries = &self.entries;
                 self.queue.forget(|i| is_live(entries, i));
                 (true, Some(d), None)
@@ -417,11 +424,7 @@ impl Core {
 
     /// Shuts down every queued task (all of them, or only scheduled first
     /// attempts after `cutoff` for a drain).
-    pub(crate) fn shut_down_queued(
-        &mut self,
-        now: i64,
-        drain_cutoff: Option<i64>,
-    ) -> Vec<Delivery> {
+    pub(crate) fn shut_down_queued(&mut self, drain_cutoff: Option<i64>) -> Vec<Delivery> {
         let items = match drain_cutoff {
             None => self.queue.drain(),
             Some(cutoff) => {
@@ -440,7 +443,7 @@ impl Core {
         let mut out = Vec::new();
         for item in items {
             if is_live(&self.entries, &item) {
-                out.push(self.finalize(item.slot, Some(Forced::Shutdown), now));
+                out.push(self.finalize(item.slot, Some(Forced::Shutdown)));
             }
         }
         out
@@ -459,8 +462,12 @@ impl Core {
     }
 
     /// Drops cached outcomes whose retention has passed; returns them to release.
-    pub(crate) fn sweep(&mut self, now: i64) -> Vec<Arc<dyn Job>> {
+    pub(crate) fn sweep(&mut self) -> Vec<Arc<dyn Job>> {
         let mut out = Vec::new();
+        if self.expiries.is_empty() {
+            return out;
+        }
+        let now = self.clock.now();
         while let Some(&Reverse((until, seq, slot))) = self.expiries.peek() {
             if until > now {
                 break;
@@ -526,11 +533,6 @@ impl Drop for Core {
     }
 }
 
-/// Nanoseconds in `d`, saturating.
-pub(crate) fn duration_ticks(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
-
 /// Everything the workers, the timekeeper and the user's handles share.
 pub(crate) struct Shared {
     core: Mutex<Core>,
@@ -543,8 +545,7 @@ pub(crate) struct Shared {
     /// Cancelled when idle workers and the timekeeper must leave.
     pub(crate) closing: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    /// Tick 0. Ticks are signed so that start times before the epoch keep their order.
-    epoch: Instant,
+    pub(crate) clock: Clock,
     pub(crate) workers: usize,
     pub(crate) retention: Duration,
     pub(crate) parent: Option<CancellationToken>,
@@ -556,14 +557,15 @@ impl Shared {
         retention: Duration,
         parent: Option<CancellationToken>,
     ) -> Self {
+        let clock = Clock::new();
         Shared {
-            core: Mutex::new(Core::new()),
+            core: Mutex::new(Core::new(clock)),
             work: Notify::new(),
             timer: Notify::new(),
             stopping: CancellationToken::new(),
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            epoch: Instant::now(),
+            clock,
             workers,
             retention,
             parent,
@@ -588,24 +590,15 @@ impl Shared {
     }
 
     pub(crate) fn tick(&self, t: Instant) -> i64 {
-        match t.checked_duration_since(self.epoch) {
-            Some(d) => duration_ticks(d),
-            None => duration_ticks(self.epoch - t).saturating_neg(),
-        }
+        self.clock.tick(t)
     }
 
     pub(crate) fn now(&self) -> i64 {
-        self.tick(Instant::now())
+        self.clock.now()
     }
 
-    /// The instant of `tick`, or `None` if it is beyond what `Instant` holds.
     pub(crate) fn instant(&self, tick: i64) -> Option<Instant> {
-        let d = Duration::from_nanos(tick.unsigned_abs());
-        if tick >= 0 {
-            self.epoch.checked_add(d)
-        } else {
-            self.epoch.checked_sub(d)
-        }
+        self.clock.instant(tick)
     }
 
     /// `cancel()`: shuts everything down at once. Idempotent.
@@ -615,8 +608,7 @@ impl Shared {
             return;
         }
         core.phase = Phase::Cancelled;
-        let now = self.now();
-        let deliveries = core.shut_down_queued(now, None);
+        let deliveries = core.shut_down_queued(None);
         let running = core.shut_down_running();
         self.unlock(core);
         self.stopping.cancel();

@@ -100,6 +100,7 @@
 
 mod backoff;
 mod builder;
+mod clock;
 mod cluster;
 mod core;
 mod error;

@@ -230,6 +230,12 @@ impl Queue {
         self.sched.peek().map(|Reverse(ByKey(i))| i.start)
     }
 
+    /// `true` if any task (live or dead) is scheduled for later: only then
+    /// does a pop need to know the time.
+    pub(crate) fn has_scheduled(&self) -> bool {
+        !self.sched.is_empty()
+    }
+
     /// Live entries, scheduled and due.
     pub(crate) fn len(&self) -> usize {
         self.sched.len() + self.ready_entries - self.dead

@@ -69,7 +69,7 @@ impl Drop for ClaimGuard<'_> {
 
 fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
     let mut core = shared.lock();
-    let d = core.settle(claim, plan, shared.now());
+    let d = core.settle(claim, plan);
     shared.unlock(core);
     if let Some(d) = d {
         d.deliver();
@@ -82,12 +82,9 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
         let notified = shared.work.notified();
         let mut notified = pin!(notified);
         let (delivery, next) = {
-            // A clock read taken before the lock can only be early, which
-            // delays a promotion to the next claim, never starts a task early.
-            let now = shared.now();
             let mut core = shared.lock();
-            let delivery = done.take().and_then(|(c, p)| core.settle(c, p, now));
-            let next = core.claim(now);
+            let delivery = done.take().and_then(|(c, p)| core.settle(c, p));
+            let next = core.claim();
             if let Next::Idle = next {
                 // Join the waiters before the lock goes, so every wake-up
                 // sent for this idle registration finds a waiter: a stored
@@ -225,9 +222,8 @@ pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
     loop {
         let (deadline, expired) = {
             let mut core = shared.lock();
-            let now = shared.now();
-            core.promote(now);
-            let expired = core.sweep(now);
+            core.promote(shared.now());
+            let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);
             (next.and_then(|t| shared.instant(t)), expired)
