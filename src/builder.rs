@@ -272,15 +272,12 @@ where
             });
         }
         let shared = cluster.shared();
-        let policy = Policy {
-            timeout,
-            retries,
-            mode,
-            blocking,
-        };
+        let policy = Policy::new(timeout, retries, mode, blocking);
         let mut extras = extras;
+        extras.name = name;
         extras.retention = cache.map(|r| r.unwrap_or(shared.retention));
-        let has_extras = extras.retention.is_some()
+        let has_extras = extras.name.is_some()
+            || extras.retention.is_some()
             || extras.backoff.is_some()
             || extras.jitter > 0.0
             || extras.retry_if.is_some()
@@ -291,7 +288,7 @@ where
         // Allocate and read the clock before locking: the lock is the
         // cluster's one contended resource, so nothing that can run outside
         // it runs inside.
-        let cell = Arc::new(TaskCell::new(name, body, policy, extras, cloner));
+        let cell = Arc::new(TaskCell::new(body, policy, extras, cloner));
         let job: Arc<dyn Job> = cell.clone();
         let now = shared.now();
         let start = match start {

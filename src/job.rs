@@ -59,13 +59,31 @@ pub(crate) enum Forced {
     Shutdown,
 }
 
-/// The options the engine reads on every attempt, kept inline.
+/// The options the engine reads on every attempt, kept inline (16 bytes).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
-    pub(crate) timeout: Option<Duration>,
+    /// Per-attempt timeout in nanoseconds; 0 means none.
+    timeout_ns: u64,
     pub(crate) retries: u32,
     pub(crate) mode: RetryMode,
     pub(crate) blocking: bool,
+}
+
+impl Policy {
+    /// A timeout beyond `u64::MAX` nanoseconds (584 years) counts as none.
+    pub(crate) fn new(timeout: Option<Duration>, retries: u32, mode: RetryMode, blocking: bool) -> Self {
+        let timeout_ns = timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(0));
+        Policy {
+            timeout_ns,
+            retries,
+            mode,
+            blocking,
+        }
+    }
+
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ns != 0).then(|| Duration::from_nanos(self.timeout_ns))
+    }
 }
 
 pub(crate) type RetryIf<E> = Box<dyn Fn(&TaskError<E>) -> bool + Send + Sync>;
@@ -74,6 +92,8 @@ pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + 
 
 /// Options most tasks do not use, boxed so that a plain task stays small.
 pub(crate) struct Extras<T, E> {
+    /// The user-given id; generated ids need no storage beyond `seq` and `slot`.
+    pub(crate) name: Option<Arc<str>>,
     /// `Some` when the outcome is cached after completion.
     pub(crate) retention: Option<Duration>,
     pub(crate) backoff: Option<Box<dyn Backoff>>,
@@ -86,6 +106,7 @@ pub(crate) struct Extras<T, E> {
 impl<T, E> Default for Extras<T, E> {
     fn default() -> Self {
         Extras {
+            name: None,
             retention: None,
             backoff: None,
             jitter: 0.0,
@@ -242,11 +263,11 @@ struct Readers<T, E> {
 
 /// See the module docs.
 pub(crate) struct TaskCell<B, T, E> {
-    /// The id is assembled from these: the cell is allocated before the
-    /// cluster's lock is taken (to keep the allocation out of it), and the
-    /// sequence number and slot are only known under it. They are written
-    /// once, under that lock, before any other thread can see the cell.
-    name: Option<Arc<str>>,
+    /// The id is assembled from these and `Extras::name`: the cell is
+    /// allocated before the cluster's lock is taken (to keep the allocation
+    /// out of it), and the sequence number and slot are only known under it.
+    /// They are written once, under that lock, before any other thread can
+    /// see the cell.
     seq: AtomicU64,
     slot: AtomicU32,
     policy: Policy,
@@ -260,14 +281,12 @@ pub(crate) struct TaskCell<B, T, E> {
 
 impl<B, T, E> TaskCell<B, T, E> {
     pub(crate) fn new(
-        name: Option<Arc<str>>,
         body: B,
         policy: Policy,
         extras: Option<Box<Extras<T, E>>>,
         cloner: Option<Cloner<T, E>>,
     ) -> Self {
         TaskCell {
-            name,
             seq: AtomicU64::new(0),
             slot: AtomicU32::new(u32::MAX),
             policy,
@@ -307,14 +326,14 @@ where
     E: Send + 'static,
 {
     fn id(&self) -> TaskId {
-        match &self.name {
+        match self.name() {
             Some(name) => TaskId::from(name.clone()),
             None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
         }
     }
 
     fn name(&self) -> Option<&Arc<str>> {
-        self.name.as_ref()
+        self.extras.as_ref().and_then(|x| x.name.as_ref())
     }
 
     fn assign(&self, seq: u64, slot: u32) {
@@ -536,3 +555,4 @@ where
         drop(dropped);
     }
 }
+

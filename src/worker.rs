@@ -156,7 +156,7 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
     };
     loop {
         attempts = attempts.saturating_add(1);
-        let deadline = policy.timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = policy.timeout().and_then(|t| Instant::now().checked_add(t));
         let mut attempt = job.clone().start_attempt(attempts, deadline);
         enum End {
             Done(AttemptStatus),
@@ -181,7 +181,7 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
             }
             End::TimedOut => {
                 job.signal().raise(CancelReason::TimedOut);
-                job.record_timeout(policy.timeout.unwrap_or_default());
+                job.record_timeout(policy.timeout().unwrap_or_default());
                 leftover(attempt)
             }
         };
