@@ -60,7 +60,8 @@ impl Default for ClusterBuilder {
 }
 
 impl ClusterBuilder {
-    /// At most this many attempts run at once. Zero is rejected by `build`.
+    /// At most this many attempts run at once. Zero, and more than 65,535,
+    /// are rejected by `build`.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
         self
@@ -82,10 +83,14 @@ impl ClusterBuilder {
     /// Builds the cluster. It accepts tasks at once; they start after [`Cluster::run`].
     ///
     /// # Errors
-    /// [`BuildError::ZeroWorkers`] if `workers` is zero.
+    /// [`BuildError::ZeroWorkers`] if `workers` is zero,
+    /// [`BuildError::TooManyWorkers`] if it is over 65,535.
     pub fn build(self) -> Result<Cluster, BuildError> {
         if self.workers == 0 {
             return Err(BuildError::ZeroWorkers);
+        }
+        if self.workers > usize::from(u16::MAX) {
+            return Err(BuildError::TooManyWorkers);
         }
         Ok(Cluster {
             owner: Arc::new(Owner {
@@ -186,8 +191,9 @@ impl Cluster {
                 }
             }
         }
-        for _ in 0..shared.workers {
-            shared.tracker.spawn(run_worker(shared.clone()));
+        // `build` caps `workers` at u16::MAX, so every index fits.
+        for index in (0..=u16::MAX).take(shared.workers) {
+            shared.tracker.spawn(run_worker(shared.clone(), index));
         }
         shared.tracker.spawn(run_timekeeper(shared.clone()));
         Ok(())
@@ -286,9 +292,7 @@ impl Cluster {
         let (found, delivery, running) = core.cancel(&id);
         shared.unlock(core);
         release(expired);
-        if let Some(job) = running {
-            job.signal().raise(CancelReason::Cancelled);
-        }
+        shared.interrupt(running.into_iter().collect(), CancelReason::Cancelled);
         if let Some(d) = delivery {
             d.deliver();
         }

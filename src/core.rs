@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::error::SubmitError;
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
-use crate::signal::CancelReason;
+use crate::signal::{CancelReason, WorkerWake};
 use crate::task::TaskId;
 
 /// Where the cluster is in its life.
@@ -70,6 +70,8 @@ struct Entry {
     attempts: u32,
     state: State,
     forced: Option<Forced>,
+    /// The worker that claimed it, while `Running`.
+    worker: u16,
 }
 
 /// A task a worker has claimed.
@@ -103,6 +105,9 @@ impl Delivery {
         self.job.complete(self.forced, self.retain);
     }
 }
+
+/// A running task to signal, and the worker that runs it.
+pub(crate) type Running = (Arc<dyn Job>, u16);
 
 /// What a worker does next.
 pub(crate) enum Next {
@@ -258,6 +263,7 @@ impl Core {
             attempts: 0,
             state: State::Queued,
             forced: None,
+            worker: 0,
         });
         self.push(
             Item {
@@ -271,8 +277,8 @@ impl Core {
         Ok((id, replaced))
     }
 
-    /// The next due task for a worker.
-    pub(crate) fn claim(&mut self) -> Next {
+    /// The next due task for worker `worker`.
+    pub(crate) fn claim(&mut self, worker: u16) -> Next {
         match self.phase {
             Phase::Stopping | Phase::Cancelled => return Next::Exit,
             Phase::Idle | Phase::Running | Phase::Draining => {}
@@ -288,6 +294,7 @@ impl Core {
         if let Some(item) = popped {
             let e = &mut self.entries[item.slot as usize];
             e.state = State::Running;
+            e.worker = worker;
             self.running += 1;
             let claim = Claim {
                 slot: item.slot,
@@ -390,8 +397,8 @@ impl Core {
 
     /// Cancels by id (see [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
     /// Returns whether the task was pending or running, the delivery for a
-    /// queued task, and the job to signal for a running one.
-    pub(crate) fn cancel(&mut self, id: &TaskId) -> (bool, Option<Delivery>, Option<Arc<dyn Job>>) {
+    /// queued task, and the job and worker to signal for a running one.
+    pub(crate) fn cancel(&mut self, id: &TaskId) -> (bool, Option<Delivery>, Option<Running>) {
         let Some(slot) = self.lookup(id) else {
             return (false, None, None);
         };
@@ -409,7 +416,7 @@ impl Core {
                 if e.forced.is_none() {
                     e.forced = Some(Forced::Cancelled);
                 }
-                (true, None, Some(e.job.clone()))
+                (true, None, Some((e.job.clone(), e.worker)))
             }
             State::Retained => (false, None, None),
         }
@@ -450,13 +457,13 @@ impl Core {
     }
 
     /// Marks every running task as shut down and returns them to signal.
-    pub(crate) fn shut_down_running(&mut self) -> Vec<Arc<dyn Job>> {
+    pub(crate) fn shut_down_running(&mut self) -> Vec<Running> {
         self.entries
             .iter_mut()
             .filter(|(_, e)| e.state == State::Running)
             .map(|(_, e)| {
                 e.forced.get_or_insert(Forced::Shutdown);
-                e.job.clone()
+                (e.job.clone(), e.worker)
             })
             .collect()
     }
@@ -540,6 +547,8 @@ pub(crate) struct Shared {
     pub(crate) work: Notify,
     /// The timekeeper waits here for an earlier deadline.
     pub(crate) timer: Notify,
+    /// Per worker: woken when the task it runs is cancelled or shut down.
+    pub(crate) wakes: Box<[WorkerWake]>,
     /// Cancelled by `stop`: interrupts immediate-retry waits.
     pub(crate) stopping: CancellationToken,
     /// Cancelled when idle workers and the timekeeper must leave.
@@ -562,6 +571,7 @@ impl Shared {
             core: Mutex::new(Core::new(clock)),
             work: Notify::new(),
             timer: Notify::new(),
+            wakes: (0..workers).map(|_| WorkerWake::default()).collect(),
             stopping: CancellationToken::new(),
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -601,6 +611,17 @@ impl Shared {
         self.clock.instant(tick)
     }
 
+    /// Raises `reason` on running tasks, then wakes their workers
+    /// (signal invariant 3).
+    pub(crate) fn interrupt(&self, running: Vec<Running>, reason: CancelReason) {
+        for (job, worker) in running {
+            job.signal().raise(reason);
+            if let Some(w) = self.wakes.get(usize::from(worker)) {
+                w.wake();
+            }
+        }
+    }
+
     /// `cancel()`: shuts everything down at once. Idempotent.
     pub(crate) fn cancel_all(&self) {
         let mut core = self.lock();
@@ -613,10 +634,7 @@ impl Shared {
         self.unlock(core);
         self.stopping.cancel();
         self.closing.cancel();
-        for job in &running {
-            job.signal().raise(CancelReason::Shutdown);
-        }
-        drop(running);
+        self.interrupt(running, CancelReason::Shutdown);
         deliveries.into_iter().for_each(Delivery::deliver);
     }
 }

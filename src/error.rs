@@ -119,6 +119,9 @@ pub enum BuildError {
     /// A cluster needs at least one worker.
     #[error("a cluster needs at least one worker")]
     ZeroWorkers,
+    /// More workers than the cluster supports (65,535).
+    #[error("a cluster supports at most 65535 workers")]
+    TooManyWorkers,
 }
 
 /// Why [`Cluster::run`](crate::Cluster::run) could not start the workers.

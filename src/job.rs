@@ -71,7 +71,12 @@ pub(crate) struct Policy {
 
 impl Policy {
     /// A timeout beyond `u64::MAX` nanoseconds (584 years) counts as none.
-    pub(crate) fn new(timeout: Option<Duration>, retries: u32, mode: RetryMode, blocking: bool) -> Self {
+    pub(crate) fn new(
+        timeout: Option<Duration>,
+        retries: u32,
+        mode: RetryMode,
+        blocking: bool,
+    ) -> Self {
         let timeout_ns = timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(0));
         Policy {
             timeout_ns,
@@ -555,4 +560,3 @@ where
         drop(dropped);
     }
 }
-

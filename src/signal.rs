@@ -5,9 +5,14 @@
 //! 1. `Cancelled` and `Shutdown` are final: once set they are never cleared.
 //!    `TimedOut` belongs to one attempt and is cleared when the next starts
 //!    (with a compare-exchange, so it can never erase a final reason).
-//! 2. Setting a reason wakes the registered worker and cancels the body's
-//!    token, if the body asked for one. The token is made lazily, because
-//!    most bodies never ask and a token costs an allocation.
+//! 2. Setting a reason cancels the body's token, if the body asked for one.
+//!    The token is made lazily, because most bodies never ask and a token
+//!    costs an allocation.
+//! 3. The worker running the task is woken through its own [`WorkerWake`]
+//!    slot, not a waker stored per task: whoever raises a final reason
+//!    (always under knowledge of which worker claimed the task) raises it
+//!    first, then wakes that slot; the worker registers in its slot, then
+//!    re-checks the reason. Either order leaves no lost wake-up.
 
 use std::task::{Context, Poll, Waker};
 
@@ -74,17 +79,35 @@ impl CancelReason {
     }
 }
 
-#[derive(Default)]
-struct Listeners {
-    worker: Option<Waker>,
-    token: Option<CancellationToken>,
-}
-
 /// See the module docs.
 #[derive(Default)]
 pub(crate) struct Signal {
     reason: AtomicU8,
-    listeners: Mutex<Listeners>,
+    token: Mutex<Option<CancellationToken>>,
+}
+
+/// One worker's waker, woken when the task it runs is cancelled or shut down.
+#[derive(Default)]
+pub(crate) struct WorkerWake {
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WorkerWake {
+    fn register(&self, cx: &Context<'_>) {
+        let mut w = self.waker.lock();
+        match &*w {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => *w = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Wakes the worker, if it is waiting (see invariant 3).
+    pub(crate) fn wake(&self) {
+        let waker = self.waker.lock().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
 }
 
 impl Signal {
@@ -109,13 +132,7 @@ impl Signal {
                 Err(actual) => cur = actual,
             }
         }
-        let (waker, token) = {
-            let mut l = self.listeners.lock();
-            (l.worker.take(), l.token.clone())
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        let token = self.token.lock().clone();
         if let Some(t) = token {
             t.cancel();
         }
@@ -129,23 +146,17 @@ impl Signal {
             .is_ok()
         {
             // The old token fired for the old attempt; the next attempt gets a fresh one.
-            self.listeners.lock().token = None;
+            *self.token.lock() = None;
         }
     }
 
     /// Polled by the worker: ready once a final reason (cancel or shutdown)
     /// is set. Timeouts are the worker's own business and are ignored here.
-    pub(crate) fn poll_final(&self, cx: &mut Context<'_>) -> Poll<CancelReason> {
+    pub(crate) fn poll_final(&self, cx: &mut Context<'_>, wake: &WorkerWake) -> Poll<CancelReason> {
         if let Some(r) = self.final_reason() {
             return Poll::Ready(r);
         }
-        {
-            let mut l = self.listeners.lock();
-            match &l.worker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => l.worker = Some(cx.waker().clone()),
-            }
-        }
+        wake.register(cx);
         // Re-check: `raise` may have run between the first check and the registration.
         match self.final_reason() {
             Some(r) => Poll::Ready(r),
@@ -159,9 +170,11 @@ impl Signal {
 
     /// The token handed to the body: cancelled when any reason is raised.
     pub(crate) fn token(&self) -> CancellationToken {
-        let mut l = self.listeners.lock();
-        let token = l.token.get_or_insert_with(CancellationToken::new).clone();
-        drop(l);
+        let token = self
+            .token
+            .lock()
+            .get_or_insert_with(CancellationToken::new)
+            .clone();
         if self.reason().is_some() {
             token.cancel();
         }
@@ -231,9 +244,13 @@ mod loom_tests {
             let signal = Arc::new(Signal::default());
             let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
             let waker = Waker::from(flag.clone());
-            let s2 = signal.clone();
-            let t = loom::thread::spawn(move || s2.raise(CancelReason::Cancelled));
-            let first = signal.poll_final(&mut Context::from_waker(&waker));
+            let wake = Arc::new(WorkerWake::default());
+            let (s2, w2) = (signal.clone(), wake.clone());
+            let t = loom::thread::spawn(move || {
+                s2.raise(CancelReason::Cancelled);
+                w2.wake();
+            });
+            let first = signal.poll_final(&mut Context::from_waker(&waker), &wake);
             t.join().unwrap();
             assert!(first.is_ready() || flag.0.load(SeqCst));
             assert_eq!(signal.reason(), Some(CancelReason::Cancelled));

@@ -18,7 +18,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::builder::RetryMode;
 use crate::core::{Claim, Next, Plan, Shared};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
-use crate::signal::CancelReason;
+use crate::signal::{CancelReason, WorkerWake};
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -29,8 +29,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Resolves when the task is cancelled or shut down (not on a timeout).
-async fn interrupted(job: &dyn Job) -> Forced {
-    match poll_fn(|cx| job.signal().poll_final(cx)).await {
+async fn interrupted(job: &dyn Job, wake: &WorkerWake) -> Forced {
+    match poll_fn(|cx| job.signal().poll_final(cx, wake)).await {
         CancelReason::Cancelled => Forced::Cancelled,
         _ => Forced::Shutdown,
     }
@@ -76,7 +76,8 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
     }
 }
 
-pub(crate) async fn run_worker(shared: Arc<Shared>) {
+pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
+    let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
     loop {
         let notified = shared.work.notified();
@@ -84,7 +85,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
         let (delivery, next) = {
             let mut core = shared.lock();
             let delivery = done.take().and_then(|(c, p)| core.settle(c, p));
-            let next = core.claim();
+            let next = core.claim(index);
             if let Next::Idle = next {
                 // Join the waiters before the lock goes, so every wake-up
                 // sent for this idle registration finds a waiter: a stored
@@ -103,7 +104,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
                     shared: &shared,
                     claim: Some(claim),
                 };
-                let end = run_claim(&shared, guard.claim.as_ref().expect("just set")).await;
+                let end = run_claim(&shared, wake, guard.claim.as_ref().expect("just set")).await;
                 let mut claim = guard.take();
                 claim.attempts = end.attempts;
                 match (end.leftover, end.plan) {
@@ -114,7 +115,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
                         let job = claim.job.clone();
                         tokio::select! {
                             _ = &mut leftover => done = Some((claim, plan)),
-                            forced = interrupted(job.as_ref()) => {
+                            forced = interrupted(job.as_ref(), wake) => {
                                 settle_now(&shared, claim, Plan::Final(Some(forced)));
                                 leftover.await;
                             }
@@ -145,7 +146,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>) {
 
 /// Runs attempts of a claimed task until it succeeds, fails for good, is
 /// interrupted, or is to be requeued.
-async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
+async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEnd {
     let job = &claim.job;
     let policy = *job.policy();
     let mut attempts = claim.attempts;
@@ -166,7 +167,7 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
         let end = tokio::select! {
             biased;
             status = &mut attempt => End::Done(status),
-            forced = interrupted(job.as_ref()) => End::Interrupted(forced),
+            forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
             _ = sleep_until_opt(deadline) => End::TimedOut,
         };
         // An async attempt is dropped here; a blocking one is waited for.
@@ -199,7 +200,7 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
                 if let Some(mut l) = leftover {
                     tokio::select! {
                         _ = &mut l => {}
-                        forced = interrupted(job.as_ref()) => return finish(Plan::Final(Some(forced)), Some(l), attempts),
+                        forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), Some(l), attempts),
                         _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), Some(l), attempts),
                     }
                 }
@@ -208,7 +209,7 @@ async fn run_claim(shared: &Shared, claim: &Claim) -> ClaimEnd {
                 }
                 tokio::select! {
                     biased;
-                    forced = interrupted(job.as_ref()) => return finish(Plan::Final(Some(forced)), None, attempts),
+                    forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), None, attempts),
                     _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts),
                     _ = sleep(delay) => {}
                 }
