@@ -127,6 +127,18 @@ impl Level {
     /// Drops dead heads, then pops the smallest live head. Returns the popped
     /// item and how many dead entries were dropped.
     fn pop(&mut self, is_live: &mut impl FnMut(&Item) -> bool) -> (Option<Item>, usize) {
+        let mut dead = 0;
+        while let Some(h) = self.fifo.front() {
+            if is_live(h) {
+                break;
+            }
+            self.fifo.pop_front();
+            dead += 1;
+        }
+        if self.run.is_empty() && self.late.is_empty() {
+            // The common case: every key arrived in order.
+            return (self.fifo.pop_front(), dead);
+        }
         if self.run.is_empty() && self.late.len() >= SORT_RUN_MIN {
             // Each item is sorted at most once: O(log n) amortised, like the
             // heap, but popped in order from contiguous memory.
@@ -136,14 +148,6 @@ impl Level {
                 .map(|Reverse(ByKey(i))| i)
                 .collect();
             self.run.sort_unstable_by_key(|i| Reverse(i.key()));
-        }
-        let mut dead = 0;
-        while let Some(h) = self.fifo.front() {
-            if is_live(h) {
-                break;
-            }
-            self.fifo.pop_front();
-            dead += 1;
         }
         while let Some(h) = self.run.last() {
             if is_live(h) {
