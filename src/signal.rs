@@ -140,10 +140,13 @@ impl Signal {
 
     /// Clears a timeout left by the previous attempt. Final reasons stay.
     pub(crate) fn reset_timeout(&self) {
-        if self
-            .reason
-            .compare_exchange(TIMED_OUT, NONE, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        // A plain load first: almost every attempt has nothing to clear, and
+        // a compare-exchange would take the cache line exclusively.
+        if self.reason.load(Ordering::Acquire) == TIMED_OUT
+            && self
+                .reason
+                .compare_exchange(TIMED_OUT, NONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             // The old token fired for the old attempt; the next attempt gets a fresh one.
             *self.token.lock() = None;
@@ -161,6 +164,14 @@ impl Signal {
         match self.final_reason() {
             Some(r) => Poll::Ready(r),
             None => Poll::Pending,
+        }
+    }
+
+    /// The final reason, as the outcome it forces.
+    pub(crate) fn final_forced(&self) -> Option<crate::job::Forced> {
+        match self.final_reason()? {
+            CancelReason::Cancelled => Some(crate::job::Forced::Cancelled),
+            _ => Some(crate::job::Forced::Shutdown),
         }
     }
 

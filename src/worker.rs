@@ -11,6 +11,7 @@
 
 use std::future::{pending, poll_fn};
 use std::pin::pin;
+use std::task::Poll;
 use std::sync::Arc;
 
 use tokio::time::{sleep, sleep_until, Instant};
@@ -156,6 +157,11 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
         attempts,
     };
     loop {
+        // A cancel that already landed spares the body a run (best effort:
+        // the outcome is `Cancelled` either way, see core invariant 3).
+        if let Some(forced) = job.signal().final_forced() {
+            return finish(Plan::Final(Some(forced)), None, attempts);
+        }
         attempts = attempts.saturating_add(1);
         let deadline = policy.timeout().and_then(|t| Instant::now().checked_add(t));
         let mut attempt = job.clone().start_attempt(attempts, deadline);
@@ -164,11 +170,17 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
             Interrupted(Forced),
             TimedOut,
         }
-        let end = tokio::select! {
-            biased;
-            status = &mut attempt => End::Done(status),
-            forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
-            _ = sleep_until_opt(deadline) => End::TimedOut,
+        // Most short bodies finish on their first poll: try that before
+        // arming the cancel and timeout branches.
+        let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let end = match first {
+            Poll::Ready(status) => End::Done(status),
+            Poll::Pending => tokio::select! {
+                biased;
+                status = &mut attempt => End::Done(status),
+                forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
+                _ = sleep_until_opt(deadline) => End::TimedOut,
+            },
         };
         // An async attempt is dropped here; a blocking one is waited for.
         let leftover = |attempt: AttemptFuture| policy.blocking.then_some(attempt);
