@@ -70,11 +70,17 @@ pub struct TaskBuilder<'c, B, T, E> {
     mode: RetryMode,
     /// `Some(None)`: cached for the cluster's default retention.
     cache: Option<Option<Duration>>,
-    extras: Extras<T, E>,
+    /// Boxed on first use: it goes into the task as is, and a plain task
+    /// (the common case) never allocates it.
+    extras: Option<Box<Extras<T, E>>>,
     cloner: Option<Cloner<T, E>>,
 }
 
 impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
+    fn extras(&mut self) -> &mut Extras<T, E> {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
     pub(crate) fn new(cluster: &'c Cluster, body: B, blocking: bool) -> Self {
         TaskBuilder {
             cluster,
@@ -87,7 +93,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
             retries: 0,
             mode: RetryMode::Requeue,
             cache: None,
-            extras: Extras::default(),
+            extras: None,
             cloner: None,
         }
     }
@@ -143,7 +149,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
 
     /// The delay before each retry (see [`Backoff`]).
     pub fn backoff(mut self, backoff: impl Backoff) -> Self {
-        self.extras.backoff = Some(Box::new(backoff));
+        self.extras().backoff = Some(Box::new(backoff));
         self
     }
 
@@ -151,7 +157,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// `[1 - ratio, 1 + ratio]`. The reference API's jitter is `0.1`. A ratio
     /// outside `0.0..=1.0` (or NaN) is rejected at submit.
     pub fn jitter(mut self, ratio: f64) -> Self {
-        self.extras.jitter = ratio;
+        self.extras().jitter = ratio;
         self
     }
 
@@ -163,7 +169,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         mut self,
         predicate: impl Fn(&TaskError<E>) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.extras.retry_if = Some(Box::new(predicate));
+        self.extras().retry_if = Some(Box::new(predicate));
         self
     }
 
@@ -181,7 +187,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         mut self,
         callback: impl Fn(&TaskId, &Result<T, TaskError<E>>) + Send + Sync + 'static,
     ) -> Self {
-        self.extras.on_complete = Some(Box::new(callback));
+        self.extras().on_complete = Some(Box::new(callback));
         self
     }
 
@@ -192,7 +198,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         mut self,
         callback: impl Fn(&TaskId, &TaskError<E>) + Send + Sync + 'static,
     ) -> Self {
-        self.extras.on_failure = Some(Box::new(callback));
+        self.extras().on_failure = Some(Box::new(callback));
         self
     }
 }
@@ -265,7 +271,10 @@ where
                 reason: "must be greater than zero",
             });
         }
-        if !(0.0..=1.0).contains(&extras.jitter) {
+        if extras
+            .as_ref()
+            .is_some_and(|x| !(0.0..=1.0).contains(&x.jitter))
+        {
             return Err(SubmitError::InvalidOption {
                 option: "jitter",
                 reason: "must be a ratio between 0.0 and 1.0",
@@ -273,17 +282,15 @@ where
         }
         let shared = cluster.shared();
         let policy = Policy::new(timeout, retries, mode, blocking);
-        let mut extras = extras;
-        extras.name = name;
-        extras.retention = cache.map(|r| r.unwrap_or(shared.retention));
-        let has_extras = extras.name.is_some()
-            || extras.retention.is_some()
-            || extras.backoff.is_some()
-            || extras.jitter > 0.0
-            || extras.retry_if.is_some()
-            || extras.on_failure.is_some()
-            || extras.on_complete.is_some();
-        let extras = has_extras.then(|| Box::new(extras));
+        let retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let extras = if name.is_some() || retention.is_some() {
+            let mut x = extras.unwrap_or_default();
+            x.name = name;
+            x.retention = retention;
+            Some(x)
+        } else {
+            extras
+        };
 
         // Allocate and read the clock before locking: the lock is the
         // cluster's one contended resource, so nothing that can run outside
@@ -333,7 +340,7 @@ impl<B, T, E> fmt::Debug for TaskBuilder<'_, B, T, E> {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("retry_mode", &self.mode)
-            .field("jitter", &self.extras.jitter)
+            .field("jitter", &self.extras.as_ref().map_or(0.0, |x| x.jitter))
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }

@@ -11,8 +11,8 @@
 
 use std::future::{pending, poll_fn};
 use std::pin::pin;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 
 use tokio::time::{sleep, sleep_until, Instant};
 
