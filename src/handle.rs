@@ -63,7 +63,11 @@ impl<T, E> Future for TaskHandle<T, E> {
 
 impl<T, E> Drop for TaskHandle<T, E> {
     fn drop(&mut self) {
-        self.slot.drop_handle();
+        // A handle that resolved already took (or copied) its outcome: the
+        // cell has nothing left to keep for it.
+        if !self.finished {
+            self.slot.drop_handle();
+        }
     }
 }
 
