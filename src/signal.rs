@@ -18,6 +18,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::job::Forced;
+
 use self::sync::{AtomicU8, Mutex, Ordering};
 
 /// The signal is the engine's only lock-free state, so it is the part model
@@ -155,28 +157,25 @@ impl Signal {
 
     /// Polled by the worker: ready once a final reason (cancel or shutdown)
     /// is set. Timeouts are the worker's own business and are ignored here.
-    pub(crate) fn poll_final(&self, cx: &mut Context<'_>, wake: &WorkerWake) -> Poll<CancelReason> {
-        if let Some(r) = self.final_reason() {
-            return Poll::Ready(r);
+    pub(crate) fn poll_final(&self, cx: &mut Context<'_>, wake: &WorkerWake) -> Poll<Forced> {
+        if let Some(f) = self.final_forced() {
+            return Poll::Ready(f);
         }
         wake.register(cx);
         // Re-check: `raise` may have run between the first check and the registration.
-        match self.final_reason() {
-            Some(r) => Poll::Ready(r),
+        match self.final_forced() {
+            Some(f) => Poll::Ready(f),
             None => Poll::Pending,
         }
     }
 
-    /// The final reason, as the outcome it forces.
-    pub(crate) fn final_forced(&self) -> Option<crate::job::Forced> {
-        match self.final_reason()? {
-            CancelReason::Cancelled => Some(crate::job::Forced::Cancelled),
-            _ => Some(crate::job::Forced::Shutdown),
+    /// The final reason (cancel or shutdown), as the outcome it forces.
+    pub(crate) fn final_forced(&self) -> Option<Forced> {
+        match self.reason()? {
+            CancelReason::TimedOut => None,
+            CancelReason::Cancelled => Some(Forced::Cancelled),
+            CancelReason::Shutdown => Some(Forced::Shutdown),
         }
-    }
-
-    fn final_reason(&self) -> Option<CancelReason> {
-        self.reason().filter(|r| *r != CancelReason::TimedOut)
     }
 
     /// The token handed to the body: cancelled when any reason is raised.

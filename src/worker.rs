@@ -31,10 +31,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Resolves when the task is cancelled or shut down (not on a timeout).
 async fn interrupted(job: &dyn Job, wake: &WorkerWake) -> Forced {
-    match poll_fn(|cx| job.signal().poll_final(cx, wake)).await {
-        CancelReason::Cancelled => Forced::Cancelled,
-        _ => Forced::Shutdown,
-    }
+    poll_fn(|cx| job.signal().poll_final(cx, wake)).await
 }
 
 /// How the attempts of one claim ended.
@@ -215,9 +212,6 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
                         forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), Some(l), attempts),
                         _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), Some(l), attempts),
                     }
-                }
-                if shared.stopping.is_cancelled() {
-                    return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts);
                 }
                 tokio::select! {
                     biased;

@@ -1,12 +1,16 @@
 //! `on_failure` / `on_complete`: once per task, at its final outcome, in
 //! that order, before the handle resolves; panics in them are contained.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{Cluster, RetryMode, TaskBuilder, TaskError, TaskId};
 use tokio::sync::Notify;
+
+use common::{snapshot, Log};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {
@@ -14,14 +18,15 @@ enum Event {
     Complete(String, Result<i32, TaskError<String>>),
 }
 
-type Log = Arc<Mutex<Vec<Event>>>;
-
 fn name(id: &TaskId) -> String {
     id.to_string()
 }
 
 /// Adds both callbacks, recording into `log`.
-fn record<'c, B>(b: TaskBuilder<'c, B, i32, String>, log: &Log) -> TaskBuilder<'c, B, i32, String> {
+fn record<'c, B>(
+    b: TaskBuilder<'c, B, i32, String>,
+    log: &Log<Event>,
+) -> TaskBuilder<'c, B, i32, String> {
     let (l1, l2) = (log.clone(), log.clone());
     b.on_failure(move |id, err| {
         l1.lock()
@@ -33,10 +38,6 @@ fn record<'c, B>(b: TaskBuilder<'c, B, i32, String>, log: &Log) -> TaskBuilder<'
             .unwrap()
             .push(Event::Complete(name(id), outcome.clone()))
     })
-}
-
-fn events(log: &Log) -> Vec<Event> {
-    log.lock().unwrap().clone()
 }
 
 async fn final_failure_after_retries(mode: RetryMode) {
@@ -64,14 +65,14 @@ async fn final_failure_after_retries(mode: RetryMode) {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     // Already there when the handle resolved: no yield in between.
     assert_eq!(
-        events(&log),
+        snapshot(&log),
         vec![
             Event::Failure("t".into(), err.clone()),
             Event::Complete("t".into(), Err(err)),
         ]
     );
     cluster.stop(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(events(&log).len(), 2);
+    assert_eq!(snapshot(&log).len(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -105,7 +106,10 @@ async fn success_after_failed_attempts_calls_only_on_complete() {
     .submit()
     .unwrap();
     assert_eq!(h.await, Ok(30));
-    assert_eq!(events(&log), vec![Event::Complete("flaky".into(), Ok(30))]);
+    assert_eq!(
+        snapshot(&log),
+        vec![Event::Complete("flaky".into(), Ok(30))]
+    );
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -121,7 +125,7 @@ async fn plain_success_calls_only_on_complete() {
     .submit()
     .unwrap();
     assert_eq!(h.await, Ok(7));
-    assert_eq!(events(&log), vec![Event::Complete("ok".into(), Ok(7))]);
+    assert_eq!(snapshot(&log), vec![Event::Complete("ok".into(), Ok(7))]);
 
     // A blocking body too.
     let log = Log::default();
@@ -132,7 +136,7 @@ async fn plain_success_calls_only_on_complete() {
     .submit()
     .unwrap();
     assert_eq!(h.await, Ok(8));
-    assert_eq!(events(&log), vec![Event::Complete("blk".into(), Ok(8))]);
+    assert_eq!(snapshot(&log), vec![Event::Complete("blk".into(), Ok(8))]);
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -156,14 +160,14 @@ async fn callbacks_have_run_when_handle_and_subscribers_resolve() {
         let log = log.clone();
         tokio::spawn(async move {
             let r = sub.await;
-            (r, events(&log).len())
+            (r, snapshot(&log).len())
         })
     };
     let (r, seen) = waiter.await.unwrap();
     assert_eq!(r, Err(TaskError::Failed("x".to_string())));
     assert_eq!(seen, 2);
     assert_eq!(h.await, Err(TaskError::Failed("x".to_string())));
-    assert_eq!(events(&log).len(), 2);
+    assert_eq!(snapshot(&log).len(), 2);
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -188,9 +192,9 @@ async fn callbacks_fire_for_cancelled_tasks() {
         Event::Failure("sched".into(), TaskError::Cancelled),
         Event::Complete("sched".into(), Err(TaskError::Cancelled)),
     ];
-    assert_eq!(events(&log), expected);
+    assert_eq!(snapshot(&log), expected);
     assert_eq!(h.await, Err(TaskError::Cancelled));
-    assert_eq!(events(&log), expected);
+    assert_eq!(snapshot(&log), expected);
 
     // Running.
     let log = Log::default();
@@ -212,11 +216,11 @@ async fn callbacks_fire_for_cancelled_tasks() {
     .submit()
     .unwrap();
     started.notified().await;
-    assert!(events(&log).is_empty());
+    assert!(snapshot(&log).is_empty());
     assert!(cluster.cancel_task("run"));
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(
-        events(&log),
+        snapshot(&log),
         vec![
             Event::Failure("run".into(), TaskError::Cancelled),
             Event::Complete("run".into(), Err(TaskError::Cancelled)),
@@ -239,7 +243,7 @@ async fn callbacks_fire_for_shutdown_outcomes() {
     cluster.stop(Duration::from_secs(1)).await.unwrap();
     assert_eq!(h.await, Err(TaskError::Shutdown));
     assert_eq!(
-        events(&log),
+        snapshot(&log),
         vec![
             Event::Failure("queued".into(), TaskError::Shutdown),
             Event::Complete("queued".into(), Err(TaskError::Shutdown)),
@@ -271,14 +275,14 @@ async fn callbacks_fire_for_shutdown_outcomes() {
     cluster.cancel();
     assert_eq!(h.await, Err(TaskError::Shutdown));
     assert_eq!(
-        events(&log),
+        snapshot(&log),
         vec![
             Event::Failure("running".into(), TaskError::Shutdown),
             Event::Complete("running".into(), Err(TaskError::Shutdown)),
         ]
     );
     cluster.stop(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(events(&log).len(), 2);
+    assert_eq!(snapshot(&log).len(), 2);
 }
 
 #[tokio::test(start_paused = true)]

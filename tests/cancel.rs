@@ -1,5 +1,7 @@
 //! `Cluster::cancel_task` in every state a task can be in.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,28 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Sets its flag when dropped: proves a task's future (or body) was dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Yields to the other tasks of the (single-threaded) test runtime until
-/// `cond` holds. Never advances the clock.
-async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
-}
+use common::{yield_until, DropFlag, HOUR};
 
 fn stats(queued: usize, running: usize, cached: usize, held: usize) -> ClusterStats {
     ClusterStats {

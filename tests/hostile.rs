@@ -5,39 +5,24 @@
 //! task must succeed ([`assert_alive`]). Most clusters have one worker, so
 //! that proves the only worker survived (and that its slot was freed).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use corral::{
     Backoff, BuildError, Cluster, ExponentialBackoff, LinearBackoff, RetryMode, RunError,
-    StopError, SubmitError, SubscribeError, TaskContext, TaskError, TaskHandle, TaskId, MAX_ID_LEN,
+    StopError, SubmitError, SubscribeError, TaskContext, TaskError, TaskId, MAX_ID_LEN,
 };
 use tokio::time::Instant;
 
-const SEC: Duration = Duration::from_secs(1);
-const HOUR: Duration = Duration::from_secs(3600);
+use common::{resolve, yield_until, DropFlag, HOUR, SEC};
+
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Under the paused clock this is virtual time: it only turns a hang into a failure.
 const LIMIT: Duration = Duration::from_secs(60);
-
-type Out<T> = Result<T, TaskError<String>>;
-
-/// Sets its flag when dropped: proves a body or future was released.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, SeqCst);
-    }
-}
-
-async fn resolve<T>(what: &str, h: TaskHandle<T, String>) -> Out<T> {
-    tokio::time::timeout(LIMIT, h)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: the handle never resolved (lost outcome)"))
-}
 
 /// A normal task on `cluster` still succeeds: no worker died or stayed stuck.
 async fn assert_alive(cluster: &Cluster) {
@@ -46,7 +31,7 @@ async fn assert_alive(cluster: &Cluster) {
         .submit()
         .expect("a running cluster accepts a normal task");
     assert_eq!(
-        resolve("a normal task after the scenario", h).await,
+        resolve(LIMIT, "a normal task after the scenario", h).await,
         Ok(42),
         "the cluster no longer runs normal tasks"
     );
@@ -56,17 +41,6 @@ fn one_worker() -> Cluster {
     let cluster = Cluster::new(1).unwrap();
     cluster.run().unwrap();
     cluster
-}
-
-/// Yields to the other tasks until `cond` holds, without advancing the clock.
-async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
 }
 
 #[test]
@@ -132,7 +106,7 @@ async fn overlong_id_is_rejected_and_max_len_is_accepted() {
         .submit()
         .expect("an id of exactly MAX_ID_LEN bytes is fine");
     assert_eq!(h.id(), &TaskId::from(max.as_str()));
-    assert_eq!(resolve("max-length id", h).await, Ok(7));
+    assert_eq!(resolve(LIMIT, "max-length id", h).await, Ok(7));
     assert_alive(&cluster).await;
 }
 
@@ -178,7 +152,7 @@ async fn out_of_range_options_are_rejected() {
         .submit()
         .unwrap();
     let generated = h.id().clone();
-    assert_eq!(resolve("generated", h).await, Ok(1));
+    assert_eq!(resolve(LIMIT, "generated", h).await, Ok(1));
     let res = cluster
         .task(|_| async { Ok::<u32, String>(1) })
         .id(generated)
@@ -213,7 +187,11 @@ async fn retry_u32_max_succeeds_on_attempt_three() {
             .retry_mode(mode)
             .submit()
             .unwrap();
-        assert_eq!(resolve(&format!("{mode:?}"), h).await, Ok(3), "{mode:?}");
+        assert_eq!(
+            resolve(LIMIT, &format!("{mode:?}"), h).await,
+            Ok(3),
+            "{mode:?}"
+        );
         assert_eq!(runs.load(SeqCst), 3, "{mode:?}");
     }
     assert_eq!(cluster.stats().held, 0);
@@ -254,8 +232,11 @@ async fn duration_max_timeout_means_no_timeout() {
         tokio::time::timeout(20 * YEAR, h).await.expect("hang"),
         Ok("done")
     );
-    assert_eq!(resolve("blocking", blocking).await, Ok("blocking done"));
-    assert_eq!(resolve("big", big).await, Ok("big"));
+    assert_eq!(
+        resolve(LIMIT, "blocking", blocking).await,
+        Ok("blocking done")
+    );
+    assert_eq!(resolve(LIMIT, "big", big).await, Ok("big"));
     assert_alive(&cluster).await;
 }
 
@@ -284,7 +265,7 @@ async fn duration_max_delay_stays_pending_and_cancel_frees_it() {
     assert!(cluster.cancel_task("never"));
     assert_eq!(cluster.stats().held, 0);
     assert!(dropped.load(SeqCst), "cancel released the body");
-    assert_eq!(resolve("never", h).await, Err(TaskError::Cancelled));
+    assert_eq!(resolve(LIMIT, "never", h).await, Err(TaskError::Cancelled));
     assert!(!ran.load(SeqCst));
     assert_alive(&cluster).await;
 }
@@ -320,9 +301,9 @@ async fn start_at_far_future_stays_pending_and_far_past_runs_at_once() {
     });
     cluster.run().unwrap();
     let t0 = Instant::now();
-    assert_eq!(resolve("now", current).await, Ok("now"));
+    assert_eq!(resolve(LIMIT, "now", current).await, Ok("now"));
     if let Some(past) = past {
-        assert_eq!(resolve("past", past).await, Ok("past"));
+        assert_eq!(resolve(LIMIT, "past", past).await, Ok("past"));
         assert_eq!(Instant::now(), t0, "a past start time runs at once");
         assert_eq!(
             *order.lock().unwrap(),
@@ -338,7 +319,10 @@ async fn start_at_far_future_stays_pending_and_far_past_runs_at_once() {
         assert_eq!(cluster.stats().queued, 1);
         assert_alive(&cluster).await;
         assert!(cluster.cancel_task("future"));
-        assert_eq!(resolve("future", future).await, Err(TaskError::Cancelled));
+        assert_eq!(
+            resolve(LIMIT, "future", future).await,
+            Err(TaskError::Cancelled)
+        );
     } else {
         eprintln!("now + 100 years is not representable here; skipped that part");
     }
@@ -446,7 +430,7 @@ async fn exponential_backoff_with_bad_multiplier_still_retries() {
                 .jitter(0.5)
                 .submit()
                 .unwrap();
-            assert_eq!(resolve(&format!("m={m} {mode:?}"), h).await, Ok(3));
+            assert_eq!(resolve(LIMIT, &format!("m={m} {mode:?}"), h).await, Ok(3));
         }
     }
     assert_alive(&cluster).await;
@@ -481,7 +465,7 @@ async fn endless_backoff_is_cancellable(what: &str, backoff: impl Backoff + Clon
         assert_eq!((s.queued, s.running, s.held), expected, "{what} {mode:?}");
         assert!(cluster.cancel_task("endless"), "{what} {mode:?}");
         assert_eq!(
-            resolve(what, h).await,
+            resolve(LIMIT, what, h).await,
             Err(TaskError::Cancelled),
             "{what} {mode:?}"
         );
@@ -541,7 +525,7 @@ async fn panicking_backoff_ends_the_task_with_its_last_error() {
             .submit()
             .unwrap();
         assert_eq!(
-            resolve(&format!("{mode:?}"), h).await,
+            resolve(LIMIT, &format!("{mode:?}"), h).await,
             Err(TaskError::Failed("failure 1".to_string())),
             "{mode:?}"
         );
@@ -572,7 +556,7 @@ async fn panicking_retry_if_counts_as_no_retry() {
             .submit()
             .unwrap();
         assert_eq!(
-            resolve(&format!("{mode:?}"), h).await,
+            resolve(LIMIT, &format!("{mode:?}"), h).await,
             Err(TaskError::Failed("failure 1".to_string())),
             "{mode:?}"
         );
@@ -610,11 +594,11 @@ async fn panicking_callbacks_do_not_lose_the_outcome() {
     };
     let ok = submit("ok", false);
     let sub_ok = cluster.subscribe::<u32, String>("ok").unwrap();
-    assert_eq!(resolve("ok", ok).await, Ok(5));
+    assert_eq!(resolve(LIMIT, "ok", ok).await, Ok(5));
     assert_eq!(sub_ok.await, Ok(5));
     let bad = submit("bad", true);
     assert_eq!(
-        resolve("bad", bad).await,
+        resolve(LIMIT, "bad", bad).await,
         Err(TaskError::Failed("bad".into()))
     );
     // A task cancelled while queued: its callbacks run on the cancelling thread.
@@ -626,7 +610,10 @@ async fn panicking_callbacks_do_not_lose_the_outcome() {
         .submit()
         .unwrap();
     assert!(cluster.cancel_task("c"));
-    assert_eq!(resolve("c", cancelled).await, Err(TaskError::Cancelled));
+    assert_eq!(
+        resolve(LIMIT, "c", cancelled).await,
+        Err(TaskError::Cancelled)
+    );
     assert_eq!(
         *log.lock().unwrap(),
         vec!["complete ok", "failure bad", "complete bad"],
@@ -660,11 +647,11 @@ async fn slow_callback_still_delivers_the_outcome() {
         .task(|_| async { Ok::<u32, String>(12) })
         .submit()
         .unwrap();
-    assert_eq!(resolve("slow-cb", h).await, Ok(11));
+    assert_eq!(resolve(LIMIT, "slow-cb", h).await, Ok(11));
     // The callback ran before the handle resolved.
     assert_eq!(calls.load(SeqCst), 1);
     assert_eq!(sub.await, Ok(11));
-    assert_eq!(resolve("next", next).await, Ok(12));
+    assert_eq!(resolve(LIMIT, "next", next).await, Ok(12));
     assert_alive(&cluster).await;
 }
 
@@ -688,7 +675,7 @@ async fn body_panicking_while_holding_a_shared_mutex() {
         .submit()
         .unwrap();
     assert_eq!(
-        resolve("poisoner", h).await,
+        resolve(LIMIT, "poisoner", h).await,
         Err(TaskError::Panicked {
             message: "poisoner".into()
         })
@@ -708,7 +695,7 @@ async fn body_panicking_while_holding_a_shared_mutex() {
         })
         .submit()
         .unwrap();
-    match resolve("unwrap poisoned", h).await {
+    match resolve(LIMIT, "unwrap poisoned", h).await {
         Err(TaskError::Panicked { message }) => {
             assert!(message.contains("Poison"), "{message}")
         }
@@ -726,7 +713,7 @@ async fn body_panicking_while_holding_a_shared_mutex() {
         })
         .submit()
         .unwrap();
-    assert_eq!(resolve("recovering", h).await, Ok(1));
+    assert_eq!(resolve(LIMIT, "recovering", h).await, Ok(1));
     assert_alive(&cluster).await;
 }
 
@@ -747,7 +734,7 @@ async fn subscribe_and_cancel_of_unknown_ids() {
         .submit()
         .unwrap();
     let id = h.id().clone();
-    assert_eq!(resolve("done", h).await, Ok(1));
+    assert_eq!(resolve(LIMIT, "done", h).await, Ok(1));
     assert!(matches!(
         cluster.subscribe::<u32, String>(id.clone()),
         Err(SubscribeError::UnknownId(_))
@@ -769,7 +756,7 @@ async fn subscribe_and_cancel_of_unknown_ids() {
         Err(SubscribeError::TypeMismatch { .. })
     ));
     let right = cluster.subscribe::<u32, String>("typed").unwrap();
-    assert_eq!(resolve("typed", h).await, Ok(2));
+    assert_eq!(resolve(LIMIT, "typed", h).await, Ok(2));
     assert_eq!(right.await, Ok(2));
     assert_eq!(cluster.stats().held, 0);
     assert_alive(&cluster).await;
@@ -807,7 +794,7 @@ async fn stop_twice() {
     let (first, second) = tokio::join!(cluster.stop(LIMIT), cluster.stop(LIMIT));
     assert_eq!(first, Ok(()));
     assert_eq!(second, Ok(()));
-    assert_eq!(resolve("running at stop", h).await, Ok(1));
+    assert_eq!(resolve(LIMIT, "running at stop", h).await, Ok(1));
     assert_eq!(cluster.stop(LIMIT).await, Ok(()));
     assert_eq!(
         cluster
@@ -870,7 +857,10 @@ async fn cancel_while_stop_is_waiting() {
         !stop.is_finished(),
         "the stop waits for the running attempts"
     );
-    assert_eq!(resolve("queued", queued).await, Err(TaskError::Shutdown));
+    assert_eq!(
+        resolve(LIMIT, "queued", queued).await,
+        Err(TaskError::Shutdown)
+    );
 
     cluster.cancel();
     let stopped = tokio::time::timeout(LIMIT, stop)
@@ -883,9 +873,12 @@ async fn cancel_while_stop_is_waiting() {
         "the workers finished before the stop's timeout"
     );
     assert!(Instant::now() - t0 < HOUR);
-    assert_eq!(resolve("stuck", stuck).await, Err(TaskError::Shutdown));
     assert_eq!(
-        resolve("spinning", spinning).await,
+        resolve(LIMIT, "stuck", stuck).await,
+        Err(TaskError::Shutdown)
+    );
+    assert_eq!(
+        resolve(LIMIT, "spinning", spinning).await,
         Err(TaskError::Shutdown)
     );
     assert!(dropped.load(SeqCst), "the stuck async attempt was dropped");
@@ -914,7 +907,10 @@ async fn stop_timeout_cancels_what_is_left() {
             timeout: SEC
         })
     );
-    assert_eq!(resolve("stuck", stuck).await, Err(TaskError::Shutdown));
+    assert_eq!(
+        resolve(LIMIT, "stuck", stuck).await,
+        Err(TaskError::Shutdown)
+    );
     assert_eq!(cluster.stop(SEC).await, Ok(()));
     assert_eq!(cluster.stats(), Default::default());
 }
@@ -968,7 +964,11 @@ async fn dropping_the_cluster_while_tasks_run() {
         ("queued", queued),
         ("scheduled", scheduled),
     ] {
-        assert_eq!(resolve(what, h).await, Err(TaskError::Shutdown), "{what}");
+        assert_eq!(
+            resolve(LIMIT, what, h).await,
+            Err(TaskError::Shutdown),
+            "{what}"
+        );
     }
     assert_eq!(
         tokio::time::timeout(LIMIT, sub)

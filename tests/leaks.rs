@@ -6,6 +6,8 @@
 //! Bodies and outputs carry a [`Tracked`] value that counts itself alive
 //! (incremented on creation and clone, decremented on drop).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +17,8 @@ use corral::{
     TaskHandle, TaskId,
 };
 
-const SEC: Duration = Duration::from_secs(1);
-const HOUR: Duration = Duration::from_secs(3600);
+use common::{quiet_panics_starting_with, HOUR, SEC};
+
 const RETENTION: Duration = Duration::from_secs(10);
 const SHORT_RETENTION: Duration = Duration::from_secs(2);
 /// Virtual time under the paused clock: only turns a hang into a failure.
@@ -266,25 +268,10 @@ async fn settle() {
     }
 }
 
-fn quiet_expected_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let msg = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if !msg.starts_with("leak-test panic") {
-            default(info);
-        }
-    }));
-}
-
 #[tokio::test(start_paused = true)]
 async fn large_mixed_run_releases_every_body_and_output() {
     const N: usize = 3_000;
-    quiet_expected_panics();
+    quiet_panics_starting_with("leak-test panic");
     let live = Live::new();
     let cluster = Cluster::builder()
         .workers(4)
@@ -387,7 +374,7 @@ async fn large_mixed_run_releases_every_body_and_output() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_and_drop_release_every_body_and_output() {
-    quiet_expected_panics();
+    quiet_panics_starting_with("leak-test panic");
     let live = Live::new();
     let cluster = Cluster::builder()
         .workers(3)

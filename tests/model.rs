@@ -14,6 +14,8 @@
 //! So an operation never happens at the same instant as an engine event, and
 //! the engine's own coinciding events are ordered by the queue's exact rules.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ use corral::{
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use tokio::time::Instant;
+
+use common::quiet_panics_starting_with;
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const SEC: u64 = 1000;
@@ -519,7 +523,8 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             log: Arc::new(Mutex::new(Vec::new())),
         };
         let mut model = Model::new();
-        quiet_model_panics();
+        // Keeps the test output readable: the model's own panics are expected.
+        quiet_panics_starting_with("model-panic");
         // Operation k happens at millisecond offset k + 1 of its second.
         let mut second = 0u64;
         for (k, op) in ops.iter().enumerate() {
@@ -733,17 +738,4 @@ fn op_time(second: u64, offset: u64, now: u64) -> u64 {
     } else {
         (now / SEC + 1) * SEC + offset
     }
-}
-
-/// Keeps the test output readable: the model's own panics are expected.
-fn quiet_model_panics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&"model-panic") {
-                default(info);
-            }
-        }));
-    });
 }

@@ -4,8 +4,10 @@
 //!
 //! Every test runs on tokio's paused clock, so times are exact.
 
+mod common;
+
 use std::cmp::Reverse;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{Cluster, FixedBackoff, RetryMode, TaskHandle};
@@ -14,17 +16,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-const MS: Duration = Duration::from_millis(1);
-
-type Log<T> = Arc<Mutex<Vec<T>>>;
-
-fn log<T>() -> Log<T> {
-    Arc::new(Mutex::new(Vec::new()))
-}
-
-fn snapshot<T: Clone>(log: &Log<T>) -> Vec<T> {
-    log.lock().unwrap().clone()
-}
+use common::{log, snapshot, Log, MS};
 
 /// Awaits every handle and checks each returned its own tag.
 async fn join_all(handles: Vec<(usize, TaskHandle<usize, String>)>) {

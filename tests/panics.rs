@@ -1,14 +1,15 @@
 //! Panics in task bodies become `TaskError::Panicked` outcomes with the
 //! message, and the worker keeps going.
 
+mod common;
+
 use std::future::Ready;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use corral::{Cluster, TaskContext, TaskError};
 
-const SEC: Duration = Duration::from_secs(1);
+use common::SEC;
 
 fn panicked<E>(message: &str) -> Result<u32, TaskError<E>> {
     Err(TaskError::Panicked {

@@ -9,6 +9,8 @@
 //! after a while instead of hanging), then each waits a random short time so
 //! that the race window is swept from both sides.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,10 @@ use corral::{
     TaskHandle, TaskId,
 };
 
+use common::{resolve, HOUR};
+
 /// How long any single await may take before it counts as a lost outcome.
 const LIMIT: Duration = Duration::from_secs(30);
-const HOUR: Duration = Duration::from_secs(3600);
 
 /// A barrier for `n` threads that spins (the racers leave it within
 /// nanoseconds of each other) and fails loudly instead of waiting forever.
@@ -78,14 +81,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as u32 % n.max(1)
     }
-}
-
-type Out<T> = Result<T, TaskError<String>>;
-
-async fn resolve<T>(what: &str, h: TaskHandle<T, String>) -> Out<T> {
-    tokio::time::timeout(LIMIT, h)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: the handle never resolved (lost outcome)"))
 }
 
 /// Adds an `on_complete` counter (the outcome is delivered exactly once) and submits.
@@ -156,7 +151,7 @@ async fn cancel_vs_completion() {
             spin(cancel_spin);
             c.cancel_task(cid)
         });
-        let out = resolve(&format!("iteration {i}"), h).await;
+        let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
         if cancelled {
             assert_eq!(
@@ -238,7 +233,7 @@ async fn cancel_vs_requeue_retry() {
             spin(cancel_spin);
             c.cancel_task(id)
         });
-        let out = resolve(&format!("iteration {i}"), h).await;
+        let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
         if cancelled {
             assert_eq!(
@@ -310,7 +305,7 @@ async fn cancel_during_immediate_retry_backoff() {
             std::thread::sleep(cancel_wait);
             c.cancel_task(id)
         });
-        let out = resolve(&format!("iteration {i}"), h).await;
+        let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
         if long {
             assert!(
@@ -384,7 +379,7 @@ async fn timeout_vs_completion() {
             handles.push((i, h));
         }
         for (i, h) in handles {
-            match resolve(&format!("task {i}"), h).await {
+            match resolve(LIMIT, &format!("task {i}"), h).await {
                 Ok(v) => {
                     assert_eq!(v, i, "task {i}: wrong value");
                     n_value += 1;
@@ -478,7 +473,7 @@ async fn stop_vs_submit() {
                         "iteration {iter}: submit {k} accepted after an earlier one was refused"
                     );
                     accepted += 1;
-                    match resolve(&format!("iteration {iter} task {k}"), h).await {
+                    match resolve(LIMIT, &format!("iteration {iter} task {k}"), h).await {
                         Ok(v) => {
                             assert_eq!(v, k, "iteration {iter}");
                             n_value += 1;
@@ -496,7 +491,7 @@ async fn stop_vs_submit() {
         }
         n_accepted += accepted;
         for (k, h) in early.into_iter().enumerate() {
-            let out = resolve(&format!("iteration {iter} early {k}"), h).await;
+            let out = resolve(LIMIT, &format!("iteration {iter} early {k}"), h).await;
             assert!(
                 out == Ok(usize::MAX) || out == Err(TaskError::Shutdown),
                 "iteration {iter} early {k}: {out:?}"
@@ -587,7 +582,7 @@ async fn stop_vs_retry() {
         });
         for (k, fails, retries, h) in handles {
             let what = format!("iteration {iter} task {k}");
-            match resolve(&what, h).await {
+            match resolve(LIMIT, &what, h).await {
                 Ok((v, a)) => {
                     assert_eq!(v, k, "{what}");
                     assert!(fails <= retries, "{what}: succeeded without enough retries");
@@ -658,7 +653,7 @@ async fn subscribe_vs_completion_without_cache() {
             c.subscribe::<usize, String>(id)
         });
         let id = h.id().clone();
-        let out = resolve(&format!("iteration {i}"), h).await;
+        let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         assert_eq!(out, Ok(i), "iteration {i}");
         match subscriber.join().expect("subscriber thread panicked") {
             Ok(sub) => {
@@ -756,7 +751,7 @@ async fn duplicate_id_from_two_threads() {
         );
         assert!(cluster.cancel_task(name.clone()), "iteration {i}");
         assert_eq!(
-            resolve(&format!("iteration {i}"), winner).await,
+            resolve(LIMIT, &format!("iteration {i}"), winner).await,
             Err(TaskError::Cancelled),
             "iteration {i}"
         );
@@ -810,7 +805,10 @@ async fn concurrent_submits_wake_idle_workers() {
             .collect();
         for t in threads {
             for (v, h) in t.join().expect("submitter thread panicked") {
-                assert_eq!(resolve(&format!("iteration {i} task {v}"), h).await, Ok(v));
+                assert_eq!(
+                    resolve(LIMIT, &format!("iteration {i} task {v}"), h).await,
+                    Ok(v)
+                );
             }
         }
         // Both workers are still there: two tasks that can only finish
@@ -833,7 +831,7 @@ async fn concurrent_submits_wake_idle_workers() {
             .collect();
         for h in pair {
             assert_eq!(
-                resolve(&format!("iteration {i} pair"), h).await,
+                resolve(LIMIT, &format!("iteration {i} pair"), h).await,
                 Ok(()),
                 "iteration {i}: a worker was lost"
             );

@@ -1,8 +1,10 @@
 //! Retries: attempt counts, backoff delays measured on the paused clock,
 //! jitter, `retry_if`, retry modes, custom and panicking strategies.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{
@@ -11,14 +13,7 @@ use corral::{
 };
 use tokio::time::Instant;
 
-const MS: Duration = Duration::from_millis(1);
-const SEC: Duration = Duration::from_secs(1);
-
-type Log<T> = Arc<Mutex<Vec<T>>>;
-
-fn log<T>() -> Log<T> {
-    Arc::new(Mutex::new(Vec::new()))
-}
+use common::{log, MS, SEC};
 
 fn gaps(times: &[Instant]) -> Vec<Duration> {
     times.windows(2).map(|w| w[1] - w[0]).collect()

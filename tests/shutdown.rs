@@ -1,6 +1,8 @@
 //! Graceful stop, drain, immediate cancel, run/stop misuse, dropping the
 //! cluster and a parent cancellation token.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,26 +15,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const HOUR: Duration = Duration::from_secs(3600);
-
-/// Sets its flag when dropped: proves a task's future was dropped.
-struct DropFlag(Arc<AtomicBool>);
-
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
-}
+use common::{yield_until, DropFlag, HOUR};
 
 fn submit_simple(cluster: &Cluster) -> Result<(), SubmitError> {
     cluster

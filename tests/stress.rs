@@ -18,6 +18,8 @@
 //! - at the end nothing is queued or running, and once the cache retention
 //!   has passed nothing is held.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,6 +28,8 @@ use corral::{
     Cluster, FixedBackoff, RetryMode, SubmitError, SubscribeError, Subscription, TaskContext,
     TaskError, TaskHandle, TaskId,
 };
+
+use common::quiet_panics_starting_with;
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 10_000;
@@ -380,26 +384,9 @@ async fn late_subscriber(seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, us
     (subs, unknown)
 }
 
-/// Silences the panics the bodies raise on purpose; everything else (test
-/// failures included) still reaches the default hook.
-fn quiet_expected_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let msg = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if !msg.starts_with("stress-panic") {
-            default(info);
-        }
-    }));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_soak_with_stop_in_the_middle() {
-    quiet_expected_panics();
+    quiet_panics_starting_with("stress-panic");
     let cluster = Cluster::builder()
         .workers(4)
         .retention(RETENTION)

@@ -1,5 +1,7 @@
 //! Subscribers by id, the result cache and its retention.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,15 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-async fn yield_until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..10_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
-}
+use common::yield_until;
 
 fn unknown(id: &str) -> SubscribeError {
     SubscribeError::UnknownId(TaskId::from(id))

@@ -1,6 +1,8 @@
 //! Per-attempt timeouts: async attempts are dropped, blocking ones are
 //! signalled, zero is rejected, and each retry gets its own timeout.
 
+mod common;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,16 +11,7 @@ use std::time::Duration;
 use corral::{CancelReason, Cluster, SubmitError, TaskError};
 use tokio::time::Instant;
 
-const SEC: Duration = Duration::from_secs(1);
-
-/// Sets its flag when dropped: proves a future was dropped.
-struct DropGuard(Arc<AtomicBool>);
-
-impl Drop for DropGuard {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
+use common::{DropFlag, SEC};
 
 /// Awaits `fut` while moving the paused clock forward by hand: the paused
 /// clock does not auto-advance while a `spawn_blocking` task runs.
@@ -44,7 +37,7 @@ async fn async_timeout_is_timed_out_and_the_future_is_dropped() {
     let (d, f, dl) = (dropped.clone(), finished.clone(), deadline.clone());
     let h = cluster
         .task(move |ctx| {
-            let guard = DropGuard(d.clone());
+            let guard = DropFlag(d.clone());
             let f = f.clone();
             *dl.lock().unwrap() = Some(ctx.deadline());
             async move {
