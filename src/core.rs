@@ -620,7 +620,7 @@ impl Shared {
     /// (signal invariant 3).
     pub(crate) fn interrupt(&self, running: Vec<Running>, reason: CancelReason) {
         for (job, worker) in running {
-            job.signal().raise(reason);
+            job.raise(reason);
             if let Some(w) = self.wakes.get(usize::from(worker)) {
                 w.wake();
             }

@@ -28,12 +28,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{jittered, Backoff};
 use crate::builder::RetryMode;
 use crate::error::TaskError;
 use crate::panic::{catch_unwind, guard};
-use crate::signal::Signal;
+use crate::signal::{CancelReason, Signal};
 use crate::task::{TaskContext, TaskId};
 
 /// The final result of a task.
@@ -211,6 +212,11 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// How long the outcome is cached after completion, if it is.
     fn retention(&self) -> Option<Duration>;
     fn signal(&self) -> &Signal;
+    /// Raises `reason` on the signal and cancels the body's token, if any.
+    fn raise(&self, reason: CancelReason);
+    /// The current attempt's token (made on first use): cancelled once any
+    /// reason is raised.
+    fn token(&self) -> CancellationToken;
     /// Starts attempt `attempt` (1-based). The future stores the body's
     /// result in the cell before it resolves.
     fn start_attempt(
@@ -255,6 +261,8 @@ struct CellState<T, E> {
     retained: bool,
     handle_gone: bool,
     handle_waker: Option<Waker>,
+    /// The current attempt's cancellation token, made when the body asks.
+    token: Option<CancellationToken>,
     /// Made by the first subscriber or by `cacheable`, whose bounds
     /// guarantee `Clone`; boxed because most tasks have no second reader.
     readers: Option<Box<Readers<T, E>>>,
@@ -304,6 +312,7 @@ impl<B, T, E> TaskCell<B, T, E> {
                 retained: false,
                 handle_gone: false,
                 handle_waker: None,
+                token: None,
                 readers: cloner.map(|cloner| {
                     Box::new(Readers {
                         cloner,
@@ -358,12 +367,39 @@ where
         &self.signal
     }
 
+    fn raise(&self, reason: CancelReason) {
+        if self.signal.raise(reason) {
+            let token = self.state.lock().token.clone();
+            if let Some(t) = token {
+                t.cancel();
+            }
+        }
+    }
+
+    fn token(&self) -> CancellationToken {
+        let token = self
+            .state
+            .lock()
+            .token
+            .get_or_insert_with(CancellationToken::new)
+            .clone();
+        // `raise` sets the reason before it looks for a token, so a token
+        // made after that look is cancelled here.
+        if self.signal.reason().is_some() {
+            token.cancel();
+        }
+        token
+    }
+
     fn start_attempt(
         self: Arc<Self>,
         attempt: u32,
         deadline: Option<tokio::time::Instant>,
     ) -> AttemptFuture {
-        self.signal.reset_timeout();
+        if self.signal.reset_timeout() {
+            // The old token fired for the old attempt; this one gets a fresh one.
+            self.state.lock().token = None;
+        }
         let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
         let started = match &*self.body.lock() {
             Some(body) => guard(|| body.start(ctx)),

@@ -5,9 +5,9 @@
 //! 1. `Cancelled` and `Shutdown` are final: once set they are never cleared.
 //!    `TimedOut` belongs to one attempt and is cleared when the next starts
 //!    (with a compare-exchange, so it can never erase a final reason).
-//! 2. Setting a reason cancels the body's token, if the body asked for one.
-//!    The token is made lazily, because most bodies never ask and a token
-//!    costs an allocation.
+//! 2. Whoever raises a reason then cancels the body's token, if the body
+//!    asked for one (the token lives in the task cell, under the cell's
+//!    lock, so the signal itself is one byte).
 //! 3. The worker running the task is woken through its own [`WorkerWake`]
 //!    slot, not a waker stored per task: whoever raises a final reason
 //!    (always under knowledge of which worker claimed the task) raises it
@@ -15,8 +15,6 @@
 //!    re-checks the reason. Either order leaves no lost wake-up.
 
 use std::task::{Context, Poll, Waker};
-
-use tokio_util::sync::CancellationToken;
 
 use crate::job::Forced;
 
@@ -85,7 +83,6 @@ impl CancelReason {
 #[derive(Default)]
 pub(crate) struct Signal {
     reason: AtomicU8,
-    token: Mutex<Option<CancellationToken>>,
 }
 
 /// One worker's waker, woken when the task it runs is cancelled or shut down.
@@ -117,42 +114,36 @@ impl Signal {
         CancelReason::decode(self.reason.load(Ordering::Acquire))
     }
 
-    /// Raises `reason`. A final reason already set is kept (the first final
-    /// reason wins), but a timeout may be upgraded to a cancel or shutdown.
-    pub(crate) fn raise(&self, reason: CancelReason) {
+    /// Raises `reason`; returns whether it changed anything. A final reason
+    /// already set is kept (the first final reason wins), but a timeout may
+    /// be upgraded to a cancel or shutdown.
+    pub(crate) fn raise(&self, reason: CancelReason) -> bool {
         let new = reason.encode();
         let mut cur = self.reason.load(Ordering::Acquire);
         loop {
             if cur >= CANCELLED || (cur == TIMED_OUT && new == TIMED_OUT) {
-                return;
+                return false;
             }
             match self
                 .reason
                 .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => break,
+                Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
         }
-        let token = self.token.lock().clone();
-        if let Some(t) = token {
-            t.cancel();
-        }
     }
 
-    /// Clears a timeout left by the previous attempt. Final reasons stay.
-    pub(crate) fn reset_timeout(&self) {
+    /// Clears a timeout left by the previous attempt; returns whether there
+    /// was one. Final reasons stay.
+    pub(crate) fn reset_timeout(&self) -> bool {
         // A plain load first: almost every attempt has nothing to clear, and
         // a compare-exchange would take the cache line exclusively.
-        if self.reason.load(Ordering::Acquire) == TIMED_OUT
+        self.reason.load(Ordering::Acquire) == TIMED_OUT
             && self
                 .reason
                 .compare_exchange(TIMED_OUT, NONE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        {
-            // The old token fired for the old attempt; the next attempt gets a fresh one.
-            *self.token.lock() = None;
-        }
     }
 
     /// Polled by the worker: ready once a final reason (cancel or shutdown)
@@ -177,19 +168,6 @@ impl Signal {
             CancelReason::Shutdown => Some(Forced::Shutdown),
         }
     }
-
-    /// The token handed to the body: cancelled when any reason is raised.
-    pub(crate) fn token(&self) -> CancellationToken {
-        let token = self
-            .token
-            .lock()
-            .get_or_insert_with(CancellationToken::new)
-            .clone();
-        if self.reason().is_some() {
-            token.cancel();
-        }
-        token
-    }
 }
 
 #[cfg(test)]
@@ -199,32 +177,24 @@ mod tests {
     #[test]
     fn final_reasons_are_never_overwritten() {
         let s = Signal::default();
-        s.raise(CancelReason::TimedOut);
+        assert!(s.raise(CancelReason::TimedOut));
         assert_eq!(s.reason(), Some(CancelReason::TimedOut));
-        s.raise(CancelReason::Cancelled);
+        assert!(s.raise(CancelReason::Cancelled));
         assert_eq!(s.reason(), Some(CancelReason::Cancelled));
-        s.raise(CancelReason::Shutdown);
-        s.raise(CancelReason::TimedOut);
-        s.reset_timeout();
+        assert!(!s.raise(CancelReason::Shutdown));
+        assert!(!s.raise(CancelReason::TimedOut));
+        assert!(!s.reset_timeout());
         assert_eq!(s.reason(), Some(CancelReason::Cancelled));
     }
 
     #[test]
-    fn timeout_is_reset_between_attempts_with_a_fresh_token() {
+    fn timeout_is_reset_between_attempts() {
         let s = Signal::default();
-        let t1 = s.token();
-        s.raise(CancelReason::TimedOut);
-        assert!(t1.is_cancelled());
-        s.reset_timeout();
+        assert!(s.raise(CancelReason::TimedOut));
+        assert!(!s.raise(CancelReason::TimedOut));
+        assert!(s.reset_timeout());
         assert_eq!(s.reason(), None);
-        assert!(!s.token().is_cancelled());
-    }
-
-    #[test]
-    fn token_taken_after_raise_is_already_cancelled() {
-        let s = Signal::default();
-        s.raise(CancelReason::Shutdown);
-        assert!(s.token().is_cancelled());
+        assert_eq!(s.final_forced(), None);
     }
 }
 
@@ -278,19 +248,6 @@ mod loom_tests {
             signal.reset_timeout();
             t.join().unwrap();
             assert_eq!(signal.reason(), Some(CancelReason::Cancelled));
-        });
-    }
-
-    /// A token taken while a shutdown is raised ends up cancelled.
-    #[test]
-    fn loom_token_vs_raise_ends_cancelled() {
-        loom::model(|| {
-            let signal = Arc::new(Signal::default());
-            let s2 = signal.clone();
-            let t = loom::thread::spawn(move || s2.raise(CancelReason::Shutdown));
-            let token = signal.token();
-            t.join().unwrap();
-            assert!(token.is_cancelled());
         });
     }
 }

@@ -214,7 +214,7 @@ impl TaskContext {
     ///
     /// Cancel safe: dropping the future loses nothing.
     pub async fn cancelled(&self) -> CancelReason {
-        let token = self.job.signal().token();
+        let token = self.job.token();
         token.cancelled().await;
         // A token is only cancelled after its reason is set.
         self.cancel_reason().unwrap_or(CancelReason::Cancelled)
@@ -223,7 +223,7 @@ impl TaskContext {
     /// A token cancelled when this attempt is asked to stop; hand it to work
     /// the body spawns elsewhere. Each attempt has its own token.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.job.signal().token()
+        self.job.token()
     }
 }
 

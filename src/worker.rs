@@ -190,7 +190,7 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
                 return finish(Plan::Final(Some(forced)), leftover(attempt), attempts)
             }
             End::TimedOut => {
-                job.signal().raise(CancelReason::TimedOut);
+                job.raise(CancelReason::TimedOut);
                 job.record_timeout(policy.timeout().unwrap_or_default());
                 leftover(attempt)
             }

@@ -309,3 +309,35 @@ async fn blocking_timeout_is_per_attempt_and_the_next_attempt_starts_uncancelled
     );
     drive(cluster.stop(SEC)).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_gets_a_fresh_cancellation_token() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let seen = tokens.clone();
+    let h = cluster
+        .task(move |ctx| {
+            let seen = seen.clone();
+            async move {
+                let token = ctx.cancellation_token();
+                seen.lock().unwrap().push(token.clone());
+                if ctx.attempt() == 1 {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Ok::<_, String>(token.is_cancelled())
+            }
+        })
+        .timeout(Duration::from_secs(1))
+        .retry(1)
+        .submit()
+        .unwrap();
+    assert_eq!(h.await, Ok(false), "the retry's token is not cancelled");
+    let tokens = tokens.lock().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(
+        tokens[0].is_cancelled(),
+        "the timeout fired the first attempt's token"
+    );
+    assert!(!tokens[1].is_cancelled());
+}
