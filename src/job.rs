@@ -261,17 +261,33 @@ struct CellState<T, E> {
     retained: bool,
     handle_gone: bool,
     handle_waker: Option<Waker>,
-    /// The current attempt's cancellation token, made when the body asks.
-    token: Option<CancellationToken>,
-    /// Made by the first subscriber or by `cacheable`, whose bounds
-    /// guarantee `Clone`; boxed because most tasks have no second reader.
-    readers: Option<Box<Readers<T, E>>>,
+    /// What most tasks never need, boxed on first use so a plain task stays small.
+    rare: Option<Box<Rare<T, E>>>,
 }
 
-/// Readers of the outcome besides the handle.
-struct Readers<T, E> {
-    cloner: Cloner<T, E>,
+struct Rare<T, E> {
+    /// Copies the outcome for readers besides the handle. Set by the first
+    /// subscriber or by `cacheable`, whose bounds guarantee `Clone`.
+    cloner: Option<Cloner<T, E>>,
     subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
+    /// The current attempt's cancellation token, made when the body asks.
+    token: Option<CancellationToken>,
+}
+
+impl<T, E> CellState<T, E> {
+    fn rare(&mut self) -> &mut Rare<T, E> {
+        self.rare.get_or_insert_with(|| {
+            Box::new(Rare {
+                cloner: None,
+                subscribers: Vec::new(),
+                token: None,
+            })
+        })
+    }
+
+    fn cloner(&self) -> Option<Cloner<T, E>> {
+        self.rare.as_ref().and_then(|r| r.cloner)
+    }
 }
 
 /// See the module docs.
@@ -312,11 +328,11 @@ impl<B, T, E> TaskCell<B, T, E> {
                 retained: false,
                 handle_gone: false,
                 handle_waker: None,
-                token: None,
-                readers: cloner.map(|cloner| {
-                    Box::new(Readers {
-                        cloner,
+                rare: cloner.map(|cloner| {
+                    Box::new(Rare {
+                        cloner: Some(cloner),
                         subscribers: Vec::new(),
+                        token: None,
                     })
                 }),
             }),
@@ -369,7 +385,12 @@ where
 
     fn raise(&self, reason: CancelReason) {
         if self.signal.raise(reason) {
-            let token = self.state.lock().token.clone();
+            let token = self
+                .state
+                .lock()
+                .rare
+                .as_ref()
+                .and_then(|r| r.token.clone());
             if let Some(t) = token {
                 t.cancel();
             }
@@ -380,6 +401,7 @@ where
         let token = self
             .state
             .lock()
+            .rare()
             .token
             .get_or_insert_with(CancellationToken::new)
             .clone();
@@ -398,7 +420,9 @@ where
     ) -> AttemptFuture {
         if self.signal.reset_timeout() {
             // The old token fired for the old attempt; this one gets a fresh one.
-            self.state.lock().token = None;
+            if let Some(rare) = self.state.lock().rare.as_deref_mut() {
+                rare.token = None;
+            }
         }
         let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
         let started = match &*self.body.lock() {
@@ -503,10 +527,12 @@ where
             }
             st = self.state.lock();
         }
-        if let Some(readers) = st.readers.as_deref_mut() {
-            for tx in readers.subscribers.drain(..) {
-                // A subscriber that gave up is not an error.
-                let _ = tx.send((readers.cloner)(&outcome));
+        if let Some(rare) = st.rare.as_deref_mut() {
+            if let Some(clone) = rare.cloner {
+                for tx in rare.subscribers.drain(..) {
+                    // A subscriber that gave up is not an error.
+                    let _ = tx.send(clone(&outcome));
+                }
             }
         }
         st.done = true;
@@ -545,13 +571,9 @@ where
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
         if !st.done {
-            let readers = st.readers.get_or_insert_with(|| {
-                Box::new(Readers {
-                    cloner: req.cloner,
-                    subscribers: Vec::new(),
-                })
-            });
-            readers.subscribers.push(tx);
+            let rare = st.rare();
+            rare.cloner.get_or_insert(req.cloner);
+            rare.subscribers.push(tx);
         } else if let Some(outcome) = &st.result {
             let _ = tx.send((req.cloner)(outcome));
         }
@@ -575,9 +597,9 @@ where
             }
             return Poll::Pending;
         }
-        match st.readers.as_deref() {
+        match st.cloner() {
             // Retained for late subscribers: the handle reads a copy.
-            Some(readers) if st.retained => Poll::Ready(st.result.as_ref().map(readers.cloner)),
+            Some(clone) if st.retained => Poll::Ready(st.result.as_ref().map(clone)),
             _ => Poll::Ready(st.result.take()),
         }
     }
