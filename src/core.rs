@@ -240,6 +240,14 @@ impl Core {
         if !matches!(self.phase, Phase::Idle | Phase::Running) {
             return Err(SubmitError::ShuttingDown);
         }
+        // Slots are u32 (ids and queue entries carry them); checked before
+        // anything is touched, so a refusal changes nothing.
+        if self.entries.len() >= u32::MAX as usize {
+            return Err(SubmitError::InvalidOption {
+                option: "submit",
+                reason: "the cluster holds too many tasks (2^32 - 1 at most)",
+            });
+        }
         let mut replaced = None;
         if let Some(name) = name {
             if let Some(&old) = self.names.get(name) {
@@ -250,11 +258,8 @@ impl Core {
                 self.cached -= 1;
             }
         }
-        let slot =
-            u32::try_from(self.entries.vacant_key()).map_err(|_| SubmitError::InvalidOption {
-                option: "submit",
-                reason: "the cluster holds too many tasks (more than 2^32)",
-            })?;
+        // `vacant_key() <= len() < u32::MAX` (checked above).
+        let slot = self.entries.vacant_key() as u32;
         let seq = self.next_seq;
         self.next_seq += 1;
         assign(seq, slot);
