@@ -325,7 +325,7 @@ impl Cluster {
             }
         };
         shared.stopping.cancel();
-        shared.closing.cancel();
+        shared.close();
         deliveries.into_iter().for_each(Delivery::deliver);
         self.wait_workers(timeout).await
     }
@@ -357,7 +357,7 @@ impl Cluster {
             return self.stop(timeout).await;
         };
         if finished {
-            shared.closing.cancel();
+            shared.close();
         }
         deliveries.into_iter().for_each(Delivery::deliver);
         self.wait_workers(timeout).await

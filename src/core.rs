@@ -561,7 +561,8 @@ pub(crate) struct Shared {
     pub(crate) wakes: Box<[WorkerWake]>,
     /// Cancelled by `stop`: interrupts immediate-retry waits.
     pub(crate) stopping: CancellationToken,
-    /// Cancelled when idle workers and the timekeeper must leave.
+    /// Cancelled when the timekeeper must leave (idle workers are sent home
+    /// by [`Shared::close`]).
     pub(crate) closing: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) clock: Clock,
@@ -621,6 +622,15 @@ impl Shared {
         self.clock.instant(tick)
     }
 
+    /// Sends idle workers and the timekeeper home. Call after the phase
+    /// changed under the lock: an idle worker joined the waiters under the
+    /// same lock, so it is woken here and then sees the new phase; one that
+    /// was not idle sees the phase at its next claim.
+    pub(crate) fn close(&self) {
+        self.closing.cancel();
+        self.work.notify_waiters();
+    }
+
     /// Raises `reason` on running tasks, then wakes their workers
     /// (signal invariant 3).
     pub(crate) fn interrupt(&self, running: Vec<Running>, reason: CancelReason) {
@@ -643,7 +653,7 @@ impl Shared {
         let running = core.shut_down_running();
         self.unlock(core);
         self.stopping.cancel();
-        self.closing.cancel();
+        self.close();
         self.interrupt(running, CancelReason::Shutdown);
         deliveries.into_iter().for_each(Delivery::deliver);
     }

@@ -127,15 +127,11 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                     }
                 }
             }
-            Next::Idle => {
-                tokio::select! {
-                    _ = notified => {}
-                    _ = shared.closing.cancelled() => return,
-                }
-            }
+            // Woken for work or by `Shared::close`; the next claim tells which.
+            Next::Idle => notified.await,
             Next::Exit => return,
             Next::ExitAll => {
-                shared.closing.cancel();
+                shared.close();
                 return;
             }
         }
