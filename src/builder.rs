@@ -303,11 +303,10 @@ where
             Start::At(at) => shared.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
-        let name = cell.name().cloned();
         let mut core = shared.lock();
         let admitted = core.submit(
             job,
-            name.as_ref(),
+            cell.name(),
             |seq, slot| cell.assign(seq, slot),
             priority,
             start,
@@ -316,14 +315,10 @@ where
         shared.unlock(core);
         // On error the body (in `cell`) is dropped here, after the unlock.
         let replaced = admitted?;
-        let id = match name {
-            Some(name) => TaskId::from(name),
-            None => cell.id(),
-        };
         if let Some(old) = replaced {
             old.release();
         }
-        Ok(TaskHandle::new(id, cell))
+        Ok(TaskHandle::new(cell))
     }
 }
 

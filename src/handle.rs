@@ -24,23 +24,23 @@ use crate::task::TaskId;
 /// as for any future.
 #[must_use = "a task handle does nothing unless awaited; dropping it detaches the task"]
 pub struct TaskHandle<T, E> {
-    id: TaskId,
     slot: Arc<dyn OutcomeSlot<T, E>>,
     finished: bool,
 }
 
 impl<T, E> TaskHandle<T, E> {
-    pub(crate) fn new(id: TaskId, slot: Arc<dyn OutcomeSlot<T, E>>) -> Self {
+    pub(crate) fn new(slot: Arc<dyn OutcomeSlot<T, E>>) -> Self {
         TaskHandle {
-            id,
             slot,
             finished: false,
         }
     }
 
-    /// The task's id (generated unless one was given).
-    pub fn id(&self) -> &TaskId {
-        &self.id
+    /// The task's id (generated unless one was given). Cheap: a copy, or a
+    /// reference count for a user id. It is made on request, which keeps the
+    /// handle two words and a flag.
+    pub fn id(&self) -> TaskId {
+        self.slot.task_id()
     }
 }
 
@@ -74,7 +74,7 @@ impl<T, E> Drop for TaskHandle<T, E> {
 impl<T, E> fmt::Debug for TaskHandle<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle")
-            .field("id", self.id())
+            .field("id", &self.id())
             .field("finished", &self.finished)
             .finish()
     }

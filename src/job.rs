@@ -243,6 +243,7 @@ pub(crate) trait Job: Send + Sync + 'static {
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
 pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
+    fn task_id(&self) -> TaskId;
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>>;
     fn drop_handle(&self);
 }
@@ -339,6 +340,17 @@ impl<B, T, E> TaskCell<B, T, E> {
         }
     }
 
+    fn user_id(&self) -> Option<&Arc<str>> {
+        self.extras.as_ref().and_then(|x| x.name.as_ref())
+    }
+
+    fn make_id(&self) -> TaskId {
+        match self.user_id() {
+            Some(name) => TaskId::from(name.clone()),
+            None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
+        }
+    }
+
     fn store_attempt(&self, outcome: Outcome<T, E>) {
         // A raised signal means the worker has already decided this attempt's
         // fate (a blocking body finishing after its timeout or cancel).
@@ -356,14 +368,11 @@ where
     E: Send + 'static,
 {
     fn id(&self) -> TaskId {
-        match self.name() {
-            Some(name) => TaskId::from(name.clone()),
-            None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
-        }
+        self.make_id()
     }
 
     fn name(&self) -> Option<&Arc<str>> {
-        self.extras.as_ref().and_then(|x| x.name.as_ref())
+        self.user_id()
     }
 
     fn assign(&self, seq: u64, slot: u32) {
@@ -588,6 +597,10 @@ where
     T: Send,
     E: Send,
 {
+    fn task_id(&self) -> TaskId {
+        self.make_id()
+    }
+
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
         let mut st = self.state.lock();
         if !st.done {

@@ -105,7 +105,7 @@ async fn overlong_id_is_rejected_and_max_len_is_accepted() {
         .id(max.as_str())
         .submit()
         .expect("an id of exactly MAX_ID_LEN bytes is fine");
-    assert_eq!(h.id(), &TaskId::from(max.as_str()));
+    assert_eq!(h.id(), TaskId::from(max.as_str()));
     assert_eq!(resolve(LIMIT, "max-length id", h).await, Ok(7));
     assert_alive(&cluster).await;
 }

@@ -350,7 +350,7 @@ async fn stale_generated_id_does_not_reach_a_new_task() {
         .delay(Duration::from_secs(5))
         .submit()
         .unwrap();
-    assert_ne!(h.id(), &old);
+    assert_ne!(h.id(), old);
     assert!(!cluster.cancel_task(old.clone()));
     assert_eq!(
         cluster.subscribe::<i32, String>(old.clone()).unwrap_err(),

@@ -735,7 +735,7 @@ async fn duplicate_id_from_two_threads() {
             match r {
                 Ok(h) => {
                     assert!(winner.is_none(), "iteration {i}: two submits of one id won");
-                    assert_eq!(h.id(), &name);
+                    assert_eq!(h.id(), name);
                     winner = Some(h);
                 }
                 Err(SubmitError::DuplicateId(id)) => assert_eq!(id, name, "iteration {i}"),
