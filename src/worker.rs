@@ -14,6 +14,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use tokio::sync::futures::Notified;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::builder::RetryMode;
@@ -77,9 +78,9 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
 pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
     let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
+    // Made only when the worker goes idle: a busy worker pays nothing for it.
+    let mut notified = pin!(None::<Notified<'_>>);
     loop {
-        let notified = shared.work.notified();
-        let mut notified = pin!(notified);
         let (delivery, next) = {
             let mut core = shared.lock();
             let delivery = done.take().and_then(|(c, p)| core.settle(c, p));
@@ -88,7 +89,10 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 // Join the waiters before the lock goes, so every wake-up
                 // sent for this idle registration finds a waiter: a stored
                 // `Notify` permit holds only one, and two would be lost as one.
-                notified.as_mut().enable();
+                notified.set(Some(shared.work.notified()));
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.enable();
+                }
             }
             shared.unlock(core);
             (delivery, next)
@@ -128,7 +132,12 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
-            Next::Idle => notified.await,
+            Next::Idle => {
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.await;
+                }
+                notified.set(None);
+            }
             Next::Exit => return,
             Next::ExitAll => {
                 shared.close();
