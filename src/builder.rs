@@ -297,10 +297,10 @@ where
         // it runs inside.
         let cell = Arc::new(TaskCell::new(body, policy, extras, cloner));
         let job: Arc<dyn Job> = cell.clone();
-        let now = shared.now();
+        let now = shared.clock.now();
         let start = match start {
             Start::Now => now,
-            Start::At(at) => shared.tick(at),
+            Start::At(at) => shared.clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
         let mut core = shared.lock();

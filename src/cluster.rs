@@ -259,13 +259,7 @@ impl Cluster {
             cloner: <Outcome<T, E> as Clone>::clone,
             receiver: None,
         };
-        let shared = self.shared();
-        let (found, expired) = {
-            let mut core = shared.lock();
-            let expired = core.sweep();
-            (core.subscribe(&id, &mut req), expired)
-        };
-        release(expired);
+        let found = self.shared().locked(|core| core.subscribe(&id, &mut req));
         match (found, req.receiver) {
             (Some(true), Some(rx)) => Ok(Subscription::new(id, rx)),
             (Some(_), _) => Err(SubscribeError::TypeMismatch {
@@ -287,12 +281,8 @@ impl Cluster {
     pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
         let id = id.into();
         let shared = self.shared();
-        let mut core = shared.lock();
-        let expired = core.sweep();
-        let (found, delivery, running) = core.cancel(&id);
-        shared.unlock(core);
-        release(expired);
-        shared.interrupt(running.into_iter().collect(), CancelReason::Cancelled);
+        let (found, delivery, running) = shared.locked(|core| core.cancel(&id));
+        shared.interrupt(running, CancelReason::Cancelled);
         if let Some(d) = delivery {
             d.deliver();
         }
@@ -314,16 +304,13 @@ impl Cluster {
     /// Cancel safe: dropping the future leaves the cluster stopping.
     pub async fn stop(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
-        let deliveries = {
-            let mut core = shared.lock();
-            match core.phase {
-                Phase::Idle | Phase::Running | Phase::Draining => {
-                    core.phase = Phase::Stopping;
-                    core.shut_down_queued(None)
-                }
-                Phase::Stopping | Phase::Cancelled => Vec::new(),
+        let deliveries = shared.locked(|core| match core.phase {
+            Phase::Idle | Phase::Running | Phase::Draining => {
+                core.phase = Phase::Stopping;
+                core.shut_down_queued(None)
             }
-        };
+            Phase::Stopping | Phase::Cancelled => Vec::new(),
+        });
         shared.stopping.cancel();
         shared.close();
         deliveries.into_iter().for_each(Delivery::deliver);
@@ -339,19 +326,16 @@ impl Cluster {
     /// left is then shut down as by [`cancel`](Self::cancel).
     pub async fn drain(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
-        let (deliveries, finished) = {
-            let mut core = shared.lock();
-            let now = shared.now();
-            match core.phase {
-                Phase::Idle => (None, false),
-                Phase::Running => {
-                    core.phase = Phase::Draining;
-                    let d = core.shut_down_queued(Some(now));
-                    (Some(d), core.queue.len() == 0 && core.running() == 0)
-                }
-                Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
+        let now = shared.clock.now();
+        let (deliveries, finished) = shared.locked(|core| match core.phase {
+            Phase::Idle => (None, false),
+            Phase::Running => {
+                core.phase = Phase::Draining;
+                let d = core.shut_down_queued(Some(now));
+                (Some(d), core.queue.len() == 0 && core.running() == 0)
             }
-        };
+            Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
+        });
         let Some(deliveries) = deliveries else {
             // Never ran: nothing is due on any worker.
             return self.stop(timeout).await;
@@ -389,23 +373,7 @@ impl Cluster {
     /// returns to zero once everything has settled and caches have expired
     /// (also on a stopped cluster: expired outcomes are dropped here then).
     pub fn stats(&self) -> ClusterStats {
-        let shared = self.shared();
-        let (stats, expired) = {
-            let mut core = shared.lock();
-            let expired = core.sweep();
-            (core.stats(), expired)
-        };
-        release(expired);
-        stats
-    }
-}
-
-/// Drops cached outcomes whose retention passed. The timekeeper does this on
-/// time while the cluster runs; after a stop, `stats`, `subscribe` and
-/// `cancel_task` do it, so a stopped cluster still forgets them.
-fn release(expired: Vec<Arc<dyn crate::job::Job>>) {
-    for job in expired {
-        job.release();
+        self.shared().locked(|core| core.stats())
     }
 }
 

@@ -29,12 +29,10 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 use tokio::sync::Notify;
-use tokio::time::Instant;
-
-use crate::clock::{duration_ticks, Clock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{duration_ticks, Clock};
 use crate::error::SubmitError;
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
@@ -518,9 +516,15 @@ impl Core {
         next
     }
 
-    pub(crate) fn promote(&mut self, now: i64) {
+    /// Moves due tasks into the ready levels and wakes idle workers for them.
+    pub(crate) fn promote(&mut self) {
+        if !self.queue.has_scheduled() {
+            return;
+        }
         let entries = &self.entries;
-        let n = self.queue.promote(now, |i| is_live(entries, i));
+        let n = self
+            .queue
+            .promote(self.clock.now(), |i| is_live(entries, i));
         self.note_ready(n);
     }
 
@@ -547,6 +551,13 @@ impl Drop for Core {
                 e.job.complete(Some(Forced::Shutdown), false);
             }
         }
+    }
+}
+
+/// Drops cached outcomes the sweep removed (outside the lock: invariant 4).
+pub(crate) fn release(expired: Vec<Arc<dyn Job>>) {
+    for job in expired {
+        job.release();
     }
 }
 
@@ -610,16 +621,17 @@ impl Shared {
         }
     }
 
-    pub(crate) fn tick(&self, t: Instant) -> i64 {
-        self.clock.tick(t)
-    }
-
-    pub(crate) fn now(&self) -> i64 {
-        self.clock.now()
-    }
-
-    pub(crate) fn instant(&self, tick: i64) -> Option<Instant> {
-        self.clock.instant(tick)
+    /// Runs `f` under the lock after sweeping expired cache entries, then
+    /// unlocks (sending the wake-ups decided under it) and releases what the
+    /// sweep dropped. The timekeeper sweeps on time while the cluster runs;
+    /// this keeps a stopped cluster forgetting expired outcomes too.
+    pub(crate) fn locked<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let mut core = self.lock();
+        let expired = core.sweep();
+        let r = f(&mut core);
+        self.unlock(core);
+        release(expired);
+        r
     }
 
     /// Sends idle workers and the timekeeper home. Call after the phase
@@ -633,7 +645,11 @@ impl Shared {
 
     /// Raises `reason` on running tasks, then wakes their workers
     /// (signal invariant 3).
-    pub(crate) fn interrupt(&self, running: Vec<Running>, reason: CancelReason) {
+    pub(crate) fn interrupt(
+        &self,
+        running: impl IntoIterator<Item = Running>,
+        reason: CancelReason,
+    ) {
         for (job, worker) in running {
             job.raise(reason);
             if let Some(w) = self.wakes.get(usize::from(worker)) {

@@ -202,12 +202,8 @@ impl<F> std::fmt::Debug for BlockingBody<F> {
 
 /// The engine's view of a task. See the module docs.
 pub(crate) trait Job: Send + Sync + 'static {
-    /// The task's id (cheap: a copy, or a reference count for a user id).
-    fn id(&self) -> TaskId;
     /// The user-given id, if any.
     fn name(&self) -> Option<&Arc<str>>;
-    /// Records the sequence number and registry slot picked at submit.
-    fn assign(&self, seq: u64, slot: u32);
     fn policy(&self) -> &Policy;
     /// How long the outcome is cached after completion, if it is.
     fn retention(&self) -> Option<Duration>;
@@ -344,7 +340,14 @@ impl<B, T, E> TaskCell<B, T, E> {
         self.extras.as_ref().and_then(|x| x.name.as_ref())
     }
 
-    fn make_id(&self) -> TaskId {
+    /// Records the sequence number and registry slot picked at submit.
+    pub(crate) fn assign(&self, seq: u64, slot: u32) {
+        self.seq.store(seq, Relaxed);
+        self.slot.store(slot, Relaxed);
+    }
+
+    /// The task's id (cheap: a copy, or a reference count for a user id).
+    fn id(&self) -> TaskId {
         match self.user_id() {
             Some(name) => TaskId::from(name.clone()),
             None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
@@ -367,17 +370,8 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    fn id(&self) -> TaskId {
-        self.make_id()
-    }
-
     fn name(&self) -> Option<&Arc<str>> {
         self.user_id()
-    }
-
-    fn assign(&self, seq: u64, slot: u32) {
-        self.seq.store(seq, Relaxed);
-        self.slot.store(slot, Relaxed);
     }
 
     fn policy(&self) -> &Policy {
@@ -598,7 +592,7 @@ where
     E: Send,
 {
     fn task_id(&self) -> TaskId {
-        self.make_id()
+        self.id()
     }
 
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {

@@ -18,7 +18,7 @@ use tokio::sync::futures::Notified;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::builder::RetryMode;
-use crate::core::{Claim, Next, Plan, Shared};
+use crate::core::{release, Claim, Next, Plan, Shared};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::signal::{CancelReason, WorkerWake};
 
@@ -234,15 +234,13 @@ pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
     loop {
         let (deadline, expired) = {
             let mut core = shared.lock();
-            core.promote(shared.now());
+            core.promote();
             let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);
-            (next.and_then(|t| shared.instant(t)), expired)
+            (next.and_then(|t| shared.clock.instant(t)), expired)
         };
-        for job in expired {
-            job.release();
-        }
+        release(expired);
         tokio::select! {
             biased;
             _ = shared.closing.cancelled() => return,
