@@ -295,7 +295,7 @@ where
         // Allocate and read the clock before locking: the lock is the
         // cluster's one contended resource, so nothing that can run outside
         // it runs inside.
-        let cell = Arc::new(TaskCell::new(body, policy, extras, cloner));
+        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
         let job: Arc<dyn Job> = cell.clone();
         let now = shared.clock.now();
         let start = match start {

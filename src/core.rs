@@ -60,10 +60,10 @@ enum State {
     Retained,
 }
 
+/// A task's registry entry: 24 bytes, with the slab's tag in `state`. The
+/// task's immutable keys (sequence number, priority) live in its cell.
 struct Entry {
     job: Arc<dyn Job>,
-    seq: u64,
-    priority: i32,
     /// Attempts started so far.
     attempts: u32,
     state: State,
@@ -154,10 +154,13 @@ pub(crate) struct Core {
     shrink_mark: usize,
 }
 
+/// The entry at `slot` if it still holds the task numbered `seq`.
+fn current(entries: &Slab<Entry>, slot: Slot, seq: u64) -> Option<&Entry> {
+    entries.get(slot as usize).filter(|e| e.job.seq() == seq)
+}
+
 fn is_live(entries: &Slab<Entry>, item: &Item) -> bool {
-    entries
-        .get(item.slot as usize)
-        .is_some_and(|e| e.seq == item.seq && e.state == State::Queued)
+    current(entries, item.slot, item.seq).is_some_and(|e| e.state == State::Queued)
 }
 
 impl Core {
@@ -210,11 +213,7 @@ impl Core {
 
     fn lookup(&self, id: &TaskId) -> Option<Slot> {
         match id.generated_parts() {
-            Some((seq, slot)) => self
-                .entries
-                .get(slot as usize)
-                .filter(|e| e.seq == seq)
-                .map(|_| slot),
+            Some((seq, slot)) => current(&self.entries, slot, seq).map(|_| slot),
             None => id.name().and_then(|n| self.names.get(n).copied()),
         }
     }
@@ -266,8 +265,6 @@ impl Core {
         }
         self.entries.insert(Entry {
             job,
-            seq,
-            priority,
             attempts: 0,
             state: State::Queued,
             forced: None,
@@ -327,7 +324,7 @@ impl Core {
     pub(crate) fn settle(&mut self, claim: Claim, plan: Plan) -> Option<Delivery> {
         let slot = claim.slot;
         let e = self.entries.get_mut(slot as usize)?;
-        debug_assert!(e.seq == claim.seq && e.state == State::Running);
+        debug_assert!(e.state == State::Running && e.job.seq() == claim.seq);
         self.running -= 1;
         let retry_ok = matches!(self.phase, Phase::Running | Phase::Draining);
         match (e.forced, plan) {
@@ -337,9 +334,9 @@ impl Core {
                 let now = self.clock.now();
                 let item = Item {
                     slot,
-                    seq: e.seq,
+                    seq: claim.seq,
                     start: now.saturating_add(duration_ticks(delay)),
-                    priority: e.priority,
+                    priority: e.job.priority(),
                 };
                 self.push(item, now);
                 None
@@ -359,7 +356,7 @@ impl Core {
             Some(r) => {
                 e.state = State::Retained;
                 let until = self.clock.now().saturating_add(duration_ticks(r));
-                let seq = e.seq;
+                let seq = e.job.seq();
                 let job = e.job.clone();
                 self.cached += 1;
                 self.expiries.push(Reverse((until, seq, slot)));
@@ -488,11 +485,9 @@ impl Core {
                 break;
             }
             self.expiries.pop();
-            let current = self
-                .entries
-                .get(slot as usize)
-                .is_some_and(|e| e.seq == seq && e.state == State::Retained);
-            if current {
+            let retained =
+                current(&self.entries, slot, seq).is_some_and(|e| e.state == State::Retained);
+            if retained {
                 self.cached -= 1;
                 out.push(self.remove(slot));
             }
@@ -672,5 +667,18 @@ impl Shared {
         self.close();
         self.interrupt(running, CancelReason::Shutdown);
         deliveries.into_iter().for_each(Delivery::deliver);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_entry_is_three_words() {
+        // Pending memory per task (benchmarks.md W5): the slab stores its
+        // vacancy tag in `state`'s spare values, so a slot is an `Entry`.
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        assert_eq!(std::mem::size_of::<Item>(), 24);
     }
 }

@@ -60,11 +60,12 @@ pub(crate) enum Forced {
     Shutdown,
 }
 
-/// The options the engine reads on every attempt, kept inline (16 bytes).
+/// The options the engine reads on every attempt. The cell stores the fields
+/// flat (see [`TaskCell`]) and hands out this copy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
     /// Per-attempt timeout in nanoseconds; 0 means none.
-    timeout_ns: u64,
+    pub(crate) timeout_ns: u64,
     pub(crate) retries: u32,
     pub(crate) mode: RetryMode,
     pub(crate) blocking: bool,
@@ -204,7 +205,10 @@ impl<F> std::fmt::Debug for BlockingBody<F> {
 pub(crate) trait Job: Send + Sync + 'static {
     /// The user-given id, if any.
     fn name(&self) -> Option<&Arc<str>>;
-    fn policy(&self) -> &Policy;
+    fn policy(&self) -> Policy;
+    /// The submission order among tasks (also part of a generated id).
+    fn seq(&self) -> u64;
+    fn priority(&self) -> i32;
     /// How long the outcome is cached after completion, if it is.
     fn retention(&self) -> Option<Duration>;
     fn signal(&self) -> &Signal;
@@ -250,7 +254,10 @@ pub(crate) struct SubscribeRequest<T, E> {
     pub(crate) receiver: Option<oneshot::Receiver<Outcome<T, E>>>,
 }
 
-struct CellState<T, E> {
+struct CellState<B, T, E> {
+    /// `None` while an attempt is being started (user code, run unlocked)
+    /// and once released: after the last attempt started, or at completion.
+    body: Option<B>,
     /// Before `done`: the last attempt's result. After: the final outcome,
     /// kept while the handle has not read it or the cache retains it.
     result: Option<Outcome<T, E>>,
@@ -271,7 +278,7 @@ struct Rare<T, E> {
     token: Option<CancellationToken>,
 }
 
-impl<T, E> CellState<T, E> {
+impl<B, T, E> CellState<B, T, E> {
     fn rare(&mut self) -> &mut Rare<T, E> {
         self.rare.get_or_insert_with(|| {
             Box::new(Rare {
@@ -296,30 +303,39 @@ pub(crate) struct TaskCell<B, T, E> {
     /// see the cell.
     seq: AtomicU64,
     slot: AtomicU32,
-    policy: Policy,
+    // The policy's fields sit flat so that the compiler packs the small
+    // ones together: a cell with an 8-byte body is 120 bytes (a 136-byte
+    // allocation with the `Arc` counts), which `size_of_a_small_cell` checks.
+    timeout_ns: u64,
+    retries: u32,
+    priority: i32,
+    mode: RetryMode,
+    blocking: bool,
     signal: Signal,
     extras: Option<Box<Extras<T, E>>>,
-    /// Separate from `state` so that starting an attempt (user code) never
-    /// holds the lock that handles and subscribers take.
-    body: Mutex<Option<B>>,
-    state: Mutex<CellState<T, E>>,
+    state: Mutex<CellState<B, T, E>>,
 }
 
 impl<B, T, E> TaskCell<B, T, E> {
     pub(crate) fn new(
         body: B,
         policy: Policy,
+        priority: i32,
         extras: Option<Box<Extras<T, E>>>,
         cloner: Option<Cloner<T, E>>,
     ) -> Self {
         TaskCell {
             seq: AtomicU64::new(0),
             slot: AtomicU32::new(u32::MAX),
-            policy,
+            timeout_ns: policy.timeout_ns,
+            retries: policy.retries,
+            priority,
+            mode: policy.mode,
+            blocking: policy.blocking,
             signal: Signal::default(),
             extras,
-            body: Mutex::new(Some(body)),
             state: Mutex::new(CellState {
+                body: Some(body),
                 result: None,
                 done: false,
                 retained: false,
@@ -374,8 +390,21 @@ where
         self.user_id()
     }
 
-    fn policy(&self) -> &Policy {
-        &self.policy
+    fn policy(&self) -> Policy {
+        Policy {
+            timeout_ns: self.timeout_ns,
+            retries: self.retries,
+            mode: self.mode,
+            blocking: self.blocking,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq.load(Relaxed)
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
     }
 
     fn retention(&self) -> Option<Duration> {
@@ -421,17 +450,31 @@ where
         attempt: u32,
         deadline: Option<tokio::time::Instant>,
     ) -> AttemptFuture {
-        if self.signal.reset_timeout() {
-            // The old token fired for the old attempt; this one gets a fresh one.
-            if let Some(rare) = self.state.lock().rare.as_deref_mut() {
-                rare.token = None;
+        let reset = self.signal.reset_timeout();
+        // Only the worker that claimed the task starts attempts, and the task
+        // cannot complete meanwhile, so the body can be lent out of the lock
+        // while it runs (user code). After the last possible attempt it is
+        // not put back: released here, it costs no lock at completion.
+        let body = {
+            let mut st = self.state.lock();
+            if reset {
+                // The old token fired for the old attempt; this one gets a fresh one.
+                if let Some(rare) = st.rare.as_deref_mut() {
+                    rare.token = None;
+                }
             }
-        }
+            st.body.take()
+        };
         let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
-        let started = match &*self.body.lock() {
+        let started = match &body {
             Some(body) => guard(|| body.start(ctx)),
             None => Err("the task body was already released".to_owned()),
         };
+        if attempt <= self.retries {
+            self.state.lock().body = body;
+        } else {
+            drop(body);
+        }
         Box::pin(async move {
             let result = match started {
                 Ok(fut) => fut.await,
@@ -495,13 +538,14 @@ where
     }
 
     fn complete(&self, forced: Option<Forced>, retain: bool) {
-        // Release what the body captured before anyone sees the outcome
-        // (a body that owns nothing needs no lock for that).
-        if std::mem::needs_drop::<B>() {
-            let body = self.body.lock().take();
-            drop(body);
-        }
         let mut st = self.state.lock();
+        // Release what the body captured before anyone sees the outcome
+        // (unlocked: its `Drop` is user code).
+        if let Some(body) = st.body.take() {
+            drop(st);
+            drop(body);
+            st = self.state.lock();
+        }
         let outcome = match (forced, st.result.take()) {
             (Some(Forced::Cancelled), _) => Err(TaskError::Cancelled),
             (Some(Forced::Shutdown), _) => Err(TaskError::Shutdown),
@@ -623,5 +667,22 @@ where
             }
         };
         drop(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body capturing 8 bytes (W5's shape: `move |_| async move { Ok(i) }`).
+    struct EightBytes(#[allow(dead_code)] u64);
+
+    #[test]
+    fn size_of_a_small_cell() {
+        // Pending memory per task (benchmarks.md W5) is this cell plus 48
+        // bytes of registry and queue entries; see `TaskCell`.
+        let cell =
+            std::mem::size_of::<TaskCell<AsyncBody<EightBytes>, u64, std::convert::Infallible>>();
+        assert!(cell <= 120, "a cell with an 8-byte body is {cell} bytes");
     }
 }

@@ -151,7 +151,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
 /// interrupted, or is to be requeued.
 async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEnd {
     let job = &claim.job;
-    let policy = *job.policy();
+    let policy = job.policy();
     let mut attempts = claim.attempts;
     let finish = |plan, leftover, attempts| ClaimEnd {
         plan,
