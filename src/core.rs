@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{duration_ticks, Clock};
 use crate::error::SubmitError;
+use crate::idle::IdleWorkers;
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
 use crate::signal::{CancelReason, WorkerWake};
@@ -144,11 +145,11 @@ pub(crate) struct Core {
     pub(crate) phase: Phase,
     running: usize,
     cached: usize,
-    idle_workers: usize,
+    /// Waiting workers, and those picked to wake (sent after unlocking).
+    idle: IdleWorkers,
     /// When the timekeeper wakes next (`i64::MAX`: not armed).
     timer_at: i64,
-    /// Wake-ups decided under the lock, sent after it is released.
-    wake_workers: usize,
+    /// A timekeeper wake-up decided under the lock, sent after it is released.
     wake_timer: bool,
     /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
@@ -164,7 +165,7 @@ fn is_live(entries: &Slab<Entry>, item: &Item) -> bool {
 }
 
 impl Core {
-    fn new(clock: Clock) -> Self {
+    fn new(clock: Clock, workers: usize) -> Self {
         Core {
             clock,
             entries: Slab::new(),
@@ -175,9 +176,8 @@ impl Core {
             phase: Phase::Idle,
             running: 0,
             cached: 0,
-            idle_workers: 0,
+            idle: IdleWorkers::new(workers),
             timer_at: i64::MAX,
-            wake_workers: 0,
             wake_timer: false,
             shrink_mark: 0,
         }
@@ -189,9 +189,7 @@ impl Core {
 
     /// Wakes idle workers for `n` newly due tasks.
     fn note_ready(&mut self, n: usize) {
-        let k = n.min(self.idle_workers);
-        self.idle_workers -= k;
-        self.wake_workers += k;
+        self.idle.pick(n);
     }
 
     /// Re-arms the timekeeper if `tick` is earlier than its wake-up.
@@ -297,6 +295,7 @@ impl Core {
         };
         let popped = self.queue.pop(|i| is_live(entries, i));
         if let Some(item) = popped {
+            self.idle.unpark(worker);
             let e = &mut self.entries[item.slot as usize];
             e.state = State::Running;
             e.worker = worker;
@@ -316,7 +315,7 @@ impl Core {
         if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
             return Next::ExitAll;
         }
-        self.idle_workers += 1;
+        self.idle.park(worker);
         Next::Idle
     }
 
@@ -559,11 +558,10 @@ pub(crate) fn release(expired: Vec<Arc<dyn Job>>) {
 /// Everything the workers, the timekeeper and the user's handles share.
 pub(crate) struct Shared {
     core: Mutex<Core>,
-    /// Idle workers wait here.
-    pub(crate) work: Notify,
     /// The timekeeper waits here for an earlier deadline.
     pub(crate) timer: Notify,
-    /// Per worker: woken when the task it runs is cancelled or shut down.
+    /// Per worker: woken for work while idle, or when the task it runs is
+    /// cancelled or shut down.
     pub(crate) wakes: Box<[WorkerWake]>,
     /// Cancelled by `stop`: interrupts immediate-retry waits.
     pub(crate) stopping: CancellationToken,
@@ -585,8 +583,7 @@ impl Shared {
     ) -> Self {
         let clock = Clock::new();
         Shared {
-            core: Mutex::new(Core::new(clock)),
-            work: Notify::new(),
+            core: Mutex::new(Core::new(clock, workers)),
             timer: Notify::new(),
             wakes: (0..workers).map(|_| WorkerWake::default()).collect(),
             stopping: CancellationToken::new(),
@@ -605,11 +602,11 @@ impl Shared {
 
     /// Releases the lock, then sends the wake-ups decided under it.
     pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core>) {
-        let workers = std::mem::take(&mut core.wake_workers);
+        let picked = core.idle.take_picked();
         let timer = std::mem::take(&mut core.wake_timer);
         drop(core);
-        for _ in 0..workers {
-            self.work.notify_one();
+        for w in picked {
+            self.wakes[usize::from(w)].notify_work();
         }
         if timer {
             self.timer.notify_one();
@@ -630,12 +627,13 @@ impl Shared {
     }
 
     /// Sends idle workers and the timekeeper home. Call after the phase
-    /// changed under the lock: an idle worker joined the waiters under the
-    /// same lock, so it is woken here and then sees the new phase; one that
-    /// was not idle sees the phase at its next claim.
+    /// changed under the lock: every worker is told to claim again and sees
+    /// the new phase (a busy one at its next claim anyway).
     pub(crate) fn close(&self) {
         self.closing.cancel();
-        self.work.notify_waiters();
+        for w in self.wakes.iter() {
+            w.notify_work();
+        }
     }
 
     /// Raises `reason` on running tasks, then wakes their workers

@@ -105,6 +105,7 @@ mod cluster;
 mod core;
 mod error;
 mod handle;
+mod idle;
 mod job;
 mod panic;
 mod queue;

@@ -233,6 +233,10 @@ impl Queue {
     /// Pops the next due task. `is_live` tells whether an entry still stands
     /// for a queued task (see the module docs). Call [`promote`](Self::promote) first.
     pub(crate) fn pop(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        if self.ready_entries == 0 {
+            // An idle worker's claim: skip walking the (kept) empty levels.
+            return None;
+        }
         let mut found = None;
         let mut emptied = None;
         for (prio, level) in self.levels.iter_mut() {

@@ -18,19 +18,19 @@ use std::task::{Context, Poll, Waker};
 
 use crate::job::Forced;
 
-use self::sync::{AtomicU8, Mutex, Ordering};
+use self::sync::{AtomicBool, AtomicU8, Mutex, Ordering};
 
 /// The signal is the engine's only lock-free state, so it is the part model
 /// checked with loom: `RUSTFLAGS="--cfg corral_loom" cargo test --lib loom`.
 #[cfg(not(corral_loom))]
 mod sync {
     pub(crate) use parking_lot::Mutex;
-    pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 }
 
 #[cfg(corral_loom)]
 mod sync {
-    pub(crate) use loom::sync::atomic::{AtomicU8, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
     /// `parking_lot`'s API over loom's mutex.
     #[derive(Debug, Default)]
@@ -85,10 +85,13 @@ pub(crate) struct Signal {
     reason: AtomicU8,
 }
 
-/// One worker's waker, woken when the task it runs is cancelled or shut down.
+/// One worker's waker: woken when the task it runs is cancelled or shut
+/// down, and when it is handed work while idle (see `crate::idle`).
 #[derive(Default)]
 pub(crate) struct WorkerWake {
     waker: Mutex<Option<Waker>>,
+    /// Set when the worker is told to claim again; taken by its idle wait.
+    work: AtomicBool,
 }
 
 impl WorkerWake {
@@ -106,6 +109,32 @@ impl WorkerWake {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Tells the worker to claim again: sets the flag, then wakes it.
+    pub(crate) fn notify_work(&self) {
+        self.work.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// The worker's idle wait: ready once told to claim again. The flag is
+    /// re-checked after registering, so a notice sent in between is not
+    /// lost (the same order as `Signal::poll_final`).
+    pub(crate) fn poll_work(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take_work() {
+            return Poll::Ready(());
+        }
+        self.register(cx);
+        if self.take_work() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn take_work(&self) -> bool {
+        // A plain load first: an idle wait usually finds nothing.
+        self.work.load(Ordering::Acquire) && self.work.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -234,6 +263,21 @@ mod loom_tests {
             t.join().unwrap();
             assert!(first.is_ready() || flag.0.load(SeqCst));
             assert_eq!(signal.reason(), Some(CancelReason::Cancelled));
+        });
+    }
+
+    /// A work notice racing the worker's idle registration is never lost.
+    #[test]
+    fn loom_work_notice_vs_idle_wait_is_never_lost() {
+        loom::model(|| {
+            let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(flag.clone());
+            let wake = Arc::new(WorkerWake::default());
+            let w2 = wake.clone();
+            let t = loom::thread::spawn(move || w2.notify_work());
+            let first = wake.poll_work(&mut Context::from_waker(&waker));
+            t.join().unwrap();
+            assert!(first.is_ready() || flag.0.load(SeqCst));
         });
     }
 

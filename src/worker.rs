@@ -10,11 +10,9 @@
 //! is the only timer for pending tasks, however many there are.
 
 use std::future::{pending, poll_fn};
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::futures::Notified;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::builder::RetryMode;
@@ -78,22 +76,13 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
 pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
     let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
-    // Made only when the worker goes idle: a busy worker pays nothing for it.
-    let mut notified = pin!(None::<Notified<'_>>);
     loop {
         let (delivery, next) = {
             let mut core = shared.lock();
             let delivery = done.take().and_then(|(c, p)| core.settle(c, p));
+            // An idle result has put this worker in the idle set, under the
+            // lock: any later due task picks it (see `crate::idle`).
             let next = core.claim(index);
-            if let Next::Idle = next {
-                // Join the waiters before the lock goes, so every wake-up
-                // sent for this idle registration finds a waiter: a stored
-                // `Notify` permit holds only one, and two would be lost as one.
-                notified.set(Some(shared.work.notified()));
-                if let Some(n) = notified.as_mut().as_pin_mut() {
-                    n.enable();
-                }
-            }
             shared.unlock(core);
             (delivery, next)
         };
@@ -132,12 +121,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
-            Next::Idle => {
-                if let Some(n) = notified.as_mut().as_pin_mut() {
-                    n.await;
-                }
-                notified.set(None);
-            }
+            Next::Idle => poll_fn(|cx| wake.poll_work(cx)).await,
             Next::Exit => return,
             Next::ExitAll => {
                 shared.close();
