@@ -21,7 +21,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -244,6 +244,7 @@ pub(crate) trait Job: Send + Sync + 'static {
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
 pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
     fn task_id(&self) -> TaskId;
+    /// Panics if the handle already resolved (the future contract).
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>>;
     fn drop_handle(&self);
 }
@@ -312,6 +313,10 @@ pub(crate) struct TaskCell<B, T, E> {
     mode: RetryMode,
     blocking: bool,
     signal: Signal,
+    /// The handle has taken its outcome: it may be polled no more, and its
+    /// drop needs no lock. Only the handle's owner touches it (a handle that
+    /// moves between threads is synchronised by the move).
+    handle_resolved: AtomicBool,
     extras: Option<Box<Extras<T, E>>>,
     state: Mutex<CellState<B, T, E>>,
 }
@@ -333,6 +338,7 @@ impl<B, T, E> TaskCell<B, T, E> {
             mode: policy.mode,
             blocking: policy.blocking,
             signal: Signal::default(),
+            handle_resolved: AtomicBool::new(false),
             extras,
             state: Mutex::new(CellState {
                 body: Some(body),
@@ -640,6 +646,10 @@ where
     }
 
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
+        assert!(
+            !self.handle_resolved.load(Relaxed),
+            "TaskHandle polled after it resolved"
+        );
         let mut st = self.state.lock();
         if !st.done {
             match &st.handle_waker {
@@ -648,6 +658,7 @@ where
             }
             return Poll::Pending;
         }
+        self.handle_resolved.store(true, Relaxed);
         match st.cloner() {
             // Retained for late subscribers: the handle reads a copy.
             Some(clone) if st.retained => Poll::Ready(st.result.as_ref().map(clone)),
@@ -656,6 +667,11 @@ where
     }
 
     fn drop_handle(&self) {
+        // A handle that resolved already took (or copied) its outcome: the
+        // cell has nothing left to keep for it.
+        if self.handle_resolved.load(Relaxed) {
+            return;
+        }
         let dropped = {
             let mut st = self.state.lock();
             st.handle_gone = true;

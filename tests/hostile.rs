@@ -17,7 +17,7 @@ use corral::{
 };
 use tokio::time::Instant;
 
-use common::{resolve, yield_until, DropFlag, HOUR, SEC};
+use common::{quiet_panics_starting_with, resolve, yield_until, DropFlag, HOUR, SEC};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -989,4 +989,29 @@ async fn dropping_the_cluster_while_tasks_run() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Polling a handle again after it resolved panics (the `Future` contract),
+/// and the cluster is unharmed.
+#[tokio::test(start_paused = true)]
+async fn polling_a_resolved_handle_again_panics() {
+    quiet_panics_starting_with("TaskHandle polled after it resolved");
+    let cluster = one_worker();
+    let mut h = cluster
+        .task(|_| async { Ok::<_, String>(7) })
+        .submit()
+        .unwrap();
+    assert_eq!((&mut h).await, Ok(7));
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        use std::future::Future;
+        let _ = std::pin::Pin::new(&mut h).poll(&mut std::task::Context::from_waker(&waker));
+    }));
+    assert!(again.is_err(), "a second poll after Ready must panic");
+    drop(h);
+    assert_alive(&cluster).await;
 }
