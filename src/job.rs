@@ -8,7 +8,8 @@
 //!
 //! Invariants:
 //! 1. Only the worker that owns the running attempt touches the pending
-//!    attempt result (`CellState::result` while `done` is false).
+//!    attempt result (`CellState::result` while `done` is false) and the
+//!    body while it starts an attempt (lent out of the lock meanwhile).
 //! 2. `complete` runs once per task, after the task has left the cluster's
 //!    registry (or been marked retained there), and never under the
 //!    cluster's lock: it runs user callbacks and drops the body, and either
