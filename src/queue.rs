@@ -10,7 +10,11 @@
 //!
 //! Shape, chosen by measurement (see `benchmarks.md`):
 //! - Future tasks sit in one binary min-heap on `(start, seq)`.
-//! - Due tasks sit in one FIFO per priority level. Keys almost always arrive
+//! - Due tasks sit in one FIFO per priority level. The level of the latest
+//!   new priority is kept out of the ordered map of levels, so a workload
+//!   with one priority (the common case) never walks the map: measured,
+//!   about 100 fewer instructions per push and pop (W4), and fewer cache
+//!   lines under the lock (W7). Keys almost always arrive
 //!   in order (submission `seq` and `now` only grow), so a FIFO is exact and
 //!   far cheaper than a heap; a key that arrives out of order (a start time
 //!   in the past, a promoted task older than the FIFO's tail) goes to a
@@ -191,9 +195,15 @@ impl Level {
 pub(crate) struct Queue {
     /// Tasks not yet due (dead ones included).
     sched: MinHeap,
-    /// Due tasks, highest priority first (dead ones included).
+    /// Due tasks of priority `hot_priority` (dead ones included). That
+    /// priority is never a key of `levels`.
+    hot: Level,
+    hot_priority: i32,
+    /// Due tasks of other priorities, highest first (dead ones included).
     levels: BTreeMap<Reverse<i32>, Level>,
     /// Entries in `levels`.
+    map_entries: usize,
+    /// Entries in `hot` and `levels`.
     ready_entries: usize,
     /// Entries in `sched` and `levels` that the caller has forgotten.
     dead: usize,
@@ -233,33 +243,36 @@ impl Queue {
     /// Pops the next due task. `is_live` tells whether an entry still stands
     /// for a queued task (see the module docs). Call [`promote`](Self::promote) first.
     pub(crate) fn pop(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
-        if self.ready_entries == 0 {
-            // An idle worker's claim: skip walking the (kept) empty levels.
-            return None;
-        }
-        let mut found = None;
-        let mut emptied = None;
-        for (prio, level) in self.levels.iter_mut() {
-            if level.len() == 0 {
-                continue;
-            }
-            let (item, dead) = level.pop(&mut is_live);
+        // Each round pops from a non-empty level: an item, or at least one
+        // dead entry, so the loop ends.
+        while self.ready_entries > 0 {
+            let map_top = if self.map_entries == 0 {
+                None
+            } else {
+                self.levels
+                    .iter()
+                    .find(|(_, l)| l.len() > 0)
+                    .map(|(&Reverse(p), _)| p)
+            };
+            let (item, dead) = match map_top {
+                Some(p) if self.hot.len() == 0 || p > self.hot_priority => {
+                    let level = self.levels.get_mut(&Reverse(p)).expect("found above");
+                    let (item, dead) = level.pop(&mut is_live);
+                    self.map_entries -= dead + usize::from(item.is_some());
+                    if level.len() == 0 && self.levels.len() > KEEP_EMPTY_LEVELS {
+                        self.levels.remove(&Reverse(p));
+                    }
+                    (item, dead)
+                }
+                _ => self.hot.pop(&mut is_live),
+            };
             self.dead -= dead;
             self.ready_entries -= dead + usize::from(item.is_some());
-            if level.len() == 0 {
-                emptied = Some(*prio);
-            }
             if item.is_some() {
-                found = item;
-                break;
+                return item;
             }
         }
-        if let Some(p) = emptied {
-            if self.levels.len() > KEEP_EMPTY_LEVELS {
-                self.levels.remove(&p);
-            }
-        }
-        found
+        None
     }
 
     /// Records that a queued task was removed by the caller (its entry is now
@@ -317,6 +330,7 @@ impl Queue {
             .into_iter()
             .map(|Reverse(ByKey(i))| i)
             .collect();
+        all.extend(std::mem::take(&mut self.hot).into_items());
         for level in std::mem::take(&mut self.levels).into_values() {
             all.extend(level.into_items());
         }
@@ -326,26 +340,37 @@ impl Queue {
 
     fn clear(&mut self) {
         self.sched = BinaryHeap::new();
+        self.hot = Level::default();
         self.levels.clear();
+        self.map_entries = 0;
         self.ready_entries = 0;
         self.dead = 0;
     }
 
     fn push_ready(&mut self, item: Item) {
-        self.levels
-            .entry(Reverse(item.priority))
-            .or_default()
-            .push(item);
+        let p = item.priority;
+        if p == self.hot_priority {
+            self.hot.push(item);
+        } else if self.hot.len() == 0 && !self.levels.contains_key(&Reverse(p)) {
+            // The hot level is empty: it takes the new priority (buffers kept).
+            self.hot_priority = p;
+            self.hot.push(item);
+        } else {
+            self.levels.entry(Reverse(p)).or_default().push(item);
+            self.map_entries += 1;
+        }
         self.ready_entries += 1;
     }
 
     fn compact(&mut self, mut is_live: impl FnMut(&Item) -> bool) {
         retain_heap(&mut self.sched, &mut is_live);
+        self.hot.retain(&mut is_live);
         for level in self.levels.values_mut() {
             level.retain(&mut is_live);
         }
         self.levels.retain(|_, l| l.len() > 0);
-        self.ready_entries = self.levels.values().map(Level::len).sum();
+        self.map_entries = self.levels.values().map(Level::len).sum();
+        self.ready_entries = self.hot.len() + self.map_entries;
         self.dead = 0;
     }
 }
@@ -476,7 +501,7 @@ mod tests {
 
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
-                6 => (0i64..200, 0i32..2).prop_map(|(start, priority)| Op::Push { start, priority }),
+                6 => (0i64..200, 0i32..4).prop_map(|(start, priority)| Op::Push { start, priority }),
                 4 => Just(Op::Pop),
                 1 => any::<usize>().prop_map(Op::Forget),
                 1 => (0i64..50).prop_map(Op::Advance),
