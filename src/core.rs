@@ -91,6 +91,14 @@ pub(crate) enum Plan {
     Requeue(Duration),
 }
 
+impl Plan {
+    /// The time a requeue needs, read before the lock is taken: a clock read
+    /// is the slowest step of a settle, and the lock is contended (W8).
+    pub(crate) fn now(&self, clock: &Clock) -> Option<i64> {
+        matches!(self, Plan::Requeue(_)).then(|| clock.now())
+    }
+}
+
 /// A final outcome to deliver once the lock is released (invariant 2).
 #[must_use]
 pub(crate) struct Delivery {
@@ -319,8 +327,14 @@ impl Core {
         Next::Idle
     }
 
-    /// Applies a worker's plan for the task it claimed.
-    pub(crate) fn settle(&mut self, claim: Claim, plan: Plan) -> Option<Delivery> {
+    /// Applies a worker's plan for the task it claimed. `now` is the time
+    /// of a requeue, read before locking (see [`Plan::now`]).
+    pub(crate) fn settle(
+        &mut self,
+        claim: Claim,
+        plan: Plan,
+        now: Option<i64>,
+    ) -> Option<Delivery> {
         let slot = claim.slot;
         let e = self.entries.get_mut(slot as usize)?;
         debug_assert!(e.state == State::Running && e.job.seq() == claim.seq);
@@ -330,7 +344,7 @@ impl Core {
             (None, Plan::Requeue(delay)) if retry_ok => {
                 e.state = State::Queued;
                 e.attempts = claim.attempts;
-                let now = self.clock.now();
+                let now = now.unwrap_or_else(|| self.clock.now());
                 let item = Item {
                     slot,
                     seq: claim.seq,

@@ -64,6 +64,10 @@ impl IdleWorkers {
     /// Worker `w` claimed work: it is no longer waiting, even if nobody
     /// picked it (it was woken for another reason and found work).
     pub(crate) fn unpark(&mut self, w: u16) {
+        if self.count == 0 {
+            // Every claim asks: under load nobody waits, so skip the bits.
+            return;
+        }
         let (i, b) = Self::word_bit(w);
         if self.bits[i] & b != 0 {
             self.bits[i] &= !b;

@@ -65,8 +65,9 @@ impl Drop for ClaimGuard<'_> {
 }
 
 fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
+    let now = plan.now(&shared.clock);
     let mut core = shared.lock();
-    let d = core.settle(claim, plan);
+    let d = core.settle(claim, plan, now);
     shared.unlock(core);
     if let Some(d) = d {
         d.deliver();
@@ -78,8 +79,9 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
     let mut done: Option<(Claim, Plan)> = None;
     loop {
         let (delivery, next) = {
+            let now = done.as_ref().and_then(|(_, p)| p.now(&shared.clock));
             let mut core = shared.lock();
-            let delivery = done.take().and_then(|(c, p)| core.settle(c, p));
+            let delivery = done.take().and_then(|(c, p)| core.settle(c, p, now));
             // An idle result has put this worker in the idle set, under the
             // lock: any later due task picks it (see `crate::idle`).
             let next = core.claim(index);
