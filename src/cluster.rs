@@ -7,8 +7,10 @@
 //!    with [`SubmitError::ShuttingDown`](crate::SubmitError::ShuttingDown).
 //! 2. Queued tasks are settled as shut down right there (invariant 2 of the
 //!    core module: each exactly once).
-//! 3. `stopping` interrupts immediate-retry waits; `closing` sends idle
-//!    workers and the timekeeper home. Busy workers leave at their next claim.
+//! 3. `stopping` interrupts immediate-retry waits; `Shared::close` tells
+//!    every worker to claim again (idle ones wake, see the new phase and
+//!    leave; busy ones leave at their next claim) and sends the timekeeper
+//!    home through `closing`.
 //! 4. `stop`/`drain` wait on the tracker of worker tasks; at the timeout,
 //!    running attempts are marked and signalled as shut down.
 //! 5. Dropping the last `Cluster` clone runs `cancel`, so workers never leak.

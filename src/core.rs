@@ -17,7 +17,7 @@
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
 //!    `cancel_task` returning `true` guarantees a `Cancelled` outcome.
-//! 4. Lock order: `Shared::core`, then a task cell's locks. Nothing that may
+//! 4. Lock order: `Shared::core`, then a task cell's lock. Nothing that may
 //!    drop the last reference to a task cell (and so run user `Drop` code)
 //!    happens under `core`: removed cells travel out in `Delivery`/`Vec`s.
 
@@ -428,6 +428,11 @@ impl Core {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 let entries = &self.entries;
                 self.queue.forget(|i| is_live(entries, i));
+                if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+                    // The drain just ran out of work: wake a parked worker so
+                    // that its claim returns `ExitAll`.
+                    self.note_ready(1);
+                }
                 (true, Some(d), None)
             }
             State::Running => {
@@ -644,6 +649,11 @@ impl Shared {
     /// changed under the lock: every worker is told to claim again and sees
     /// the new phase (a busy one at its next claim anyway).
     pub(crate) fn close(&self) {
+        // Every worker's notice stays set until it claims, and the phase
+        // stays terminal: one broadcast suffices (each ExitAll calls this).
+        if self.closing.is_cancelled() {
+            return;
+        }
         self.closing.cancel();
         for w in self.wakes.iter() {
             w.notify_work();

@@ -7,9 +7,12 @@
 //! about 300 fewer instructions per idle-to-busy round trip, W4).
 //!
 //! Invariant: a worker is in the set from the claim that found nothing until
-//! a submit (or promotion) picks it, or until its own next claim. Picking
-//! happens under the cluster's lock, in the same critical section that made
-//! the work due, so no due task is left while a worker sleeps.
+//! something that makes a task due (a submit, a requeue, a promotion, or a
+//! cancel that ends a drain) picks it, or until its own next claim finds
+//! work. Picking happens under the cluster's lock, in the same critical
+//! section that made the work due, so no due task is left while a worker
+//! sleeps. (A worker that left for good may stay in the set; the phase
+//! keeps anything from waiting on it.)
 
 /// See the module docs. Lives in [`Core`](crate::core::Core), under its lock.
 #[derive(Debug)]
@@ -76,21 +79,25 @@ impl IdleWorkers {
     }
 
     /// Picks up to `n` waiting workers to wake (lowest index first: the
-    /// same few workers stay warm under light load).
+    /// same few workers stay warm under light load). One pass over the bits.
     pub(crate) fn pick(&mut self, n: usize) {
-        for _ in 0..n.min(self.count) {
-            let Some(i) = self.bits.iter().position(|&word| word != 0) else {
+        let mut left = n.min(self.count);
+        for (i, word) in self.bits.iter_mut().enumerate() {
+            while left > 0 && *word != 0 {
+                let bit = word.trailing_zeros();
+                *word &= !(1 << bit);
+                left -= 1;
+                self.count -= 1;
+                // `bits` holds one bit per worker, and workers are numbered by u16.
+                let w = (i * 64) as u16 + bit as u16;
+                if self.first.is_none() {
+                    self.first = Some(w);
+                } else {
+                    self.more.push(w);
+                }
+            }
+            if left == 0 {
                 break;
-            };
-            let bit = self.bits[i].trailing_zeros();
-            self.bits[i] &= !(1 << bit);
-            self.count -= 1;
-            // `bits` holds one bit per worker, and workers are numbered by u16.
-            let w = (i * 64) as u16 + bit as u16;
-            if self.first.is_none() {
-                self.first = Some(w);
-            } else {
-                self.more.push(w);
             }
         }
     }

@@ -12,8 +12,8 @@
 //!    body while it starts an attempt (lent out of the lock meanwhile).
 //! 2. `complete` runs once per task, after the task has left the cluster's
 //!    registry (or been marked retained there), and never under the
-//!    cluster's lock: it runs user callbacks and drops the body, and either
-//!    may call back into the cluster.
+//!    cluster's lock: it runs user callbacks and drops the body (what it
+//!    captured lives until then), and either may call back into the cluster.
 //! 3. No user code (body, predicate, strategy, callback, `Drop` of the body)
 //!    runs while `state` is locked.
 //!
@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{jittered, Backoff};
 use crate::builder::RetryMode;
 use crate::error::TaskError;
-use crate::panic::{catch_unwind, guard};
+use crate::panic::{catch_unwind, drop_guarded, guard};
 use crate::signal::{CancelReason, Signal};
 use crate::task::{TaskContext, TaskId};
 
@@ -315,8 +315,9 @@ pub(crate) struct TaskCell<B, T, E> {
     blocking: bool,
     signal: Signal,
     /// The handle has taken its outcome: it may be polled no more, and its
-    /// drop needs no lock. Only the handle's owner touches it (a handle that
-    /// moves between threads is synchronised by the move).
+    /// drop needs no lock. Set under `state`'s lock; read by the handle's
+    /// owner (a handle that moves between threads is synchronised by the
+    /// move) and by `release`, under the lock.
     handle_resolved: AtomicBool,
     extras: Option<Box<Extras<T, E>>>,
     state: Mutex<CellState<B, T, E>>,
@@ -382,7 +383,9 @@ impl<B, T, E> TaskCell<B, T, E> {
         // fate (a blocking body finishing after its timeout or cancel).
         if self.signal.reason().is_none() {
             let old = self.state.lock().result.replace(outcome);
-            drop(old);
+            if let Some(old) = old {
+                drop_guarded(old, "a previous attempt's error");
+            }
         }
     }
 }
@@ -460,8 +463,7 @@ where
         let reset = self.signal.reset_timeout();
         // Only the worker that claimed the task starts attempts, and the task
         // cannot complete meanwhile, so the body can be lent out of the lock
-        // while it runs (user code). After the last possible attempt it is
-        // not put back: released here, it costs no lock at completion.
+        // while it runs (user code).
         let body = {
             let mut st = self.state.lock();
             if reset {
@@ -477,10 +479,11 @@ where
             Some(body) => guard(|| body.start(ctx)),
             None => Err("the task body was already released".to_owned()),
         };
-        if attempt <= self.retries {
+        // It goes back for a later attempt, and to be dropped at completion.
+        // Not after the last attempt of a body without drop glue: nothing can
+        // tell, and it saves a lock per task (W1, W7).
+        if attempt <= self.retries || std::mem::needs_drop::<B>() {
             self.state.lock().body = body;
-        } else {
-            drop(body);
         }
         Box::pin(async move {
             let result = match started {
@@ -508,7 +511,9 @@ where
             .lock()
             .result
             .replace(Err(TaskError::TimedOut { limit }));
-        drop(old);
+        if let Some(old) = old {
+            drop_guarded(old, "a previous attempt's error");
+        }
     }
 
     fn should_retry(&self) -> bool {
@@ -547,10 +552,10 @@ where
     fn complete(&self, forced: Option<Forced>, retain: bool) {
         let mut st = self.state.lock();
         // Release what the body captured before anyone sees the outcome
-        // (unlocked: its `Drop` is user code).
+        // (unlocked: its `Drop` is user code, and may panic).
         if let Some(body) = st.body.take() {
             drop(st);
-            drop(body);
+            drop_guarded(body, "a task body");
             st = self.state.lock();
         }
         let outcome = match (forced, st.result.take()) {
@@ -599,7 +604,10 @@ where
         };
         let waker = st.handle_waker.take();
         drop(st);
-        drop(dropped);
+        if let Some(outcome) = dropped {
+            // Nobody will read it: the handle is gone and nothing is cached.
+            drop_guarded(outcome, "an unread outcome");
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -609,13 +617,16 @@ where
         let dropped = {
             let mut st = self.state.lock();
             st.retained = false;
-            if st.handle_gone {
+            // A resolved handle took its copy; one still waiting needs this.
+            if st.handle_gone || self.handle_resolved.load(Relaxed) {
                 st.result.take()
             } else {
                 None
             }
         };
-        drop(dropped);
+        if let Some(outcome) = dropped {
+            drop_guarded(outcome, "an expired cached outcome");
+        }
     }
 
     fn subscribe(&self, req: &mut dyn Any) -> bool {
@@ -659,12 +670,13 @@ where
             }
             return Poll::Pending;
         }
-        self.handle_resolved.store(true, Relaxed);
-        match st.cloner() {
+        let outcome = match st.cloner() {
             // Retained for late subscribers: the handle reads a copy.
-            Some(clone) if st.retained => Poll::Ready(st.result.as_ref().map(clone)),
-            _ => Poll::Ready(st.result.take()),
-        }
+            Some(clone) if st.retained => st.result.as_ref().map(clone),
+            _ => st.result.take(),
+        };
+        self.handle_resolved.store(true, Relaxed);
+        Poll::Ready(outcome)
     }
 
     fn drop_handle(&self) {

@@ -30,13 +30,38 @@ pub(crate) fn guard<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 }
 
 /// Awaits `fut`, yielding `Err(message)` instead of unwinding if it panics
-/// while being polled. The future is pinned in place (no extra allocation).
+/// while being polled or dropped once it is done. The future is pinned in
+/// place (no extra allocation).
 pub(crate) async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, String> {
-    let mut fut = pin!(fut);
-    poll_fn(|cx| match guard(|| fut.as_mut().poll(cx)) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-        Err(msg) => Poll::Ready(Err(msg)),
+    let mut fut = pin!(Some(fut));
+    poll_fn(|cx| {
+        let polled = guard(|| {
+            let Some(f) = fut.as_mut().as_pin_mut() else {
+                return Poll::Pending; // unreachable: not polled after `Ready`
+            };
+            let r = f.poll(cx);
+            if r.is_ready() {
+                fut.set(None);
+            }
+            r
+        });
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(msg) => {
+                // Its `Drop` may panic too; the first message is the one kept.
+                let _ = guard(|| fut.set(None));
+                Poll::Ready(Err(msg))
+            }
+        }
     })
     .await
+}
+
+/// Drops `value` (user code: a body, or a future dropped mid-attempt),
+/// logging instead of unwinding if its `Drop` panics.
+pub(crate) fn drop_guarded<T>(value: T, what: &str) {
+    if let Err(msg) = guard(|| drop(value)) {
+        tracing::error!(panic = %msg, "dropping {what} panicked");
+    }
 }

@@ -10,16 +10,18 @@
 //!
 //! Shape, chosen by measurement (see `benchmarks.md`):
 //! - Future tasks sit in one binary min-heap on `(start, seq)`.
-//! - Due tasks sit in one FIFO per priority level. The level of the latest
-//!   new priority is kept out of the ordered map of levels, so a workload
-//!   with one priority (the common case) never walks the map: measured,
-//!   about 100 fewer instructions per push and pop (W4), and fewer cache
-//!   lines under the lock (W7). Keys almost always arrive
-//!   in order (submission `seq` and `now` only grow), so a FIFO is exact and
-//!   far cheaper than a heap; a key that arrives out of order (a start time
-//!   in the past, a promoted task older than the FIFO's tail) goes to a
-//!   per-level heap, which is sorted into a run once it is large, and pop
-//!   takes the smallest of the heads.
+//! - Due tasks sit in one FIFO per priority level. One level, the "hot"
+//!   one, is kept out of the ordered map of levels: it takes the priority of
+//!   whatever arrives while it is empty (and has no level in the map), so a
+//!   workload with one priority (the common case) never walks the map:
+//!   measured, about 100 fewer instructions per push and pop (W4) and fewer
+//!   cache lines under the lock (W7). Keys almost always arrive in order
+//!   (submission `seq` only grows, and so, nearly, does the time read at
+//!   each submit), so a FIFO is exact and far cheaper than a heap; a key
+//!   that arrives out of order (a start time in the past, a promoted task
+//!   older than the FIFO's tail, two submits reading the clock in one order
+//!   and locking in the other) goes to a per-level heap, which is sorted
+//!   into a run once it is large, and pop takes the smallest of the heads.
 //! - A removed task (cancel, shutdown) is not searched for: the caller
 //!   forgets it (its registry entry, which holds its memory, goes at once),
 //!   and the queue skips entries the caller no longer recognises (an
@@ -205,7 +207,7 @@ pub(crate) struct Queue {
     map_entries: usize,
     /// Entries in `hot` and `levels`.
     ready_entries: usize,
-    /// Entries in `sched` and `levels` that the caller has forgotten.
+    /// Entries in `sched`, `hot` and `levels` that the caller has forgotten.
     dead: usize,
 }
 

@@ -1,5 +1,7 @@
-//! The per-task interruption signal: how a cancel, a timeout or a shutdown
-//! reaches the worker running an attempt and the body itself.
+//! The per-task interruption signal (how a cancel, a timeout or a shutdown
+//! reaches the worker running an attempt and the body itself), and each
+//! worker's wake slot, which also carries the notice "claim again" to an
+//! idle worker (see `crate::idle`).
 //!
 //! Invariants:
 //! 1. `Cancelled` and `Shutdown` are final: once set they are never cleared.
@@ -13,6 +15,9 @@
 //!    (always under knowledge of which worker claimed the task) raises it
 //!    first, then wakes that slot; the worker registers in its slot, then
 //!    re-checks the reason. Either order leaves no lost wake-up.
+//! 4. A work notice follows the same order: the notifier sets the worker's
+//!    flag, then wakes its slot; the idle worker registers, then re-checks
+//!    the flag.
 
 use std::task::{Context, Poll, Waker};
 
@@ -20,8 +25,9 @@ use crate::job::Forced;
 
 use self::sync::{AtomicBool, AtomicU8, Mutex, Ordering};
 
-/// The signal is the engine's only lock-free state, so it is the part model
-/// checked with loom: `RUSTFLAGS="--cfg corral_loom" cargo test --lib loom`.
+/// The signal and the wake slots are the engine's only lock-free state, so
+/// they are the part model checked with loom:
+/// `RUSTFLAGS="--cfg corral_loom" cargo test --lib loom`.
 #[cfg(not(corral_loom))]
 mod sync {
     pub(crate) use parking_lot::Mutex;

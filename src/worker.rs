@@ -18,6 +18,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use crate::builder::RetryMode;
 use crate::core::{release, Claim, Next, Plan, Shared};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
+use crate::panic::drop_guarded;
 use crate::signal::{CancelReason, WorkerWake};
 
 /// Sleeps until `deadline`, or forever without one.
@@ -171,7 +172,14 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
             },
         };
         // An async attempt is dropped here; a blocking one is waited for.
-        let leftover = |attempt: AttemptFuture| policy.blocking.then_some(attempt);
+        let leftover = |attempt: AttemptFuture| {
+            if policy.blocking {
+                Some(attempt)
+            } else {
+                drop_guarded(attempt, "an interrupted attempt");
+                None
+            }
+        };
         let leftover = match end {
             End::Done(AttemptStatus::Succeeded) => {
                 return finish(Plan::Final(None), None, attempts)

@@ -346,3 +346,29 @@ async fn cancel_by_generated_id() {
     assert!(!cluster.cancel_task(&id));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
+
+/// What a body captured lives until its task completes, even while its last
+/// attempt runs: a guard or permit it holds is not released early.
+#[tokio::test(start_paused = true)]
+async fn a_body_keeps_its_captures_until_the_task_completes() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = DropFlag(dropped.clone());
+    let h = cluster
+        .task(move |_| {
+            let _held = &guard;
+            async { std::future::pending::<Result<u32, String>>().await }
+        })
+        .id("t")
+        .submit()
+        .unwrap();
+    yield_until("the only attempt runs", || cluster.stats().running == 1).await;
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "released while its last attempt runs"
+    );
+    assert!(cluster.cancel_task("t"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert!(dropped.load(Ordering::SeqCst), "released at completion");
+}

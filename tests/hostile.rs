@@ -1015,3 +1015,48 @@ async fn polling_a_resolved_handle_again_panics() {
     drop(h);
     assert_alive(&cluster).await;
 }
+
+/// Panics in `Drop` of what user code owns (the body, a future dropped at a
+/// timeout, an unread outcome) are caught and logged: the worker survives.
+#[tokio::test(start_paused = true)]
+async fn panicking_drops_do_not_kill_the_worker() {
+    quiet_panics_starting_with("bomb");
+    struct Bomb(&'static str);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("bomb: {}", self.0);
+        }
+    }
+    let cluster = one_worker();
+
+    let body = Bomb("body");
+    let h = cluster
+        .task(move |_| {
+            let _held = &body;
+            async { Ok::<u32, String>(1) }
+        })
+        .submit()
+        .unwrap();
+    assert_eq!(
+        resolve(LIMIT, "a task whose body's drop panics", h).await,
+        Ok(1)
+    );
+
+    let h = cluster
+        .task(|_| async {
+            let _bomb = Bomb("future");
+            std::future::pending::<Result<u32, String>>().await
+        })
+        .timeout(SEC)
+        .submit()
+        .unwrap();
+    let out = resolve(LIMIT, "a timed-out future whose drop panics", h).await;
+    assert!(matches!(out, Err(TaskError::TimedOut { .. })), "{out:?}");
+
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(Bomb("outcome")) })
+        .submit()
+        .unwrap();
+    drop(h); // nobody reads the outcome: the engine drops it
+    assert_alive(&cluster).await;
+}

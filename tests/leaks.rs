@@ -459,3 +459,51 @@ async fn cached_outcomes_expire_after_stop() {
     );
     live.assert_none("after the retention passed on a stopped cluster");
 }
+
+/// A cached outcome is freed when its retention ends, even while the
+/// handle that already read a copy of it is still alive.
+#[tokio::test(start_paused = true)]
+async fn an_expired_outcome_is_freed_while_a_resolved_handle_lives() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    struct Counted(Arc<AtomicUsize>);
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, SeqCst);
+            Counted(self.0.clone())
+        }
+    }
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, SeqCst);
+        }
+    }
+    let l = live.clone();
+    let mut h = cluster
+        .task(move |_| {
+            let l = l.clone();
+            async move {
+                l.fetch_add(1, SeqCst);
+                Ok::<_, String>(Counted(l))
+            }
+        })
+        .retention(SEC)
+        .submit()
+        .unwrap();
+    let copy = (&mut h).await.unwrap();
+    assert_eq!(
+        live.load(SeqCst),
+        2,
+        "the cached outcome and the handle's copy"
+    );
+    drop(copy);
+    tokio::time::sleep(2 * SEC).await;
+    assert_eq!(cluster.stats().held, 0, "expired and swept");
+    assert_eq!(
+        live.load(SeqCst),
+        0,
+        "the cell still holds the expired outcome"
+    );
+    drop(h);
+}

@@ -632,3 +632,34 @@ async fn tasks_queued_before_run_resolve_as_shutdown_on_stop() {
     assert_eq!(submit_simple(&cluster), Err(SubmitError::ShuttingDown));
     assert_eq!(cluster.run(), Err(RunError::ShutDown));
 }
+
+/// A drain whose last piece of work (a retry waiting for its backoff) is
+/// cancelled ends at once: the idle workers learn that nothing is left.
+#[tokio::test(start_paused = true)]
+async fn drain_ends_when_its_last_waiting_retry_is_cancelled() {
+    let cluster = Cluster::new(2).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async { Err::<(), _>("fail") })
+        .id("r")
+        .retry(1)
+        .backoff(FixedBackoff::new(Duration::from_secs(10)))
+        .submit()
+        .unwrap();
+    let c = cluster.clone();
+    yield_until("the retry waits in the queue", || {
+        let s = c.stats();
+        s.running == 0 && s.queued == 1
+    })
+    .await;
+    let t0 = Instant::now();
+    let drainer = {
+        let c = cluster.clone();
+        tokio::spawn(async move { c.drain(HOUR).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(cluster.cancel_task("r"));
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert_eq!(drainer.await.unwrap(), Ok(()));
+    assert_eq!(Instant::now() - t0, Duration::ZERO, "the drain waited");
+}
