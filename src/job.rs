@@ -552,8 +552,11 @@ where
     fn complete(&self, forced: Option<Forced>, retain: bool) {
         let mut st = self.state.lock();
         // Release what the body captured before anyone sees the outcome
-        // (unlocked: its `Drop` is user code, and may panic).
-        if let Some(body) = st.body.take() {
+        // (unlocked: its `Drop` is user code, and may panic). A body without
+        // drop glue runs nothing when dropped, so it needs no unlocking.
+        if !std::mem::needs_drop::<B>() {
+            st.body = None;
+        } else if let Some(body) = st.body.take() {
             drop(st);
             drop_guarded(body, "a task body");
             st = self.state.lock();
