@@ -569,6 +569,9 @@ impl Drop for Core {
 
 /// Drops cached outcomes the sweep removed (outside the lock: invariant 4).
 pub(crate) fn release(expired: Vec<Arc<dyn Job>>) {
+    if expired.is_empty() {
+        return; // the usual case: skip building an iterator for nothing
+    }
     for job in expired {
         job.release();
     }
@@ -624,8 +627,10 @@ impl Shared {
         let picked = core.idle.take_picked();
         let timer = std::mem::take(&mut core.wake_timer);
         drop(core);
-        for w in picked {
-            self.wakes[usize::from(w)].notify_work();
+        if let Some(picked) = picked {
+            for w in picked {
+                self.wakes[usize::from(w)].notify_work();
+            }
         }
         if timer {
             self.timer.notify_one();

@@ -26,18 +26,18 @@ pub(crate) struct IdleWorkers {
     more: Vec<u16>,
 }
 
-/// The workers picked in one critical section.
+/// The workers picked in one critical section (at least one).
 pub(crate) struct Picked {
-    first: Option<u16>,
+    first: u16,
     more: Vec<u16>,
 }
 
 impl IntoIterator for Picked {
     type Item = u16;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<u16>, std::vec::IntoIter<u16>>;
+    type IntoIter = std::iter::Chain<std::iter::Once<u16>, std::vec::IntoIter<u16>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.more)
+        std::iter::once(self.first).chain(self.more)
     }
 }
 
@@ -102,12 +102,14 @@ impl IdleWorkers {
         }
     }
 
-    /// Takes the workers picked since the last call, to wake after unlocking.
-    pub(crate) fn take_picked(&mut self) -> Picked {
-        Picked {
-            first: self.first.take(),
+    /// Takes the workers picked since the last call, to wake after
+    /// unlocking; `None` (the common case, and cheap) if there are none.
+    pub(crate) fn take_picked(&mut self) -> Option<Picked> {
+        let first = self.first.take()?;
+        Some(Picked {
+            first,
             more: std::mem::take(&mut self.more),
-        }
+        })
     }
 }
 
@@ -116,7 +118,7 @@ mod tests {
     use super::*;
 
     fn picked(idle: &mut IdleWorkers) -> Vec<u16> {
-        idle.take_picked().into_iter().collect()
+        idle.take_picked().into_iter().flatten().collect()
     }
 
     #[test]
