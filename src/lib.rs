@@ -89,6 +89,12 @@
 //!   `cancel_task`.
 //! - Callbacks run on the thread that settles the task, before the handle
 //!   resolves: `on_failure`, then `on_complete`.
+//! - What a body captured lives until its task completes, and is dropped
+//!   before the handle resolves.
+//! - User code never takes a worker down: a panic in a body, a `retry_if`
+//!   predicate, a backoff strategy, a callback, or in the `Drop` of a body,
+//!   of a future dropped at a timeout or of an outcome nobody reads, is
+//!   caught (and logged where no outcome can carry it).
 
 #![forbid(unsafe_code)]
 #![warn(
