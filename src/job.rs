@@ -14,8 +14,12 @@
 //!    registry (or been marked retained there), and never under the
 //!    cluster's lock: it runs user callbacks and drops the body (what it
 //!    captured lives until then), and either may call back into the cluster.
-//! 3. No user code (body, predicate, strategy, callback, `Drop` of the body)
-//!    runs while `state` is locked.
+//! 3. No user code (body, predicate, strategy, callback, `Drop` of the body
+//!    or of an outcome, `Clone` of an outcome for a subscriber at completion)
+//!    runs while `state` is locked. The exception: a retained outcome is
+//!    copied under it for a late reader (a cached task's handle, a subscriber
+//!    after completion), on that reader's thread, so an outcome's `Clone`
+//!    must not call back into the cluster.
 //!
 //! [`TaskHandle`]: crate::TaskHandle
 
@@ -589,13 +593,34 @@ where
             }
             st = self.state.lock();
         }
-        if let Some(rare) = st.rare.as_deref_mut() {
-            if let Some(clone) = rare.cloner {
-                for tx in rare.subscribers.drain(..) {
-                    // A subscriber that gave up is not an error.
-                    let _ = tx.send(clone(&outcome));
+        // Subscribers get copies made unlocked (`Clone` is user code). One
+        // that subscribes meanwhile is served by the next round; the round
+        // that finds none left marks the task done, under the same lock.
+        loop {
+            let round = st.rare.as_deref_mut().and_then(|rare| {
+                let clone = rare.cloner?;
+                (!rare.subscribers.is_empty())
+                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
+            });
+            let Some((clone, subscribers)) = round else {
+                break;
+            };
+            drop(st);
+            for tx in subscribers {
+                match guard(|| clone(&outcome)) {
+                    Ok(copy) => {
+                        // A subscriber that gave up is not an error.
+                        if let Err(copy) = tx.send(copy) {
+                            drop_guarded(copy, "an unread copy of an outcome");
+                        }
+                    }
+                    // Its subscription resolves as shut down.
+                    Err(msg) => {
+                        tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for a subscriber panicked");
+                    }
                 }
             }
+            st = self.state.lock();
         }
         st.done = true;
         st.retained = retain;

@@ -403,3 +403,52 @@ async fn subscribers_are_answered_with_shutdown_on_cancel() {
     assert_eq!(Instant::now(), t0);
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
+
+/// A subscriber's copy is made with no lock held, and a `Clone` that panics
+/// costs only that subscription: the handle still gets the value and the
+/// worker survives.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_outcome_clone_costs_only_that_subscription() {
+    #[derive(Debug, PartialEq)]
+    struct Probe(u32);
+    impl Clone for Probe {
+        fn clone(&self) -> Self {
+            if self.0 == 13 {
+                panic!("probe clone: unlucky");
+            }
+            Probe(self.0)
+        }
+    }
+    common::quiet_panics_starting_with("probe clone");
+
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, String>(Probe(13))
+        })
+        .id("unlucky")
+        .submit()
+        .unwrap();
+    let sub = cluster.subscribe::<Probe, String>("unlucky").unwrap();
+    let limit = Duration::from_secs(60);
+    let copy = tokio::time::timeout(limit, sub)
+        .await
+        .expect("the subscription resolves");
+    assert_eq!(copy, Err(TaskError::Shutdown), "its copy could not be made");
+    let value = common::resolve(limit, "the unlucky task", h).await;
+    assert_eq!(value, Ok(Probe(13)), "the handle still gets the value");
+
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(Probe(7)) })
+        .id("lucky")
+        .submit()
+        .unwrap();
+    let sub = cluster.subscribe::<Probe, String>("lucky");
+    if let Ok(sub) = sub {
+        assert_eq!(sub.await, Ok(Probe(7)));
+    }
+    let value = common::resolve(limit, "a later task", h).await;
+    assert_eq!(value, Ok(Probe(7)), "the worker survived");
+}
