@@ -622,11 +622,13 @@ impl Shared {
         self.core.lock()
     }
 
-    /// Releases the lock, then sends the wake-ups decided under it.
-    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core>) {
+    /// Releases the lock, then sends the wake-ups decided under it. Returns
+    /// whether it woke a worker.
+    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core>) -> bool {
         let picked = core.idle.take_picked();
         let timer = std::mem::take(&mut core.wake_timer);
         drop(core);
+        let woke = picked.is_some();
         if let Some(picked) = picked {
             for w in picked {
                 self.wakes[usize::from(w)].notify_work();
@@ -635,6 +637,7 @@ impl Shared {
         if timer {
             self.timer.notify_one();
         }
+        woke
     }
 
     /// Runs `f` under the lock after sweeping expired cache entries, then
