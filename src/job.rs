@@ -555,8 +555,9 @@ where
 
     fn complete(&self, forced: Option<Forced>, retain: bool) {
         let mut st = self.state.lock();
-        // Release what the body captured before anyone sees the outcome
-        // (unlocked: its `Drop` is user code, and may panic). A body without
+        // Release what the body captured before anyone sees the outcome (a
+        // blocking call abandoned at a timeout holds its own reference until
+        // it returns). Unlocked: its `Drop` is user code, and may panic. A body without
         // drop glue runs nothing when dropped, so it needs no unlocking.
         if !std::mem::needs_drop::<B>() {
             st.body = None;

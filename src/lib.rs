@@ -89,12 +89,13 @@
 //!   `cancel_task`.
 //! - Callbacks run on the thread that settles the task, before the handle
 //!   resolves: `on_failure`, then `on_complete`.
-//! - What a body captured lives until its task completes, and is dropped
-//!   before the handle resolves.
+//! - What an async body captured lives until its task completes, and is
+//!   dropped before the handle resolves. A blocking body's call abandoned at
+//!   a timeout or cancel keeps its own reference until the call returns.
 //! - User code never takes a worker down: a panic in a body, a `retry_if`
-//!   predicate, a backoff strategy, a callback, or in the `Drop` of a body,
-//!   of a future dropped at a timeout or of an outcome nobody reads, is
-//!   caught (and logged where no outcome can carry it).
+//!   predicate, a backoff strategy, a callback, or in a `Drop` the engine
+//!   runs (of a body, of a future dropped at a timeout, of an outcome nobody
+//!   will read) is caught, and logged where no outcome can carry it.
 
 #![forbid(unsafe_code)]
 #![warn(

@@ -92,23 +92,25 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
         if let Some(d) = delivery {
             d.deliver();
         }
-        // A worker woken from this thread waits in the thread's LIFO slot,
-        // which other threads cannot steal from, and a busy worker never
-        // waits, so it would never give way: the cluster would run on one
-        // thread (measured: W8 at 0.4M/s instead of 0.9M/s in half the runs).
-        // So a worker that woke another yields at once: it moves to the run
-        // queue, where an idle thread takes it. (Yielding every 128 tasks
-        // through tokio's coop budget instead fixed fewer runs and cost 12%
-        // on W1 with one worker.)
-        if woke && matches!(next, Next::Run(_)) {
-            tokio::task::yield_now().await;
-        }
         match next {
             Next::Run(claim) => {
                 let guard = ClaimGuard {
                     shared: &shared,
                     claim: Some(claim),
                 };
+                // A worker woken from this thread waits in the thread's LIFO
+                // slot, which other threads cannot steal from, and a busy
+                // worker never waits, so it would never give way: the cluster
+                // would run on one thread (measured: W8 at 0.4M/s instead of
+                // 0.9M/s in half the runs). So a worker that woke another
+                // yields at once (after arming its guard: the runtime may
+                // drop it here): it moves to the run queue, where an idle
+                // thread takes it. (Yielding every 128 tasks through tokio's
+                // coop budget instead fixed fewer runs and cost 12% on W1
+                // with one worker.)
+                if woke {
+                    tokio::task::yield_now().await;
+                }
                 let end = run_claim(&shared, wake, guard.claim.as_ref().expect("just set")).await;
                 let mut claim = guard.take();
                 claim.attempts = end.attempts;

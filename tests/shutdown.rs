@@ -663,3 +663,54 @@ async fn drain_ends_when_its_last_waiting_retry_is_cancelled() {
     assert_eq!(drainer.await.unwrap(), Ok(()));
     assert_eq!(Instant::now() - t0, Duration::ZERO, "the drain waited");
 }
+
+/// The runtime shutting down while a worker yields between claiming a task
+/// and starting it still settles that task (as shut down).
+#[test]
+fn a_claim_is_settled_when_the_runtime_drops_the_worker_holding_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let (cluster, handle) = rt.block_on(async move {
+        let cluster = Cluster::new(2).unwrap();
+        cluster.run().unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await; // both workers go idle
+        }
+        // Attempt 1 fails; its requeue wakes the other worker, so the
+        // first one yields holding the claim of attempt 2.
+        let h = cluster
+            .task(move |_| {
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    if n == 1 {
+                        Err::<u32, String>("first".into())
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            })
+            .retry(1)
+            .submit()
+            .unwrap();
+        while attempts.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        (cluster, h)
+    });
+    drop(rt); // the worker futures are dropped wherever they are
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), handle).await });
+    assert!(
+        matches!(out, Ok(Err(TaskError::Shutdown))),
+        "the claim was lost: {:?}",
+        out.map(|r| r.map(|_| ()))
+    );
+    drop(cluster);
+}
