@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::report::{self, Results};
 use crate::rows;
-use crate::spec::{Driver, Side, Spec};
+use crate::spec::{Driver, Side, Spec, WORKLOADS};
 
 const USAGE: &str = "\
 usage: corral-bench [--quick] [--reps N] [--only W1,W3,...] [--markdown FILE]
@@ -61,13 +61,15 @@ impl Options {
                         .ok_or("--reps needs a positive number")?
                 }
                 "--only" => {
-                    o.only = Some(
-                        value()?
-                            .split(',')
-                            .map(|w| w.trim().to_uppercase())
-                            .filter(|w| !w.is_empty())
-                            .collect(),
-                    )
+                    let only: Vec<String> = value()?
+                        .split(',')
+                        .map(|w| w.trim().to_uppercase())
+                        .filter(|w| !w.is_empty())
+                        .collect();
+                    if let Some(bad) = only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                        return Err(format!("--only: unknown workload {bad} (W1 to W9)"));
+                    }
+                    o.only = Some(only);
                 }
                 "--markdown" => o.markdown = Some(PathBuf::from(value()?)),
                 "-h" | "--help" => return Err(String::new()),

@@ -4,7 +4,7 @@
 
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
-use crate::spec::{Driver, Side, Spec};
+use crate::spec::{Driver, Side, Spec, W2_REFERENCE};
 use crate::stats::median;
 use crate::workloads::Sizes;
 
@@ -98,7 +98,7 @@ pub fn w2_specs() -> Vec<Spec> {
         w2(Side::Corral, "same"),
         w2(Side::Floor, "distinct"),
         w2(Side::Floor, "same"),
-        Spec::new("W1", Side::Floor, 1),
+        Spec::new("W1", Side::Floor, 1).variant(W2_REFERENCE),
     ]
 }
 
@@ -133,7 +133,7 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
         }
     }
     if o.wants("W2") {
-        let w1_floor = Spec::new("W1", Side::Floor, 1);
+        let w1_floor = Spec::new("W1", Side::Floor, 1).variant(W2_REFERENCE);
         for v in ["distinct", "same"] {
             let c = Spec::new("W2", Side::Corral, 1).variant(v);
             let f = Spec::new("W2", Side::Floor, 1).variant(v);

@@ -34,12 +34,18 @@ pub struct Spec {
     pub workers: usize,
     /// Where the loop runs.
     pub driver: Driver,
-    /// Workload-specific variant (`distinct` / `same` for W2), else `-`.
+    /// Workload-specific variant (`distinct` / `same` for W2, `w2-ref` for
+    /// W2's reference W1 runs), else `-`.
     pub variant: &'static str,
 }
 
-const WORKLOADS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
-const VARIANTS: [&str; 3] = ["-", "distinct", "same"];
+pub const WORKLOADS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
+const VARIANTS: [&str; 4] = ["-", "distinct", "same", W2_REFERENCE];
+
+/// The variant of W2's own W1-floor runs: the same program as W1's floor at
+/// 1 worker, recorded apart so that W2's ratios pair runs made side by side
+/// with W2's (and W1's row keeps only its own runs).
+pub const W2_REFERENCE: &str = "w2-ref";
 
 impl Spec {
     /// A spec with the `block_on` driver and no variant.

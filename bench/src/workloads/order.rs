@@ -150,6 +150,10 @@ pub async fn w2_corral(n: usize, variant: &str) -> Outcome {
     let secs = start.elapsed().as_secs_f64();
     let mut report = Report::default();
     report.set("rate", n as f64 / secs).set("secs", secs);
+    // `executed` holds the first `n` runs only: a body run again after all
+    // `n` would not show there.
+    let runs = recorder.next.load(Relaxed);
+    report.check(runs == n, || format!("{runs} bodies ran for {n} tasks"));
     plan.judge(&recorder.executed(), &mut report);
     finish(cluster).await?;
     Ok(report)
