@@ -147,7 +147,8 @@ impl Cluster {
     /// A cluster with `workers` workers and default settings.
     ///
     /// # Errors
-    /// [`BuildError::ZeroWorkers`] if `workers` is zero.
+    /// [`BuildError::ZeroWorkers`] if `workers` is zero,
+    /// [`BuildError::TooManyWorkers`] if it is over 65,535.
     pub fn new(workers: usize) -> Result<Cluster, BuildError> {
         Cluster::builder().workers(workers).build()
     }

@@ -262,7 +262,8 @@ pub(crate) struct SubscribeRequest<T, E> {
 
 struct CellState<B, T, E> {
     /// `None` while an attempt is being started (user code, run unlocked)
-    /// and once released: after the last attempt started, or at completion.
+    /// and once released: at completion, or after the last attempt started
+    /// if dropping it runs nothing.
     body: Option<B>,
     /// Before `done`: the last attempt's result. After: the final outcome,
     /// kept while the handle has not read it or the cache retains it.
@@ -284,15 +285,19 @@ struct Rare<T, E> {
     token: Option<CancellationToken>,
 }
 
+impl<T, E> Rare<T, E> {
+    fn boxed(cloner: Option<Cloner<T, E>>) -> Box<Self> {
+        Box::new(Rare {
+            cloner,
+            subscribers: Vec::new(),
+            token: None,
+        })
+    }
+}
+
 impl<B, T, E> CellState<B, T, E> {
     fn rare(&mut self) -> &mut Rare<T, E> {
-        self.rare.get_or_insert_with(|| {
-            Box::new(Rare {
-                cloner: None,
-                subscribers: Vec::new(),
-                token: None,
-            })
-        })
+        self.rare.get_or_insert_with(|| Rare::boxed(None))
     }
 
     fn cloner(&self) -> Option<Cloner<T, E>> {
@@ -353,13 +358,7 @@ impl<B, T, E> TaskCell<B, T, E> {
                 retained: false,
                 handle_gone: false,
                 handle_waker: None,
-                rare: cloner.map(|cloner| {
-                    Box::new(Rare {
-                        cloner: Some(cloner),
-                        subscribers: Vec::new(),
-                        token: None,
-                    })
-                }),
+                rare: cloner.map(|cloner| Rare::boxed(Some(cloner))),
             }),
         }
     }

@@ -41,10 +41,7 @@ impl TaskId {
 
     /// The user-given string, or `None` for a generated id.
     pub fn as_str(&self) -> Option<&str> {
-        match &self.0 {
-            Repr::Named(s) => Some(s),
-            Repr::Generated { .. } => None,
-        }
+        self.name().map(|s| &**s)
     }
 
     /// `true` if the cluster generated this id.

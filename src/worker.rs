@@ -44,14 +44,19 @@ struct ClaimEnd {
     attempts: u32,
 }
 
-/// Settles the claim as shut down if the worker is dropped mid-attempt (the
-/// runtime shutting down), so no handle waits forever.
+/// Settles the claim as shut down if the worker is dropped before it settled
+/// it (the runtime shutting down mid-attempt, or while a blocking attempt
+/// finishes), so no handle waits forever.
 struct ClaimGuard<'a> {
     shared: &'a Shared,
     claim: Option<Claim>,
 }
 
 impl ClaimGuard<'_> {
+    fn claim(&mut self) -> &mut Claim {
+        self.claim.as_mut().expect("claim is present until taken")
+    }
+
     fn take(mut self) -> Claim {
         self.claim.take().expect("claim is present until taken")
     }
@@ -94,7 +99,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
         }
         match next {
             Next::Run(claim) => {
-                let guard = ClaimGuard {
+                let mut guard = ClaimGuard {
                     shared: &shared,
                     claim: Some(claim),
                 };
@@ -111,19 +116,20 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 if woke {
                     tokio::task::yield_now().await;
                 }
-                let end = run_claim(&shared, wake, guard.claim.as_ref().expect("just set")).await;
-                let mut claim = guard.take();
-                claim.attempts = end.attempts;
+                let end = run_claim(&shared, wake, guard.claim()).await;
+                guard.claim().attempts = end.attempts;
+                // The guard keeps the claim until it is settled or handed
+                // to the next settle.
                 match (end.leftover, end.plan) {
-                    (None, plan) => done = Some((claim, plan)),
+                    (None, plan) => done = Some((guard.take(), plan)),
                     // A requeued task must not start again while its old
                     // blocking attempt still runs; a cancel meanwhile ends it.
                     (Some(mut leftover), plan @ Plan::Requeue(_)) => {
-                        let job = claim.job.clone();
+                        let job = guard.claim().job.clone();
                         tokio::select! {
-                            _ = &mut leftover => done = Some((claim, plan)),
+                            _ = &mut leftover => done = Some((guard.take(), plan)),
                             forced = interrupted(job.as_ref(), wake) => {
-                                settle_now(&shared, claim, Plan::Final(Some(forced)));
+                                settle_now(&shared, guard.take(), Plan::Final(Some(forced)));
                                 leftover.await;
                             }
                         }
@@ -131,7 +137,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                     // A final outcome goes out at once; the slot is kept until
                     // the blocking body returns.
                     (Some(leftover), plan) => {
-                        settle_now(&shared, claim, plan);
+                        settle_now(&shared, guard.take(), plan);
                         leftover.await;
                     }
                 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use common::{yield_until, DropFlag};
 
 /// Submits a task with id `id` whose body must never run; returns the
-/// submit error and whether the body was dropped.
+/// submit error, whether the body ran, and whether it was dropped.
 fn submit_rejected(cluster: &Cluster, id: impl Into<TaskId>) -> (SubmitError, bool, bool) {
     let ran = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));

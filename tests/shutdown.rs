@@ -699,14 +699,69 @@ fn a_claim_is_settled_when_the_runtime_drops_the_worker_holding_it() {
         while attempts.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
+        // Attempt 2 is claimed (its worker yielded) but not started.
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(cluster.stats().running, 1);
         (cluster, h)
     });
     drop(rt); // the worker futures are dropped wherever they are
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
-    let out = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), handle).await });
+    let out = rt.block_on(async { tokio::time::timeout(HOUR, handle).await });
+    assert!(
+        matches!(out, Ok(Err(TaskError::Shutdown))),
+        "the claim was lost: {:?}",
+        out.map(|r| r.map(|_| ()))
+    );
+    drop(cluster);
+}
+
+/// The runtime shutting down while a worker waits for a timed-out blocking
+/// attempt to return (before requeueing its retry) still settles the task.
+#[test]
+fn a_claim_waiting_for_a_timed_out_blocking_attempt_is_settled_when_the_runtime_drops() {
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let rt = paused();
+    let (release, parked) = std::sync::mpsc::channel::<()>();
+    let parked = Arc::new(Mutex::new(parked));
+    let (token_tx, mut token_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (cluster, handle) = rt.block_on(async move {
+        let cluster = Cluster::new(1).unwrap();
+        cluster.run().unwrap();
+        let h = cluster
+            .blocking_task(move |ctx| {
+                if ctx.attempt() == 1 {
+                    let _ = token_tx.send(ctx.cancellation_token());
+                    // Blocks until the test lets it go, long after its timeout.
+                    let _ = parked.lock().unwrap().recv();
+                }
+                Ok::<u32, String>(ctx.attempt())
+            })
+            .timeout(Duration::from_secs(1))
+            .retry(1)
+            .submit()
+            .unwrap();
+        let token = token_rx.recv().await.expect("the first attempt runs");
+        // A paused clock does not move by itself while a blocking call runs.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Cancelled by the timeout, in the worker's poll that then went on
+        // to wait for the blocking call to return.
+        token.cancelled().await;
+        assert_eq!(cluster.stats().running, 1, "still claimed");
+        (cluster, h)
+    });
+    release.send(()).unwrap(); // the call returns; the runtime never polls the worker again
+    drop(rt);
+    let out = paused().block_on(async { tokio::time::timeout(HOUR, handle).await });
     assert!(
         matches!(out, Ok(Err(TaskError::Shutdown))),
         "the claim was lost: {:?}",
