@@ -122,8 +122,10 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     }
 
     /// The task is not started before `delay` has passed since `submit`.
-    /// Saturates: `Duration::MAX` means "not in this process's lifetime"
-    /// (the task stays pending until cancelled or shut down).
+    /// A start more than about 292 years after the cluster was made
+    /// (`Duration::MAX` included) means never: the task is never due, on
+    /// any clock, and stays pending until cancelled or shut down (a drain
+    /// shuts it down at once).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.start = Start::After(delay);
         self
@@ -147,7 +149,10 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self
     }
 
-    /// The delay before each retry (see [`Backoff`]).
+    /// The delay before each retry (see [`Backoff`]). A delay that ends more
+    /// than about 292 years after the cluster was made (`Duration::MAX`
+    /// included) means the retry never comes, in both [`RetryMode`]s: the task
+    /// waits until cancelled or shut down (a drain shuts it down at once).
     pub fn backoff(mut self, backoff: impl Backoff) -> Self {
         self.extras().backoff = Some(Box::new(backoff));
         self

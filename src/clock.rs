@@ -43,6 +43,17 @@ impl Clock {
     }
 }
 
+/// The tick of "never": where a start time or a retry's time saturates (a
+/// delay that ends more than about 292 years after the cluster was made,
+/// `Duration::MAX` included). A task scheduled for it is never due, however
+/// long the process lives; a cancel or a shutdown still ends it.
+pub(crate) const NEVER: i64 = i64::MAX;
+
+/// `true` if `tick` has come by `now` (never for [`NEVER`]).
+pub(crate) fn is_due(tick: i64, now: i64) -> bool {
+    tick <= now && tick != NEVER
+}
+
 /// Nanoseconds in `d`, saturating.
 pub(crate) fn duration_ticks(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)

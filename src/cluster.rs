@@ -21,13 +21,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::TaskBuilder;
 use crate::core::{ClusterStats, Delivery, Phase, Shared};
 use crate::error::{BuildError, RunError, StopError, SubscribeError};
 use crate::handle::Subscription;
-use crate::job::{AsyncBody, BlockingBody, Outcome, SubscribeRequest};
+use crate::job::{copy_for_subscriber, Answer, AsyncBody, BlockingBody, Outcome, SubscribeRequest};
+use crate::panic::drop_guarded;
 use crate::signal::CancelReason;
 use crate::task::{TaskContext, TaskId};
 use crate::worker::{run_timekeeper, run_worker};
@@ -258,13 +260,24 @@ impl Cluster {
         E: Clone + Send + 'static,
     {
         let id = id.into();
+        let cloner = <Outcome<T, E> as Clone>::clone;
         let mut req = SubscribeRequest::<T, E> {
-            cloner: <Outcome<T, E> as Clone>::clone,
-            receiver: None,
+            cloner,
+            answer: None,
         };
         let found = self.shared().locked(|core| core.subscribe(&id, &mut req));
-        match (found, req.receiver) {
-            (Some(true), Some(rx)) => Ok(Subscription::new(id, rx)),
+        match (found, req.answer) {
+            (Some(true), Some(Answer::Pending(rx))) => Ok(Subscription::new(id, rx)),
+            (Some(true), Some(Answer::Lent(cached, cell))) => {
+                // Copied here, with no lock held: `Clone` is user code.
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(copy_for_subscriber(cloner, &cached));
+                cell.give_back(cached);
+                // The last reference if the cache let go meanwhile.
+                drop_guarded(cell, "a finished task");
+                Ok(Subscription::new(id, rx))
+            }
+            (Some(true), Some(Answer::Gone)) => Err(SubscribeError::UnknownId(id)),
             (Some(_), _) => Err(SubscribeError::TypeMismatch {
                 id,
                 expected: type_name::<Result<T, E>>(),

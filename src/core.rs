@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::{duration_ticks, Clock};
+use crate::clock::{duration_ticks, is_due, Clock, NEVER};
 use crate::error::SubmitError;
 use crate::idle::IdleWorkers;
 use crate::job::{Forced, Job};
@@ -342,13 +342,19 @@ impl Core {
         let retry_ok = matches!(self.phase, Phase::Running | Phase::Draining);
         match (e.forced, plan) {
             (None, Plan::Requeue(delay)) if retry_ok => {
+                let now = now.unwrap_or_else(|| self.clock.now());
+                let start = now.saturating_add(duration_ticks(delay));
+                // A drain runs retries to the end; one that never comes
+                // would keep it waiting to its timeout, so it is refused.
+                if start == NEVER && self.phase == Phase::Draining {
+                    return Some(self.finalize(slot, Some(Forced::Shutdown)));
+                }
                 e.state = State::Queued;
                 e.attempts = claim.attempts;
-                let now = now.unwrap_or_else(|| self.clock.now());
                 let item = Item {
                     slot,
                     seq: claim.seq,
-                    start: now.saturating_add(duration_ticks(delay)),
+                    start,
                     priority: e.job.priority(),
                 };
                 self.push(item, now);
@@ -449,7 +455,7 @@ impl Core {
     /// the delivery of a task it found.
     pub(crate) fn subscribe(&self, id: &TaskId, req: &mut dyn std::any::Any) -> Option<bool> {
         let slot = self.lookup(id)?;
-        Some(self.entries[slot as usize].job.subscribe(req))
+        Some(self.entries[slot as usize].job.clone().subscribe(req))
     }
 
     /// Shuts down every queued task (all of them, or only scheduled first
@@ -462,10 +468,12 @@ impl Core {
                 self.queue.take_scheduled_after(
                     cutoff,
                     |i| is_live(entries, i),
+                    // First attempts, and retries that never come.
                     |i| {
-                        entries
-                            .get(i.slot as usize)
-                            .is_some_and(|e| e.attempts == 0)
+                        i.start == NEVER
+                            || entries
+                                .get(i.slot as usize)
+                                .is_some_and(|e| e.attempts == 0)
                     },
                 )
             }
@@ -499,7 +507,7 @@ impl Core {
         }
         let now = self.clock.now();
         while let Some(&Reverse((until, seq, slot))) = self.expiries.peek() {
-            if until > now {
+            if !is_due(until, now) {
                 break;
             }
             self.expiries.pop();
@@ -519,8 +527,15 @@ impl Core {
     /// When the timekeeper must wake next, and records it.
     pub(crate) fn arm_timer(&mut self) -> Option<i64> {
         let entries = &self.entries;
-        let next_start = self.queue.next_start(|i| is_live(entries, i));
-        let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
+        let next_start = self
+            .queue
+            .next_start(|i| is_live(entries, i))
+            .filter(|&t| t != NEVER);
+        let next_expiry = self
+            .expiries
+            .peek()
+            .map(|Reverse((t, _, _))| *t)
+            .filter(|&t| t != NEVER);
         let next = match (next_start, next_expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

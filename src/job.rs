@@ -14,12 +14,28 @@
 //!    registry (or been marked retained there), and never under the
 //!    cluster's lock: it runs user callbacks and drops the body (what it
 //!    captured lives until then), and either may call back into the cluster.
-//! 3. No user code (body, predicate, strategy, callback, `Drop` of the body
-//!    or of an outcome, `Clone` of an outcome for a subscriber at completion)
-//!    runs while `state` is locked. The exception: a retained outcome is
-//!    copied under it for a late reader (a cached task's handle, a subscriber
-//!    after completion), on that reader's thread, so an outcome's `Clone`
-//!    must not call back into the cluster.
+//! 3. No user code runs while `state` is locked, and every piece of it runs
+//!    under a panic guard (`crate::panic`), without exception. The places:
+//!    - the body, called per attempt ([`Job::start_attempt`]), and the
+//!      future it returns, polled and dropped by the worker;
+//!    - the `retry_if` predicate ([`Job::should_retry`]) and the backoff
+//!      strategy ([`Job::retry_delay`]), with the pending error lent out;
+//!    - `on_failure` and `on_complete`, in [`Job::complete`];
+//!    - `Clone` of the outcome: for the cache and for subscribers in
+//!      `complete`, and for a late subscriber by the subscriber itself, from
+//!      a shared copy (`Answer::Retained`) taken out of the lock;
+//!    - `Drop` of the body and what it captured (at completion), of an
+//!      attempt's result that a retry, a timeout, a cancel or a shutdown
+//!      replaces, of an outcome nobody will read, of an expired cached
+//!      outcome, and of everything the cell holds when its last reference
+//!      goes (`impl Drop for TaskCell`), wherever that happens.
+//!
+//!    So user code may call back into the cluster (`stats`, `subscribe`,
+//!    `cancel_task`, `submit`, `cancel`, `stop`), on its own id or others.
+//! 4. The cache may let go of a task (its retention passed, or its id was
+//!    reused) between the registry's finalize and the delivery; it then
+//!    only sets `expired`, and `complete` delivers the decided outcome
+//!    without retaining it. Nothing that expires changes an outcome.
 //!
 //! [`TaskHandle`]: crate::TaskHandle
 
@@ -241,9 +257,10 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn complete(&self, forced: Option<Forced>, retain: bool);
     /// The cache dropped this task: keep the outcome only for an unread handle.
     fn release(&self);
-    /// Registers a typed subscriber; `req` is a `SubscribeRequest<T, E>`.
-    /// Returns `false` if the types do not match.
-    fn subscribe(&self, req: &mut dyn Any) -> bool;
+    /// Registers a typed subscriber, or lends it the retained outcome;
+    /// `req` is a `SubscribeRequest<T, E>`. Returns `false` if the types do
+    /// not match.
+    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> bool;
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
@@ -252,12 +269,29 @@ pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
     /// Panics if the handle already resolved (the future contract).
     fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>>;
     fn drop_handle(&self);
+    /// Takes back the retained outcome lent by [`Job::subscribe`], after
+    /// serving (unlocked) the subscribers that came while it was out.
+    fn give_back(&self, outcome: Outcome<T, E>);
 }
 
 /// A typed subscription request, passed through [`Job::subscribe`] as `dyn Any`.
 pub(crate) struct SubscribeRequest<T, E> {
     pub(crate) cloner: Cloner<T, E>,
-    pub(crate) receiver: Option<oneshot::Receiver<Outcome<T, E>>>,
+    /// What the cell answered: a receiver for the outcome to come, or the
+    /// retained outcome itself, lent out so that the caller copies it once
+    /// every lock is released (`Clone` is user code) and then gives it back.
+    pub(crate) answer: Option<Answer<T, E>>,
+}
+
+/// A cell's answer to a subscriber (see [`SubscribeRequest`]).
+pub(crate) enum Answer<T, E> {
+    Pending(oneshot::Receiver<Outcome<T, E>>),
+    /// The retained outcome, lent out: copy it, then hand it to
+    /// [`OutcomeSlot::give_back`] of the cell that lent it.
+    Lent(Outcome<T, E>, Arc<dyn OutcomeSlot<T, E>>),
+    /// Finished and not retained (an expired or uncacheable outcome that
+    /// the registry has not forgotten yet).
+    Gone,
 }
 
 struct CellState<B, T, E> {
@@ -265,11 +299,15 @@ struct CellState<B, T, E> {
     /// and once released: at completion, or after the last attempt started
     /// if dropping it runs nothing.
     body: Option<B>,
-    /// Before `done`: the last attempt's result. After: the final outcome,
-    /// kept while the handle has not read it or the cache retains it.
+    /// Before `done`: the last attempt's result. After: the handle's copy of
+    /// the final outcome, until the handle reads it or is dropped (the
+    /// cache has a copy of its own, in `Rare::cached`).
     result: Option<Outcome<T, E>>,
     done: bool,
-    retained: bool,
+    /// The cache let go of the task (its retention passed, or its id was
+    /// reused). It may do so between the registry's finalize and the
+    /// delivery: then the outcome is delivered, just not retained.
+    expired: bool,
     handle_gone: bool,
     handle_waker: Option<Waker>,
     /// What most tasks never need, boxed on first use so a plain task stays small.
@@ -283,6 +321,12 @@ struct Rare<T, E> {
     subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
     /// The current attempt's cancellation token, made when the body asks.
     token: Option<CancellationToken>,
+    /// The retained outcome. A late subscriber borrows it out of the lock
+    /// to copy it (`lent`); subscribers that come meanwhile queue in
+    /// `subscribers`, and the borrower serves them before giving it back.
+    /// (Sharing it instead would need `T: Sync`.)
+    cached: Option<Outcome<T, E>>,
+    lent: bool,
 }
 
 impl<T, E> Rare<T, E> {
@@ -291,7 +335,23 @@ impl<T, E> Rare<T, E> {
             cloner,
             subscribers: Vec::new(),
             token: None,
+            cached: None,
+            lent: false,
         })
+    }
+
+    /// Adds a subscriber. Subscriptions dropped before the outcome came
+    /// are pruned whenever the list would grow, so it stays within twice
+    /// the live subscribers however many come and go.
+    fn add_subscriber(&mut self, tx: oneshot::Sender<Outcome<T, E>>) {
+        if self.subscribers.len() == self.subscribers.capacity() {
+            self.subscribers.retain(|tx| !tx.is_closed());
+            let live = self.subscribers.len();
+            if self.subscribers.capacity() > 8 && live < self.subscribers.capacity() / 4 {
+                self.subscribers.shrink_to(live * 2);
+            }
+        }
+        self.subscribers.push(tx);
     }
 }
 
@@ -355,7 +415,7 @@ impl<B, T, E> TaskCell<B, T, E> {
                 body: Some(body),
                 result: None,
                 done: false,
-                retained: false,
+                expired: false,
                 handle_gone: false,
                 handle_waker: None,
                 rare: cloner.map(|cloner| Rare::boxed(Some(cloner))),
@@ -389,6 +449,34 @@ impl<B, T, E> TaskCell<B, T, E> {
             if let Some(old) = old {
                 drop_guarded(old, "a previous attempt's error");
             }
+        } else {
+            drop_guarded(
+                outcome,
+                "an attempt's result overridden by a cancel or shutdown",
+            );
+        }
+    }
+}
+
+impl<B, T, E> Drop for TaskCell<B, T, E> {
+    /// What the user handed in (the body and its captures, callbacks,
+    /// predicate, strategy) and what the task produced are user code when
+    /// dropped; the last reference may go on any thread (a worker, the
+    /// sweeper, a handle), so each drop is guarded. Never under an engine
+    /// lock: core invariant 4.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if let Some(body) = st.body.take() {
+            drop_guarded(body, "a task body");
+        }
+        if let Some(result) = st.result.take() {
+            drop_guarded(result, "an unread outcome");
+        }
+        if let Some(rare) = st.rare.take() {
+            drop_guarded(rare, "a retained outcome");
+        }
+        if let Some(extras) = self.extras.take() {
+            drop_guarded(extras, "a task's callbacks, predicate or backoff");
         }
     }
 }
@@ -554,42 +642,61 @@ where
 
     fn complete(&self, forced: Option<Forced>, retain: bool) {
         let mut st = self.state.lock();
-        // Release what the body captured before anyone sees the outcome (a
-        // blocking call abandoned at a timeout holds its own reference until
-        // it returns). Unlocked: its `Drop` is user code, and may panic. A body without
-        // drop glue runs nothing when dropped, so it needs no unlocking.
-        if !std::mem::needs_drop::<B>() {
-            st.body = None;
-        } else if let Some(body) = st.body.take() {
-            drop(st);
-            drop_guarded(body, "a task body");
-            st = self.state.lock();
-        }
-        let outcome = match (forced, st.result.take()) {
-            (Some(Forced::Cancelled), _) => Err(TaskError::Cancelled),
-            (Some(Forced::Shutdown), _) => Err(TaskError::Shutdown),
-            (None, Some(r)) => r,
+        // What the body captured is released before anyone sees the outcome
+        // (a blocking call abandoned at a timeout holds its own reference
+        // until it returns). An attempt's result that a cancel or shutdown
+        // overrides goes too. Both are user code when dropped: below, with
+        // the lock released and under a guard.
+        let body = st.body.take();
+        let (outcome, overridden) = match (forced, st.result.take()) {
+            (Some(Forced::Cancelled), last) => (Err(TaskError::Cancelled), last),
+            (Some(Forced::Shutdown), last) => (Err(TaskError::Shutdown), last),
+            (None, Some(r)) => (r, None),
             // Unreachable by construction; never invent a value.
-            (None, None) => Err(TaskError::Shutdown),
+            (None, None) => (Err(TaskError::Shutdown), None),
         };
         let hooks = self
             .extras
             .as_deref()
             .filter(|x| x.on_failure.is_some() || x.on_complete.is_some());
-        if let Some(x) = hooks {
-            // Invariant 3: callbacks run unlocked. Nobody else reads the
+        // The cache keeps a copy of its own unless it already let go of the
+        // task (a sweep between the registry's finalize and this delivery).
+        let cloner = st.cloner().filter(|_| retain && !st.expired);
+        let handle_gone = st.handle_gone;
+        let mut handle_copy = Some(outcome);
+        let mut cache_copy = None;
+        let drops_user_code = (std::mem::needs_drop::<B>() && body.is_some())
+            || (std::mem::needs_drop::<Outcome<T, E>>() && overridden.is_some());
+        if drops_user_code || hooks.is_some() || cloner.is_some() {
+            // Invariant 3: all of this runs unlocked. Nobody else reads the
             // result before `done` is set, so the outcome can be out meanwhile.
             drop(st);
-            let id = self.id();
-            if let (Err(err), Some(cb)) = (&outcome, &x.on_failure) {
-                if let Err(msg) = guard(|| cb(&id, err)) {
-                    tracing::error!(task = %id, panic = %msg, "on_failure callback panicked");
-                }
+            if let Some(body) = body {
+                drop_guarded(body, "a task body");
             }
-            if let Some(cb) = &x.on_complete {
-                if let Err(msg) = guard(|| cb(&id, &outcome)) {
-                    tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
-                }
+            if let Some(old) = overridden {
+                drop_guarded(
+                    old,
+                    "an attempt's result overridden by a cancel or shutdown",
+                );
+            }
+            let outcome = handle_copy.as_ref().expect("set above");
+            if let Some(x) = hooks {
+                self.run_callbacks(x, outcome);
+            }
+            if let Some(clone) = cloner {
+                // A handle that is gone needs no copy: the cache takes the original.
+                cache_copy = if handle_gone {
+                    handle_copy.take()
+                } else {
+                    match guard(|| clone(outcome)) {
+                        Ok(copy) => Some(copy),
+                        Err(msg) => {
+                            tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for the cache panicked; it is not retained");
+                            None
+                        }
+                    }
+                };
             }
             st = self.state.lock();
         }
@@ -606,35 +713,42 @@ where
                 break;
             };
             drop(st);
+            let view = handle_copy
+                .as_ref()
+                .or(cache_copy.as_ref())
+                .expect("the outcome is kept for the handle or the cache");
             for tx in subscribers {
-                match guard(|| clone(&outcome)) {
-                    Ok(copy) => {
-                        // A subscriber that gave up is not an error.
-                        if let Err(copy) = tx.send(copy) {
-                            drop_guarded(copy, "an unread copy of an outcome");
-                        }
-                    }
-                    // Its subscription resolves as shut down.
-                    Err(msg) => {
-                        tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for a subscriber panicked");
-                    }
+                // A subscriber that gave up is not an error.
+                if let Err(copy) = tx.send(copy_for_subscriber(clone, view)) {
+                    drop_guarded(copy, "an unread copy of an outcome");
                 }
             }
             st = self.state.lock();
         }
         st.done = true;
-        st.retained = retain;
-        let dropped = if st.handle_gone && !retain {
-            Some(outcome)
-        } else {
-            st.result = Some(outcome);
-            None
+        let mut stale = None;
+        if let Some(copy) = cache_copy {
+            if st.expired {
+                stale = Some(copy);
+            } else {
+                st.rare().cached = Some(copy);
+            }
+        }
+        let unread = match handle_copy {
+            Some(outcome) if !st.handle_gone => {
+                st.result = Some(outcome);
+                None
+            }
+            other => other,
         };
         let waker = st.handle_waker.take();
         drop(st);
-        if let Some(outcome) = dropped {
-            // Nobody will read it: the handle is gone and nothing is cached.
+        if let Some(outcome) = unread {
+            // Nobody will read it: the handle is gone.
             drop_guarded(outcome, "an unread outcome");
+        }
+        if let Some(copy) = stale {
+            drop_guarded(copy, "an expired cached outcome");
         }
         if let Some(w) = waker {
             w.wake();
@@ -642,37 +756,76 @@ where
     }
 
     fn release(&self) {
-        let dropped = {
+        let cached = {
             let mut st = self.state.lock();
-            st.retained = false;
-            // A resolved handle took its copy; one still waiting needs this.
-            if st.handle_gone || self.handle_resolved.load(Relaxed) {
-                st.result.take()
-            } else {
-                None
-            }
+            // Before `done`, this tells `complete` not to retain the outcome.
+            st.expired = true;
+            st.rare.as_mut().and_then(|r| r.cached.take())
         };
-        if let Some(outcome) = dropped {
-            drop_guarded(outcome, "an expired cached outcome");
+        if let Some(copy) = cached {
+            drop_guarded(copy, "an expired cached outcome");
         }
     }
 
-    fn subscribe(&self, req: &mut dyn Any) -> bool {
+    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> bool {
         let Some(req) = req.downcast_mut::<SubscribeRequest<T, E>>() else {
             return false;
         };
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
-        if !st.done {
-            let rare = st.rare();
-            rare.cloner.get_or_insert(req.cloner);
-            rare.subscribers.push(tx);
-        } else if let Some(outcome) = &st.result {
-            let _ = tx.send((req.cloner)(outcome));
-        }
-        req.receiver = Some(rx);
+        let done = st.done;
+        let rare = st.rare();
+        let answer = match rare.cached.take() {
+            // The copy is made by the caller, unlocked (invariant 3).
+            Some(cached) => {
+                rare.lent = true;
+                Answer::Lent(cached, self.clone())
+            }
+            // Still to come, or being copied by another late subscriber,
+            // who serves this one too (see `give_back`).
+            None if !done || rare.lent => {
+                rare.cloner.get_or_insert(req.cloner);
+                rare.add_subscriber(tx);
+                Answer::Pending(rx)
+            }
+            None => Answer::Gone,
+        };
+        drop(st);
+        req.answer = Some(answer);
         true
     }
+}
+
+impl<B, T, E> TaskCell<B, T, E> {
+    /// Runs `on_failure` then `on_complete`, each under a panic guard.
+    fn run_callbacks(&self, x: &Extras<T, E>, outcome: &Outcome<T, E>) {
+        let id = self.id();
+        if let (Err(err), Some(cb)) = (outcome, &x.on_failure) {
+            if let Err(msg) = guard(|| cb(&id, err)) {
+                tracing::error!(task = %id, panic = %msg, "on_failure callback panicked");
+            }
+        }
+        if let Some(cb) = &x.on_complete {
+            if let Err(msg) = guard(|| cb(&id, outcome)) {
+                tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
+            }
+        }
+    }
+}
+
+/// A subscriber's copy of `outcome`, made with no lock held. A `Clone` that
+/// panics costs only that subscriber, whose subscription then resolves as
+/// [`TaskError::Panicked`] with a message that says so.
+pub(crate) fn copy_for_subscriber<T, E>(
+    clone: Cloner<T, E>,
+    outcome: &Outcome<T, E>,
+) -> Outcome<T, E> {
+    guard(|| clone(outcome)).unwrap_or_else(|msg| {
+        tracing::error!(panic = %msg, "cloning an outcome for a subscriber panicked");
+        Err(TaskError::Panicked {
+            message: format!("cloning the outcome for this subscriber panicked: {msg}"),
+        })
+    })
 }
 
 impl<B, T, E> OutcomeSlot<T, E> for TaskCell<B, T, E>
@@ -698,11 +851,8 @@ where
             }
             return Poll::Pending;
         }
-        let outcome = match st.cloner() {
-            // Retained for late subscribers: the handle reads a copy.
-            Some(clone) if st.retained => st.result.as_ref().map(clone),
-            _ => st.result.take(),
-        };
+        // The handle's own copy: the cache, if any, keeps another.
+        let outcome = st.result.take();
         self.handle_resolved.store(true, Relaxed);
         Poll::Ready(outcome)
     }
@@ -717,13 +867,45 @@ where
             let mut st = self.state.lock();
             st.handle_gone = true;
             st.handle_waker = None;
-            if st.done && !st.retained {
+            if st.done {
                 st.result.take()
             } else {
                 None
             }
         };
-        drop(dropped);
+        if let Some(outcome) = dropped {
+            drop_guarded(outcome, "an unread outcome");
+        }
+    }
+
+    fn give_back(&self, outcome: Outcome<T, E>) {
+        let mut st = self.state.lock();
+        loop {
+            let round = st.rare.as_deref_mut().and_then(|rare| {
+                let clone = rare.cloner?;
+                (!rare.subscribers.is_empty())
+                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
+            });
+            let Some((clone, subscribers)) = round else {
+                break;
+            };
+            drop(st);
+            for tx in subscribers {
+                if let Err(copy) = tx.send(copy_for_subscriber(clone, &outcome)) {
+                    drop_guarded(copy, "an unread copy of an outcome");
+                }
+            }
+            st = self.state.lock();
+        }
+        let expired = st.expired;
+        let rare = st.rare();
+        rare.lent = false;
+        if expired {
+            drop(st);
+            drop_guarded(outcome, "an expired cached outcome");
+        } else {
+            rare.cached = Some(outcome);
+        }
     }
 }
 

@@ -92,10 +92,23 @@
 //! - What an async body captured lives until its task completes, and is
 //!   dropped before the handle resolves. A blocking body's call abandoned at
 //!   a timeout or cancel keeps its own reference until the call returns.
-//! - User code never takes a worker down: a panic in a body, a `retry_if`
-//!   predicate, a backoff strategy, a callback, or in a `Drop` the engine
-//!   runs (of a body, of a future dropped at a timeout, of an outcome nobody
-//!   will read) is caught, and logged where no outcome can carry it.
+//! - User code never takes a worker down and never runs under an engine
+//!   lock: a body and what it captured, a `retry_if` predicate, a backoff
+//!   strategy, a callback, an outcome's `Clone` and every `Drop` the engine
+//!   runs (of a body, of a future dropped at a timeout or cancel, of a
+//!   result a cancel overrides, of an outcome nobody will read) runs under a
+//!   panic guard, and may call back into the cluster (`stats`, `subscribe`,
+//!   `cancel_task`, `submit`, `cancel`), on its own id or any other. A panic
+//!   is logged where no outcome can carry it.
+//! - Nothing that expires changes an outcome: a cached outcome whose
+//!   retention passes while it is being delivered is delivered, then
+//!   forgotten. Handle, subscribers and late subscribers see one outcome.
+//! - If the runtime running the workers shuts down while the cluster lives
+//!   on, the cluster shuts down as by [`Cluster::cancel`]: pending handles
+//!   resolve [`TaskError::Shutdown`], submits are refused, and running
+//!   blocking bodies see [`TaskContext::is_cancelled`].
+//! - A worker gives the runtime a turn at least every 1,024 attempts, so
+//!   bodies that never wait cannot starve a `current_thread` runtime.
 
 #![forbid(unsafe_code)]
 #![warn(

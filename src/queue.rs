@@ -32,6 +32,8 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
+use crate::clock::is_due;
+
 /// Index of a task in the registry.
 pub(crate) type Slot = u32;
 
@@ -214,7 +216,7 @@ pub(crate) struct Queue {
 impl Queue {
     /// Queues `item`: due now if `item.start <= now`, else scheduled.
     pub(crate) fn push(&mut self, item: Item, now: i64) {
-        if item.start <= now {
+        if is_due(item.start, now) {
             self.push_ready(item);
         } else {
             self.sched.push(Reverse(ByKey(item)));
@@ -226,7 +228,8 @@ impl Queue {
     pub(crate) fn promote(&mut self, now: i64, mut is_live: impl FnMut(&Item) -> bool) -> usize {
         let mut moved = 0;
         while let Some(Reverse(ByKey(head))) = self.sched.peek() {
-            if head.start > now {
+            // Ordered by start: nothing after a task that is not due is due.
+            if !is_due(head.start, now) {
                 break;
             }
             let Some(Reverse(ByKey(item))) = self.sched.pop() else {
@@ -544,7 +547,7 @@ mod tests {
                             let got = q.pop(is_live);
                             let want = live
                                 .values()
-                                .filter(|i| i.start <= now)
+                                .filter(|i| is_due(i.start, now))
                                 .min_by_key(|i| (Reverse(i.priority), i.start, i.seq))
                                 .copied();
                             prop_assert_eq!(got, want);

@@ -12,10 +12,12 @@
 use std::future::{pending, poll_fn};
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use crate::builder::RetryMode;
+use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::core::{release, Claim, Next, Plan, Shared};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::panic::drop_guarded;
@@ -26,6 +28,83 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
         None => pending().await,
+    }
+}
+
+/// Sleeps for `delay` on the cluster's clock; forever if it ends beyond the
+/// clock's range ([`NEVER`]), so that an immediate retry and a requeued one
+/// agree on what "never" is. tokio caps a single sleep (at about two years),
+/// so a long one is slept in pieces.
+async fn sleep_ticks(clock: &Clock, delay: Duration) {
+    let until = clock.now().saturating_add(duration_ticks(delay));
+    if until == NEVER {
+        return pending().await;
+    }
+    while clock.now() < until {
+        match clock.instant(until) {
+            Some(at) => sleep_until(at).await,
+            None => return pending().await,
+        }
+    }
+}
+
+/// Claims (and immediate retries) a worker may run without giving the
+/// runtime a turn. Bodies that finish on their first poll never return
+/// control to tokio, so without this an endless chain of them (a task
+/// retried at once forever, a body that submits its successor) would starve
+/// everything else on a `current_thread` runtime, the user's own
+/// `cancel_task` included. One yield per this many attempts costs nothing
+/// measurable (W1) and bounds the starvation to a fraction of a millisecond.
+const ATTEMPTS_PER_TURN: u32 = 1024;
+
+/// Counts attempts since the worker last gave the runtime a turn.
+#[derive(Default)]
+struct Turns(u32);
+
+impl Turns {
+    async fn tick(&mut self) {
+        self.0 += 1;
+        if self.0 >= ATTEMPTS_PER_TURN {
+            self.0 = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The worker waited (idle or yielded): others had their turn.
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// Notices that the runtime dropped a worker or the timekeeper (it shut
+/// down under a live cluster): nothing would run the cluster's tasks any
+/// more, so it is shut down as by [`Cluster::cancel`](crate::Cluster::cancel):
+/// pending handles resolve `Shutdown`, submits are refused, and running
+/// attempts (a blocking body polling `is_cancelled`) are signalled.
+struct Presence<'a> {
+    shared: &'a Shared,
+    left: bool,
+}
+
+impl<'a> Presence<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Presence {
+            shared,
+            left: false,
+        }
+    }
+
+    /// The loop ends as planned.
+    fn leave(mut self) {
+        self.left = true;
+    }
+}
+
+impl Drop for Presence<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            self.shared.cancel_all();
+        }
     }
 }
 
@@ -65,6 +144,8 @@ impl ClaimGuard<'_> {
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
+            // A blocking body still running learns it, through its signal.
+            claim.job.raise(CancelReason::Shutdown);
             settle_now(self.shared, claim, Plan::Final(Some(Forced::Shutdown)));
         }
     }
@@ -81,8 +162,10 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
 }
 
 pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
+    let presence = Presence::new(&shared);
     let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
+    let mut turns = Turns::default();
     loop {
         let (delivery, next, woke) = {
             let now = done.as_ref().and_then(|(_, p)| p.now(&shared.clock));
@@ -115,8 +198,9 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 // with one worker.)
                 if woke {
                     tokio::task::yield_now().await;
+                    turns.reset();
                 }
-                let end = run_claim(&shared, wake, guard.claim()).await;
+                let end = run_claim(&shared, wake, guard.claim(), &mut turns).await;
                 guard.claim().attempts = end.attempts;
                 // The guard keeps the claim until it is settled or handed
                 // to the next settle.
@@ -143,11 +227,14 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
-            Next::Idle => poll_fn(|cx| wake.poll_work(cx)).await,
-            Next::Exit => return,
+            Next::Idle => {
+                poll_fn(|cx| wake.poll_work(cx)).await;
+                turns.reset();
+            }
+            Next::Exit => return presence.leave(),
             Next::ExitAll => {
                 shared.close();
-                return;
+                return presence.leave();
             }
         }
     }
@@ -155,7 +242,12 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
 
 /// Runs attempts of a claimed task until it succeeds, fails for good, is
 /// interrupted, or is to be requeued.
-async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEnd {
+async fn run_claim(
+    shared: &Shared,
+    wake: &WorkerWake,
+    claim: &Claim,
+    turns: &mut Turns,
+) -> ClaimEnd {
     let job = &claim.job;
     let policy = job.policy();
     let mut attempts = claim.attempts;
@@ -165,6 +257,7 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
         attempts,
     };
     loop {
+        turns.tick().await;
         // A cancel that already landed spares the body a run (best effort:
         // the outcome is `Cancelled` either way, see core invariant 3).
         if let Some(forced) = job.signal().final_forced() {
@@ -235,7 +328,7 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
                     biased;
                     forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), None, attempts),
                     _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts),
-                    _ = sleep(delay) => {}
+                    _ = sleep_ticks(&shared.clock, delay) => {}
                 }
             }
         }
@@ -243,6 +336,7 @@ async fn run_claim(shared: &Shared, wake: &WorkerWake, claim: &Claim) -> ClaimEn
 }
 
 pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
+    let presence = Presence::new(&shared);
     let parent = shared.parent.clone();
     loop {
         let (deadline, expired) = {
@@ -256,10 +350,10 @@ pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
         release(expired);
         tokio::select! {
             biased;
-            _ = shared.closing.cancelled() => return,
+            _ = shared.closing.cancelled() => return presence.leave(),
             _ = async { match &parent { Some(p) => p.cancelled().await, None => pending().await } } => {
                 shared.cancel_all();
-                return;
+                return presence.leave();
             }
             _ = shared.timer.notified() => {}
             _ = sleep_until_opt(deadline) => {}

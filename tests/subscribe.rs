@@ -405,7 +405,8 @@ async fn subscribers_are_answered_with_shutdown_on_cancel() {
 }
 
 /// A `Clone` that panics while making a subscriber's copy costs only that
-/// subscription: the handle still gets the value and the worker survives.
+/// subscription (it resolves as `Panicked`, naming the clone): the handle
+/// still gets the value and the worker survives.
 #[tokio::test(start_paused = true)]
 async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     #[derive(Debug, PartialEq)]
@@ -435,7 +436,13 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     let copy = tokio::time::timeout(limit, sub)
         .await
         .expect("the subscription resolves");
-    assert_eq!(copy, Err(TaskError::Shutdown), "its copy could not be made");
+    match copy {
+        Err(TaskError::Panicked { message }) => assert!(
+            message.contains("cloning the outcome") && message.contains("probe clone: unlucky"),
+            "the subscription says its copy could not be made: {message}"
+        ),
+        other => panic!("expected a Panicked copy, got {other:?}"),
+    }
     let value = common::resolve(limit, "the unlucky task", h).await;
     assert_eq!(value, Ok(Probe(13)), "the handle still gets the value");
 
