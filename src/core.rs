@@ -93,7 +93,7 @@ pub(crate) enum Plan {
 
 impl Plan {
     /// The time a requeue needs, read before the lock is taken: a clock read
-    /// is the slowest step of a settle, and the lock is contended (W8).
+    /// is the slowest step of a settle, and the lock is contended (W8, `bench/README.md#w8-retries`).
     pub(crate) fn now(&self, clock: &Clock) -> Option<i64> {
         matches!(self, Plan::Requeue(_)).then(|| clock.now())
     }
@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn registry_entry_is_three_words() {
-        // Pending memory per task (benchmarks.md W5): the slab stores its
+        // Pending memory per task (W5, `bench/README.md#w5-pending-memory`): the slab stores its
         // vacancy tag in `state`'s spare values, so a slot is an `Entry`.
         assert_eq!(std::mem::size_of::<Entry>(), 24);
         assert_eq!(std::mem::size_of::<Item>(), 24);

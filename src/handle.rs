@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn a_handle_is_two_words() {
-        // Callers keep one per task (W1 holds 200,000 at once).
+        // Callers keep one per task (W1 holds 200,000 at once: `bench/README.md#w1-throughput`).
         let size = std::mem::size_of::<TaskHandle<u64, std::convert::Infallible>>();
         assert_eq!(size, 2 * std::mem::size_of::<usize>());
     }

@@ -4,7 +4,7 @@
 //! Each worker has its own wake slot ([`WorkerWake`](crate::signal::WorkerWake)),
 //! so a submit wakes one chosen worker directly: one flag and one waker,
 //! instead of a shared `Notify`'s waiter list and its second lock (measured:
-//! about 300 fewer instructions per idle-to-busy round trip, W4).
+//! about 300 fewer instructions per idle-to-busy round trip, W4: `bench/README.md#w4-round-trip`).
 //!
 //! Invariant: a worker is in the set from the claim that found nothing until
 //! something that makes a task due (a submit, a requeue, a promotion, or a

@@ -572,7 +572,7 @@ where
         };
         // It goes back for a later attempt, and to be dropped at completion.
         // Not after the last attempt of a body without drop glue: nothing can
-        // tell, and it saves a lock per task (W1, W7).
+        // tell, and it saves a lock per task (W1, W7: `bench/README.md#workloads`).
         if attempt <= self.retries || std::mem::needs_drop::<B>() {
             self.state.lock().body = body;
         }
@@ -918,7 +918,7 @@ mod tests {
 
     #[test]
     fn size_of_a_small_cell() {
-        // Pending memory per task (benchmarks.md W5) is this cell plus 48
+        // Pending memory per task (W5, `bench/README.md#w5-pending-memory`) is this cell plus 48
         // bytes of registry and queue entries; see `TaskCell`.
         let cell =
             std::mem::size_of::<TaskCell<AsyncBody<EightBytes>, u64, std::convert::Infallible>>();

@@ -59,25 +59,12 @@
 //! # }
 //! ```
 //!
-//! ## From the reference (Go) API
+//! ## Coming from the Go library
 //!
-//! | Go | corral |
-//! |---|---|
-//! | `NewCluster(workers, ctx)` | [`Cluster::new`], [`Cluster::builder`] + [`ClusterBuilder::cancel_on`] |
-//! | `Run()` | [`Cluster::run`] |
-//! | `AddTask(t)...Submit()` | [`Cluster::task`] / [`Cluster::blocking_task`] → [`TaskBuilder`] → [`TaskBuilder::submit`] |
-//! | `WithStartTime`, `WithTimeout`, `WithPriority`, `WithRetry` | [`TaskBuilder::start_at`] / [`TaskBuilder::delay`], [`TaskBuilder::timeout`], [`TaskBuilder::priority`], [`TaskBuilder::retry`] |
-//! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`], [`TaskBuilder::retry_mode`] |
-//! | `IsCacheable`, `OnComplete`, `OnFailure` | [`TaskBuilder::cacheable`] / [`TaskBuilder::retention`], [`TaskBuilder::on_complete`], [`TaskBuilder::on_failure`] |
-//! | `Subscribe(id)` | [`Cluster::subscribe`] (and the [`TaskHandle`] from `submit`) |
-//! | `CancelTask(id)` | [`Cluster::cancel_task`] |
-//! | `Stop(timeout)` | [`Cluster::stop`] (truly graceful), [`Cluster::drain`] |
-//! | `Cancel()` | [`Cluster::cancel`] |
-//! | `FixedBackoff`, `LinearBackoff`, `ExponentialBackoff`, `RetryBackoffStrategy` | [`FixedBackoff`], [`LinearBackoff`], [`ExponentialBackoff`], [`Backoff`] |
-//! | `Requeue`, `Immediate` | [`RetryMode::Requeue`], [`RetryMode::Immediate`] |
-//! | `Result{Result, Err}` | `Result<T, TaskError<E>>` |
+//! corral re-imagines a small Go library; README.md maps each of its calls
+//! to corral's (section "Coming from the Go library").
 //!
-//! ## Decisions where the reference is silent
+//! ## Decisions where the Go library is silent
 //! - Start time, when not given, is the submission time; it orders equal
 //!   priorities (earlier first) and then submission order breaks ties.
 //! - `cancel_task` returning `true` guarantees the outcome `Cancelled`, even

@@ -8,13 +8,13 @@
 //! higher priority first; equal priority, earlier start first; equal start,
 //! lower `seq` (earlier submission) first.
 //!
-//! Shape, chosen by measurement (see `benchmarks.md`):
+//! Shape, chosen by measurement (see `bench/README.md#what-the-design-rests-on`):
 //! - Future tasks sit in one binary min-heap on `(start, seq)`.
 //! - Due tasks sit in one FIFO per priority level. One level, the "hot"
 //!   one, is kept out of the ordered map of levels: it takes the priority of
 //!   whatever arrives while it is empty (and has no level in the map), so a
 //!   workload with one priority (the common case) never walks the map:
-//!   measured, about 100 fewer instructions per push and pop (W4) and fewer
+//!   measured, about 100 fewer instructions per push and pop (W4, `bench/README.md#w4-round-trip`) and fewer
 //!   cache lines under the lock (W7). Keys almost always arrive in order
 //!   (submission `seq` only grows, and so, nearly, does the time read at
 //!   each submit), so a FIFO is exact and far cheaper than a heap; a key

@@ -54,7 +54,7 @@ async fn sleep_ticks(clock: &Clock, delay: Duration) {
 /// retried at once forever, a body that submits its successor) would starve
 /// everything else on a `current_thread` runtime, the user's own
 /// `cancel_task` included. One yield per this many attempts costs nothing
-/// measurable (W1) and bounds the starvation to a fraction of a millisecond.
+/// measurable (W1, `bench/README.md#w1-throughput`) and bounds the starvation to a fraction of a millisecond.
 const ATTEMPTS_PER_TURN: u32 = 1024;
 
 /// Counts attempts since the worker last gave the runtime a turn.
@@ -189,7 +189,7 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 // A worker woken from this thread waits in the thread's LIFO
                 // slot, which other threads cannot steal from, and a busy
                 // worker never waits, so it would never give way: the cluster
-                // would run on one thread (measured: W8 at 0.4M/s instead of
+                // would run on one thread (`bench/README.md#w8-retries`; measured: W8 at 0.4M/s instead of
                 // 0.9M/s in half the runs). So a worker that woke another
                 // yields at once (after arming its guard: the runtime may
                 // drop it here): it moves to the run queue, where an idle

@@ -1,6 +1,6 @@
 //! The rows of the report: for each workload, which child values are
 //! compared, how repetitions are folded, and the target from
-//! `benchmarks.md`. Ratios are always corral/floor (see [`crate::report`]).
+//! `bench/README.md#workloads`. Ratios are always corral/floor (see [`crate::report`]).
 
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};

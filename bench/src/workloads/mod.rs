@@ -1,4 +1,4 @@
-//! The workloads W1-W9 (see `shared/spec/benchmarks.md`), each as a corral
+//! The workloads W1-W9 (see `bench/README.md#workloads`), each as a corral
 //! program and as its raw-tokio floor, plus what they share: the sizes
 //! (full and `--quick`), the result a child reports, and outcome checks.
 //!
