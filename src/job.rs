@@ -466,11 +466,15 @@ impl<B, T, E> Drop for TaskCell<B, T, E> {
     /// lock: core invariant 4.
     fn drop(&mut self) {
         let st = self.state.get_mut();
-        if let Some(body) = st.body.take() {
-            drop_guarded(body, "a task body");
+        if std::mem::needs_drop::<B>() {
+            if let Some(body) = st.body.take() {
+                drop_guarded(body, "a task body");
+            }
         }
-        if let Some(result) = st.result.take() {
-            drop_guarded(result, "an unread outcome");
+        if std::mem::needs_drop::<Outcome<T, E>>() {
+            if let Some(result) = st.result.take() {
+                drop_guarded(result, "an unread outcome");
+            }
         }
         if let Some(rare) = st.rare.take() {
             drop_guarded(rare, "a retained outcome");
@@ -642,6 +646,33 @@ where
 
     fn complete(&self, forced: Option<Forced>, retain: bool) {
         let mut st = self.state.lock();
+        // The common case, in one short lock section: the attempt's result
+        // is the outcome, and there is nothing to call, copy or drop that
+        // could run user code.
+        let plain = forced.is_none()
+            && st.rare.is_none()
+            && !std::mem::needs_drop::<B>()
+            && self.extras.as_deref().is_none_or(|x| {
+                x.on_failure.is_none() && x.on_complete.is_none() && x.retention.is_none()
+            });
+        if plain {
+            st.body = None;
+            st.done = true;
+            let unread = if st.handle_gone {
+                st.result.take()
+            } else {
+                None
+            };
+            let waker = st.handle_waker.take();
+            drop(st);
+            if let Some(outcome) = unread {
+                drop_guarded(outcome, "an unread outcome");
+            }
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return;
+        }
         // What the body captured is released before anyone sees the outcome
         // (a blocking call abandoned at a timeout holds its own reference
         // until it returns). An attempt's result that a cancel or shutdown

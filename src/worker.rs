@@ -62,12 +62,15 @@ const ATTEMPTS_PER_TURN: u32 = 1024;
 struct Turns(u32);
 
 impl Turns {
-    async fn tick(&mut self) {
+    /// Counts an attempt; `true` when it is time to yield.
+    #[inline]
+    fn tick(&mut self) -> bool {
         self.0 += 1;
-        if self.0 >= ATTEMPTS_PER_TURN {
-            self.0 = 0;
-            tokio::task::yield_now().await;
+        if self.0 < ATTEMPTS_PER_TURN {
+            return false;
         }
+        self.0 = 0;
+        true
     }
 
     /// The worker waited (idle or yielded): others had their turn.
@@ -257,7 +260,9 @@ async fn run_claim(
         attempts,
     };
     loop {
-        turns.tick().await;
+        if turns.tick() {
+            tokio::task::yield_now().await;
+        }
         // A cancel that already landed spares the body a run (best effort:
         // the outcome is `Cancelled` either way, see core invariant 3).
         if let Some(forced) = job.signal().final_forced() {
