@@ -305,6 +305,13 @@ pub fn main(
     wants: impl Fn(&str) -> bool,
     markdown: Option<&Path>,
 ) -> i32 {
+    let rows = plan(wants);
+    if rows.is_empty() {
+        eprintln!(
+            "corral-bench: --callgrind counts W1, W4, W6 and W7; --only selected none of them"
+        );
+        return 64;
+    }
     let version = match valgrind_version() {
         Ok(v) => v,
         Err(e) => {
@@ -323,7 +330,6 @@ pub fn main(
         "{header}\ninstruction counts: {version} --tool=callgrind --fair-sched=yes, median of {reps} run(s) per size"
     );
     eprintln!("{header}\nprofiles in {}", dir.display());
-    let rows = plan(wants);
     let total = Instant::now();
     // Instructions per task of each spec run (W6's floor serves two rows).
     let mut per_task: HashMap<Spec, Option<f64>> = HashMap::new();
