@@ -6,6 +6,10 @@
 //! RESULT rate=1234567.8 secs=0.16 ...
 //! ```
 //!
+//! With `--n N` the workload runs `N` tasks instead of its size-table count;
+//! with `--callgrind` its measured section is marked for callgrind (see
+//! [`crate::callgrind`]).
+//!
 //! A broken correctness check (wrong value, inversions, a handle that did
 //! not answer as it must) is printed as `FAIL ...` on stderr after the
 //! `RESULT` line, and the child exits with status 1.
@@ -15,13 +19,14 @@ use std::future::Future;
 use tokio::runtime::Runtime;
 
 use crate::alloc;
-use crate::spec::{Driver, Side, Spec};
+use crate::callgrind;
+use crate::spec::{Driver, Side, Spec, W6_NAMED};
 use crate::workloads::{latency, memory, order, throughput, timers, Outcome, Sizes};
 
 /// Runs the child given its arguments (starting with `--child`); returns
 /// the process exit status.
 pub fn main(args: &[String]) -> i32 {
-    let (spec, quick) = match Spec::parse(args) {
+    let (spec, opts) = match Spec::parse(args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("FAIL bad child arguments: {e}");
@@ -30,6 +35,9 @@ pub fn main(args: &[String]) -> i32 {
     };
     if matches!(spec.workload, "W5" | "W6" | "W9") {
         alloc::enable();
+    }
+    if opts.callgrind {
+        callgrind::enable_marks();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -42,7 +50,11 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let outcome = run(&rt, &spec, &Sizes::new(quick));
+    let mut sizes = Sizes::new(opts.quick);
+    if let Some(n) = opts.n {
+        sizes = sizes.with_n(n);
+    }
+    let outcome = run(&rt, &spec, &sizes);
     drop(rt);
     match outcome {
         Ok(report) => {
@@ -93,7 +105,10 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
         ("W4", Side::Floor) => drive(rt, d, latency::w4_floor(s.w4)),
         ("W5", Side::Corral) => drive(rt, d, memory::w5_corral(s.w5, s.settle, w)),
         ("W5", Side::Floor) => drive(rt, d, memory::w5_floor(s.w5, s.settle)),
-        ("W6", Side::Corral) => drive(rt, d, memory::w6_corral(s.w6, s.settle, w)),
+        ("W6", Side::Corral) => {
+            let named = variant == W6_NAMED;
+            drive(rt, d, memory::w6_corral(s.w6, s.settle, w, named))
+        }
         ("W6", Side::Floor) => drive(rt, d, memory::w6_floor(s.w6, s.settle)),
         ("W7", Side::Corral) => drive(rt, d, throughput::w7_corral(s.w7, w)),
         ("W7", Side::Floor) => drive(rt, d, throughput::w7_floor(s.w7, w)),

@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run -p corral-bench --release -- [--quick] [--reps N] [--only W1,W3] [--markdown FILE]
 //! cargo run -p corral-bench --release --features count-alloc -- ...   # with heap numbers
+//! cargo run -p corral-bench --release -- --callgrind [--n N] [--only W1,W4]   # instructions per task
 //! ```
 //!
 //! Every (workload, variant, side) runs in its own process: the parent
@@ -18,9 +19,11 @@
 //!
 //! Modules: [`workloads`] (the programs), [`alloc`] (the counting allocator
 //! behind the `count-alloc` feature), [`stats`] (median, percentiles, RSS,
-//! CPU time), [`spec`] (what a child runs).
+//! CPU time, the machine), [`spec`] (what a child runs), [`callgrind`]
+//! (instruction counts per task under valgrind's callgrind).
 
 mod alloc;
+mod callgrind;
 mod child;
 mod parent;
 mod report;

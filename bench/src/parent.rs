@@ -11,17 +11,24 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::callgrind;
 use crate::report::{self, Results};
 use crate::rows;
-use crate::spec::{Driver, Side, Spec, WORKLOADS};
+use crate::spec::{Driver, Side, Spec, W6_NAMED, WORKLOADS};
+use crate::stats;
 
 const USAGE: &str = "\
 usage: corral-bench [--quick] [--reps N] [--only W1,W3,...] [--markdown FILE]
+       corral-bench --callgrind [--n N] [--only W1,W4,W6,W7] [--markdown FILE]
 
   --quick          small sizes, correctness only (never fails on speed targets)
-  --reps N         repetitions per side (default 3)
+  --reps N         repetitions per side (default 3; with --callgrind, per size)
   --only LIST      run only these workloads (comma separated, e.g. W1,W4)
   --markdown FILE  also write the table as markdown to FILE
+  --callgrind      instead of timing, count instructions per task under
+                   valgrind's callgrind (W1, W4, W6, W7; needs valgrind)
+  --n N            with --callgrind: run N and 2N tasks (default 20000 for
+                   W1 and W7, 10000 for W4 and W6)
 
 Exit status: 0 all correct (and, without --quick, every target met);
 1 a correctness failure (or a child crashed); 2 a speed/memory target
@@ -38,6 +45,10 @@ pub struct Options {
     pub only: Option<Vec<String>>,
     /// Where to write the markdown table.
     pub markdown: Option<PathBuf>,
+    /// Count instructions under callgrind instead of timing.
+    pub callgrind: bool,
+    /// `--n`: the callgrind runs' task count.
+    pub n: Option<usize>,
 }
 
 impl Options {
@@ -47,6 +58,8 @@ impl Options {
             reps: 3,
             only: None,
             markdown: None,
+            callgrind: false,
+            n: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -72,9 +85,25 @@ impl Options {
                     o.only = Some(only);
                 }
                 "--markdown" => o.markdown = Some(PathBuf::from(value()?)),
+                "--callgrind" => o.callgrind = true,
+                "--n" => {
+                    o.n = Some(
+                        value()?
+                            .parse()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or("--n needs a positive number")?,
+                    )
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument {other}")),
             }
+        }
+        if o.n.is_some() && !o.callgrind {
+            return Err("--n goes with --callgrind".into());
+        }
+        if o.callgrind && o.quick {
+            return Err("--callgrind has its own sizes (--n); drop --quick".into());
         }
         Ok(o)
     }
@@ -83,7 +112,7 @@ impl Options {
     pub fn wants(&self, workload: &str) -> bool {
         self.only
             .as_ref()
-            .map_or(true, |only| only.iter().any(|w| w == workload))
+            .is_none_or(|only| only.iter().any(|w| w == workload))
     }
 }
 
@@ -125,6 +154,10 @@ fn plan(o: &Options) -> Vec<Group> {
     }
     for w in ["W5", "W6", "W7", "W8"] {
         groups.push(pair(w.into(), Spec::new(w, Side::Corral, 2)));
+        if w == "W6" {
+            let c = Spec::new(w, Side::Corral, 2).variant(W6_NAMED);
+            groups.push(pair(format!("W6 {W6_NAMED}"), c));
+        }
     }
     groups.push(Group {
         title: "W9".into(),
@@ -195,12 +228,24 @@ pub fn main(args: &[String]) -> i32 {
             return 1;
         }
     };
+    if o.callgrind {
+        let header = format!("corral-bench: callgrind run\n{}", stats::machine());
+        return callgrind::main(
+            &exe,
+            &header,
+            o.n,
+            o.reps,
+            |w| o.wants(w),
+            o.markdown.as_deref(),
+        );
+    }
     let counting = cfg!(feature = "count-alloc");
     let mode = if o.quick { "quick" } else { "full" };
     let header = format!(
-        "corral-bench: {mode} run, {} rep(s) per side, count-alloc {}",
+        "corral-bench: {mode} run, {} rep(s) per side, count-alloc {}\n{}",
         o.reps,
-        if counting { "on" } else { "off" }
+        if counting { "on" } else { "off" },
+        stats::machine()
     );
     eprintln!("{header}");
     let mut results: Results = HashMap::new();
@@ -239,7 +284,8 @@ pub fn main(args: &[String]) -> i32 {
     println!("{}", report::LEGEND);
     if let Some(path) = &o.markdown {
         let md = format!(
-            "{header}\n\n{}\n{}\n",
+            "{}\n\n{}\n{}\n",
+            header.replace('\n', "\n\n"),
             report::render(&rows, true),
             report::LEGEND
         );

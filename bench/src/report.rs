@@ -39,6 +39,24 @@ pub enum Unit {
     MiB,
     Pct,
     Ratio,
+    /// Instructions (callgrind's `Ir`), per task.
+    Instr,
+}
+
+/// `2160` -> "2,160".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
 }
 
 impl Unit {
@@ -57,6 +75,7 @@ impl Unit {
             Unit::MiB => format!("{v:.1} MiB"),
             Unit::Pct => format!("{v:.2} %"),
             Unit::Ratio => format!("{v:.3}"),
+            Unit::Instr => thousands(v),
         }
     }
 }
@@ -204,4 +223,18 @@ pub fn render(rows: &[Row], markdown: bool) -> String {
 pub fn score(rows: &[Row]) -> (usize, usize) {
     let judged: Vec<bool> = rows.iter().filter_map(Row::met).collect();
     (judged.iter().filter(|m| **m).count(), judged.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(2160.0), "2,160");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
-use crate::spec::{Driver, Side, Spec, W2_REFERENCE};
+use crate::spec::{Driver, Side, Spec, W2_REFERENCE, W6_NAMED};
 use crate::stats::median;
 use crate::workloads::Sizes;
 
@@ -259,32 +259,37 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
         ));
     }
     if o.wants("W6") {
-        let c = Spec::new("W6", Side::Corral, 2);
         let n = count(s.w6);
-        rows.push(paired(
-            res,
-            format!("W6 time to cancel {n} by id"),
-            Unit::Ms,
-            &c,
-            "cancel_ms",
-            Target::AtMost(0.5),
-        ));
-        rows.push(paired(
-            res,
-            "W6 time until every awaiter answered".into(),
-            Unit::Ms,
-            &c,
-            "answered_ms",
-            Target::AtMost(0.5),
-        ));
-        rows.push(paired(
-            res,
-            "W6 live heap after, % of peak".into(),
-            Unit::Pct,
-            &c,
-            "after_pct",
-            Target::Corral(5.0, "<= 5 %"),
-        ));
+        for (variant, by, prefix) in [
+            ("-", "id", "W6"),
+            (W6_NAMED, "user string id", "W6 by user string id:"),
+        ] {
+            let c = Spec::new("W6", Side::Corral, 2).variant(variant);
+            rows.push(paired(
+                res,
+                format!("W6 time to cancel {n} by {by}"),
+                Unit::Ms,
+                &c,
+                "cancel_ms",
+                Target::AtMost(0.5),
+            ));
+            rows.push(paired(
+                res,
+                format!("{prefix} time until every awaiter answered"),
+                Unit::Ms,
+                &c,
+                "answered_ms",
+                Target::AtMost(0.5),
+            ));
+            rows.push(paired(
+                res,
+                format!("{prefix} live heap after, % of peak"),
+                Unit::Pct,
+                &c,
+                "after_pct",
+                Target::Corral(5.0, "<= 5 %"),
+            ));
+        }
     }
     if o.wants("W7") {
         let c = Spec::new("W7", Side::Corral, 2);

@@ -1,7 +1,7 @@
 //! What one child process runs: a workload, a side (corral or its raw-tokio
 //! floor), a worker count, a driver and a variant, and how that travels on
 //! the child's command line (`--child W1 --side corral --workers 2 --driver
-//! block_on --variant - [--quick]`).
+//! block_on --variant - [--quick] [--n N] [--callgrind]`).
 
 use std::fmt;
 
@@ -35,17 +35,35 @@ pub struct Spec {
     /// Where the loop runs.
     pub driver: Driver,
     /// Workload-specific variant (`distinct` / `same` for W2, `w2-ref` for
-    /// W2's reference W1 runs), else `-`.
+    /// W2's reference W1 runs, `named` for W6 by user string id), else `-`.
     pub variant: &'static str,
 }
 
 pub const WORKLOADS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
-const VARIANTS: [&str; 4] = ["-", "distinct", "same", W2_REFERENCE];
+const VARIANTS: [&str; 5] = ["-", "distinct", "same", W2_REFERENCE, W6_NAMED];
 
 /// The variant of W2's own W1-floor runs: the same program as W1's floor at
 /// 1 worker, recorded apart so that W2's ratios pair runs made side by side
 /// with W2's (and W1's row keeps only its own runs).
 pub const W2_REFERENCE: &str = "w2-ref";
+
+/// The variant of W6 that names every task with a user string id and
+/// cancels it by that string (the default variant cancels by the generated
+/// id). The floor program is the same for both.
+pub const W6_NAMED: &str = "named";
+
+/// The child's options besides its spec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChildOptions {
+    /// `--quick`: the small sizes.
+    pub quick: bool,
+    /// `--n N`: the workload's task count instead of the size table's (W1
+    /// tasks, W4 round trips, W6 cancels, W7 tasks over all producers).
+    pub n: Option<usize>,
+    /// `--callgrind`: mark the measured section with callgrind client
+    /// requests (zero the counters at its start, dump them at its end).
+    pub callgrind: bool,
+}
 
 impl Spec {
     /// A spec with the `block_on` driver and no variant.
@@ -87,11 +105,12 @@ impl Spec {
         ]
     }
 
-    /// Parses the arguments written by [`to_args`](Self::to_args) (plus an
-    /// optional `--quick`), returning the spec and the quick flag.
-    pub fn parse(args: &[String]) -> Result<(Spec, bool), String> {
+    /// Parses the arguments written by [`to_args`](Self::to_args) (plus the
+    /// optional `--quick`, `--n N` and `--callgrind`), returning the spec and
+    /// the child's other options.
+    pub fn parse(args: &[String]) -> Result<(Spec, ChildOptions), String> {
         let mut spec = Spec::new("W1", Side::Corral, 1);
-        let mut quick = false;
+        let mut opts = ChildOptions::default();
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -115,11 +134,19 @@ impl Spec {
                     }
                 }
                 "--variant" => spec.variant = pick(&VARIANTS, value()?)?,
-                "--quick" => quick = true,
+                "--quick" => opts.quick = true,
+                "--n" => {
+                    let n = value()?.parse().map_err(|e| format!("--n: {e}"))?;
+                    if n == 0 {
+                        return Err("--n must be positive".into());
+                    }
+                    opts.n = Some(n);
+                }
+                "--callgrind" => opts.callgrind = true,
                 other => return Err(format!("unknown child argument {other}")),
             }
         }
-        Ok((spec, quick))
+        Ok((spec, opts))
     }
 }
 

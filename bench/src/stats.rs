@@ -1,6 +1,7 @@
 //! Small measuring tools: median and percentiles, peak RSS (`VmHWM` from
-//! `/proc/self/status`), process CPU time (`getrusage(RUSAGE_SELF)`), a
-//! seeded random generator and an inversion counter.
+//! `/proc/self/status`), process CPU time (`getrusage(RUSAGE_SELF)`), the
+//! machine (CPU model and core count), a seeded random generator and an
+//! inversion counter.
 
 use std::time::Duration;
 
@@ -47,6 +48,36 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// "CPU: AMD EPYC (family 25, model 17, stepping 1), 2 cores": the first
+/// processor's `model name` (and, when given, its family, model and stepping
+/// numbers, which tell apart CPUs that a VM names alike) from
+/// `/proc/cpuinfo`, and the number of CPUs this process may run on.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("CPU: {}, {cores} cores", cpu_model(&cpuinfo))
+}
+
+/// The CPU model named by the first processor entry of `/proc/cpuinfo`.
+fn cpu_model(cpuinfo: &str) -> String {
+    let first = cpuinfo.split("\n\n").next().unwrap_or_default();
+    let field = |name: &str| {
+        first.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let Some(model_name) = field("model name") else {
+        return "unknown model".into();
+    };
+    match (field("cpu family"), field("model"), field("stepping")) {
+        (Some(f), Some(m), Some(s)) => {
+            format!("{model_name} (family {f}, model {m}, stepping {s})")
+        }
+        _ => model_name,
+    }
 }
 
 /// User + system CPU time this process has used so far, in seconds.
@@ -146,6 +177,18 @@ fn sort_count(v: &mut [u32], buf: &mut [u32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_model_from_cpuinfo() {
+        let amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\
+                   model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(cpu_model(amd), "AMD EPYC (family 25, model 17, stepping 1)");
+        assert_eq!(
+            cpu_model("processor : 0\nmodel name : Neoverse\n"),
+            "Neoverse"
+        );
+        assert_eq!(cpu_model(""), "unknown model");
+    }
 
     #[test]
     fn inversions_match_brute_force() {

@@ -5,11 +5,14 @@
 //!
 //! The driver (where this loop runs: `block_on` on the main thread, or a
 //! spawned task on a runtime worker) matters here: from `block_on` every
-//! round trip crosses threads twice.
+//! round trip crosses threads twice. Under `--callgrind` the loop of round
+//! trips is the section counted.
 
 use std::convert::Infallible;
 
 use tokio::time::Instant;
+
+use crate::callgrind;
 
 use super::{finish, running_cluster, Outcome, Report};
 use crate::stats::p50_p99_max;
@@ -25,6 +28,7 @@ fn report(mut us: Vec<f64>) -> Report {
 pub async fn w4_corral(n: usize, workers: usize) -> Outcome {
     let cluster = running_cluster(workers)?;
     let mut us = Vec::with_capacity(n);
+    callgrind::zero();
     for i in 0..n as u64 {
         let t = Instant::now();
         let h = cluster
@@ -37,6 +41,7 @@ pub async fn w4_corral(n: usize, workers: usize) -> Outcome {
             return Err(format!("task {i}: expected Ok({i}), got {out:?}"));
         }
     }
+    callgrind::dump();
     finish(cluster).await?;
     Ok(report(us))
 }
@@ -44,6 +49,7 @@ pub async fn w4_corral(n: usize, workers: usize) -> Outcome {
 /// W4's floor.
 pub async fn w4_floor(n: usize) -> Outcome {
     let mut us = Vec::with_capacity(n);
+    callgrind::zero();
     for i in 0..n as u64 {
         let t = Instant::now();
         let out = tokio::spawn(async move { i }).await;
@@ -53,5 +59,6 @@ pub async fn w4_floor(n: usize) -> Outcome {
             other => return Err(format!("task {i}: expected {i}, got {other:?}")),
         }
     }
+    callgrind::dump();
     Ok(report(us))
 }

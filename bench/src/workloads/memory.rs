@@ -16,6 +16,11 @@
 //!   handle has answered (each must be `Err(TaskError::Cancelled)`); live
 //!   heap after that, as a percentage of its peak. Floor: `abort()` each
 //!   `JoinHandle`, then await all (each must be a cancelled `JoinError`).
+//!   Variant `named`: every task gets a user string id (`w6-task-0000042`,
+//!   made before the baseline, like the handles) and is cancelled by it
+//!   (`cancel_task(name.as_str())`); the floor is the same program.
+//!   Under `--callgrind` the section from the first cancel until every
+//!   handle has answered is the one counted.
 //! - **W9**, soak (corral only): `total` no-op tasks through 2 workers in
 //!   waves (submit a wave, await it, repeat). Reported: peak RSS (`VmHWM`)
 //!   after the checkpoint (1M) and at the end (10M), and their ratio.
@@ -29,6 +34,7 @@ use tokio::time::{sleep, Instant};
 
 use super::{check_corral, finish, running_cluster, NoopHandle, Outcome, Report};
 use crate::alloc::{reset_peak, snapshot, Snapshot};
+use crate::callgrind;
 use crate::stats::peak_rss_bytes;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -137,27 +143,51 @@ fn cancel_report(
     }
 }
 
-/// W6 through corral.
-pub async fn w6_corral(n: usize, settle: Duration, workers: usize) -> Outcome {
+/// W6's user string id of task `i` (variant `named`).
+fn w6_name(i: usize) -> String {
+    format!("w6-task-{i:07}")
+}
+
+/// W6 through corral: by the generated id, or (`named`) with every task
+/// named by a user string id and cancelled by that string.
+pub async fn w6_corral(n: usize, settle: Duration, workers: usize, named: bool) -> Outcome {
     let cluster = running_cluster(workers)?;
     let mut handles: Vec<NoopHandle> = Vec::with_capacity(n);
+    // The caller's strings, like its handles, are not the engine's memory.
+    let names: Vec<String> = if named {
+        (0..n).map(w6_name).collect()
+    } else {
+        Vec::new()
+    };
     let base = snapshot();
     reset_peak();
     for i in 0..n as u64 {
-        let h = cluster
+        let task = cluster
             .task(move |_| async move { Ok::<u64, Infallible>(i) })
-            .delay(W6_AHEAD)
-            .submit()
-            .map_err(|e| format!("submit {i}: {e}"))?;
+            .delay(W6_AHEAD);
+        let task = match names.get(i as usize) {
+            Some(name) => task.id(name.as_str()),
+            None => task,
+        };
+        let h = task.submit().map_err(|e| format!("submit {i}: {e}"))?;
         handles.push(h);
     }
     sleep(settle).await;
     let peak = snapshot();
+    callgrind::zero();
     let t0 = Instant::now();
     let mut missed = 0usize;
-    for h in &handles {
-        if !cluster.cancel_task(h.id().clone()) {
-            missed += 1;
+    if named {
+        for name in &names {
+            if !cluster.cancel_task(name.as_str()) {
+                missed += 1;
+            }
+        }
+    } else {
+        for h in &handles {
+            if !cluster.cancel_task(h.id().clone()) {
+                missed += 1;
+            }
         }
     }
     let cancel = t0.elapsed();
@@ -168,6 +198,7 @@ pub async fn w6_corral(n: usize, settle: Duration, workers: usize) -> Outcome {
         }
     }
     let answered = t0.elapsed();
+    callgrind::dump();
     let after = snapshot();
     let mut r = Report::default();
     cancel_report(&mut r, n, (cancel, answered), (base, peak, after));
@@ -194,6 +225,7 @@ pub async fn w6_floor(n: usize, settle: Duration) -> Outcome {
     }
     sleep(settle).await;
     let peak = snapshot();
+    callgrind::zero();
     let t0 = Instant::now();
     handles.iter().for_each(JoinHandle::abort);
     let cancel = t0.elapsed();
@@ -204,6 +236,7 @@ pub async fn w6_floor(n: usize, settle: Duration) -> Outcome {
         }
     }
     let answered = t0.elapsed();
+    callgrind::dump();
     let after = snapshot();
     let mut r = Report::default();
     cancel_report(&mut r, n, (cancel, answered), (base, peak, after));

@@ -128,6 +128,24 @@ impl Sizes {
     }
 }
 
+impl Sizes {
+    /// These sizes with `n` as the task count of every workload but W9 (W7:
+    /// `n` over all producers, at least one each).
+    pub fn with_n(self, n: usize) -> Self {
+        Sizes {
+            w1: n,
+            w2: n,
+            w3: n,
+            w4: n,
+            w5: n,
+            w6: n,
+            w7: (n / throughput::PRODUCERS).max(1),
+            w8: n,
+            ..self
+        }
+    }
+}
+
 /// A corral no-op task's result type: it returns its index.
 pub type NoopHandle = TaskHandle<u64, Infallible>;
 

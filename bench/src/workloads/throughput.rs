@@ -13,7 +13,8 @@
 //!   succeeds.
 //!
 //! Every outcome is checked (value = index) inside the timed window, on
-//! both sides alike.
+//! both sides alike. Under `--callgrind` the timed window is the section
+//! counted.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,10 +22,12 @@ use std::sync::Arc;
 use tokio::sync::{Barrier, Semaphore};
 use tokio::time::Instant;
 
+use crate::callgrind;
+
 use super::{check_corral, check_floor, finish, running_cluster, Outcome, Report};
 
 /// W7's number of producers.
-const PRODUCERS: usize = 4;
+pub const PRODUCERS: usize = 4;
 
 fn rate_report(n: usize, start: Instant) -> Report {
     let secs = start.elapsed().as_secs_f64();
@@ -37,6 +40,7 @@ fn rate_report(n: usize, start: Instant) -> Report {
 pub async fn w1_corral(n: usize, workers: usize) -> Outcome {
     let cluster = running_cluster(workers)?;
     let mut handles = Vec::with_capacity(n);
+    callgrind::zero();
     let start = Instant::now();
     for i in 0..n as u64 {
         let h = cluster
@@ -46,6 +50,7 @@ pub async fn w1_corral(n: usize, workers: usize) -> Outcome {
         handles.push(h);
     }
     check_corral(handles, 0).await?;
+    callgrind::dump();
     let report = rate_report(n, start);
     finish(cluster).await?;
     Ok(report)
@@ -55,6 +60,7 @@ pub async fn w1_corral(n: usize, workers: usize) -> Outcome {
 pub async fn w1_floor(n: usize, workers: usize) -> Outcome {
     let sem = Arc::new(Semaphore::new(workers));
     let mut handles = Vec::with_capacity(n);
+    callgrind::zero();
     let start = Instant::now();
     for i in 0..n as u64 {
         let sem = sem.clone();
@@ -67,6 +73,7 @@ pub async fn w1_floor(n: usize, workers: usize) -> Outcome {
         }));
     }
     check_floor(handles, 0).await?;
+    callgrind::dump();
     Ok(rate_report(n, start))
 }
 
@@ -74,6 +81,7 @@ pub async fn w1_floor(n: usize, workers: usize) -> Outcome {
 pub async fn w7_corral(per: usize, workers: usize) -> Outcome {
     let cluster = running_cluster(workers)?;
     let barrier = Arc::new(Barrier::new(PRODUCERS));
+    callgrind::zero();
     let start = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -96,6 +104,7 @@ pub async fn w7_corral(per: usize, workers: usize) -> Outcome {
     for p in producers {
         p.await.map_err(|e| format!("producer: {e}"))??;
     }
+    callgrind::dump();
     let report = rate_report(PRODUCERS * per, start);
     finish(cluster).await?;
     Ok(report)
@@ -105,6 +114,7 @@ pub async fn w7_corral(per: usize, workers: usize) -> Outcome {
 pub async fn w7_floor(per: usize, workers: usize) -> Outcome {
     let sem = Arc::new(Semaphore::new(workers));
     let barrier = Arc::new(Barrier::new(PRODUCERS));
+    callgrind::zero();
     let start = Instant::now();
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -130,6 +140,7 @@ pub async fn w7_floor(per: usize, workers: usize) -> Outcome {
     for p in producers {
         p.await.map_err(|e| format!("producer: {e}"))??;
     }
+    callgrind::dump();
     Ok(rate_report(PRODUCERS * per, start))
 }
 
@@ -151,6 +162,7 @@ pub async fn flaky(attempt: u32, i: u64) -> Result<u64, NotYet> {
 pub async fn w8_corral(n: usize, workers: usize) -> Outcome {
     let cluster = running_cluster(workers)?;
     let mut handles = Vec::with_capacity(n);
+    callgrind::zero();
     let start = Instant::now();
     for i in 0..n as u64 {
         let h = cluster
@@ -161,6 +173,7 @@ pub async fn w8_corral(n: usize, workers: usize) -> Outcome {
         handles.push(h);
     }
     check_corral(handles, 0).await?;
+    callgrind::dump();
     let report = rate_report(n, start);
     finish(cluster).await?;
     Ok(report)
@@ -170,6 +183,7 @@ pub async fn w8_corral(n: usize, workers: usize) -> Outcome {
 pub async fn w8_floor(n: usize, workers: usize) -> Outcome {
     let sem = Arc::new(Semaphore::new(workers));
     let mut handles = Vec::with_capacity(n);
+    callgrind::zero();
     let start = Instant::now();
     for i in 0..n as u64 {
         let sem = sem.clone();
@@ -188,5 +202,6 @@ pub async fn w8_floor(n: usize, workers: usize) -> Outcome {
         }));
     }
     check_floor(handles, 0).await?;
+    callgrind::dump();
     Ok(rate_report(n, start))
 }
