@@ -107,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .submit()?;
     println!("   held before cancel: {} task(s)", cluster.stats().held);
     println!(
-        "   cancel_task(\"doomed\") -> {}",
+        "   cancel_task(\"doomed\") -> {:?}",
         cluster.cancel_task("doomed")
     );
     println!(

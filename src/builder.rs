@@ -22,6 +22,7 @@ pub const MAX_ID_LEN: usize = 1024;
 /// # Default
 /// [`RetryMode::Requeue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RetryMode {
     /// The worker is freed; the task goes back to the queue with start time
     /// `now + backoff` and its original priority.

@@ -35,6 +35,38 @@ use crate::worker::{run_timekeeper, run_worker};
 /// How long a cached outcome is kept unless the cluster or task says otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
 
+/// What [`Cluster::cancel_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The task was scheduled, due, or waiting for a requeued retry: it is
+    /// removed and has resolved as [`TaskError::Cancelled`](crate::TaskError::Cancelled)
+    /// before `cancel_task` returned.
+    Cancelled,
+    /// An attempt is running (or an immediate retry is waiting): it has been
+    /// signalled, and the task will resolve as
+    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled), whatever the
+    /// attempt returns.
+    Requested,
+    /// The task's outcome was already decided: it finished and its outcome
+    /// is still cached, or a shutdown already decided it (it resolves as
+    /// [`TaskError::Shutdown`](crate::TaskError::Shutdown)). Nothing changed.
+    AlreadyFinished,
+    /// No task with this id is pending, running or cached in this cluster
+    /// (it never existed, finished without caching, its cache expired, or
+    /// the id belongs to another cluster).
+    NotFound,
+}
+
+impl CancelOutcome {
+    /// `true` if the cancel decided the task's outcome
+    /// ([`Cancelled`](Self::Cancelled) or [`Requested`](Self::Requested)):
+    /// the task resolves as [`TaskError::Cancelled`](crate::TaskError::Cancelled).
+    pub fn took_effect(&self) -> bool {
+        matches!(self, CancelOutcome::Cancelled | CancelOutcome::Requested)
+    }
+}
+
 /// Configures a [`Cluster`].
 ///
 /// # Default
@@ -264,32 +296,56 @@ impl Cluster {
         };
         let found = self.shared().locked(|core| core.subscribe(&id, &mut req));
         match (found, req.receiver) {
-            (Some(true), Some(rx)) => Ok(Subscription::new(id, rx)),
-            (Some(_), _) => Err(SubscribeError::TypeMismatch {
+            (Some(Ok(())), Some(rx)) => Ok(Subscription::new(id, rx)),
+            (Some(Err(found)), _) => Err(SubscribeError::TypeMismatch {
                 id,
                 expected: type_name::<Result<T, E>>(),
+                found,
             }),
-            (None, _) => Err(SubscribeError::UnknownId(id)),
+            // Unreachable: a match always hands out a receiver.
+            (Some(Ok(())), None) | (None, _) => Err(SubscribeError::UnknownId(id)),
         }
     }
 
-    /// Cancels the task `id` wherever it is. Returns `true` if it was
-    /// scheduled, due, running or waiting for a retry; its outcome is then
-    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled), guaranteed. Returns `false` for an unknown
-    /// or already finished task.
+    /// Cancels the task `id` wherever it is, and says what happened (see
+    /// [`CancelOutcome`]). When it [took effect](CancelOutcome::took_effect)
+    /// (the task was scheduled, due, running or waiting for a retry), the
+    /// outcome is [`TaskError::Cancelled`](crate::TaskError::Cancelled),
+    /// guaranteed, even if the attempt was just finishing.
     ///
     /// A queued task is removed at once (its memory too). A running attempt
     /// is signalled; an async one is dropped at once, a blocking one holds its
     /// worker until it returns.
-    pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{CancelOutcome, Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// # cluster.run().unwrap();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("report") })
+    ///     .id("nightly")
+    ///     .delay(Duration::from_secs(3600))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(cluster.cancel_task("nightly"), CancelOutcome::Cancelled);
+    /// assert_eq!(later.await, Err(TaskError::Cancelled));
+    /// // Gone (not cached): nothing left to cancel.
+    /// assert_eq!(cluster.cancel_task("nightly"), CancelOutcome::NotFound);
+    /// # }
+    /// ```
+    pub fn cancel_task(&self, id: impl Into<TaskId>) -> CancelOutcome {
         let id = id.into();
         let shared = self.shared();
-        let (found, delivery, running) = shared.locked(|core| core.cancel(&id));
+        let (outcome, delivery, running) = shared.locked(|core| core.cancel(&id));
         shared.interrupt(running, CancelReason::Cancelled);
         if let Some(d) = delivery {
             d.deliver();
         }
-        found
+        outcome
     }
 
     /// Graceful stop. New submits are refused at once; tasks not yet started

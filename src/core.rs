@@ -16,7 +16,8 @@
 //!    each task's outcome is delivered exactly once.
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
-//!    `cancel_task` returning `true` guarantees a `Cancelled` outcome.
+//!    `cancel_task` returning `CancelOutcome::Requested` guarantees a
+//!    `Cancelled` outcome.
 //! 4. Lock order: `Shared::core`, then a task cell's lock. Nothing that may
 //!    drop the last reference to a task cell (and so run user `Drop` code)
 //!    happens under `core`: removed cells travel out in `Delivery`/`Vec`s.
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{duration_ticks, Clock};
+use crate::cluster::CancelOutcome;
 use crate::error::SubmitError;
 use crate::idle::IdleWorkers;
 use crate::job::{Forced, Job};
@@ -129,6 +131,7 @@ pub(crate) enum Next {
 
 /// Counts of what the cluster holds; see [`Cluster::stats`](crate::Cluster::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterStats {
     /// Tasks waiting in the queue, due or scheduled (requeued retries included).
     pub queued: usize,
@@ -246,10 +249,7 @@ impl Core {
         // Slots are u32 (ids and queue entries carry them); checked before
         // anything is touched, so a refusal changes nothing.
         if self.entries.len() >= u32::MAX as usize {
-            return Err(SubmitError::InvalidOption {
-                option: "submit",
-                reason: "the cluster holds too many tasks (2^32 - 1 at most)",
-            });
+            return Err(SubmitError::TooManyTasks);
         }
         let mut replaced = None;
         if let Some(name) = name {
@@ -414,11 +414,14 @@ impl Core {
     }
 
     /// Cancels by id (see [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
-    /// Returns whether the task was pending or running, the delivery for a
-    /// queued task, and the job and worker to signal for a running one.
-    pub(crate) fn cancel(&mut self, id: &TaskId) -> (bool, Option<Delivery>, Option<Running>) {
+    /// Returns what happened, the delivery for a queued task, and the job
+    /// and worker to signal for a running one.
+    pub(crate) fn cancel(
+        &mut self,
+        id: &TaskId,
+    ) -> (CancelOutcome, Option<Delivery>, Option<Running>) {
         let Some(slot) = self.lookup(id) else {
-            return (false, None, None);
+            return (CancelOutcome::NotFound, None, None);
         };
         let e = &mut self.entries[slot as usize];
         match e.state {
@@ -433,21 +436,29 @@ impl Core {
                     // that its claim returns `ExitAll`.
                     self.note_ready(1);
                 }
-                (true, Some(d), None)
+                (CancelOutcome::Cancelled, Some(d), None)
             }
-            State::Running => {
-                if e.forced.is_none() {
-                    e.forced = Some(Forced::Cancelled);
-                }
-                (true, None, Some((e.job.clone(), e.worker)))
-            }
-            State::Retained => (false, None, None),
+            State::Running => match *e.forced.get_or_insert(Forced::Cancelled) {
+                Forced::Cancelled => (
+                    CancelOutcome::Requested,
+                    None,
+                    Some((e.job.clone(), e.worker)),
+                ),
+                // A shutdown decided the outcome first.
+                Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
+            },
+            State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
 
     /// Registers a typed subscriber under the lock, so that it cannot miss
     /// the delivery of a task it found.
-    pub(crate) fn subscribe(&self, id: &TaskId, req: &mut dyn std::any::Any) -> Option<bool> {
+    /// `Some(Err(type))` names the task's `Result<T, E>` on a type mismatch.
+    pub(crate) fn subscribe(
+        &self,
+        id: &TaskId,
+        req: &mut dyn std::any::Any,
+    ) -> Option<Result<(), &'static str>> {
         let slot = self.lookup(id)?;
         Some(self.entries[slot as usize].job.subscribe(req))
     }

@@ -96,7 +96,8 @@ pub enum SubmitError {
     /// A task with this id is scheduled, ready, running or waiting for a retry.
     #[error("a task with id {0} is already pending or running")]
     DuplicateId(TaskId),
-    /// The id is empty or too long.
+    /// The id is empty, too long, starts with `#` (reserved for generated
+    /// ids), or is a generated id.
     #[error("invalid task id: {0}")]
     InvalidId(&'static str),
     /// An option of the task is out of range (see the message).
@@ -110,6 +111,10 @@ pub enum SubmitError {
     /// The cluster is stopping, draining or stopped and takes no new tasks.
     #[error("the cluster is shutting down and accepts no new tasks")]
     ShuttingDown,
+    /// The cluster already holds the most tasks it can (2^32 - 1: pending,
+    /// running and cached together).
+    #[error("the cluster holds too many tasks (2^32 - 1 at most)")]
+    TooManyTasks,
 }
 
 /// Why [`ClusterBuilder::build`](crate::ClusterBuilder::build) refused a configuration.
@@ -147,12 +152,22 @@ pub enum SubscribeError {
     #[error("no pending, running or cached task has id {0}")]
     UnknownId(TaskId),
     /// The task exists, but its value or error type is not the one asked for.
-    #[error("task {id} does not produce Result<{expected}, TaskError<..>>")]
+    ///
+    /// The message names both as the body's `Result<T, E>`, without module
+    /// paths: `task fetch produces Result<u32, String>, not Result<i64, String>`.
+    /// The fields keep the full paths ([`std::any::type_name`]).
+    #[error(
+        "task {id} produces {}, not {}",
+        short_type_name(found),
+        short_type_name(expected)
+    )]
     TypeMismatch {
         /// The id that was found.
         id: TaskId,
-        /// The type that was asked for.
+        /// The type asked for, as the body's `Result<T, E>`.
         expected: &'static str,
+        /// The task's real type, as its body's `Result<T, E>`.
+        found: &'static str,
     },
 }
 
@@ -170,4 +185,50 @@ pub enum StopError {
         /// The timeout that passed.
         timeout: Duration,
     },
+}
+
+/// `type_name` without module paths: `core::result::Result<u32,
+/// alloc::string::String>` becomes `Result<u32, String>`.
+pub(crate) fn short_type_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    // The start (in `out`) of the path segment being copied.
+    let mut segment = 0;
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            // Drop the module path written so far for this name.
+            out.truncate(segment);
+        } else {
+            out.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                segment = out.len();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_type_names_drop_module_paths() {
+        assert_eq!(
+            short_type_name(std::any::type_name::<Result<u32, String>>()),
+            "Result<u32, String>"
+        );
+        assert_eq!(
+            short_type_name(std::any::type_name::<
+                Result<Vec<std::sync::Arc<str>>, std::io::Error>,
+            >()),
+            "Result<Vec<Arc<str>>, Error>"
+        );
+        assert_eq!(
+            short_type_name("(a::B, [c::D; 2], &e::F)"),
+            "(B, [D; 2], &F)"
+        );
+        assert_eq!(short_type_name("u8"), "u8");
+    }
 }

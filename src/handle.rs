@@ -35,7 +35,8 @@ impl<T, E> TaskHandle<T, E> {
 
     /// The task's id (generated unless one was given). Cheap: a copy, or a
     /// reference count for a user id. It is made on request, which keeps the
-    /// handle two words.
+    /// handle two words; so every `id()` of the crate returns a `TaskId` by
+    /// value, for one convention.
     pub fn id(&self) -> TaskId {
         self.slot.task_id()
     }
@@ -81,9 +82,11 @@ impl<T, E> Subscription<T, E> {
         Subscription { id, rx }
     }
 
-    /// The id subscribed to.
-    pub fn id(&self) -> &TaskId {
-        &self.id
+    /// The id subscribed to. By value, as [`TaskHandle::id`] and
+    /// [`TaskContext::id`](crate::TaskContext::id): a [`TaskId`] is a copy or
+    /// a reference count to clone.
+    pub fn id(&self) -> TaskId {
+        self.id.clone()
     }
 }
 

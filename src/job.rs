@@ -242,8 +242,8 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// The cache dropped this task: keep the outcome only for an unread handle.
     fn release(&self);
     /// Registers a typed subscriber; `req` is a `SubscribeRequest<T, E>`.
-    /// Returns `false` if the types do not match.
-    fn subscribe(&self, req: &mut dyn Any) -> bool;
+    /// If the types do not match, returns the name of the task's `Result<T, E>`.
+    fn subscribe(&self, req: &mut dyn Any) -> Result<(), &'static str>;
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
@@ -657,9 +657,9 @@ where
         }
     }
 
-    fn subscribe(&self, req: &mut dyn Any) -> bool {
+    fn subscribe(&self, req: &mut dyn Any) -> Result<(), &'static str> {
         let Some(req) = req.downcast_mut::<SubscribeRequest<T, E>>() else {
-            return false;
+            return Err(std::any::type_name::<Result<T, E>>());
         };
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
@@ -671,7 +671,7 @@ where
             let _ = tx.send((req.cloner)(outcome));
         }
         req.receiver = Some(rx);
-        true
+        Ok(())
     }
 }
 

@@ -80,8 +80,9 @@
 //! ## Decisions where the reference is silent
 //! - Start time, when not given, is the submission time; it orders equal
 //!   priorities (earlier first) and then submission order breaks ties.
-//! - `cancel_task` returning `true` guarantees the outcome `Cancelled`, even
-//!   if the attempt was just finishing.
+//! - [`Cluster::cancel_task`] says what it did ([`CancelOutcome`]); when it
+//!   took effect, the outcome is `Cancelled`, guaranteed, even if the
+//!   attempt was just finishing.
 //! - A task whose retry is refused by a stop resolves as `Shutdown`.
 //! - A cacheable task caches whatever its final outcome is, cancels included.
 //!   One sweeper expires the cache while the cluster runs; after a stop,
@@ -122,13 +123,17 @@ mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
-pub use crate::cluster::{Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::core::ClusterStats;
 pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::job::{AsyncBody, BlockingBody, Body};
 pub use crate::signal::CancelReason;
 pub use crate::task::{TaskContext, TaskId};
+/// Re-exported from `tokio_util`: the type of
+/// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so
+/// a user needs no `tokio-util` dependency of their own.
+pub use tokio_util::sync::CancellationToken;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

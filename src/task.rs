@@ -181,9 +181,10 @@ impl TaskContext {
         }
     }
 
-    /// The task's id.
-    pub fn id(&self) -> &TaskId {
-        &self.id
+    /// The task's id. By value, as [`TaskHandle::id`](crate::TaskHandle::id)
+    /// (which holds no id to lend): a copy, or a reference count to clone.
+    pub fn id(&self) -> TaskId {
+        self.id.clone()
     }
 
     /// The attempt number, starting at 1 (a task with `retry(2)` runs attempts 1 to 3 at most).

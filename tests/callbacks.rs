@@ -187,7 +187,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
     )
     .submit()
     .unwrap();
-    assert!(cluster.cancel_task("sched"));
+    assert!(cluster.cancel_task("sched").took_effect());
     let expected = vec![
         Event::Failure("sched".into(), TaskError::Cancelled),
         Event::Complete("sched".into(), Err(TaskError::Cancelled)),
@@ -217,7 +217,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
     .unwrap();
     started.notified().await;
     assert!(snapshot(&log).is_empty());
-    assert!(cluster.cancel_task("run"));
+    assert!(cluster.cancel_task("run").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(
         snapshot(&log),

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral::{CancelReason, Cluster, ClusterStats, FixedBackoff, RetryMode, TaskError, TaskId};
+use corral::{
+    CancelOutcome, CancelReason, Cluster, ClusterStats, FixedBackoff, RetryMode, TaskError, TaskId,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,12 +16,10 @@ use tokio_util::sync::CancellationToken;
 use common::{yield_until, DropFlag, HOUR};
 
 fn stats(queued: usize, running: usize, cached: usize, held: usize) -> ClusterStats {
-    ClusterStats {
-        queued,
-        running,
-        cached,
-        held,
-    }
+    // `ClusterStats` is `#[non_exhaustive]`: built from the default.
+    let mut s = ClusterStats::default();
+    (s.queued, s.running, s.cached, s.held) = (queued, running, cached, held);
+    s
 }
 
 #[tokio::test(start_paused = true)]
@@ -43,7 +43,7 @@ async fn cancel_scheduled_task_frees_it_at_once() {
     assert_eq!(cluster.stats(), stats(1, 0, 0, 1));
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("sched"));
+    assert_eq!(cluster.cancel_task("sched"), CancelOutcome::Cancelled);
     // Removed from the schedule and the registry right away, not at its start time.
     assert_eq!(cluster.stats(), stats(0, 0, 0, 0));
     // The body (and what it captured) is released with the task.
@@ -96,7 +96,7 @@ async fn cancel_ready_task_queued_behind_busy_worker() {
         .unwrap();
     assert_eq!(cluster.stats(), stats(1, 1, 0, 2));
 
-    assert!(cluster.cancel_task("ready"));
+    assert_eq!(cluster.cancel_task("ready"), CancelOutcome::Cancelled);
     assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
     assert_eq!(h.await, Err(TaskError::Cancelled));
 
@@ -155,7 +155,7 @@ async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
     assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("run"));
+    assert_eq!(cluster.cancel_task("run"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert!(
         future_dropped.load(Ordering::SeqCst),
@@ -197,7 +197,7 @@ async fn cancel_running_blocking_task_signals_its_context() {
         .submit()
         .unwrap();
     started.notified().await;
-    assert!(cluster.cancel_task("blocking"));
+    assert_eq!(cluster.cancel_task("blocking"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     finished.notified().await;
     assert_eq!(
@@ -231,7 +231,7 @@ async fn cancel_during_backoff(mode: RetryMode) {
     // Waiting for the retry: in the queue (Requeue) or on its worker (Immediate).
     let waiting = match mode {
         RetryMode::Requeue => stats(1, 0, 0, 1),
-        RetryMode::Immediate => stats(0, 1, 0, 1),
+        _ => stats(0, 1, 0, 1),
     };
     yield_until(
         "first attempt failed and the task waits for its retry",
@@ -244,7 +244,11 @@ async fn cancel_during_backoff(mode: RetryMode) {
     assert_eq!(cluster.stats(), waiting);
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("retrying"));
+    let expected = match mode {
+        RetryMode::Immediate => CancelOutcome::Requested,
+        _ => CancelOutcome::Cancelled,
+    };
+    assert_eq!(cluster.cancel_task("retrying"), expected);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(
         Instant::now(),
@@ -272,10 +276,10 @@ async fn cancel_task_waiting_in_immediate_retry_backoff() {
 #[tokio::test(start_paused = true)]
 async fn cancel_unknown_id_returns_false() {
     let cluster = Cluster::new(1).unwrap();
-    assert!(!cluster.cancel_task("nope"));
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
     cluster.run().unwrap();
-    assert!(!cluster.cancel_task("nope"));
-    assert!(!cluster.cancel_task(String::new()));
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
+    assert_eq!(cluster.cancel_task(String::new()), CancelOutcome::NotFound);
     // An unrelated pending task is not touched.
     let h = cluster
         .task(|_| async { Ok::<_, String>(3) })
@@ -283,7 +287,7 @@ async fn cancel_unknown_id_returns_false() {
         .delay(Duration::from_secs(1))
         .submit()
         .unwrap();
-    assert!(!cluster.cancel_task("nope"));
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
     assert_eq!(h.await, Ok(3));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
@@ -298,7 +302,7 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
         .submit()
         .unwrap();
     assert_eq!(h.await, Ok(1));
-    assert!(!cluster.cancel_task("done"));
+    assert_eq!(cluster.cancel_task("done"), CancelOutcome::NotFound);
 
     // A finished, cached task is not cancellable either; its cached outcome stays.
     let h = cluster
@@ -308,7 +312,10 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
         .submit()
         .unwrap();
     assert_eq!(h.await, Ok(2));
-    assert!(!cluster.cancel_task("cached"));
+    assert_eq!(
+        cluster.cancel_task("cached"),
+        CancelOutcome::AlreadyFinished
+    );
     let late = cluster.subscribe::<i32, String>("cached").unwrap();
     assert_eq!(late.await, Ok(2));
 
@@ -319,8 +326,8 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
         .delay(HOUR)
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("twice"));
-    assert!(!cluster.cancel_task("twice"));
+    assert_eq!(cluster.cancel_task("twice"), CancelOutcome::Cancelled);
+    assert_eq!(cluster.cancel_task("twice"), CancelOutcome::NotFound);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
@@ -337,13 +344,13 @@ async fn cancel_by_generated_id() {
     let id: TaskId = h.id().clone();
     assert!(id.is_generated());
     // The printed form is not the id.
-    assert!(!cluster.cancel_task(id.to_string()));
+    assert!(!cluster.cancel_task(id.to_string()).took_effect());
     assert_eq!(cluster.stats().held, 1);
 
-    assert!(cluster.cancel_task(id.clone()));
+    assert!(cluster.cancel_task(id.clone()).took_effect());
     assert_eq!(cluster.stats().held, 0);
     assert_eq!(h.await, Err(TaskError::Cancelled));
-    assert!(!cluster.cancel_task(&id));
+    assert!(!cluster.cancel_task(&id).took_effect());
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -368,7 +375,7 @@ async fn a_body_keeps_its_captures_until_the_task_completes() {
         !dropped.load(Ordering::SeqCst),
         "released while its last attempt runs"
     );
-    assert!(cluster.cancel_task("t"));
+    assert_eq!(cluster.cancel_task("t"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert!(dropped.load(Ordering::SeqCst), "released at completion");
 }

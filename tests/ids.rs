@@ -175,7 +175,7 @@ async fn id_can_be_reused_after_finish() {
         .delay(Duration::from_secs(60))
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("x"));
+    assert!(cluster.cancel_task("x").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     let h = cluster
         .task(|_| async { Ok::<_, String>(4) })
@@ -351,7 +351,7 @@ async fn stale_generated_id_does_not_reach_a_new_task() {
         .submit()
         .unwrap();
     assert_ne!(h.id(), old);
-    assert!(!cluster.cancel_task(old.clone()));
+    assert!(!cluster.cancel_task(old.clone()).took_effect());
     assert_eq!(
         cluster.subscribe::<i32, String>(old.clone()).unwrap_err(),
         SubscribeError::UnknownId(old)

@@ -582,7 +582,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::CancelName(n) => {
                     let expected = model.by_name(*n).is_some_and(|i| model.cancel(i));
                     prop_assert_eq!(
-                        real.cluster.cancel_task(NAMES[*n]),
+                        real.cluster.cancel_task(NAMES[*n]).took_effect(),
                         expected,
                         "cancel {}",
                         NAMES[*n]
@@ -597,7 +597,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         };
                         let expected = target.is_some_and(|t| model.cancel(t));
                         prop_assert_eq!(
-                            real.cluster.cancel_task(real.ids[*i].clone()),
+                            real.cluster.cancel_task(real.ids[*i].clone()).took_effect(),
                             expected,
                             "cancel #{}",
                             i

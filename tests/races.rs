@@ -149,7 +149,7 @@ async fn cancel_vs_completion() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             spin(cancel_spin);
-            c.cancel_task(cid)
+            c.cancel_task(cid).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -169,7 +169,10 @@ async fn cancel_vs_completion() {
             n_value += 1;
         }
         // A second cancel of a finished task finds nothing.
-        assert!(!cluster.cancel_task(id.clone()), "iteration {i}");
+        assert!(
+            !cluster.cancel_task(id.clone()).took_effect(),
+            "iteration {i}"
+        );
         if cacheable {
             cached += 1;
             let sub = cluster
@@ -231,7 +234,7 @@ async fn cancel_vs_requeue_retry() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             spin(cancel_spin);
-            c.cancel_task(id)
+            c.cancel_task(id).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -303,7 +306,7 @@ async fn cancel_during_immediate_retry_backoff() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             std::thread::sleep(cancel_wait);
-            c.cancel_task(id)
+            c.cancel_task(id).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -749,7 +752,10 @@ async fn duplicate_id_from_two_threads() {
             (1, 1),
             "iteration {i}: one task (any previous cached one replaced): {s:?} (previous cached: {cached})"
         );
-        assert!(cluster.cancel_task(name.clone()), "iteration {i}");
+        assert!(
+            cluster.cancel_task(name.clone()).took_effect(),
+            "iteration {i}"
+        );
         assert_eq!(
             resolve(LIMIT, &format!("iteration {i}"), winner).await,
             Err(TaskError::Cancelled),

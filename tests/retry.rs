@@ -340,7 +340,7 @@ async fn requeue_frees_the_worker_and_immediate_holds_it() {
                 ("R2".to_string(), t0 + SEC),
             ],
             // The worker sleeps through the backoff; the other task waits.
-            RetryMode::Immediate => vec![
+            _ => vec![
                 ("R1".to_string(), t0),
                 ("R2".to_string(), t0 + SEC),
                 ("O".to_string(), t0 + SEC),

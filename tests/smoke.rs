@@ -74,7 +74,7 @@ async fn basic_flow() {
         .delay(Duration::from_secs(100))
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("x"));
+    assert!(cluster.cancel_task("x").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(cluster.stats().held, 0);
 

@@ -5,10 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::{Cluster, SubscribeError, TaskError, TaskId, DEFAULT_RETENTION};
+use corral::{CancellationToken, Cluster, SubscribeError, TaskError, TaskId, DEFAULT_RETENTION};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use common::yield_until;
 
@@ -40,7 +39,7 @@ async fn subscribers_before_finish_all_get_the_value() {
     started.notified().await;
     let s2 = cluster.subscribe::<String, String>("t").unwrap();
     let s3 = cluster.subscribe::<String, String>("t").unwrap();
-    assert_eq!(s1.id(), &TaskId::from("t"));
+    assert_eq!(s1.id(), TaskId::from("t"));
     gate.cancel();
     assert_eq!(s3.await, Ok("value".to_string()));
     assert_eq!(s1.await, Ok("value".to_string()));
@@ -323,7 +322,7 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
     let subs: Vec<_> = (0..2)
         .map(|_| cluster.subscribe::<i32, String>("sched").unwrap())
         .collect();
-    assert!(cluster.cancel_task("sched"));
+    assert!(cluster.cancel_task("sched").took_effect());
     for s in subs {
         assert_eq!(s.await, Err(TaskError::Cancelled));
     }
@@ -346,7 +345,7 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
         .unwrap();
     let sub = cluster.subscribe::<i32, String>("run").unwrap();
     started.notified().await;
-    assert!(cluster.cancel_task("run"));
+    assert!(cluster.cancel_task("run").took_effect());
     assert_eq!(sub.await, Err(TaskError::Cancelled));
     assert_eq!(h.await, Err(TaskError::Cancelled));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
@@ -449,4 +448,42 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     assert_eq!(sub.await, Ok(Probe(7)));
     let value = common::resolve(limit, "a later task", h).await;
     assert_eq!(value, Ok(Probe(7)), "the worker survived");
+}
+
+#[tokio::test(start_paused = true)]
+async fn type_mismatch_names_both_types_plainly() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<u32, String>(2) })
+        .id("typed")
+        .delay(Duration::from_secs(1))
+        .submit()
+        .unwrap();
+    let err = cluster.subscribe::<i64, String>("typed").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task typed produces Result<u32, String>, not Result<i64, String>"
+    );
+    match err {
+        SubscribeError::TypeMismatch {
+            id,
+            expected,
+            found,
+        } => {
+            assert_eq!(id, TaskId::from("typed"));
+            assert_eq!(expected, std::any::type_name::<Result<i64, String>>());
+            assert_eq!(found, std::any::type_name::<Result<u32, String>>());
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    let err = cluster
+        .subscribe::<u32, std::num::ParseIntError>("typed")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task typed produces Result<u32, String>, not Result<u32, ParseIntError>"
+    );
+    assert_eq!(h.await, Ok(2));
 }

@@ -156,7 +156,7 @@ pub async fn w6_corral(n: usize, settle: Duration, workers: usize) -> Outcome {
     let t0 = Instant::now();
     let mut missed = 0usize;
     for h in &handles {
-        if !cluster.cancel_task(h.id().clone()) {
+        if !cluster.cancel_task(h.id().clone()).took_effect() {
             missed += 1;
         }
     }
