@@ -101,7 +101,8 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
 
     /// Names the task. At most one pending or running task may hold a name;
     /// a finished one's name may be reused (replacing its cached outcome).
-    /// Empty ids and ids over [`MAX_ID_LEN`] bytes are rejected at submit.
+    /// Empty ids, ids over [`MAX_ID_LEN`] bytes and ids starting with `#`
+    /// (reserved for generated ids, see [`TaskId`]) are rejected at submit.
     pub fn id(mut self, id: impl Into<TaskId>) -> Self {
         self.id = Some(id.into());
         self
@@ -240,7 +241,8 @@ where
     ///
     /// # Errors
     /// - [`SubmitError::InvalidId`]: the id is empty, longer than
-    ///   [`MAX_ID_LEN`], or a generated id.
+    ///   [`MAX_ID_LEN`], starts with `#`, or is a generated id.
+    /// - [`SubmitError::TooManyTasks`]: the cluster holds 2^32 - 1 tasks.
     /// - [`SubmitError::InvalidOption`]: a zero timeout, or a jitter ratio
     ///   outside `0.0..=1.0`.
     /// - [`SubmitError::DuplicateId`]: a task with this id is pending or running.
@@ -329,6 +331,11 @@ fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {
     ))?;
     if name.is_empty() {
         return Err(SubmitError::InvalidId("the id is empty"));
+    }
+    if name.starts_with('#') {
+        return Err(SubmitError::InvalidId(
+            "ids starting with '#' are reserved for generated ids",
+        ));
     }
     if name.len() > MAX_ID_LEN {
         return Err(SubmitError::InvalidId(

@@ -24,6 +24,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +154,8 @@ pub(crate) struct Core {
     /// Cache expiries, earliest first: `(tick, seq, slot)`; stale ones are skipped.
     expiries: BinaryHeap<Reverse<(i64, u64, Slot)>>,
     next_seq: u64,
+    /// The end of the block of sequence numbers `next_seq` is taken from.
+    seq_end: u64,
     pub(crate) phase: Phase,
     running: usize,
     cached: usize,
@@ -165,6 +168,14 @@ pub(crate) struct Core {
     /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
 }
+
+/// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
+/// unique. They are unique in the whole process, not only in one cluster:
+/// each cluster takes blocks of `SEQ_BLOCK` numbers from this counter, in
+/// increasing order, so its own numbers still only grow, and an id another
+/// cluster generated never finds a task here (its `seq` is no task's here).
+static NEXT_SEQ_BLOCK: AtomicU64 = AtomicU64::new(0);
+const SEQ_BLOCK: u64 = 1024;
 
 /// The entry at `slot` if it still holds the task numbered `seq`.
 fn current(entries: &Slab<Entry>, slot: Slot, seq: u64) -> Option<&Entry> {
@@ -184,6 +195,7 @@ impl Core {
             queue: Queue::default(),
             expiries: BinaryHeap::new(),
             next_seq: 0,
+            seq_end: 0,
             phase: Phase::Idle,
             running: 0,
             cached: 0,
@@ -255,7 +267,7 @@ impl Core {
         if let Some(name) = name {
             if let Some(&old) = self.names.get(name) {
                 if self.entries[old as usize].state != State::Retained {
-                    return Err(SubmitError::DuplicateId(TaskId::from(name.clone())));
+                    return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
                 replaced = Some(self.remove(old));
                 self.cached -= 1;
@@ -263,6 +275,11 @@ impl Core {
         }
         // `vacant_key() <= len() < u32::MAX` (checked above).
         let slot = self.entries.vacant_key() as u32;
+        if self.next_seq == self.seq_end {
+            // See `SEQ_BLOCK`: one atomic add per block, not per task.
+            self.next_seq = NEXT_SEQ_BLOCK.fetch_add(SEQ_BLOCK, Relaxed);
+            self.seq_end = self.next_seq + SEQ_BLOCK;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         assign(seq, slot);

@@ -376,7 +376,7 @@ impl<B, T, E> TaskCell<B, T, E> {
     /// The task's id (cheap: a copy, or a reference count for a user id).
     fn id(&self) -> TaskId {
         match self.user_id() {
-            Some(name) => TaskId::from(name.clone()),
+            Some(name) => TaskId::named(name.clone()),
             None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
         }
     }

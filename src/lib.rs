@@ -129,7 +129,7 @@ pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeEr
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::job::{AsyncBody, BlockingBody, Body};
 pub use crate::signal::CancelReason;
-pub use crate::task::{TaskContext, TaskId};
+pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
 /// Re-exported from `tokio_util`: the type of
 /// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so
 /// a user needs no `tokio-util` dependency of their own.

@@ -343,14 +343,19 @@ async fn cancel_by_generated_id() {
         .unwrap();
     let id: TaskId = h.id().clone();
     assert!(id.is_generated());
-    // The printed form is not the id.
-    assert!(!cluster.cancel_task(id.to_string()).took_effect());
+    // Another cluster's task with the same number and slot is not touched.
+    let other = Cluster::new(1).unwrap();
+    assert_eq!(other.cancel_task(id.clone()), CancelOutcome::NotFound);
     assert_eq!(cluster.stats().held, 1);
 
-    assert!(cluster.cancel_task(id.clone()).took_effect());
+    // The printed form is the id.
+    assert_eq!(
+        cluster.cancel_task(id.to_string()),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(cluster.stats().held, 0);
     assert_eq!(h.await, Err(TaskError::Cancelled));
-    assert!(!cluster.cancel_task(&id).took_effect());
+    assert_eq!(cluster.cancel_task(&id), CancelOutcome::NotFound);
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::{Cluster, FixedBackoff, SubmitError, SubscribeError, TaskError, TaskId, MAX_ID_LEN};
+use corral::{
+    CancelOutcome, Cluster, FixedBackoff, SubmitError, SubscribeError, TaskError, TaskId,
+    MAX_ID_LEN,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -358,4 +361,114 @@ async fn stale_generated_id_does_not_reach_a_new_task() {
     );
     assert_eq!(h.await, Ok(2));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn printed_generated_ids_round_trip() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .cacheable(true)
+        .delay(Duration::from_secs(5))
+        .submit()
+        .unwrap();
+    let id = h.id();
+    let printed = id.to_string();
+    assert!(printed.starts_with('#'), "{printed}");
+    assert_eq!(format!("{id:?}"), format!("TaskId({printed})"));
+
+    // `FromStr` and `From<&str>` give the same id back, and it addresses the task.
+    let parsed: TaskId = printed.parse().unwrap();
+    assert_eq!(parsed, id);
+    assert!(parsed.is_generated());
+    assert_eq!(TaskId::from(printed.as_str()), id);
+    assert_eq!(TaskId::from(printed.clone()), id);
+    let sub = cluster.subscribe::<i32, String>(printed.as_str()).unwrap();
+    assert_eq!(sub.id(), id);
+    assert_eq!(h.await, Ok(1));
+    assert_eq!(sub.await, Ok(1));
+    // Cached: the printed form still finds it.
+    assert_eq!(
+        cluster.cancel_task(printed.as_str()),
+        CancelOutcome::AlreadyFinished
+    );
+
+    // Malformed `#` forms are parse errors, not user ids; plain strings are user ids.
+    for bad in [
+        "#",
+        "#6",
+        "#6@",
+        "#@1",
+        "#+6@1",
+        "#6@x",
+        "#6@1@2",
+        "#99999999999999999999@0",
+    ] {
+        assert!(bad.parse::<TaskId>().is_err(), "{bad}");
+        assert_eq!(cluster.cancel_task(bad), CancelOutcome::NotFound, "{bad}");
+    }
+    assert_eq!("plain".parse::<TaskId>().unwrap(), TaskId::from("plain"));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_ids_starting_with_hash_are_reserved() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    // Before generated `#0@0` could exist, `#0` was a valid user id.
+    for id in ["#0", "#", "#0@0", "#mine"] {
+        let (err, ran, dropped) = submit_rejected(&cluster, id);
+        assert!(matches!(err, SubmitError::InvalidId(_)), "{id}: {err:?}");
+        assert!(!ran && dropped, "{id}");
+    }
+    // A `#` inside an id is fine.
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .id("a#0")
+        .submit()
+        .unwrap();
+    assert_eq!(h.await, Ok(1));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A generated id addresses nothing outside the cluster that made it, even
+/// where another cluster has a task at the same registry slot (issue 8 item 6).
+#[tokio::test(start_paused = true)]
+async fn generated_ids_address_nothing_in_another_cluster() {
+    let a = Cluster::new(1).unwrap();
+    let b = Cluster::new(1).unwrap();
+    a.run().unwrap();
+    b.run().unwrap();
+    let far = Duration::from_secs(60);
+    let ha = a
+        .task(|_| async { Ok::<_, String>("a") })
+        .delay(far)
+        .submit()
+        .unwrap();
+    let hb = b
+        .task(|_| async { Ok::<_, String>("b") })
+        .delay(far)
+        .cacheable(true)
+        .submit()
+        .unwrap();
+    assert_ne!(ha.id(), hb.id());
+    // The same slot in each registry (each cluster's first task).
+    assert_eq!(
+        ha.id().to_string().split('@').nth(1),
+        hb.id().to_string().split('@').nth(1)
+    );
+    for id in [ha.id(), TaskId::from(ha.id().to_string())] {
+        assert_eq!(b.cancel_task(id.clone()), CancelOutcome::NotFound);
+        assert_eq!(
+            b.subscribe::<&str, String>(id.clone()).unwrap_err(),
+            SubscribeError::UnknownId(id)
+        );
+    }
+    assert_eq!(b.stats().held, 1);
+    assert_eq!(a.cancel_task(ha.id()), CancelOutcome::Cancelled);
+    assert_eq!(ha.await, Err(TaskError::Cancelled));
+    assert_eq!(hb.await, Ok("b"));
+    a.stop(Duration::from_secs(1)).await.unwrap();
+    b.stop(Duration::from_secs(1)).await.unwrap();
 }
