@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
+use crate::core::Phase;
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Body, Cloner, Extras, Job, Outcome, Policy, TaskCell};
@@ -237,7 +238,9 @@ where
 {
     /// Validates the options and queues the task.
     ///
-    /// Tasks submitted before [`Cluster::run`] wait in the queue.
+    /// Tasks submitted to a cluster whose workers have not started (see
+    /// [`ClusterBuilder::paused`](crate::ClusterBuilder::paused)) wait in the
+    /// queue until [`Cluster::run`].
     ///
     /// # Errors
     /// - [`SubmitError::InvalidId`]: the id is empty, longer than
@@ -307,6 +310,7 @@ where
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
         let mut core = shared.lock();
+        let unstarted = core.phase == Phase::Idle;
         let admitted = core.submit(
             job,
             cell.name(),
@@ -320,6 +324,9 @@ where
         let replaced = admitted?;
         if let Some(old) = replaced {
             old.release();
+        }
+        if unstarted {
+            cluster.watch_unstarted();
         }
         Ok(TaskHandle::new(cell))
     }

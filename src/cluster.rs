@@ -18,6 +18,7 @@
 use std::any::type_name;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,12 +76,14 @@ impl CancelOutcome {
 /// | `workers` | the number of CPUs |
 /// | `retention` | [`DEFAULT_RETENTION`] (5 minutes) |
 /// | `cancel_on` | none |
+/// | `paused` | off: the workers start at `build` inside a runtime, else at the first [`Cluster::run`] |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClusterBuilder {
     workers: usize,
     retention: Duration,
     parent: Option<CancellationToken>,
+    paused: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -89,6 +92,7 @@ impl Default for ClusterBuilder {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             retention: DEFAULT_RETENTION,
             parent: None,
+            paused: false,
         }
     }
 }
@@ -107,6 +111,31 @@ impl ClusterBuilder {
         self
     }
 
+    /// Builds a cluster whose workers wait for [`Cluster::run`]: tasks
+    /// submitted before it queue up and then start in their exact order
+    /// (priority, start time, submission), as if all had arrived at once.
+    ///
+    /// A task left waiting in a cluster whose workers never started cannot
+    /// resolve, so a forgotten `run` must not pass silently: a second after
+    /// the first such submit, if the workers have still not started, the
+    /// cluster reports it once through `tracing::warn!` and on standard error
+    /// ("corral: N task(s) wait in a cluster whose workers never started...").
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(1).paused().build().unwrap();
+    /// let first = cluster.task(|_| async { Ok::<_, String>(1) }).submit().unwrap();
+    /// cluster.run().unwrap();
+    /// assert_eq!(first.await, Ok(1));
+    /// # }
+    /// ```
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
     /// Ties the cluster to a parent token: cancelling it cancels the cluster
     /// as [`Cluster::cancel`] does (the reference API's parent context).
     pub fn cancel_on(mut self, parent: CancellationToken) -> Self {
@@ -114,7 +143,13 @@ impl ClusterBuilder {
         self
     }
 
-    /// Builds the cluster. It accepts tasks at once; they start after [`Cluster::run`].
+    /// Builds the cluster, which accepts tasks at once.
+    ///
+    /// Inside a tokio runtime, its workers start at once, on that runtime
+    /// (unless [`paused`](Self::paused)). Outside one, they start at the
+    /// first [`Cluster::run`], called inside the runtime that is to run them;
+    /// tasks submitted meanwhile wait (and a warning is printed if they still
+    /// wait a second later, see [`paused`](Self::paused)).
     ///
     /// # Errors
     /// [`BuildError::ZeroWorkers`] if `workers` is zero,
@@ -126,11 +161,17 @@ impl ClusterBuilder {
         if self.workers > usize::from(u16::MAX) {
             return Err(BuildError::TooManyWorkers);
         }
-        Ok(Cluster {
+        let cluster = Cluster {
             owner: Arc::new(Owner {
                 shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
+                watching: AtomicBool::new(false),
             }),
-        })
+        };
+        if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
+            // Cannot fail: the cluster is new and a runtime is present.
+            let _ = cluster.run();
+        }
+        Ok(cluster)
     }
 }
 
@@ -138,7 +179,14 @@ impl ClusterBuilder {
 /// Workers hold `Shared`, not `Owner`, so they do not keep the cluster alive.
 struct Owner {
     shared: Arc<Shared>,
+    /// A watch for tasks submitted to a cluster that never starts is armed
+    /// (see [`Cluster::watch_unstarted`]).
+    watching: AtomicBool,
 }
+
+/// How long tasks may wait in a cluster whose workers never started before
+/// [`Cluster::watch_unstarted`] warns.
+const UNSTARTED_WARNING: Duration = Duration::from_secs(1);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -159,7 +207,6 @@ impl Drop for Owner {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let cluster = Cluster::new(2).unwrap();
-/// cluster.run().unwrap();
 /// let handle = cluster
 ///     .task(|ctx| async move { Ok::<_, String>(format!("attempt {}", ctx.attempt())) })
 ///     .priority(5)
@@ -199,15 +246,34 @@ impl Cluster {
         self.shared().workers
     }
 
-    /// Starts the workers. Tasks submitted before wait in the queue until now.
+    /// Starts the workers of a cluster that has not started them yet: one
+    /// built with [`ClusterBuilder::paused`], or built outside a tokio
+    /// runtime. Tasks submitted before wait in the queue until now, and then
+    /// run in their exact order. On a cluster whose workers run already (the
+    /// usual case: built inside a runtime) it does nothing and returns `Ok`.
+    ///
+    /// The workers run on the runtime `run` is called from.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(1).paused().build().unwrap();
+    /// let low = cluster.task(|_| async { Ok::<_, String>("low") }).submit().unwrap();
+    /// let high = cluster.task(|_| async { Ok::<_, String>("high") }).priority(9).submit().unwrap();
+    /// cluster.run().unwrap(); // `high` runs first: both were queued before the start
+    /// assert_eq!(high.await, Ok("high"));
+    /// assert_eq!(low.await, Ok("low"));
+    /// cluster.run().unwrap(); // already running: nothing to do
+    /// # }
+    /// ```
     ///
     /// # Errors
-    /// [`RunError::AlreadyRunning`] on a second call, [`RunError::ShutDown`]
-    /// after a stop or cancel, [`RunError::NoRuntime`] outside a tokio runtime.
+    /// [`RunError::ShutDown`] after a stop or cancel (a stopped cluster
+    /// cannot be restarted), [`RunError::NoRuntime`] if the workers are not
+    /// running yet and this is called outside a tokio runtime.
     pub fn run(&self) -> Result<(), RunError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RunError::NoRuntime);
-        }
         let shared = self.shared();
         if shared
             .parent
@@ -219,12 +285,16 @@ impl Cluster {
         {
             let mut core = shared.lock();
             match core.phase {
-                Phase::Idle => core.phase = Phase::Running,
-                Phase::Running => return Err(RunError::AlreadyRunning),
+                Phase::Idle => {}
+                Phase::Running => return Ok(()),
                 Phase::Draining | Phase::Stopping | Phase::Cancelled => {
                     return Err(RunError::ShutDown)
                 }
             }
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(RunError::NoRuntime);
+            }
+            core.phase = Phase::Running;
         }
         // `build` caps `workers` at u16::MAX, so every index fits.
         for index in (0..=u16::MAX).take(shared.workers) {
@@ -234,6 +304,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Called after a submit found the workers not started: warns, once per
+    /// cluster, if they still have not started a second later (see
+    /// [`ClusterBuilder::paused`]). A thread, not a tokio task: the cluster may
+    /// have been built outside any runtime, and the warning must come on
+    /// real time, whatever a test's paused clock does.
+    pub(crate) fn watch_unstarted(&self) {
+        if self.owner.watching.swap(true, Relaxed) {
+            return;
+        }
+        let shared = Arc::downgrade(self.shared());
+        let spawned = std::thread::Builder::new()
+            .name("corral-unstarted-watch".into())
+            .spawn(move || {
+                std::thread::sleep(UNSTARTED_WARNING);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let held = {
+                    let core = shared.lock();
+                    (core.phase == Phase::Idle).then(|| core.stats().held)
+                };
+                if let Some(held) = held.filter(|&n| n > 0) {
+                    let msg = format!(
+                        "corral: {held} task(s) wait in a cluster whose workers never started: \
+                         nothing runs and no handle resolves until `Cluster::run()` is called \
+                         (the cluster was built with `ClusterBuilder::paused()` or outside a tokio runtime)"
+                    );
+                    tracing::warn!("{msg}");
+                    eprintln!("{msg}");
+                }
+            });
+        // Without a thread there is no warning, and nothing else is lost.
+        drop(spawned);
+    }
     /// Starts building a task whose body is an async closure, called once per
     /// attempt with that attempt's [`TaskContext`].
     ///
@@ -242,7 +346,6 @@ impl Cluster {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let cluster = Cluster::new(1).unwrap();
-    /// # cluster.run().unwrap();
     /// let h = cluster.task(|_ctx| async { Ok::<u32, std::io::Error>(7) }).submit().unwrap();
     /// assert_eq!(h.await.unwrap(), 7);
     /// # }
@@ -324,7 +427,6 @@ impl Cluster {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let cluster = Cluster::new(1).unwrap();
-    /// # cluster.run().unwrap();
     /// let later = cluster
     ///     .task(|_ctx| async { Ok::<_, String>("report") })
     ///     .id("nightly")

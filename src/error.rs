@@ -133,13 +133,11 @@ pub enum BuildError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// `run` was already called on this cluster.
-    #[error("the cluster is already running")]
-    AlreadyRunning,
     /// The cluster was stopped or cancelled; a stopped cluster cannot be restarted.
     #[error("the cluster has been shut down")]
     ShutDown,
-    /// `run` was called outside a tokio runtime.
+    /// `run` was called outside a tokio runtime on a cluster whose workers
+    /// have not started.
     #[error("Cluster::run must be called from within a tokio runtime")]
     NoRuntime,
 }

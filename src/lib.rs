@@ -28,8 +28,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
+//! // Built inside a tokio runtime, the cluster starts its workers at once.
 //! let cluster = Cluster::new(4).unwrap();
-//! cluster.run().unwrap();
 //!
 //! // A flaky task: fails twice, then succeeds; retried with exponential backoff.
 //! let flaky = cluster
@@ -64,7 +64,7 @@
 //! | Go | corral |
 //! |---|---|
 //! | `NewCluster(workers, ctx)` | [`Cluster::new`], [`Cluster::builder`] + [`ClusterBuilder::cancel_on`] |
-//! | `Run()` | [`Cluster::run`] |
+//! | `Run()` | implicit: the workers start at [`ClusterBuilder::build`] inside a runtime; [`ClusterBuilder::paused`] + [`Cluster::run`] to start them later |
 //! | `AddTask(t)...Submit()` | [`Cluster::task`] / [`Cluster::blocking_task`] → [`TaskBuilder`] → [`TaskBuilder::submit`] |
 //! | `WithStartTime`, `WithTimeout`, `WithPriority`, `WithRetry` | [`TaskBuilder::start_at`] / [`TaskBuilder::delay`], [`TaskBuilder::timeout`], [`TaskBuilder::priority`], [`TaskBuilder::retry`] |
 //! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`], [`TaskBuilder::retry_mode`] |

@@ -232,7 +232,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
 #[tokio::test(start_paused = true)]
 async fn callbacks_fire_for_shutdown_outcomes() {
     // Graceful stop: a queued task is shut down.
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let log = Log::default();
     let h = record(
         cluster.task(|_| async { Ok::<_, String>(1) }).id("queued"),

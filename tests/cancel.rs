@@ -275,7 +275,7 @@ async fn cancel_task_waiting_in_immediate_retry_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_unknown_id_returns_false() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
     cluster.run().unwrap();
     assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);

@@ -272,7 +272,7 @@ async fn duration_max_delay_stays_pending_and_cancel_frees_it() {
 
 #[tokio::test(start_paused = true)]
 async fn start_at_far_future_stays_pending_and_far_past_runs_at_once() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let now = Instant::now();
     let order = Arc::new(Mutex::new(Vec::new()));
     let log = |name: &'static str| {
@@ -770,7 +770,7 @@ async fn subscribe_and_cancel_of_unknown_ids() {
 
 #[tokio::test(start_paused = true)]
 async fn run_twice_and_run_without_a_runtime() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let c = cluster.clone();
     let outside = std::thread::spawn(move || c.run())
         .join()
@@ -778,9 +778,12 @@ async fn run_twice_and_run_without_a_runtime() {
     assert_eq!(outside, Err(RunError::NoRuntime));
     // That failed call did not spoil the cluster.
     cluster.run().unwrap();
-    assert_eq!(cluster.run(), Err(RunError::AlreadyRunning));
+    assert_eq!(cluster.run(), Ok(()));
     assert_alive(&cluster).await;
-    assert_eq!(cluster.run(), Err(RunError::AlreadyRunning));
+    // Running already: `run` outside a runtime has nothing to do either.
+    let c = cluster.clone();
+    assert_eq!(std::thread::spawn(move || c.run()).join().unwrap(), Ok(()));
+    assert_eq!(cluster.run(), Ok(()));
     assert_alive(&cluster).await;
     cluster.stop(SEC).await.unwrap();
     assert_eq!(cluster.run(), Err(RunError::ShutDown));

@@ -69,7 +69,7 @@ async fn duplicate_of_scheduled_task_is_rejected_and_original_untouched() {
 
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_due_task_before_run_is_rejected() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("early")
@@ -436,8 +436,8 @@ async fn user_ids_starting_with_hash_are_reserved() {
 /// where another cluster has a task at the same registry slot (issue 8 item 6).
 #[tokio::test(start_paused = true)]
 async fn generated_ids_address_nothing_in_another_cluster() {
-    let a = Cluster::new(1).unwrap();
-    let b = Cluster::new(1).unwrap();
+    let a = Cluster::builder().workers(1).paused().build().unwrap();
+    let b = Cluster::builder().workers(1).paused().build().unwrap();
     a.run().unwrap();
     b.run().unwrap();
     let far = Duration::from_secs(60);

@@ -89,7 +89,7 @@ async fn non_string_panic_payload_is_still_panicked() {
 #[tokio::test(start_paused = true)]
 async fn worker_keeps_going_after_panics() {
     // One worker: if any panic killed it, the later tasks would never run.
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h1 = cluster
         .task(|_| async { panic!("first") })
         .priority(3)

@@ -266,7 +266,7 @@ async fn stop_timeout_reports_running_attempts_then_shuts_them_down() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_runs_due_tasks_and_retries_and_shuts_down_future_ones() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let retried = cluster
@@ -327,7 +327,7 @@ async fn drain_runs_due_tasks_and_retries_and_shuts_down_future_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_on_a_cluster_that_never_ran_shuts_everything_down() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -448,25 +448,25 @@ async fn stop_twice_and_stop_after_cancel_are_fine() {
     assert_eq!(submit_simple(&other), Err(SubmitError::ShuttingDown));
 
     // Never ran.
-    let idle = Cluster::new(1).unwrap();
+    let idle = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(idle.stop(Duration::from_secs(1)).await, Ok(()));
     assert_eq!(idle.stop(Duration::from_secs(1)).await, Ok(()));
 }
 
 #[tokio::test(start_paused = true)]
-async fn run_twice_and_run_after_shutdown_are_errors() {
-    let cluster = Cluster::new(1).unwrap();
+async fn run_twice_is_a_no_op_and_run_after_shutdown_is_an_error() {
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(cluster.run(), Ok(()));
-    assert_eq!(cluster.run(), Err(RunError::AlreadyRunning));
-    assert_eq!(cluster.clone().run(), Err(RunError::AlreadyRunning));
+    assert_eq!(cluster.run(), Ok(()));
+    assert_eq!(cluster.clone().run(), Ok(()));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
     assert_eq!(cluster.run(), Err(RunError::ShutDown));
 
-    let cancelled = Cluster::new(1).unwrap();
+    let cancelled = Cluster::builder().workers(1).paused().build().unwrap();
     cancelled.cancel();
     assert_eq!(cancelled.run(), Err(RunError::ShutDown));
 
-    let stopped_idle = Cluster::new(1).unwrap();
+    let stopped_idle = Cluster::builder().workers(1).paused().build().unwrap();
     stopped_idle.stop(Duration::from_secs(1)).await.unwrap();
     assert_eq!(stopped_idle.run(), Err(RunError::ShutDown));
 }
@@ -607,7 +607,7 @@ async fn parent_token_cancelled_before_run() {
 
 #[tokio::test(start_paused = true)]
 async fn tasks_queued_before_run_resolve_as_shutdown_on_stop() {
-    let cluster = Cluster::new(2).unwrap();
+    let cluster = Cluster::builder().workers(2).paused().build().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..3)
         .map(|i| {

@@ -294,7 +294,7 @@ async fn subscribe_with_wrong_types_is_a_type_mismatch() {
 
 #[tokio::test(start_paused = true)]
 async fn subscribe_to_unknown_id_fails() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(
         cluster.subscribe::<i32, String>("missing").unwrap_err(),
         unknown("missing")
