@@ -28,6 +28,7 @@ use crate::builder::TaskBuilder;
 use crate::core::{ClusterStats, Delivery, Phase, Shared};
 use crate::error::{BuildError, RunError, StopError, SubscribeError};
 use crate::handle::Subscription;
+use crate::inside;
 use crate::job::{AsyncBody, BlockingBody, Outcome, SubscribeRequest};
 use crate::signal::CancelReason;
 use crate::task::{TaskContext, TaskId};
@@ -297,8 +298,10 @@ impl Cluster {
             core.phase = Phase::Running;
         }
         // `build` caps `workers` at u16::MAX, so every index fits.
+        let key = inside::key(shared);
         for index in (0..=u16::MAX).take(shared.workers) {
-            shared.tracker.spawn(run_worker(shared.clone(), index));
+            let worker = run_worker(shared.clone(), index);
+            shared.tracker.spawn(inside::worker(key, worker));
         }
         shared.tracker.spawn(run_timekeeper(shared.clone()));
         Ok(())
@@ -458,9 +461,41 @@ impl Cluster {
     /// Returns when every worker has finished. Calling it again (or after
     /// `cancel`) waits the same way.
     ///
+    /// Called from inside one of this cluster's task bodies, it begins the
+    /// stop the same way but returns [`StopError::FromInsideTask`] at once
+    /// instead of waiting for the workers (the caller's own among them).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let running = cluster
+    ///     .task(|_ctx| async {
+    ///         tokio::time::sleep(Duration::from_millis(20)).await;
+    ///         Ok::<_, String>("finished")
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("never") })
+    ///     .delay(Duration::from_secs(60))
+    ///     .submit()
+    ///     .unwrap();
+    /// tokio::task::yield_now().await; // let the first task start
+    /// cluster.stop(Duration::from_secs(5)).await.unwrap();
+    /// assert_eq!(running.await, Ok("finished")); // left to finish
+    /// assert_eq!(later.await, Err(TaskError::Shutdown)); // never started
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`StopError::Timeout`] if attempts were still running after `timeout`;
     /// they are then cancelled (and resolve as shut down).
+    /// [`StopError::FromInsideTask`] if called from one of the cluster's own
+    /// task bodies (see above).
     ///
     /// Cancel safe: dropping the future leaves the cluster stopping.
     pub async fn stop(&self, timeout: Duration) -> Result<(), StopError> {
@@ -482,9 +517,35 @@ impl Cluster {
     /// the call, with its retries; tasks scheduled for later resolve as
     /// [`TaskError::Shutdown`](crate::TaskError::Shutdown) at once. On a cluster that never ran it is `stop`.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let due: Vec<_> = (0..3)
+    ///     .map(|i| cluster.task(move |_ctx| async move { Ok::<_, String>(i) }).submit().unwrap())
+    ///     .collect();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>(99) })
+    ///     .delay(Duration::from_secs(60))
+    ///     .submit()
+    ///     .unwrap();
+    /// cluster.drain(Duration::from_secs(5)).await.unwrap();
+    /// for (i, h) in due.into_iter().enumerate() {
+    ///     assert_eq!(h.await, Ok(i)); // everything due ran
+    /// }
+    /// assert_eq!(later.await, Err(TaskError::Shutdown));
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`StopError::Timeout`] if work remained after `timeout`; everything
     /// left is then shut down as by [`cancel`](Self::cancel).
+    /// [`StopError::FromInsideTask`] if called from one of the cluster's own
+    /// task bodies: the drain has begun, but the call did not wait (see
+    /// [`stop`](Self::stop)).
     pub async fn drain(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
         let now = shared.clock.now();
@@ -511,6 +572,10 @@ impl Cluster {
     async fn wait_workers(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
         shared.tracker.close();
+        if inside::is_inside(inside::key(shared)) {
+            // Waiting would wait for the caller's own worker.
+            return Err(StopError::FromInsideTask);
+        }
         if tokio::time::timeout(timeout, shared.tracker.wait())
             .await
             .is_ok()

@@ -183,6 +183,17 @@ pub enum StopError {
         /// The timeout that passed.
         timeout: Duration,
     },
+    /// `stop` or `drain` was called from inside a task body of this cluster
+    /// (an async body, or a blocking one that blocks on it). Waiting there
+    /// would wait for the caller's own worker until the timeout, so the call
+    /// returned at once: the stop (or drain) has begun exactly as from
+    /// outside, and the caller's own attempt, like every running one, is
+    /// left to finish. To wait for the workers, call `stop` from outside the
+    /// cluster's bodies (for example from a task spawned with `tokio::spawn`).
+    #[error(
+        "stop or drain called from inside one of the cluster's own tasks:          the stop has begun, but waiting for the workers would wait for the caller itself"
+    )]
+    FromInsideTask,
 }
 
 /// `type_name` without module paths: `core::result::Result<u32,

@@ -183,7 +183,11 @@ where
         ctx: TaskContext,
     ) -> impl Future<Output = Result<Result<T, E>, String>> + Send + 'static {
         let f = Arc::clone(&self.0);
-        let join = tokio::task::spawn_blocking(move || guard(|| f(ctx)));
+        // Lets `stop` from inside the body know it runs on its own worker.
+        let cluster = crate::inside::current_worker();
+        let join = tokio::task::spawn_blocking(move || {
+            crate::inside::blocking_body(cluster, || guard(|| f(ctx)))
+        });
         async move {
             match join.await {
                 Ok(r) => r,

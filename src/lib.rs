@@ -114,6 +114,7 @@ mod core;
 mod error;
 mod handle;
 mod idle;
+mod inside;
 mod job;
 mod panic;
 mod queue;

@@ -769,3 +769,98 @@ fn a_claim_waiting_for_a_timed_out_blocking_attempt_is_settled_when_the_runtime_
     );
     drop(cluster);
 }
+
+/// `stop` from inside an async body returns at once (it would otherwise wait
+/// for its own worker until the timeout), having begun the stop.
+#[tokio::test(start_paused = true)]
+async fn stop_from_inside_an_async_body_returns_at_once_and_stops() {
+    for drain in [false, true] {
+        let cluster = Cluster::new(1).unwrap();
+        let queued = cluster
+            .task(|_| async { Ok::<_, String>("queued") })
+            .delay(HOUR)
+            .submit()
+            .unwrap();
+        let c = cluster.clone();
+        let stopper = cluster
+            .task(move |_| {
+                let c = c.clone();
+                async move {
+                    let t0 = Instant::now();
+                    let r = if drain {
+                        c.drain(HOUR).await
+                    } else {
+                        c.stop(HOUR).await
+                    };
+                    Ok::<_, String>((r, t0.elapsed()))
+                }
+            })
+            .submit()
+            .unwrap();
+        let (r, waited) = stopper.await.unwrap();
+        assert_eq!(r, Err(StopError::FromInsideTask), "drain: {drain}");
+        assert_eq!(waited, Duration::ZERO, "drain: {drain}");
+        // The stop did begin.
+        assert_eq!(queued.await, Err(TaskError::Shutdown), "drain: {drain}");
+        assert_eq!(submit_simple(&cluster), Err(SubmitError::ShuttingDown));
+        let t0 = Instant::now();
+        assert_eq!(cluster.stop(HOUR).await, Ok(()));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+}
+
+/// The same from a blocking body that blocks on `stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_from_inside_a_blocking_body_returns_at_once() {
+    let cluster = Cluster::new(1).unwrap();
+    let c = cluster.clone();
+    let h = cluster
+        .blocking_task(move |_| {
+            let t0 = std::time::Instant::now();
+            let r = tokio::runtime::Handle::current().block_on(c.stop(HOUR));
+            Ok::<_, String>((r, t0.elapsed()))
+        })
+        .submit()
+        .unwrap();
+    let (r, waited) = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the blocking body waited for its own worker")
+        .unwrap();
+    assert_eq!(r, Err(StopError::FromInsideTask));
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(cluster.stop(Duration::from_secs(5)).await, Ok(()));
+}
+
+/// A body of one cluster stopping another cluster waits as usual.
+#[tokio::test(start_paused = true)]
+async fn stop_of_another_cluster_from_a_body_waits() {
+    let a = Cluster::new(1).unwrap();
+    let b = Cluster::new(1).unwrap();
+    let gate = CancellationToken::new();
+    let g = gate.clone();
+    let running = b
+        .task(move |_| {
+            let g = g.clone();
+            async move {
+                g.cancelled().await;
+                Ok::<_, String>(())
+            }
+        })
+        .submit()
+        .unwrap();
+    yield_until("b runs its task", || b.stats().running == 1).await;
+    let b2 = b.clone();
+    let stopper = a
+        .task(move |_| {
+            let b2 = b2.clone();
+            async move { Ok::<_, String>(b2.stop(HOUR).await) }
+        })
+        .submit()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(b.stats().running, 1, "b's attempt is left to finish");
+    gate.cancel();
+    assert_eq!(stopper.await, Ok(Ok(())));
+    assert_eq!(running.await, Ok(()));
+    a.stop(HOUR).await.unwrap();
+}
