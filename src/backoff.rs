@@ -15,6 +15,8 @@ use rand::Rng;
 /// and so on.
 ///
 /// Any `Fn(u32) -> Duration + Send + Sync` closure is a backoff strategy.
+/// A strategy sees only the attempt; for a delay chosen from the error (an
+/// HTTP `Retry-After`), see [`TaskBuilder::retry_with`](crate::TaskBuilder::retry_with).
 /// A strategy that panics is caught: the task then ends with the error of its
 /// last attempt instead of retrying.
 ///
@@ -40,6 +42,22 @@ where
     fn delay(&self, attempt: u32) -> Duration {
         self(attempt)
     }
+}
+
+/// What a [`retry_with`](crate::TaskBuilder::retry_with) function decides
+/// after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryDecision {
+    /// Retry after the task's [`backoff`](crate::TaskBuilder::backoff) delay,
+    /// with its [`jitter`](crate::TaskBuilder::jitter).
+    Retry,
+    /// Retry after exactly this delay, instead of the backoff's (no jitter
+    /// either): the delay the error itself asks for, such as an HTTP
+    /// `Retry-After`.
+    RetryAfter(Duration),
+    /// Do not retry: the task ends with this attempt's error.
+    Stop,
 }
 
 /// The same delay before every retry.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, RetryDecision};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
 use crate::core::Phase;
@@ -56,7 +56,7 @@ enum Start {
 /// | `retry` | `0` retries (one attempt) |
 /// | `backoff` | [`FixedBackoff`](crate::FixedBackoff) of zero |
 /// | `jitter` | none |
-/// | `retry_if` | retry every failure, panic and timeout |
+/// | `retry_if` / `retry_with` | retry every failure, panic and timeout, after the backoff delay |
 /// | `retry_mode` | [`RetryMode::Requeue`] |
 /// | `cacheable` | off; when on, kept for the cluster's retention (5 minutes unless set) |
 #[must_use = "a task builder does nothing until `submit` is called"]
@@ -167,12 +167,102 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// Retries only the failures `predicate` accepts. It sees the error of
     /// the failed attempt: [`TaskError::Failed`], [`TaskError::Panicked`] or
     /// [`TaskError::TimedOut`] (so returning `false` for timeouts stops
-    /// retrying them). A predicate that panics counts as `false`.
+    /// retrying them). A predicate that panics counts as `false`. It is only
+    /// asked while retries remain (see [`retry`](Self::retry)).
+    ///
+    /// `retry_if(p)` is `retry_with(|err, _| if p(err) { Retry } else { Stop })`:
+    /// the later of the two calls wins.
+    ///
+    /// ```
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// #[derive(Debug, Clone, PartialEq)]
+    /// enum FetchError { Busy, NotFound }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|ctx| async move {
+    ///         let err = if ctx.attempt() == 1 { FetchError::Busy } else { FetchError::NotFound };
+    ///         Err::<String, _>(err)
+    ///     })
+    ///     .retry(5)
+    ///     // A busy server is worth another try; a missing page is not.
+    ///     .retry_if(|err| matches!(err, TaskError::Failed(FetchError::Busy) | TaskError::TimedOut { .. }))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Err(TaskError::Failed(FetchError::NotFound))); // 2 attempts, not 6
+    /// # }
+    /// ```
     pub fn retry_if(
         mut self,
         predicate: impl Fn(&TaskError<E>) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.extras().retry_if = Some(Box::new(predicate));
+        self.extras().retry_with = Some(Box::new(move |err, _| {
+            if predicate(err) {
+                RetryDecision::Retry
+            } else {
+                RetryDecision::Stop
+            }
+        }));
+        self
+    }
+
+    /// Decides each retry from the error: whether to retry, and after which
+    /// delay. `decide` sees the error of the failed attempt (as for
+    /// [`retry_if`](Self::retry_if)) and that attempt's number (1 for the
+    /// first, as [`TaskContext::attempt`](crate::TaskContext::attempt)), and
+    /// returns a [`RetryDecision`]: [`Retry`](RetryDecision::Retry) after the
+    /// [`backoff`](Self::backoff) delay, [`RetryAfter(d)`](RetryDecision::RetryAfter)
+    /// after exactly `d` (say, an HTTP `Retry-After`), or
+    /// [`Stop`](RetryDecision::Stop). It is only asked while retries remain
+    /// (see [`retry`](Self::retry)), and replaces an earlier `retry_if`
+    /// (the later call wins). A `decide` that panics counts as `Stop`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, ExponentialBackoff, RetryDecision, TaskError};
+    ///
+    /// #[derive(Debug, Clone, PartialEq)]
+    /// enum HttpError {
+    ///     /// 429 or 503, with the server's `Retry-After`, if it sent one.
+    ///     Unavailable { retry_after: Option<Duration> },
+    ///     /// Any other status: retrying will not help.
+    ///     Status(u16),
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|ctx| async move {
+    ///         match ctx.attempt() {
+    ///             1 => Err(HttpError::Unavailable { retry_after: Some(Duration::from_millis(30)) }),
+    ///             2 => Err(HttpError::Unavailable { retry_after: None }),
+    ///             _ => Ok("page"),
+    ///         }
+    ///     })
+    ///     .retry(5)
+    ///     .backoff(ExponentialBackoff::new(Duration::from_millis(10), 2.0))
+    ///     .retry_with(|err, _attempt| match err {
+    ///         TaskError::Failed(HttpError::Unavailable { retry_after: Some(d) }) => {
+    ///             RetryDecision::RetryAfter(*d)
+    ///         }
+    ///         TaskError::Failed(HttpError::Unavailable { retry_after: None })
+    ///         | TaskError::TimedOut { .. } => RetryDecision::Retry, // the backoff's delay
+    ///         _ => RetryDecision::Stop,
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok("page"));
+    /// # }
+    /// ```
+    pub fn retry_with(
+        mut self,
+        decide: impl Fn(&TaskError<E>, u32) -> RetryDecision + Send + Sync + 'static,
+    ) -> Self {
+        self.extras().retry_with = Some(Box::new(decide));
         self
     }
 

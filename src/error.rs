@@ -12,7 +12,7 @@ use crate::task::TaskId;
 ///
 /// | variant | cause | retried? |
 /// |---|---|---|
-/// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and the `retry_if` predicate agrees |
+/// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and `retry_if` / `retry_with` agree |
 /// | [`Panicked`](TaskError::Panicked) | the body panicked | same as `Failed` |
 /// | [`TimedOut`](TaskError::TimedOut) | an attempt ran past its timeout | same as `Failed` (the predicate sees it) |
 /// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |

@@ -67,7 +67,7 @@
 //! | `Run()` | implicit: the workers start at [`ClusterBuilder::build`] inside a runtime; [`ClusterBuilder::paused`] + [`Cluster::run`] to start them later |
 //! | `AddTask(t)...Submit()` | [`Cluster::task`] / [`Cluster::blocking_task`] → [`TaskBuilder`] → [`TaskBuilder::submit`] |
 //! | `WithStartTime`, `WithTimeout`, `WithPriority`, `WithRetry` | [`TaskBuilder::start_at`] / [`TaskBuilder::delay`], [`TaskBuilder::timeout`], [`TaskBuilder::priority`], [`TaskBuilder::retry`] |
-//! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`], [`TaskBuilder::retry_mode`] |
+//! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`] (or [`TaskBuilder::retry_with`], which may also choose the delay from the error), [`TaskBuilder::retry_mode`] |
 //! | `IsCacheable`, `OnComplete`, `OnFailure` | [`TaskBuilder::cacheable`] / [`TaskBuilder::retention`], [`TaskBuilder::on_complete`], [`TaskBuilder::on_failure`] |
 //! | `Subscribe(id)` | [`Cluster::subscribe`] (and the [`TaskHandle`] from `submit`) |
 //! | `CancelTask(id)` | [`Cluster::cancel_task`] |
@@ -94,7 +94,7 @@
 //!   dropped before the handle resolves. A blocking body's call abandoned at
 //!   a timeout or cancel keeps its own reference until the call returns.
 //! - User code never takes a worker down: a panic in a body, a `retry_if`
-//!   predicate, a backoff strategy, a callback, or in a `Drop` the engine
+//!   predicate or `retry_with` function, a backoff strategy, a callback, or in a `Drop` the engine
 //!   runs (of a body, of a future dropped at a timeout, of an outcome nobody
 //!   will read) is caught, and logged where no outcome can carry it.
 
@@ -122,7 +122,7 @@ mod signal;
 mod task;
 mod worker;
 
-pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff};
+pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::core::ClusterStats;
