@@ -276,6 +276,26 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// `on_failure` and before the handle resolves. It runs on the thread
     /// that settles the task (usually a worker): keep it short. A panic in
     /// it is caught and logged.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// let l = log.clone();
+    /// let h = cluster
+    ///     .task(|_ctx| async { Ok::<u32, String>(3) })
+    ///     .id("count")
+    ///     .on_complete(move |id, outcome| l.lock().unwrap().push(format!("{id}: {outcome:?}")))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok(3));
+    /// assert_eq!(*log.lock().unwrap(), ["count: Ok(3)"]); // ran before the handle resolved
+    /// # }
+    /// ```
     pub fn on_complete(
         mut self,
         callback: impl Fn(&TaskId, &Result<T, TaskError<E>>) + Send + Sync + 'static,
@@ -287,6 +307,30 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// Called once if the final outcome is an error (failure, panic, timeout,
     /// cancel or shutdown), before `on_complete`; never per failed attempt.
     /// Same rules as [`on_complete`](Self::on_complete).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let alerts = Arc::new(AtomicU32::new(0));
+    /// let a = alerts.clone();
+    /// let h = cluster
+    ///     .task(|_ctx| async { Err::<(), _>("down") })
+    ///     .retry(2) // three attempts, one final failure
+    ///     .on_failure(move |id, err| {
+    ///         eprintln!("alert: {id} failed: {err}");
+    ///         a.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Err(TaskError::Failed("down")));
+    /// assert_eq!(alerts.load(Ordering::SeqCst), 1);
+    /// # }
+    /// ```
     pub fn on_failure(
         mut self,
         callback: impl Fn(&TaskId, &TaskError<E>) + Send + Sync + 'static,
@@ -305,6 +349,28 @@ where
     /// (5 minutes unless [`ClusterBuilder::retention`](crate::ClusterBuilder::retention)
     /// says otherwise), so that late [`subscribe`](Cluster::subscribe)rs get it.
     /// Needs `Clone` because each reader gets its own copy.
+    ///
+    /// ```
+    /// use corral::{Cluster, SubscribeError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let kept = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("config v2") })
+    ///     .id("config")
+    ///     .cacheable(true)
+    ///     .submit()
+    ///     .unwrap();
+    /// let gone = cluster.task(|_ctx| async { Ok::<_, String>(0) }).id("tmp").submit().unwrap();
+    /// kept.await.unwrap();
+    /// gone.await.unwrap();
+    /// // After the end: the cached outcome is still there; the other is forgotten.
+    /// let late = cluster.subscribe::<&str, String>("config").unwrap();
+    /// assert_eq!(late.await, Ok("config v2"));
+    /// assert!(matches!(cluster.subscribe::<i32, String>("tmp"), Err(SubscribeError::UnknownId(_))));
+    /// # }
+    /// ```
     pub fn cacheable(mut self, cacheable: bool) -> Self {
         self.cache = cacheable.then_some(None);
         self.cloner = cacheable.then_some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);

@@ -341,6 +341,7 @@ impl Cluster {
         // Without a thread there is no warning, and nothing else is lost.
         drop(spawned);
     }
+
     /// Starts building a task whose body is an async closure, called once per
     /// attempt with that attempt's [`TaskContext`].
     ///
@@ -353,6 +354,54 @@ impl Cluster {
     /// assert_eq!(h.await.unwrap(), 7);
     /// # }
     /// ```
+    ///
+    /// # Writing the error type
+    /// The body's error type `E` must be known where the body is written.
+    /// When the body returns `Ok(..)` and uses `?`, nothing says what `E`
+    /// is: `?` converts its error *into* `E` (through `From`), and many
+    /// types could receive it. The compiler then stops with "type
+    /// annotations needed" (`error[E0283]`, "cannot infer type of the type
+    /// parameter `E` declared on the enum `Result`"; `E0282` on some
+    /// compiler versions):
+    ///
+    /// ```compile_fail,E0283
+    /// # use corral::Cluster;
+    /// # async fn demo(cluster: Cluster) {
+    /// let h = cluster
+    ///     .task(|_ctx| async {
+    ///         let n: u32 = "42".parse()?; // into which error type?
+    ///         Ok(n * 2)
+    ///     })
+    ///     .submit();
+    /// # }
+    /// ```
+    ///
+    /// Name it on the `Ok` (or on the block's type):
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|_ctx| async {
+    ///         let n: u32 = "42".parse()?;
+    ///         Ok::<_, std::num::ParseIntError>(n * 2)
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok(84));
+    /// # }
+    /// ```
+    ///
+    /// # Waiting for another task inside a body
+    /// A body that awaits another task's [`TaskHandle`](crate::TaskHandle) or
+    /// [`Subscription`] holds its worker while it waits. If every worker is
+    /// held that way (with one worker, a single such wait), the awaited task
+    /// can never run: the pool deadlocks. Until the engine offers waits that
+    /// free the worker, wait outside the pool: await the first task (or
+    /// subscribe to it) from your own code, and submit the dependent task
+    /// when its input is in (see `examples/dependent.rs`).
     pub fn task<F, Fut, T, E>(&self, body: F) -> TaskBuilder<'_, AsyncBody<F>, T, E>
     where
         F: Fn(TaskContext) -> Fut + Send + 'static,
@@ -366,7 +415,37 @@ impl Cluster {
     /// Starts building a task whose body is a blocking (CPU-bound) closure.
     /// It runs on tokio's blocking pool and holds a worker slot while it
     /// runs; poll [`TaskContext::is_cancelled`] to stop early on a cancel or
-    /// timeout.
+    /// timeout (a blocking body cannot be dropped midway as an async one is:
+    /// at a timeout or cancel its outcome is decided at once, and its worker
+    /// stays busy until the call returns).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let sum = cluster
+    ///     .blocking_task(|_ctx| Ok::<u64, String>((1..=1_000u64).sum()))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(sum.await, Ok(500_500));
+    ///
+    /// // A long computation that checks for a cancel or timeout as it goes.
+    /// let spin = cluster
+    ///     .blocking_task(|ctx| {
+    ///         while !ctx.is_cancelled() {
+    ///             std::thread::sleep(Duration::from_millis(1)); // a slice of work
+    ///         }
+    ///         Err::<(), _>(format!("stopped: {:?}", ctx.cancel_reason()))
+    ///     })
+    ///     .timeout(Duration::from_millis(20))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert!(matches!(spin.await, Err(TaskError::TimedOut { .. })));
+    /// # }
+    /// ```
     pub fn blocking_task<F, T, E>(&self, body: F) -> TaskBuilder<'_, BlockingBody<F>, T, E>
     where
         F: Fn(TaskContext) -> Result<T, E> + Send + Sync + 'static,
@@ -383,6 +462,37 @@ impl Cluster {
     /// A finished task that was not cacheable is forgotten at once, so a
     /// subscribe after its end is [`SubscribeError::UnknownId`]; one that
     /// finds the task is always answered.
+    ///
+    /// Awaiting a subscription inside another task's body holds that body's
+    /// worker, and can deadlock a busy pool; see
+    /// "Waiting for another task inside a body" on [`task`](Self::task).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, SubscribeError, TaskId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let handle = cluster
+    ///     .task(|_ctx| async { Ok::<u32, String>(42) })
+    ///     .id("answer")
+    ///     .delay(Duration::from_millis(10))
+    ///     .cacheable(true)
+    ///     .submit()
+    ///     .unwrap();
+    /// // Anyone who knows the id can wait for the outcome, with its types.
+    /// let early = cluster.subscribe::<u32, String>("answer").unwrap();
+    /// assert_eq!(early.await, Ok(42));
+    /// assert_eq!(handle.await, Ok(42));
+    /// // Cached, so a late subscriber still gets it.
+    /// assert_eq!(cluster.subscribe::<u32, String>("answer").unwrap().await, Ok(42));
+    /// assert_eq!(
+    ///     cluster.subscribe::<u32, String>("nobody").unwrap_err(),
+    ///     SubscribeError::UnknownId(TaskId::from("nobody"))
+    /// );
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`SubscribeError::UnknownId`] if no such task is known;

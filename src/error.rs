@@ -17,6 +17,36 @@ use crate::task::TaskId;
 /// | [`TimedOut`](TaskError::TimedOut) | an attempt ran past its timeout | same as `Failed` (the predicate sees it) |
 /// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |
 /// | [`Shutdown`](TaskError::Shutdown) | the cluster stopped before the task could finish | never |
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// let failed = cluster.task(|_| async { Err::<(), _>("disk full") }).submit().unwrap();
+/// let panicked = cluster
+///     .task(|_| async { if true { panic!("bug") } Ok::<(), &str>(()) })
+///     .submit()
+///     .unwrap();
+/// let slow = cluster
+///     .task(|_| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<(), &str>(())
+///     })
+///     .timeout(Duration::from_millis(10))
+///     .submit()
+///     .unwrap();
+///
+/// let err = failed.await.unwrap_err();
+/// assert!(err.is_failed());
+/// assert_eq!(err.failure(), Some(&"disk full")); // the body's own error
+/// assert_eq!(err.to_string(), "task failed: disk full");
+/// assert!(matches!(panicked.await, Err(TaskError::Panicked { message }) if message == "bug"));
+/// assert!(slow.await.unwrap_err().is_timeout());
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError<E> {

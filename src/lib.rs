@@ -70,7 +70,7 @@
 //! | `WithBackoffStrategy`, `WithJitter`, `RetryIf`, `WithRetryMode` | [`TaskBuilder::backoff`], [`TaskBuilder::jitter`], [`TaskBuilder::retry_if`] (or [`TaskBuilder::retry_with`], which may also choose the delay from the error), [`TaskBuilder::retry_mode`] |
 //! | `IsCacheable`, `OnComplete`, `OnFailure` | [`TaskBuilder::cacheable`] / [`TaskBuilder::retention`], [`TaskBuilder::on_complete`], [`TaskBuilder::on_failure`] |
 //! | `Subscribe(id)` | [`Cluster::subscribe`] (and the [`TaskHandle`] from `submit`) |
-//! | `CancelTask(id)` | [`Cluster::cancel_task`] |
+//! | `CancelTask(id)` | [`Cluster::cancel_task`] → [`CancelOutcome`] |
 //! | `Stop(timeout)` | [`Cluster::stop`] (truly graceful), [`Cluster::drain`] |
 //! | `Cancel()` | [`Cluster::cancel`] |
 //! | `FixedBackoff`, `LinearBackoff`, `ExponentialBackoff`, `RetryBackoffStrategy` | [`FixedBackoff`], [`LinearBackoff`], [`ExponentialBackoff`], [`Backoff`] |
@@ -78,6 +78,18 @@
 //! | `Result{Result, Err}` | `Result<T, TaskError<E>>` |
 //!
 //! ## Decisions where the reference is silent
+//! - A cluster built inside a tokio runtime starts its workers at once, so a
+//!   forgotten `run()` cannot hang a program. [`ClusterBuilder::paused`]
+//!   builds one that waits for [`Cluster::run`] (to queue work first); tasks
+//!   left waiting in a cluster that never starts are reported after a second
+//!   (`tracing::warn!` and standard error). `run` on a running cluster is a
+//!   no-op.
+//! - `stop` or `drain` called from inside one of the cluster's own task
+//!   bodies begins the stop and returns [`StopError::FromInsideTask`] at once
+//!   (waiting would wait for its own worker).
+//! - Generated ids print as `#{number}@{slot}` and parse back; numbers are
+//!   unique in the process, so an id addresses nothing in another cluster;
+//!   user ids may not start with `#`.
 //! - Start time, when not given, is the submission time; it orders equal
 //!   priorities (earlier first) and then submission order breaks ties.
 //! - [`Cluster::cancel_task`] says what it did ([`CancelOutcome`]); when it

@@ -211,10 +211,57 @@ impl From<&TaskId> for TaskId {
 /// What an attempt knows about itself, handed to the task body.
 ///
 /// It tells the task id, which attempt this is, the attempt's deadline, and
-/// carries the cancellation signal. An async body is dropped at once when it
-/// is cancelled or times out, so it only needs the signal for work it hands
-/// to other tasks ([`cancellation_token`](Self::cancellation_token)); a
-/// blocking body must poll [`is_cancelled`](Self::is_cancelled) to stop early.
+/// carries the cancellation signal.
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::Cluster;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// let h = cluster
+///     .task(|ctx| async move {
+///         // Work handed elsewhere gets the attempt's token, so a cancel or
+///         // timeout of this attempt stops it too.
+///         let token = ctx.cancellation_token();
+///         let helper = tokio::spawn(async move {
+///             tokio::select! {
+///                 _ = token.cancelled() => None,
+///                 _ = tokio::time::sleep(Duration::from_millis(5)) => Some(2),
+///             }
+///         });
+///         let helped = helper.await.unwrap().unwrap_or(0);
+///         Ok::<_, String>(format!("{} attempt {}: {helped}", ctx.id(), ctx.attempt()))
+///     })
+///     .id("job")
+///     .submit()
+///     .unwrap();
+/// assert_eq!(h.await, Ok("job attempt 1: 2".to_string()));
+/// # }
+/// ```
+///
+/// # How an attempt is told to stop
+/// | what happens | async body | blocking body |
+/// |---|---|---|
+/// | its timeout passes | dropped at once, at the `.await` where it waits; never polled again | signalled ([`CancelReason::TimedOut`]); keeps its worker until it returns |
+/// | [`cancel_task`](crate::Cluster::cancel_task) | signalled ([`CancelReason::Cancelled`]), then dropped; it may be polled once more first, up to its next `.await` that is not ready | signalled; keeps its worker until it returns |
+/// | [`cancel`](crate::Cluster::cancel), or the timeout of a `stop`/`drain` | as a cancel, with [`CancelReason::Shutdown`] | as a cancel, with [`CancelReason::Shutdown`] |
+/// | a graceful [`stop`](crate::Cluster::stop) or [`drain`](crate::Cluster::drain) | nothing: the attempt runs to its end | nothing |
+///
+/// Whatever the attempt then returns is ignored: the outcome is already
+/// decided (`TimedOut`, `Cancelled`, `Shutdown`). So an async body does
+/// not clean up after [`cancelled`](Self::cancelled) (it is dropped first);
+/// it cleans up in `Drop` (what it holds is dropped with it). The signal is
+/// for work the body hands elsewhere ([`cancellation_token`](Self::cancellation_token),
+/// or the context moved into a spawned task) and for blocking bodies, which
+/// poll [`is_cancelled`](Self::is_cancelled) to stop early.
+///
+/// # Waiting for another task inside a body
+/// Awaiting another task's handle or subscription inside a body holds this
+/// body's worker, and can deadlock a busy or one-worker pool: see
+/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
+/// and `examples/dependent.rs`.
 pub struct TaskContext {
     id: TaskId,
     attempt: u32,
@@ -264,7 +311,17 @@ impl TaskContext {
         self.job.signal().reason()
     }
 
-    /// Resolves when this attempt is asked to stop, with the reason.
+    /// Resolves when this attempt is asked to stop, with the reason: its
+    /// timeout passed, it was cancelled by id, or the cluster shut down
+    /// ([`Cluster::cancel`](crate::Cluster::cancel), or the timeout of a
+    /// `stop` or `drain`). A graceful stop does not ask running attempts to
+    /// stop, so it does not fire this.
+    ///
+    /// An async body is dropped when this fires (at once on a timeout; see
+    /// the [type docs](Self#how-an-attempt-is-told-to-stop)), so code after
+    /// awaiting it inside the body itself may never run. Await it in work
+    /// the context was moved into (a spawned task), or from a blocking body
+    /// with `tokio::runtime::Handle::block_on`.
     ///
     /// Cancel safe: dropping the future loses nothing.
     pub async fn cancelled(&self) -> CancelReason {

@@ -384,3 +384,73 @@ async fn a_body_keeps_its_captures_until_the_task_completes() {
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert!(dropped.load(Ordering::SeqCst), "released at completion");
 }
+
+/// What `TaskContext::cancelled` documents: work the body handed the
+/// context (or its token) to sees a cancel and a timeout; an async body that
+/// times out is dropped at once and never sees `cancelled()` resolve; on a
+/// cancel, whatever the body does after seeing it, the outcome is `Cancelled`.
+#[tokio::test(start_paused = true)]
+async fn context_cancelled_reaches_handed_off_work_and_a_timed_out_body_is_dropped() {
+    let cluster = Cluster::new(2).unwrap();
+    for timeout in [false, true] {
+        let seen_in_body = Arc::new(Mutex::new(None));
+        let seen_elsewhere = Arc::new(Mutex::new(None));
+        let (sb, se) = (seen_in_body.clone(), seen_elsewhere.clone());
+        let mut builder = cluster
+            .task(move |ctx| {
+                let (sb, se) = (sb.clone(), se.clone());
+                async move {
+                    // The context itself, moved into work of its own.
+                    tokio::spawn(async move {
+                        let why = ctx.cancelled().await;
+                        *se.lock().unwrap() = Some(why);
+                    });
+                    std::future::pending::<()>().await;
+                    *sb.lock().unwrap() = Some(());
+                    Ok::<_, String>(())
+                }
+            })
+            .id("watched");
+        if timeout {
+            builder = builder.timeout(Duration::from_secs(1));
+        }
+        let h = builder.submit().unwrap();
+        yield_until("running", || cluster.stats().running == 1).await;
+        let expected = if timeout {
+            let out = h.await;
+            assert!(matches!(out, Err(TaskError::TimedOut { .. })), "{out:?}");
+            CancelReason::TimedOut
+        } else {
+            assert_eq!(cluster.cancel_task("watched"), CancelOutcome::Requested);
+            assert_eq!(h.await, Err(TaskError::Cancelled));
+            CancelReason::Cancelled
+        };
+        yield_until("the handed-off work saw it", || {
+            seen_elsewhere.lock().unwrap().is_some()
+        })
+        .await;
+        assert_eq!(*seen_elsewhere.lock().unwrap(), Some(expected));
+        assert_eq!(*seen_in_body.lock().unwrap(), None);
+    }
+
+    // A timed-out async body is dropped at once: `cancelled()` never
+    // resolves inside it.
+    let seen_in_body = Arc::new(Mutex::new(None));
+    let sb = seen_in_body.clone();
+    let h = cluster
+        .task(move |ctx| {
+            let sb = sb.clone();
+            async move {
+                let why = ctx.cancelled().await;
+                *sb.lock().unwrap() = Some(why);
+                Ok::<_, String>(())
+            }
+        })
+        .timeout(Duration::from_secs(1))
+        .submit()
+        .unwrap();
+    assert!(matches!(h.await, Err(TaskError::TimedOut { .. })));
+    tokio::task::yield_now().await;
+    assert_eq!(*seen_in_body.lock().unwrap(), None);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
