@@ -25,7 +25,6 @@ fn stats(queued: usize, running: usize, cached: usize, held: usize) -> ClusterSt
 #[tokio::test(start_paused = true)]
 async fn cancel_scheduled_task_frees_it_at_once() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let body_dropped = Arc::new(AtomicBool::new(false));
     let flag = DropFlag(body_dropped.clone());
@@ -65,7 +64,6 @@ async fn cancel_scheduled_task_frees_it_at_once() {
 #[tokio::test(start_paused = true)]
 async fn cancel_ready_task_queued_behind_busy_worker() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
 
@@ -119,7 +117,6 @@ async fn cancel_ready_task_queued_behind_busy_worker() {
 #[tokio::test(start_paused = true)]
 async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let future_dropped = Arc::new(AtomicBool::new(false));
     let sub_work_done = Arc::new(Notify::new());
@@ -175,7 +172,6 @@ async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
 #[tokio::test(start_paused = true)]
 async fn cancel_running_blocking_task_signals_its_context() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let finished = Arc::new(Notify::new());
     type Seen = Arc<Mutex<Option<(bool, Option<CancelReason>)>>>;
@@ -210,7 +206,6 @@ async fn cancel_running_blocking_task_signals_its_context() {
 
 async fn cancel_during_backoff(mode: RetryMode) {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -295,7 +290,6 @@ async fn cancel_unknown_id_returns_false() {
 #[tokio::test(start_paused = true)]
 async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("done")
@@ -335,7 +329,6 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
 #[tokio::test(start_paused = true)]
 async fn cancel_by_generated_id() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .delay(HOUR)
@@ -364,7 +357,6 @@ async fn cancel_by_generated_id() {
 #[tokio::test(start_paused = true)]
 async fn a_body_keeps_its_captures_until_the_task_completes() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let guard = DropFlag(dropped.clone());
     let h = cluster

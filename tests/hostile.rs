@@ -37,10 +37,9 @@ async fn assert_alive(cluster: &Cluster) {
     );
 }
 
+/// Called inside the test's runtime: the workers start at once.
 fn one_worker() -> Cluster {
-    let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
-    cluster
+    Cluster::new(1).unwrap()
 }
 
 #[test]
@@ -820,7 +819,6 @@ async fn stop_twice() {
 #[tokio::test(start_paused = true)]
 async fn cancel_while_stop_is_waiting() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = Arc::new(DropFlag(dropped.clone()));
     let stuck = cluster
@@ -927,7 +925,6 @@ async fn stop_timeout_cancels_what_is_left() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_cluster_while_tasks_run() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = Arc::new(DropFlag(dropped.clone()));
     let stuck = cluster

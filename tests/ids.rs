@@ -43,7 +43,6 @@ fn submit_rejected(cluster: &Cluster, id: impl Into<TaskId>) -> (SubmitError, bo
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_scheduled_task_is_rejected_and_original_untouched() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
@@ -86,7 +85,6 @@ async fn duplicate_of_due_task_before_run_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_running_task_is_rejected_and_original_untouched() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let was_cancelled = Arc::new(AtomicBool::new(true));
@@ -122,7 +120,6 @@ async fn duplicate_of_running_task_is_rejected_and_original_untouched() {
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_task_waiting_for_retry_is_rejected() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|ctx| async move {
             if ctx.attempt() == 1 {
@@ -151,7 +148,6 @@ async fn duplicate_of_task_waiting_for_retry_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn id_can_be_reused_after_finish() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("x")
@@ -193,7 +189,6 @@ async fn id_can_be_reused_after_finish() {
 #[tokio::test(start_paused = true)]
 async fn id_reuse_replaces_cached_outcome() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let first = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("c")
@@ -242,7 +237,6 @@ async fn id_reuse_replaces_cached_outcome() {
 #[tokio::test(start_paused = true)]
 async fn empty_id_is_rejected() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let (err, ran, dropped) = submit_rejected(&cluster, "");
     assert!(matches!(err, SubmitError::InvalidId(_)), "{err:?}");
     assert!(!ran);
@@ -254,7 +248,6 @@ async fn empty_id_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn id_longer_than_max_is_rejected_and_max_is_accepted() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let (err, ran, dropped) = submit_rejected(&cluster, "a".repeat(MAX_ID_LEN + 1));
     assert!(matches!(err, SubmitError::InvalidId(_)), "{err:?}");
     assert!(!ran);
@@ -281,7 +274,6 @@ async fn id_longer_than_max_is_rejected_and_max_is_accepted() {
 #[tokio::test(start_paused = true)]
 async fn generated_id_cannot_be_given_as_an_id() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .delay(Duration::from_secs(5))
@@ -297,7 +289,6 @@ async fn generated_id_cannot_be_given_as_an_id() {
 #[tokio::test(start_paused = true)]
 async fn generated_ids_are_unique() {
     let cluster = Cluster::new(4).unwrap();
-    cluster.run().unwrap();
 
     // Many at once.
     let handles: Vec<_> = (0..500)
@@ -339,7 +330,6 @@ async fn generated_ids_are_unique() {
 #[tokio::test(start_paused = true)]
 async fn stale_generated_id_does_not_reach_a_new_task() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -366,7 +356,6 @@ async fn stale_generated_id_does_not_reach_a_new_task() {
 #[tokio::test(start_paused = true)]
 async fn printed_generated_ids_round_trip() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .cacheable(true)
@@ -415,7 +404,6 @@ async fn printed_generated_ids_round_trip() {
 #[tokio::test(start_paused = true)]
 async fn user_ids_starting_with_hash_are_reserved() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     // Before generated `#0@0` could exist, `#0` was a valid user id.
     for id in ["#0", "#", "#0@0", "#mine"] {
         let (err, ran, dropped) = submit_rejected(&cluster, id);

@@ -128,7 +128,6 @@ async fn equal_priority_earlier_start_first_then_fifo() {
 #[tokio::test(start_paused = true)]
 async fn order_holds_for_tasks_queued_behind_a_busy_worker() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = Arc::new(Notify::new());
     let order = log();
     let g = gate.clone();
@@ -286,7 +285,6 @@ async fn tasks_queued_before_run_wait_for_run() {
 #[tokio::test(start_paused = true)]
 async fn start_time_in_the_past_runs_at_once() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     tokio::time::sleep(Duration::from_secs(100)).await;
     let t0 = Instant::now();
     let ran = log();
@@ -356,7 +354,6 @@ async fn earlier_past_start_goes_first_among_equal_priority() {
 #[tokio::test(start_paused = true)]
 async fn start_time_in_the_future_is_not_started_before_it() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let ran = log();
     let mut handles = Vec::new();
@@ -404,7 +401,6 @@ async fn start_time_in_the_future_is_not_started_before_it() {
 #[tokio::test(start_paused = true)]
 async fn future_high_priority_task_does_not_block_due_low_priority_task() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let ran = log();
     let mut handles = Vec::new();

@@ -32,7 +32,6 @@ async fn attempt_times(
     mode: RetryMode,
 ) -> (Vec<Instant>, Result<u32, TaskError<String>>) {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let times = log();
     let t = times.clone();
     let h = cluster
@@ -114,7 +113,6 @@ async fn jitter_keeps_every_delay_within_ten_percent() {
     let nominal = SEC;
     for mode in MODES {
         let cluster = Cluster::new(TASKS).unwrap();
-        cluster.run().unwrap();
         let mut all = Vec::new();
         for _ in 0..TASKS {
             let times = log();
@@ -166,7 +164,6 @@ async fn jitter_keeps_every_delay_within_ten_percent() {
 #[tokio::test(start_paused = true)]
 async fn invalid_jitter_is_rejected_at_submit() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     for ratio in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
         let c = calls.clone();
@@ -212,7 +209,6 @@ async fn invalid_jitter_is_rejected_at_submit() {
 #[tokio::test(start_paused = true)]
 async fn retry_if_sees_the_error_and_can_stop_retries() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let seen = log();
     let s = seen.clone();
     let h = cluster
@@ -267,7 +263,6 @@ async fn exhausted_retries_give_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn retry_n_means_n_plus_one_attempts() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     for n in 0..6u32 {
         let attempts = log();
         let a = attempts.clone();
@@ -295,7 +290,6 @@ async fn retry_n_means_n_plus_one_attempts() {
 async fn requeue_frees_the_worker_and_immediate_holds_it() {
     for mode in MODES {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let t0 = Instant::now();
         let events = log();
         let ev = events.clone();
@@ -392,7 +386,6 @@ async fn panicking_backoff_ends_retries_with_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn panicking_retry_if_ends_retries_with_the_last_error() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -425,7 +418,6 @@ async fn panicking_retry_if_ends_retries_with_the_last_error() {
 async fn retry_u32_max_succeeding_on_attempt_three() {
     for mode in MODES {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let h = cluster
             .task(|ctx| async move {
                 if ctx.attempt() < 3 {
@@ -485,7 +477,6 @@ fn exponential_with_zero_base_stays_zero_for_huge_attempts() {
 #[tokio::test(start_paused = true)]
 async fn zero_base_exponential_keeps_retrying_past_f64_overflow() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let h = cluster
         .task(|ctx| async move {

@@ -34,7 +34,6 @@ struct Seen {
 #[tokio::test(start_paused = true)]
 async fn graceful_stop_lets_running_tasks_finish_and_shuts_down_the_rest() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let seen: Vec<Arc<Seen>> = (0..2).map(|_| Arc::default()).collect();
@@ -118,7 +117,6 @@ async fn graceful_stop_lets_running_tasks_finish_and_shuts_down_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn stop_shuts_down_tasks_waiting_for_a_retry() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -144,7 +142,6 @@ async fn stop_shuts_down_tasks_waiting_for_a_retry() {
 #[tokio::test(start_paused = true)]
 async fn stop_interrupts_an_immediate_retry_wait() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -174,7 +171,6 @@ async fn stop_interrupts_an_immediate_retry_wait() {
 #[tokio::test(start_paused = true)]
 async fn stop_does_not_retry_an_attempt_that_fails_during_the_stop() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let attempts = Arc::new(AtomicU32::new(0));
@@ -211,7 +207,6 @@ async fn stop_does_not_retry_an_attempt_that_fails_during_the_stop() {
 #[tokio::test(start_paused = true)]
 async fn stop_timeout_reports_running_attempts_then_shuts_them_down() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let reason: Arc<Mutex<Option<CancelReason>>> = Arc::default();
@@ -339,7 +334,6 @@ async fn drain_on_a_cluster_that_never_ran_shuts_everything_down() {
 #[tokio::test(start_paused = true)]
 async fn cancel_interrupts_running_attempts_and_shuts_down_pending_tasks() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
 
     // An async body: dropped at once; its sub-work sees the Shutdown reason.
     let async_started = Arc::new(Notify::new());
@@ -427,7 +421,6 @@ async fn cancel_interrupts_running_attempts_and_shuts_down_pending_tasks() {
 #[tokio::test(start_paused = true)]
 async fn stop_twice_and_stop_after_cancel_are_fine() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -440,7 +433,6 @@ async fn stop_twice_and_stop_after_cancel_are_fine() {
     assert_eq!(cluster.drain(Duration::from_secs(1)).await, Ok(()));
 
     let other = Cluster::new(1).unwrap();
-    other.run().unwrap();
     other.cancel();
     other.cancel();
     assert_eq!(other.stop(Duration::from_secs(1)).await, Ok(()));
@@ -486,7 +478,6 @@ async fn dropping_the_last_clone_shuts_down_and_workers_exit() {
     let metrics = tokio::runtime::Handle::current().metrics();
     assert_eq!(metrics.num_alive_tasks(), 0);
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let (s, d) = (started.clone(), dropped.clone());
@@ -551,7 +542,6 @@ async fn parent_token_cancels_the_cluster() {
         .cancel_on(parent.child_token())
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let (s, d) = (started.clone(), dropped.clone());
@@ -638,7 +628,6 @@ async fn tasks_queued_before_run_resolve_as_shutdown_on_stop() {
 #[tokio::test(start_paused = true)]
 async fn drain_ends_when_its_last_waiting_retry_is_cancelled() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Err::<(), _>("fail") })
         .id("r")
@@ -676,7 +665,6 @@ fn a_claim_is_settled_when_the_runtime_drops_the_worker_holding_it() {
     let a = attempts.clone();
     let (cluster, handle) = rt.block_on(async move {
         let cluster = Cluster::new(2).unwrap();
-        cluster.run().unwrap();
         for _ in 0..10 {
             tokio::task::yield_now().await; // both workers go idle
         }
@@ -736,7 +724,6 @@ fn a_claim_waiting_for_a_timed_out_blocking_attempt_is_settled_when_the_runtime_
     let (token_tx, mut token_rx) = tokio::sync::mpsc::unbounded_channel();
     let (cluster, handle) = rt.block_on(async move {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let h = cluster
             .blocking_task(move |ctx| {
                 if ctx.attempt() == 1 {

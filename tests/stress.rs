@@ -392,7 +392,6 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         .retention(RETENTION)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let st = State {
         cluster: cluster.clone(),
         runs: table(|| AtomicU32::new(0)),

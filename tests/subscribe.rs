@@ -18,7 +18,6 @@ fn unknown(id: &str) -> SubscribeError {
 #[tokio::test(start_paused = true)]
 async fn subscribers_before_finish_all_get_the_value() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let (g, s) = (gate.clone(), started.clone());
@@ -51,7 +50,6 @@ async fn subscribers_before_finish_all_get_the_value() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_of_a_scheduled_task_and_a_failure() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Err::<u8, _>("bad".to_string()) })
         .id("f")
@@ -71,7 +69,6 @@ async fn subscribers_of_a_scheduled_task_and_a_failure() {
 #[tokio::test(start_paused = true)]
 async fn subscribe_after_finish_without_cache_is_unknown() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("gone")
@@ -89,7 +86,6 @@ async fn subscribe_after_finish_without_cache_is_unknown() {
 #[tokio::test(start_paused = true)]
 async fn cached_outcome_reaches_late_subscribers() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(vec![1, 2, 3]) })
         .id("c")
@@ -137,7 +133,6 @@ async fn cluster_retention_expires_cached_outcomes() {
         .retention(retention)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(7) })
         .id("r")
@@ -168,7 +163,6 @@ async fn per_task_retention_overrides_the_cluster_default() {
         .retention(Duration::from_secs(10))
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let short = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("short")
@@ -234,7 +228,6 @@ async fn per_task_retention_overrides_the_cluster_default() {
 #[tokio::test(start_paused = true)]
 async fn retention_counts_from_completion_not_submission() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("late")
@@ -258,7 +251,6 @@ async fn retention_counts_from_completion_not_submission() {
 #[tokio::test(start_paused = true)]
 async fn subscribe_with_wrong_types_is_a_type_mismatch() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<i32, String>(1) })
         .id("typed")
@@ -310,7 +302,6 @@ async fn subscribe_to_unknown_id_fails() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_of_a_cancelled_task_get_cancelled() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
 
     // Scheduled.
     let h = cluster
@@ -354,7 +345,6 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_are_answered_with_shutdown_on_cancel() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let s = started.clone();
     let running = cluster
@@ -420,7 +410,6 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     common::quiet_panics_starting_with("probe clone");
 
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -453,7 +442,6 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
 #[tokio::test(start_paused = true)]
 async fn type_mismatch_names_both_types_plainly() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<u32, String>(2) })
         .id("typed")
