@@ -45,7 +45,27 @@ where
 }
 
 /// What a [`retry_with`](crate::TaskBuilder::retry_with) function decides
-/// after a failed attempt.
+/// after a failed attempt (see there for a full example).
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{RetryDecision, TaskError};
+///
+/// // Honour a server's Retry-After, capped at a minute; else the backoff.
+/// fn decide(err: &TaskError<Option<Duration>>, _attempt: u32) -> RetryDecision {
+///     match err {
+///         TaskError::Failed(Some(after)) => {
+///             RetryDecision::RetryAfter((*after).min(Duration::from_secs(60)))
+///         }
+///         TaskError::Failed(None) | TaskError::TimedOut { .. } => RetryDecision::Retry,
+///         _ => RetryDecision::Stop,
+///     }
+/// }
+/// assert_eq!(
+///     decide(&TaskError::Failed(Some(Duration::from_secs(5))), 1),
+///     RetryDecision::RetryAfter(Duration::from_secs(5))
+/// );
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RetryDecision {

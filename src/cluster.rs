@@ -38,6 +38,30 @@ use crate::worker::{run_timekeeper, run_worker};
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
 
 /// What [`Cluster::cancel_task`] did.
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{CancelOutcome, Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(1).unwrap();
+/// let slow = cluster
+///     .task(|_ctx| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<_, String>(())
+///     })
+///     .id("slow")
+///     .submit()
+///     .unwrap();
+/// tokio::task::yield_now().await; // let it start
+/// let outcome = cluster.cancel_task("slow");
+/// assert_eq!(outcome, CancelOutcome::Requested); // running: signalled
+/// assert!(outcome.took_effect());
+/// assert_eq!(slow.await, Err(TaskError::Cancelled));
+/// assert!(!cluster.cancel_task("slow").took_effect()); // NotFound by now
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CancelOutcome {
@@ -196,6 +220,9 @@ impl Drop for Owner {
 }
 
 /// A task cluster: a queue of tasks and a bounded pool of workers.
+///
+/// Built inside a tokio runtime, its workers start at once on that runtime;
+/// see [`ClusterBuilder::paused`] and [`Cluster::run`] to start them later.
 ///
 /// Cheap to clone; all clones drive the same cluster. Dropping the last
 /// clone cancels the cluster (as [`cancel`](Self::cancel)): pending tasks
