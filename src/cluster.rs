@@ -340,12 +340,14 @@ impl Cluster {
     /// have been built outside any runtime, and the warning must come on
     /// real time, whatever a test's paused clock does.
     pub(crate) fn watch_unstarted(&self) {
-        if self.owner.watching.swap(true, Relaxed) {
+        // A plain load first: every submit before the start comes here.
+        if self.owner.watching.load(Relaxed) || self.owner.watching.swap(true, Relaxed) {
             return;
         }
         let shared = Arc::downgrade(self.shared());
         let spawned = std::thread::Builder::new()
             .name("corral-unstarted-watch".into())
+            .stack_size(64 * 1024)
             .spawn(move || {
                 std::thread::sleep(UNSTARTED_WARNING);
                 let Some(shared) = shared.upgrade() else {
