@@ -18,7 +18,6 @@ use corral::{Cluster, TaskError};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // One worker: the harshest case for dependent tasks.
     let cluster = Cluster::new(1)?;
-    cluster.run()?;
 
     // The dependency: fetch a price.
     let fetch = cluster

@@ -17,7 +17,6 @@ enum FetchError {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = Cluster::new(2)?;
-    cluster.run()?;
     let t0 = Instant::now();
 
     // Fails three times, then succeeds: print when each attempt ran.

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = Cluster::new(1)?;
+    // Paused: everything below is queued first, then runs in exact order.
+    let cluster = Cluster::builder().workers(1).paused().build()?;
     let t0 = Instant::now();
     let mut handles = Vec::new();
 

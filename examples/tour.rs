@@ -15,10 +15,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let ms = move || t0.elapsed().as_millis();
 
-    // ---- 1. Priority order: tasks submitted before `run` wait, then go
-    // highest priority first, FIFO among equals.
+    // ---- 1. Priority order: tasks submitted to a paused cluster wait for
+    // `run`, then go highest priority first, FIFO among equals.
     println!("1. priority order (1 worker, 5 tasks queued before run)");
-    let cluster = Cluster::new(1)?;
+    let cluster = Cluster::builder().workers(1).paused().build()?;
     let mut handles = Vec::new();
     for (name, priority) in [
         ("backup", 1),
@@ -43,9 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     cluster.stop(Duration::from_secs(1)).await?;
 
-    // The rest runs on a wider cluster.
+    // The rest runs on a wider cluster, whose workers start at once.
     let cluster = Cluster::builder().workers(4).build()?;
-    cluster.run()?;
 
     // ---- 2. A scheduled task: not started before its start time.
     println!("2. scheduled task");
@@ -107,7 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .submit()?;
     println!("   held before cancel: {} task(s)", cluster.stats().held);
     println!(
-        "   cancel_task(\"doomed\") -> {}",
+        "   cancel_task(\"doomed\") -> {:?}",
         cluster.cancel_task("doomed")
     );
     println!(

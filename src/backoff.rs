@@ -15,6 +15,8 @@ use rand::Rng;
 /// and so on.
 ///
 /// Any `Fn(u32) -> Duration + Send + Sync` closure is a backoff strategy.
+/// A strategy sees only the attempt; for a delay chosen from the error (an
+/// HTTP `Retry-After`), see [`TaskBuilder::retry_with`](crate::TaskBuilder::retry_with).
 /// A strategy that panics is caught: the task then ends with the error of its
 /// last attempt instead of retrying.
 ///
@@ -40,6 +42,42 @@ where
     fn delay(&self, attempt: u32) -> Duration {
         self(attempt)
     }
+}
+
+/// What a [`retry_with`](crate::TaskBuilder::retry_with) function decides
+/// after a failed attempt (see there for a full example).
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{RetryDecision, TaskError};
+///
+/// // Honour a server's Retry-After, capped at a minute; else the backoff.
+/// fn decide(err: &TaskError<Option<Duration>>, _attempt: u32) -> RetryDecision {
+///     match err {
+///         TaskError::Failed(Some(after)) => {
+///             RetryDecision::RetryAfter((*after).min(Duration::from_secs(60)))
+///         }
+///         TaskError::Failed(None) | TaskError::TimedOut { .. } => RetryDecision::Retry,
+///         _ => RetryDecision::Stop,
+///     }
+/// }
+/// assert_eq!(
+///     decide(&TaskError::Failed(Some(Duration::from_secs(5))), 1),
+///     RetryDecision::RetryAfter(Duration::from_secs(5))
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryDecision {
+    /// Retry after the task's [`backoff`](crate::TaskBuilder::backoff) delay,
+    /// with its [`jitter`](crate::TaskBuilder::jitter).
+    Retry,
+    /// Retry after exactly this delay, instead of the backoff's (no jitter
+    /// either): the delay the error itself asks for, such as an HTTP
+    /// `Retry-After`.
+    RetryAfter(Duration),
+    /// Do not retry: the task ends with this attempt's error.
+    Stop,
 }
 
 /// The same delay before every retry.

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, RetryDecision};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
+use crate::core::Phase;
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Body, Cloner, Extras, Job, Outcome, Policy, TaskCell};
@@ -22,6 +23,7 @@ pub const MAX_ID_LEN: usize = 1024;
 /// # Default
 /// [`RetryMode::Requeue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RetryMode {
     /// The worker is freed; the task goes back to the queue with start time
     /// `now + backoff` and its original priority.
@@ -54,7 +56,7 @@ enum Start {
 /// | `retry` | `0` retries (one attempt) |
 /// | `backoff` | [`FixedBackoff`](crate::FixedBackoff) of zero |
 /// | `jitter` | none |
-/// | `retry_if` | retry every failure, panic and timeout |
+/// | `retry_if` / `retry_with` | retry every failure, panic and timeout, after the backoff delay |
 /// | `retry_mode` | [`RetryMode::Requeue`] |
 /// | `cacheable` | off; when on, kept for the cluster's retention (5 minutes unless set) |
 #[must_use = "a task builder does nothing until `submit` is called"]
@@ -100,7 +102,8 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
 
     /// Names the task. At most one pending or running task may hold a name;
     /// a finished one's name may be reused (replacing its cached outcome).
-    /// Empty ids and ids over [`MAX_ID_LEN`] bytes are rejected at submit.
+    /// Empty ids, ids over [`MAX_ID_LEN`] bytes and ids starting with `#`
+    /// (reserved for generated ids, see [`TaskId`]) are rejected at submit.
     pub fn id(mut self, id: impl Into<TaskId>) -> Self {
         self.id = Some(id.into());
         self
@@ -169,12 +172,102 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// Retries only the failures `predicate` accepts. It sees the error of
     /// the failed attempt: [`TaskError::Failed`], [`TaskError::Panicked`] or
     /// [`TaskError::TimedOut`] (so returning `false` for timeouts stops
-    /// retrying them). A predicate that panics counts as `false`.
+    /// retrying them). A predicate that panics counts as `false`. It is only
+    /// asked while retries remain (see [`retry`](Self::retry)).
+    ///
+    /// `retry_if(p)` is `retry_with(|err, _| if p(err) { Retry } else { Stop })`:
+    /// the later of the two calls wins.
+    ///
+    /// ```
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// #[derive(Debug, Clone, PartialEq)]
+    /// enum FetchError { Busy, NotFound }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|ctx| async move {
+    ///         let err = if ctx.attempt() == 1 { FetchError::Busy } else { FetchError::NotFound };
+    ///         Err::<String, _>(err)
+    ///     })
+    ///     .retry(5)
+    ///     // A busy server is worth another try; a missing page is not.
+    ///     .retry_if(|err| matches!(err, TaskError::Failed(FetchError::Busy) | TaskError::TimedOut { .. }))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Err(TaskError::Failed(FetchError::NotFound))); // 2 attempts, not 6
+    /// # }
+    /// ```
     pub fn retry_if(
         mut self,
         predicate: impl Fn(&TaskError<E>) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.extras().retry_if = Some(Box::new(predicate));
+        self.extras().retry_with = Some(Box::new(move |err, _| {
+            if predicate(err) {
+                RetryDecision::Retry
+            } else {
+                RetryDecision::Stop
+            }
+        }));
+        self
+    }
+
+    /// Decides each retry from the error: whether to retry, and after which
+    /// delay. `decide` sees the error of the failed attempt (as for
+    /// [`retry_if`](Self::retry_if)) and that attempt's number (1 for the
+    /// first, as [`TaskContext::attempt`](crate::TaskContext::attempt)), and
+    /// returns a [`RetryDecision`]: [`Retry`](RetryDecision::Retry) after the
+    /// [`backoff`](Self::backoff) delay, [`RetryAfter(d)`](RetryDecision::RetryAfter)
+    /// after exactly `d` (say, an HTTP `Retry-After`), or
+    /// [`Stop`](RetryDecision::Stop). It is only asked while retries remain
+    /// (see [`retry`](Self::retry)), and replaces an earlier `retry_if`
+    /// (the later call wins). A `decide` that panics counts as `Stop`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, ExponentialBackoff, RetryDecision, TaskError};
+    ///
+    /// #[derive(Debug, Clone, PartialEq)]
+    /// enum HttpError {
+    ///     /// 429 or 503, with the server's `Retry-After`, if it sent one.
+    ///     Unavailable { retry_after: Option<Duration> },
+    ///     /// Any other status: retrying will not help.
+    ///     Status(u16),
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|ctx| async move {
+    ///         match ctx.attempt() {
+    ///             1 => Err(HttpError::Unavailable { retry_after: Some(Duration::from_millis(30)) }),
+    ///             2 => Err(HttpError::Unavailable { retry_after: None }),
+    ///             _ => Ok("page"),
+    ///         }
+    ///     })
+    ///     .retry(5)
+    ///     .backoff(ExponentialBackoff::new(Duration::from_millis(10), 2.0))
+    ///     .retry_with(|err, _attempt| match err {
+    ///         TaskError::Failed(HttpError::Unavailable { retry_after: Some(d) }) => {
+    ///             RetryDecision::RetryAfter(*d)
+    ///         }
+    ///         TaskError::Failed(HttpError::Unavailable { retry_after: None })
+    ///         | TaskError::TimedOut { .. } => RetryDecision::Retry, // the backoff's delay
+    ///         _ => RetryDecision::Stop,
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok("page"));
+    /// # }
+    /// ```
+    pub fn retry_with(
+        mut self,
+        decide: impl Fn(&TaskError<E>, u32) -> RetryDecision + Send + Sync + 'static,
+    ) -> Self {
+        self.extras().retry_with = Some(Box::new(decide));
         self
     }
 
@@ -188,6 +281,26 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// `on_failure` and before the handle resolves. It runs on the thread
     /// that settles the task (usually a worker): keep it short. A panic in
     /// it is caught and logged.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// let l = log.clone();
+    /// let h = cluster
+    ///     .task(|_ctx| async { Ok::<u32, String>(3) })
+    ///     .id("count")
+    ///     .on_complete(move |id, outcome| l.lock().unwrap().push(format!("{id}: {outcome:?}")))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok(3));
+    /// assert_eq!(*log.lock().unwrap(), ["count: Ok(3)"]); // ran before the handle resolved
+    /// # }
+    /// ```
     pub fn on_complete(
         mut self,
         callback: impl Fn(&TaskId, &Result<T, TaskError<E>>) + Send + Sync + 'static,
@@ -199,6 +312,30 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// Called once if the final outcome is an error (failure, panic, timeout,
     /// cancel or shutdown), before `on_complete`; never per failed attempt.
     /// Same rules as [`on_complete`](Self::on_complete).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let alerts = Arc::new(AtomicU32::new(0));
+    /// let a = alerts.clone();
+    /// let h = cluster
+    ///     .task(|_ctx| async { Err::<(), _>("down") })
+    ///     .retry(2) // three attempts, one final failure
+    ///     .on_failure(move |id, err| {
+    ///         eprintln!("alert: {id} failed: {err}");
+    ///         a.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Err(TaskError::Failed("down")));
+    /// assert_eq!(alerts.load(Ordering::SeqCst), 1);
+    /// # }
+    /// ```
     pub fn on_failure(
         mut self,
         callback: impl Fn(&TaskId, &TaskError<E>) + Send + Sync + 'static,
@@ -217,6 +354,28 @@ where
     /// (5 minutes unless [`ClusterBuilder::retention`](crate::ClusterBuilder::retention)
     /// says otherwise), so that late [`subscribe`](Cluster::subscribe)rs get it.
     /// Needs `Clone` because each reader gets its own copy.
+    ///
+    /// ```
+    /// use corral::{Cluster, SubscribeError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let kept = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("config v2") })
+    ///     .id("config")
+    ///     .cacheable(true)
+    ///     .submit()
+    ///     .unwrap();
+    /// let gone = cluster.task(|_ctx| async { Ok::<_, String>(0) }).id("tmp").submit().unwrap();
+    /// kept.await.unwrap();
+    /// gone.await.unwrap();
+    /// // After the end: the cached outcome is still there; the other is forgotten.
+    /// let late = cluster.subscribe::<&str, String>("config").unwrap();
+    /// assert_eq!(late.await, Ok("config v2"));
+    /// assert!(matches!(cluster.subscribe::<i32, String>("tmp"), Err(SubscribeError::UnknownId(_))));
+    /// # }
+    /// ```
     pub fn cacheable(mut self, cacheable: bool) -> Self {
         self.cache = cacheable.then_some(None);
         self.cloner = cacheable.then_some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);
@@ -240,11 +399,14 @@ where
 {
     /// Validates the options and queues the task.
     ///
-    /// Tasks submitted before [`Cluster::run`] wait in the queue.
+    /// Tasks submitted to a cluster whose workers have not started (see
+    /// [`ClusterBuilder::paused`](crate::ClusterBuilder::paused)) wait in the
+    /// queue until [`Cluster::run`].
     ///
     /// # Errors
     /// - [`SubmitError::InvalidId`]: the id is empty, longer than
-    ///   [`MAX_ID_LEN`], or a generated id.
+    ///   [`MAX_ID_LEN`], starts with `#`, or is a generated id.
+    /// - [`SubmitError::TooManyTasks`]: the cluster holds 2^32 - 1 tasks.
     /// - [`SubmitError::InvalidOption`]: a zero timeout, or a jitter ratio
     ///   outside `0.0..=1.0`.
     /// - [`SubmitError::DuplicateId`]: a task with this id is pending or running.
@@ -309,6 +471,7 @@ where
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
         let mut core = shared.lock();
+        let unstarted = core.phase == Phase::Idle;
         let admitted = core.submit(
             job,
             cell.name(),
@@ -323,6 +486,9 @@ where
         if let Some(old) = replaced {
             old.release();
         }
+        if unstarted {
+            cluster.watch_unstarted();
+        }
         Ok(TaskHandle::new(cell))
     }
 }
@@ -333,6 +499,11 @@ fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {
     ))?;
     if name.is_empty() {
         return Err(SubmitError::InvalidId("the id is empty"));
+    }
+    if name.starts_with('#') {
+        return Err(SubmitError::InvalidId(
+            "ids starting with '#' are reserved for generated ids",
+        ));
     }
     if name.len() > MAX_ID_LEN {
         return Err(SubmitError::InvalidId(

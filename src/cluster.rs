@@ -18,6 +18,7 @@
 use std::any::type_name;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use crate::builder::TaskBuilder;
 use crate::core::{ClusterStats, Delivery, Phase, Shared};
 use crate::error::{BuildError, RunError, StopError, SubscribeError};
 use crate::handle::Subscription;
+use crate::inside;
 use crate::job::{copy_for_subscriber, Answer, AsyncBody, BlockingBody, Outcome, SubscribeRequest};
 use crate::panic::drop_guarded;
 use crate::signal::CancelReason;
@@ -37,6 +39,62 @@ use crate::worker::{run_timekeeper, run_worker};
 /// How long a cached outcome is kept unless the cluster or task says otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
 
+/// What [`Cluster::cancel_task`] did.
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{CancelOutcome, Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(1).unwrap();
+/// let slow = cluster
+///     .task(|_ctx| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<_, String>(())
+///     })
+///     .id("slow")
+///     .submit()
+///     .unwrap();
+/// tokio::task::yield_now().await; // let it start
+/// let outcome = cluster.cancel_task("slow");
+/// assert_eq!(outcome, CancelOutcome::Requested); // running: signalled
+/// assert!(outcome.took_effect());
+/// assert_eq!(slow.await, Err(TaskError::Cancelled));
+/// assert!(!cluster.cancel_task("slow").took_effect()); // NotFound by now
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// The task was scheduled, due, or waiting for a requeued retry: it is
+    /// removed and has resolved as [`TaskError::Cancelled`](crate::TaskError::Cancelled)
+    /// before `cancel_task` returned.
+    Cancelled,
+    /// An attempt is running (or an immediate retry is waiting): it has been
+    /// signalled, and the task will resolve as
+    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled), whatever the
+    /// attempt returns.
+    Requested,
+    /// The task's outcome was already decided: it finished and its outcome
+    /// is still cached, or a shutdown already decided it (it resolves as
+    /// [`TaskError::Shutdown`](crate::TaskError::Shutdown)). Nothing changed.
+    AlreadyFinished,
+    /// No task with this id is pending, running or cached in this cluster
+    /// (it never existed, finished without caching, its cache expired, or
+    /// the id belongs to another cluster).
+    NotFound,
+}
+
+impl CancelOutcome {
+    /// `true` if the cancel decided the task's outcome
+    /// ([`Cancelled`](Self::Cancelled) or [`Requested`](Self::Requested)):
+    /// the task resolves as [`TaskError::Cancelled`](crate::TaskError::Cancelled).
+    pub fn took_effect(&self) -> bool {
+        matches!(self, CancelOutcome::Cancelled | CancelOutcome::Requested)
+    }
+}
+
 /// Configures a [`Cluster`].
 ///
 /// # Default
@@ -45,12 +103,14 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
 /// | `workers` | the number of CPUs |
 /// | `retention` | [`DEFAULT_RETENTION`] (5 minutes) |
 /// | `cancel_on` | none |
+/// | `paused` | off: the workers start at `build` inside a runtime, else at the first [`Cluster::run`] |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClusterBuilder {
     workers: usize,
     retention: Duration,
     parent: Option<CancellationToken>,
+    paused: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -59,6 +119,7 @@ impl Default for ClusterBuilder {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             retention: DEFAULT_RETENTION,
             parent: None,
+            paused: false,
         }
     }
 }
@@ -77,6 +138,31 @@ impl ClusterBuilder {
         self
     }
 
+    /// Builds a cluster whose workers wait for [`Cluster::run`]: tasks
+    /// submitted before it queue up and then start in their exact order
+    /// (priority, start time, submission), as if all had arrived at once.
+    ///
+    /// A task left waiting in a cluster whose workers never started cannot
+    /// resolve, so a forgotten `run` must not pass silently: a second after
+    /// the first such submit, if the workers have still not started, the
+    /// cluster reports it once through `tracing::warn!` and on standard error
+    /// ("corral: N task(s) wait in a cluster whose workers never started...").
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(1).paused().build().unwrap();
+    /// let first = cluster.task(|_| async { Ok::<_, String>(1) }).submit().unwrap();
+    /// cluster.run().unwrap();
+    /// assert_eq!(first.await, Ok(1));
+    /// # }
+    /// ```
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
+        self
+    }
+
     /// Ties the cluster to a parent token: cancelling it cancels the cluster
     /// as [`Cluster::cancel`] does (the reference API's parent context).
     pub fn cancel_on(mut self, parent: CancellationToken) -> Self {
@@ -84,7 +170,13 @@ impl ClusterBuilder {
         self
     }
 
-    /// Builds the cluster. It accepts tasks at once; they start after [`Cluster::run`].
+    /// Builds the cluster, which accepts tasks at once.
+    ///
+    /// Inside a tokio runtime, its workers start at once, on that runtime
+    /// (unless [`paused`](Self::paused)). Outside one, they start at the
+    /// first [`Cluster::run`], called inside the runtime that is to run them;
+    /// tasks submitted meanwhile wait (and a warning is printed if they still
+    /// wait a second later, see [`paused`](Self::paused)).
     ///
     /// # Errors
     /// [`BuildError::ZeroWorkers`] if `workers` is zero,
@@ -96,11 +188,17 @@ impl ClusterBuilder {
         if self.workers > usize::from(u16::MAX) {
             return Err(BuildError::TooManyWorkers);
         }
-        Ok(Cluster {
+        let cluster = Cluster {
             owner: Arc::new(Owner {
                 shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
+                watching: AtomicBool::new(false),
             }),
-        })
+        };
+        if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
+            // Cannot fail: the cluster is new and a runtime is present.
+            let _ = cluster.run();
+        }
+        Ok(cluster)
     }
 }
 
@@ -108,7 +206,14 @@ impl ClusterBuilder {
 /// Workers hold `Shared`, not `Owner`, so they do not keep the cluster alive.
 struct Owner {
     shared: Arc<Shared>,
+    /// A watch for tasks submitted to a cluster that never starts is armed
+    /// (see [`Cluster::watch_unstarted`]).
+    watching: AtomicBool,
 }
+
+/// How long tasks may wait in a cluster whose workers never started before
+/// [`Cluster::watch_unstarted`] warns.
+const UNSTARTED_WARNING: Duration = Duration::from_secs(1);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -117,6 +222,9 @@ impl Drop for Owner {
 }
 
 /// A task cluster: a queue of tasks and a bounded pool of workers.
+///
+/// Built inside a tokio runtime, its workers start at once on that runtime;
+/// see [`ClusterBuilder::paused`] and [`Cluster::run`] to start them later.
 ///
 /// Cheap to clone; all clones drive the same cluster. Dropping the last
 /// clone cancels the cluster (as [`cancel`](Self::cancel)): pending tasks
@@ -129,7 +237,6 @@ impl Drop for Owner {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let cluster = Cluster::new(2).unwrap();
-/// cluster.run().unwrap();
 /// let handle = cluster
 ///     .task(|ctx| async move { Ok::<_, String>(format!("attempt {}", ctx.attempt())) })
 ///     .priority(5)
@@ -169,15 +276,34 @@ impl Cluster {
         self.shared().workers
     }
 
-    /// Starts the workers. Tasks submitted before wait in the queue until now.
+    /// Starts the workers of a cluster that has not started them yet: one
+    /// built with [`ClusterBuilder::paused`], or built outside a tokio
+    /// runtime. Tasks submitted before wait in the queue until now, and then
+    /// run in their exact order. On a cluster whose workers run already (the
+    /// usual case: built inside a runtime) it does nothing and returns `Ok`.
+    ///
+    /// The workers run on the runtime `run` is called from.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(1).paused().build().unwrap();
+    /// let low = cluster.task(|_| async { Ok::<_, String>("low") }).submit().unwrap();
+    /// let high = cluster.task(|_| async { Ok::<_, String>("high") }).priority(9).submit().unwrap();
+    /// cluster.run().unwrap(); // `high` runs first: both were queued before the start
+    /// assert_eq!(high.await, Ok("high"));
+    /// assert_eq!(low.await, Ok("low"));
+    /// cluster.run().unwrap(); // already running: nothing to do
+    /// # }
+    /// ```
     ///
     /// # Errors
-    /// [`RunError::AlreadyRunning`] on a second call, [`RunError::ShutDown`]
-    /// after a stop or cancel, [`RunError::NoRuntime`] outside a tokio runtime.
+    /// [`RunError::ShutDown`] after a stop or cancel (a stopped cluster
+    /// cannot be restarted), [`RunError::NoRuntime`] if the workers are not
+    /// running yet and this is called outside a tokio runtime.
     pub fn run(&self) -> Result<(), RunError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RunError::NoRuntime);
-        }
         let shared = self.shared();
         if shared
             .parent
@@ -189,19 +315,62 @@ impl Cluster {
         {
             let mut core = shared.lock();
             match core.phase {
-                Phase::Idle => core.phase = Phase::Running,
-                Phase::Running => return Err(RunError::AlreadyRunning),
+                Phase::Idle => {}
+                Phase::Running => return Ok(()),
                 Phase::Draining | Phase::Stopping | Phase::Cancelled => {
                     return Err(RunError::ShutDown)
                 }
             }
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(RunError::NoRuntime);
+            }
+            core.phase = Phase::Running;
         }
         // `build` caps `workers` at u16::MAX, so every index fits.
+        let key = inside::key(shared);
         for index in (0..=u16::MAX).take(shared.workers) {
-            shared.tracker.spawn(run_worker(shared.clone(), index));
+            let worker = run_worker(shared.clone(), index);
+            shared.tracker.spawn(inside::worker(key, worker));
         }
         shared.tracker.spawn(run_timekeeper(shared.clone()));
         Ok(())
+    }
+
+    /// Called after a submit found the workers not started: warns, once per
+    /// cluster, if they still have not started a second later (see
+    /// [`ClusterBuilder::paused`]). A thread, not a tokio task: the cluster may
+    /// have been built outside any runtime, and the warning must come on
+    /// real time, whatever a test's paused clock does.
+    pub(crate) fn watch_unstarted(&self) {
+        // A plain load first: every submit before the start comes here.
+        if self.owner.watching.load(Relaxed) || self.owner.watching.swap(true, Relaxed) {
+            return;
+        }
+        let shared = Arc::downgrade(self.shared());
+        let spawned = std::thread::Builder::new()
+            .name("corral-unstarted-watch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                std::thread::sleep(UNSTARTED_WARNING);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let held = {
+                    let core = shared.lock();
+                    (core.phase == Phase::Idle).then(|| core.stats().held)
+                };
+                if let Some(held) = held.filter(|&n| n > 0) {
+                    let msg = format!(
+                        "corral: {held} task(s) wait in a cluster whose workers never started: \
+                         nothing runs and no handle resolves until `Cluster::run()` is called \
+                         (the cluster was built with `ClusterBuilder::paused()` or outside a tokio runtime)"
+                    );
+                    tracing::warn!("{msg}");
+                    eprintln!("{msg}");
+                }
+            });
+        // Without a thread there is no warning, and nothing else is lost.
+        drop(spawned);
     }
 
     /// Starts building a task whose body is an async closure, called once per
@@ -212,11 +381,58 @@ impl Cluster {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// # let cluster = Cluster::new(1).unwrap();
-    /// # cluster.run().unwrap();
     /// let h = cluster.task(|_ctx| async { Ok::<u32, std::io::Error>(7) }).submit().unwrap();
     /// assert_eq!(h.await.unwrap(), 7);
     /// # }
     /// ```
+    ///
+    /// # Writing the error type
+    /// The body's error type `E` must be known where the body is written.
+    /// When the body returns `Ok(..)` and uses `?`, nothing says what `E`
+    /// is: `?` converts its error *into* `E` (through `From`), and many
+    /// types could receive it. The compiler then stops with "type
+    /// annotations needed" (`error[E0283]`, "cannot infer type of the type
+    /// parameter `E` declared on the enum `Result`"; `E0282` on some
+    /// compiler versions):
+    ///
+    /// ```compile_fail,E0283
+    /// # use corral::Cluster;
+    /// # async fn demo(cluster: Cluster) {
+    /// let h = cluster
+    ///     .task(|_ctx| async {
+    ///         let n: u32 = "42".parse()?; // into which error type?
+    ///         Ok(n * 2)
+    ///     })
+    ///     .submit();
+    /// # }
+    /// ```
+    ///
+    /// Name it on the `Ok` (or on the block's type):
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|_ctx| async {
+    ///         let n: u32 = "42".parse()?;
+    ///         Ok::<_, std::num::ParseIntError>(n * 2)
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.await, Ok(84));
+    /// # }
+    /// ```
+    ///
+    /// # Waiting for another task inside a body
+    /// A body that awaits another task's [`TaskHandle`](crate::TaskHandle) or
+    /// [`Subscription`] holds its worker while it waits. If every worker is
+    /// held that way (with one worker, a single such wait), the awaited task
+    /// can never run: the pool deadlocks. Until the engine offers waits that
+    /// free the worker, wait outside the pool: await the first task (or
+    /// subscribe to it) from your own code, and submit the dependent task
+    /// when its input is in (see `examples/dependent.rs`).
     pub fn task<F, Fut, T, E>(&self, body: F) -> TaskBuilder<'_, AsyncBody<F>, T, E>
     where
         F: Fn(TaskContext) -> Fut + Send + 'static,
@@ -230,7 +446,37 @@ impl Cluster {
     /// Starts building a task whose body is a blocking (CPU-bound) closure.
     /// It runs on tokio's blocking pool and holds a worker slot while it
     /// runs; poll [`TaskContext::is_cancelled`] to stop early on a cancel or
-    /// timeout.
+    /// timeout (a blocking body cannot be dropped midway as an async one is:
+    /// at a timeout or cancel its outcome is decided at once, and its worker
+    /// stays busy until the call returns).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let sum = cluster
+    ///     .blocking_task(|_ctx| Ok::<u64, String>((1..=1_000u64).sum()))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(sum.await, Ok(500_500));
+    ///
+    /// // A long computation that checks for a cancel or timeout as it goes.
+    /// let spin = cluster
+    ///     .blocking_task(|ctx| {
+    ///         while !ctx.is_cancelled() {
+    ///             std::thread::sleep(Duration::from_millis(1)); // a slice of work
+    ///         }
+    ///         Err::<(), _>(format!("stopped: {:?}", ctx.cancel_reason()))
+    ///     })
+    ///     .timeout(Duration::from_millis(20))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert!(matches!(spin.await, Err(TaskError::TimedOut { .. })));
+    /// # }
+    /// ```
     pub fn blocking_task<F, T, E>(&self, body: F) -> TaskBuilder<'_, BlockingBody<F>, T, E>
     where
         F: Fn(TaskContext) -> Result<T, E> + Send + Sync + 'static,
@@ -247,6 +493,37 @@ impl Cluster {
     /// A finished task that was not cacheable is forgotten at once, so a
     /// subscribe after its end is [`SubscribeError::UnknownId`]; one that
     /// finds the task is always answered.
+    ///
+    /// Awaiting a subscription inside another task's body holds that body's
+    /// worker, and can deadlock a busy pool; see
+    /// "Waiting for another task inside a body" on [`task`](Self::task).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, SubscribeError, TaskId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let handle = cluster
+    ///     .task(|_ctx| async { Ok::<u32, String>(42) })
+    ///     .id("answer")
+    ///     .delay(Duration::from_millis(10))
+    ///     .cacheable(true)
+    ///     .submit()
+    ///     .unwrap();
+    /// // Anyone who knows the id can wait for the outcome, with its types.
+    /// let early = cluster.subscribe::<u32, String>("answer").unwrap();
+    /// assert_eq!(early.await, Ok(42));
+    /// assert_eq!(handle.await, Ok(42));
+    /// // Cached, so a late subscriber still gets it.
+    /// assert_eq!(cluster.subscribe::<u32, String>("answer").unwrap().await, Ok(42));
+    /// assert_eq!(
+    ///     cluster.subscribe::<u32, String>("nobody").unwrap_err(),
+    ///     SubscribeError::UnknownId(TaskId::from("nobody"))
+    /// );
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`SubscribeError::UnknownId`] if no such task is known;
@@ -267,8 +544,8 @@ impl Cluster {
         };
         let found = self.shared().locked(|core| core.subscribe(&id, &mut req));
         match (found, req.answer) {
-            (Some(true), Some(Answer::Pending(rx))) => Ok(Subscription::new(id, rx)),
-            (Some(true), Some(Answer::Lent(cached, cell))) => {
+            (Some(Ok(())), Some(Answer::Pending(rx))) => Ok(Subscription::new(id, rx)),
+            (Some(Ok(())), Some(Answer::Lent(cached, cell))) => {
                 // Copied here, with no lock held: `Clone` is user code.
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(copy_for_subscriber(cloner, &cached));
@@ -277,32 +554,55 @@ impl Cluster {
                 drop_guarded(cell, "a finished task");
                 Ok(Subscription::new(id, rx))
             }
-            (Some(true), Some(Answer::Gone)) => Err(SubscribeError::UnknownId(id)),
-            (Some(_), _) => Err(SubscribeError::TypeMismatch {
+            (Some(Ok(())), Some(Answer::Gone)) => Err(SubscribeError::UnknownId(id)),
+            (Some(Err(found)), _) => Err(SubscribeError::TypeMismatch {
                 id,
                 expected: type_name::<Result<T, E>>(),
+                found,
             }),
-            (None, _) => Err(SubscribeError::UnknownId(id)),
+            // Unreachable: a match always answers.
+            (Some(Ok(())), None) | (None, _) => Err(SubscribeError::UnknownId(id)),
         }
     }
 
-    /// Cancels the task `id` wherever it is. Returns `true` if it was
-    /// scheduled, due, running or waiting for a retry; its outcome is then
-    /// [`TaskError::Cancelled`](crate::TaskError::Cancelled), guaranteed. Returns `false` for an unknown
-    /// or already finished task.
+    /// Cancels the task `id` wherever it is, and says what happened (see
+    /// [`CancelOutcome`]). When it [took effect](CancelOutcome::took_effect)
+    /// (the task was scheduled, due, running or waiting for a retry), the
+    /// outcome is [`TaskError::Cancelled`](crate::TaskError::Cancelled),
+    /// guaranteed, even if the attempt was just finishing.
     ///
     /// A queued task is removed at once (its memory too). A running attempt
     /// is signalled; an async one is dropped at once, a blocking one holds its
     /// worker until it returns.
-    pub fn cancel_task(&self, id: impl Into<TaskId>) -> bool {
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{CancelOutcome, Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("report") })
+    ///     .id("nightly")
+    ///     .delay(Duration::from_secs(3600))
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(cluster.cancel_task("nightly"), CancelOutcome::Cancelled);
+    /// assert_eq!(later.await, Err(TaskError::Cancelled));
+    /// // Gone (not cached): nothing left to cancel.
+    /// assert_eq!(cluster.cancel_task("nightly"), CancelOutcome::NotFound);
+    /// # }
+    /// ```
+    pub fn cancel_task(&self, id: impl Into<TaskId>) -> CancelOutcome {
         let id = id.into();
         let shared = self.shared();
-        let (found, delivery, running) = shared.locked(|core| core.cancel(&id));
+        let (outcome, delivery, running) = shared.locked(|core| core.cancel(&id));
         shared.interrupt(running, CancelReason::Cancelled);
         if let Some(d) = delivery {
             d.deliver();
         }
-        found
+        outcome
     }
 
     /// Graceful stop. New submits are refused at once; tasks not yet started
@@ -313,9 +613,41 @@ impl Cluster {
     /// Returns when every worker has finished. Calling it again (or after
     /// `cancel`) waits the same way.
     ///
+    /// Called from inside one of this cluster's task bodies, it begins the
+    /// stop the same way but returns [`StopError::FromInsideTask`] at once
+    /// instead of waiting for the workers (the caller's own among them).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let running = cluster
+    ///     .task(|_ctx| async {
+    ///         tokio::time::sleep(Duration::from_millis(20)).await;
+    ///         Ok::<_, String>("finished")
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>("never") })
+    ///     .delay(Duration::from_secs(60))
+    ///     .submit()
+    ///     .unwrap();
+    /// tokio::task::yield_now().await; // let the first task start
+    /// cluster.stop(Duration::from_secs(5)).await.unwrap();
+    /// assert_eq!(running.await, Ok("finished")); // left to finish
+    /// assert_eq!(later.await, Err(TaskError::Shutdown)); // never started
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`StopError::Timeout`] if attempts were still running after `timeout`;
     /// they are then cancelled (and resolve as shut down).
+    /// [`StopError::FromInsideTask`] if called from one of the cluster's own
+    /// task bodies (see above).
     ///
     /// Cancel safe: dropping the future leaves the cluster stopping.
     pub async fn stop(&self, timeout: Duration) -> Result<(), StopError> {
@@ -337,9 +669,35 @@ impl Cluster {
     /// the call, with its retries; tasks scheduled for later resolve as
     /// [`TaskError::Shutdown`](crate::TaskError::Shutdown) at once. On a cluster that never ran it is `stop`.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let due: Vec<_> = (0..3)
+    ///     .map(|i| cluster.task(move |_ctx| async move { Ok::<_, String>(i) }).submit().unwrap())
+    ///     .collect();
+    /// let later = cluster
+    ///     .task(|_ctx| async { Ok::<_, String>(99) })
+    ///     .delay(Duration::from_secs(60))
+    ///     .submit()
+    ///     .unwrap();
+    /// cluster.drain(Duration::from_secs(5)).await.unwrap();
+    /// for (i, h) in due.into_iter().enumerate() {
+    ///     assert_eq!(h.await, Ok(i)); // everything due ran
+    /// }
+    /// assert_eq!(later.await, Err(TaskError::Shutdown));
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`StopError::Timeout`] if work remained after `timeout`; everything
     /// left is then shut down as by [`cancel`](Self::cancel).
+    /// [`StopError::FromInsideTask`] if called from one of the cluster's own
+    /// task bodies: the drain has begun, but the call did not wait (see
+    /// [`stop`](Self::stop)).
     pub async fn drain(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
         let now = shared.clock.now();
@@ -366,6 +724,10 @@ impl Cluster {
     async fn wait_workers(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
         shared.tracker.close();
+        if inside::is_inside(inside::key(shared)) {
+            // Waiting would wait for the caller's own worker.
+            return Err(StopError::FromInsideTask);
+        }
         if tokio::time::timeout(timeout, shared.tracker.wait())
             .await
             .is_ok()

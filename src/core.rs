@@ -16,13 +16,15 @@
 //!    each task's outcome is delivered exactly once.
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
-//!    `cancel_task` returning `true` guarantees a `Cancelled` outcome.
+//!    `cancel_task` returning `CancelOutcome::Requested` guarantees a
+//!    `Cancelled` outcome.
 //! 4. Lock order: `Shared::core`, then a task cell's lock. Nothing that may
 //!    drop the last reference to a task cell (and so run user `Drop` code)
 //!    happens under `core`: removed cells travel out in `Delivery`/`Vec`s.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{duration_ticks, is_due, Clock, NEVER};
+use crate::cluster::CancelOutcome;
 use crate::error::SubmitError;
 use crate::idle::IdleWorkers;
 use crate::job::{Forced, Job};
@@ -129,6 +132,7 @@ pub(crate) enum Next {
 
 /// Counts of what the cluster holds; see [`Cluster::stats`](crate::Cluster::stats).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClusterStats {
     /// Tasks waiting in the queue, due or scheduled (requeued retries included).
     pub queued: usize,
@@ -150,6 +154,8 @@ pub(crate) struct Core {
     /// Cache expiries, earliest first: `(tick, seq, slot)`; stale ones are skipped.
     expiries: BinaryHeap<Reverse<(i64, u64, Slot)>>,
     next_seq: u64,
+    /// The end of the block of sequence numbers `next_seq` is taken from.
+    seq_end: u64,
     pub(crate) phase: Phase,
     running: usize,
     cached: usize,
@@ -162,6 +168,14 @@ pub(crate) struct Core {
     /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
 }
+
+/// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
+/// unique. They are unique in the whole process, not only in one cluster:
+/// each cluster takes blocks of `SEQ_BLOCK` numbers from this counter, in
+/// increasing order, so its own numbers still only grow, and an id another
+/// cluster generated never finds a task here (its `seq` is no task's here).
+static NEXT_SEQ_BLOCK: AtomicU64 = AtomicU64::new(0);
+const SEQ_BLOCK: u64 = 1024;
 
 /// The entry at `slot` if it still holds the task numbered `seq`.
 fn current(entries: &Slab<Entry>, slot: Slot, seq: u64) -> Option<&Entry> {
@@ -181,6 +195,7 @@ impl Core {
             queue: Queue::default(),
             expiries: BinaryHeap::new(),
             next_seq: 0,
+            seq_end: 0,
             phase: Phase::Idle,
             running: 0,
             cached: 0,
@@ -246,16 +261,13 @@ impl Core {
         // Slots are u32 (ids and queue entries carry them); checked before
         // anything is touched, so a refusal changes nothing.
         if self.entries.len() >= u32::MAX as usize {
-            return Err(SubmitError::InvalidOption {
-                option: "submit",
-                reason: "the cluster holds too many tasks (2^32 - 1 at most)",
-            });
+            return Err(SubmitError::TooManyTasks);
         }
         let mut replaced = None;
         if let Some(name) = name {
             if let Some(&old) = self.names.get(name) {
                 if self.entries[old as usize].state != State::Retained {
-                    return Err(SubmitError::DuplicateId(TaskId::from(name.clone())));
+                    return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
                 replaced = Some(self.remove(old));
                 self.cached -= 1;
@@ -263,6 +275,11 @@ impl Core {
         }
         // `vacant_key() <= len() < u32::MAX` (checked above).
         let slot = self.entries.vacant_key() as u32;
+        if self.next_seq == self.seq_end {
+            // See `SEQ_BLOCK`: one atomic add per block, not per task.
+            self.next_seq = NEXT_SEQ_BLOCK.fetch_add(SEQ_BLOCK, Relaxed);
+            self.seq_end = self.next_seq + SEQ_BLOCK;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         assign(seq, slot);
@@ -420,11 +437,14 @@ impl Core {
     }
 
     /// Cancels by id (see [`Cluster::cancel_task`](crate::Cluster::cancel_task)).
-    /// Returns whether the task was pending or running, the delivery for a
-    /// queued task, and the job and worker to signal for a running one.
-    pub(crate) fn cancel(&mut self, id: &TaskId) -> (bool, Option<Delivery>, Option<Running>) {
+    /// Returns what happened, the delivery for a queued task, and the job
+    /// and worker to signal for a running one.
+    pub(crate) fn cancel(
+        &mut self,
+        id: &TaskId,
+    ) -> (CancelOutcome, Option<Delivery>, Option<Running>) {
         let Some(slot) = self.lookup(id) else {
-            return (false, None, None);
+            return (CancelOutcome::NotFound, None, None);
         };
         let e = &mut self.entries[slot as usize];
         match e.state {
@@ -439,21 +459,29 @@ impl Core {
                     // that its claim returns `ExitAll`.
                     self.note_ready(1);
                 }
-                (true, Some(d), None)
+                (CancelOutcome::Cancelled, Some(d), None)
             }
-            State::Running => {
-                if e.forced.is_none() {
-                    e.forced = Some(Forced::Cancelled);
-                }
-                (true, None, Some((e.job.clone(), e.worker)))
-            }
-            State::Retained => (false, None, None),
+            State::Running => match *e.forced.get_or_insert(Forced::Cancelled) {
+                Forced::Cancelled => (
+                    CancelOutcome::Requested,
+                    None,
+                    Some((e.job.clone(), e.worker)),
+                ),
+                // A shutdown decided the outcome first.
+                Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
+            },
+            State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
 
     /// Registers a typed subscriber under the lock, so that it cannot miss
     /// the delivery of a task it found.
-    pub(crate) fn subscribe(&self, id: &TaskId, req: &mut dyn std::any::Any) -> Option<bool> {
+    /// `Some(Err(type))` names the task's `Result<T, E>` on a type mismatch.
+    pub(crate) fn subscribe(
+        &self,
+        id: &TaskId,
+        req: &mut dyn std::any::Any,
+    ) -> Option<Result<(), &'static str>> {
         let slot = self.lookup(id)?;
         Some(self.entries[slot as usize].job.clone().subscribe(req))
     }

@@ -12,11 +12,41 @@ use crate::task::TaskId;
 ///
 /// | variant | cause | retried? |
 /// |---|---|---|
-/// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and the `retry_if` predicate agrees |
+/// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and `retry_if` / `retry_with` agree |
 /// | [`Panicked`](TaskError::Panicked) | the body panicked | same as `Failed` |
 /// | [`TimedOut`](TaskError::TimedOut) | an attempt ran past its timeout | same as `Failed` (the predicate sees it) |
 /// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |
 /// | [`Shutdown`](TaskError::Shutdown) | the cluster stopped before the task could finish | never |
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// let failed = cluster.task(|_| async { Err::<(), _>("disk full") }).submit().unwrap();
+/// let panicked = cluster
+///     .task(|_| async { if true { panic!("bug") } Ok::<(), &str>(()) })
+///     .submit()
+///     .unwrap();
+/// let slow = cluster
+///     .task(|_| async {
+///         tokio::time::sleep(Duration::from_secs(60)).await;
+///         Ok::<(), &str>(())
+///     })
+///     .timeout(Duration::from_millis(10))
+///     .submit()
+///     .unwrap();
+///
+/// let err = failed.await.unwrap_err();
+/// assert!(err.is_failed());
+/// assert_eq!(err.failure(), Some(&"disk full")); // the body's own error
+/// assert_eq!(err.to_string(), "task failed: disk full");
+/// assert!(matches!(panicked.await, Err(TaskError::Panicked { message }) if message == "bug"));
+/// assert!(slow.await.unwrap_err().is_timeout());
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError<E> {
@@ -96,7 +126,8 @@ pub enum SubmitError {
     /// A task with this id is scheduled, ready, running or waiting for a retry.
     #[error("a task with id {0} is already pending or running")]
     DuplicateId(TaskId),
-    /// The id is empty or too long.
+    /// The id is empty, too long, starts with `#` (reserved for generated
+    /// ids), or is a generated id.
     #[error("invalid task id: {0}")]
     InvalidId(&'static str),
     /// An option of the task is out of range (see the message).
@@ -110,6 +141,10 @@ pub enum SubmitError {
     /// The cluster is stopping, draining or stopped and takes no new tasks.
     #[error("the cluster is shutting down and accepts no new tasks")]
     ShuttingDown,
+    /// The cluster already holds the most tasks it can (2^32 - 1: pending,
+    /// running and cached together).
+    #[error("the cluster holds too many tasks (2^32 - 1 at most)")]
+    TooManyTasks,
 }
 
 /// Why [`ClusterBuilder::build`](crate::ClusterBuilder::build) refused a configuration.
@@ -128,13 +163,11 @@ pub enum BuildError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// `run` was already called on this cluster.
-    #[error("the cluster is already running")]
-    AlreadyRunning,
     /// The cluster was stopped or cancelled; a stopped cluster cannot be restarted.
     #[error("the cluster has been shut down")]
     ShutDown,
-    /// `run` was called outside a tokio runtime.
+    /// `run` was called outside a tokio runtime on a cluster whose workers
+    /// have not started.
     #[error("Cluster::run must be called from within a tokio runtime")]
     NoRuntime,
 }
@@ -147,12 +180,22 @@ pub enum SubscribeError {
     #[error("no pending, running or cached task has id {0}")]
     UnknownId(TaskId),
     /// The task exists, but its value or error type is not the one asked for.
-    #[error("task {id} does not produce Result<{expected}, TaskError<..>>")]
+    ///
+    /// The message names both as the body's `Result<T, E>`, without module
+    /// paths: `task fetch produces Result<u32, String>, not Result<i64, String>`.
+    /// The fields keep the full paths ([`std::any::type_name`]).
+    #[error(
+        "task {id} produces {}, not {}",
+        short_type_name(found),
+        short_type_name(expected)
+    )]
     TypeMismatch {
         /// The id that was found.
         id: TaskId,
-        /// The type that was asked for.
+        /// The type asked for, as the body's `Result<T, E>`.
         expected: &'static str,
+        /// The task's real type, as its body's `Result<T, E>`.
+        found: &'static str,
     },
 }
 
@@ -170,4 +213,61 @@ pub enum StopError {
         /// The timeout that passed.
         timeout: Duration,
     },
+    /// `stop` or `drain` was called from inside a task body of this cluster
+    /// (an async body, or a blocking one that blocks on it). Waiting there
+    /// would wait for the caller's own worker until the timeout, so the call
+    /// returned at once: the stop (or drain) has begun exactly as from
+    /// outside, and the caller's own attempt, like every running one, is
+    /// left to finish. To wait for the workers, call `stop` from outside the
+    /// cluster's bodies (for example from a task spawned with `tokio::spawn`).
+    #[error(
+        "stop or drain called from inside one of the cluster's own tasks:          the stop has begun, but waiting for the workers would wait for the caller itself"
+    )]
+    FromInsideTask,
+}
+
+/// `type_name` without module paths: `core::result::Result<u32,
+/// alloc::string::String>` becomes `Result<u32, String>`.
+pub(crate) fn short_type_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    // The start (in `out`) of the path segment being copied.
+    let mut segment = 0;
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            // Drop the module path written so far for this name.
+            out.truncate(segment);
+        } else {
+            out.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                segment = out.len();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_type_names_drop_module_paths() {
+        assert_eq!(
+            short_type_name(std::any::type_name::<Result<u32, String>>()),
+            "Result<u32, String>"
+        );
+        assert_eq!(
+            short_type_name(std::any::type_name::<
+                Result<Vec<std::sync::Arc<str>>, std::io::Error>,
+            >()),
+            "Result<Vec<Arc<str>>, Error>"
+        );
+        assert_eq!(
+            short_type_name("(a::B, [c::D; 2], &e::F)"),
+            "(B, [D; 2], &F)"
+        );
+        assert_eq!(short_type_name("u8"), "u8");
+    }
 }

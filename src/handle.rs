@@ -22,6 +22,26 @@ use crate::task::TaskId;
 /// Cancel safe: dropping the future before it resolves loses nothing but
 /// this handle's copy of the outcome. Polling it again after it resolved panics,
 /// as for any future.
+///
+/// Awaiting a handle inside another task's body holds that body's worker
+/// while it waits, and can deadlock a busy or one-worker pool: submit the
+/// dependent task from outside the pool once this one is done instead (see
+/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
+/// and `examples/dependent.rs`).
+///
+/// ```
+/// use corral::{Cluster, TaskError};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// let ok = cluster.task(|_ctx| async { Ok::<_, String>(1) }).submit().unwrap();
+/// let bad = cluster.task(|_ctx| async { Err::<u32, _>("no".to_string()) }).submit().unwrap();
+/// println!("waiting for {}", ok.id()); // a generated id, e.g. #0@0
+/// assert_eq!(ok.await, Ok(1));
+/// assert_eq!(bad.await, Err(TaskError::Failed("no".to_string())));
+/// # }
+/// ```
 #[must_use = "a task handle does nothing unless awaited; dropping it detaches the task"]
 pub struct TaskHandle<T, E> {
     /// The task's cell, which also records whether this handle resolved.
@@ -35,7 +55,8 @@ impl<T, E> TaskHandle<T, E> {
 
     /// The task's id (generated unless one was given). Cheap: a copy, or a
     /// reference count for a user id. It is made on request, which keeps the
-    /// handle two words.
+    /// handle two words; so every `id()` of the crate returns a `TaskId` by
+    /// value, for one convention.
     pub fn id(&self) -> TaskId {
         self.slot.task_id()
     }
@@ -69,7 +90,32 @@ impl<T, E> fmt::Debug for TaskHandle<T, E> {
 
 /// A subscriber's copy of a task's outcome, from [`Cluster::subscribe`](crate::Cluster::subscribe).
 ///
-/// Resolves once, to a clone of the outcome. Cancel safe.
+/// Resolves once, to a clone of the outcome. Cancel safe: a subscription
+/// dropped before it resolves loses nothing but its own copy.
+///
+/// As for a [`TaskHandle`], awaiting it inside another task's body holds
+/// that body's worker (see [`TaskHandle`]).
+///
+/// ```
+/// use corral::Cluster;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(1).unwrap();
+/// let handle = cluster
+///     .task(|_ctx| async { Ok::<_, String>(vec![1u8, 2, 3]) })
+///     .id("rows")
+///     .submit()
+///     .unwrap();
+/// // Two more readers of the same outcome, each with its own copy.
+/// let a = cluster.subscribe::<Vec<u8>, String>("rows").unwrap();
+/// let b = cluster.subscribe::<Vec<u8>, String>("rows").unwrap();
+/// assert_eq!(a.id(), "rows");
+/// assert_eq!(handle.await, Ok(vec![1, 2, 3]));
+/// assert_eq!(a.await, Ok(vec![1, 2, 3]));
+/// assert_eq!(b.await, Ok(vec![1, 2, 3]));
+/// # }
+/// ```
 #[must_use = "a subscription does nothing unless awaited"]
 pub struct Subscription<T, E> {
     id: TaskId,
@@ -81,9 +127,11 @@ impl<T, E> Subscription<T, E> {
         Subscription { id, rx }
     }
 
-    /// The id subscribed to.
-    pub fn id(&self) -> &TaskId {
-        &self.id
+    /// The id subscribed to. By value, as [`TaskHandle::id`] and
+    /// [`TaskContext::id`](crate::TaskContext::id): a [`TaskId`] is a copy or
+    /// a reference count to clone.
+    pub fn id(&self) -> TaskId {
+        self.id.clone()
     }
 }
 

@@ -51,7 +51,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{jittered, Backoff};
+use crate::backoff::{jittered, Backoff, RetryDecision};
 use crate::builder::RetryMode;
 use crate::error::TaskError;
 use crate::panic::{catch_unwind, drop_guarded, guard};
@@ -114,7 +114,8 @@ impl Policy {
     }
 }
 
-pub(crate) type RetryIf<E> = Box<dyn Fn(&TaskError<E>) -> bool + Send + Sync>;
+/// `retry_with`'s function, or `retry_if`'s predicate wrapped as one.
+pub(crate) type RetryWith<E> = Box<dyn Fn(&TaskError<E>, u32) -> RetryDecision + Send + Sync>;
 pub(crate) type OnFailure<E> = Box<dyn Fn(&TaskId, &TaskError<E>) + Send + Sync>;
 pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + Sync>;
 
@@ -126,7 +127,7 @@ pub(crate) struct Extras<T, E> {
     pub(crate) retention: Option<Duration>,
     pub(crate) backoff: Option<Box<dyn Backoff>>,
     pub(crate) jitter: f64,
-    pub(crate) retry_if: Option<RetryIf<E>>,
+    pub(crate) retry_with: Option<RetryWith<E>>,
     pub(crate) on_failure: Option<OnFailure<E>>,
     pub(crate) on_complete: Option<OnComplete<T, E>>,
 }
@@ -138,7 +139,7 @@ impl<T, E> Default for Extras<T, E> {
             retention: None,
             backoff: None,
             jitter: 0.0,
-            retry_if: None,
+            retry_with: None,
             on_failure: None,
             on_complete: None,
         }
@@ -199,7 +200,11 @@ where
         ctx: TaskContext,
     ) -> impl Future<Output = Result<Result<T, E>, String>> + Send + 'static {
         let f = Arc::clone(&self.0);
-        let join = tokio::task::spawn_blocking(move || guard(|| f(ctx)));
+        // Lets `stop` from inside the body know it runs on its own worker.
+        let cluster = crate::inside::current_worker();
+        let join = tokio::task::spawn_blocking(move || {
+            crate::inside::blocking_body(cluster, || guard(|| f(ctx)))
+        });
         async move {
             match join.await {
                 Ok(r) => r,
@@ -247,20 +252,20 @@ pub(crate) trait Job: Send + Sync + 'static {
     ) -> AttemptFuture;
     /// Records that the current attempt timed out.
     fn record_timeout(&self, limit: Duration);
-    /// Asks the task's `retry_if` predicate about the stored error
-    /// (`true` without one; `false` if it panics).
-    fn should_retry(&self) -> bool;
-    /// The delay before the retry after failed attempt `attempt` (0-based),
-    /// jitter applied; `None` if the strategy panicked.
+    /// Whether to retry after failed attempt `attempt` (0-based), and the
+    /// delay before the retry: asks the task's `retry_with` function (or
+    /// `retry_if` predicate) about the stored error, then its backoff
+    /// strategy (jitter applied) unless the decision named a delay. `None`:
+    /// no retry (so decided, or the function or strategy panicked).
     fn retry_delay(&self, attempt: u32) -> Option<Duration>;
     /// Delivers the final outcome: see invariant 2.
     fn complete(&self, forced: Option<Forced>, retain: bool);
     /// The cache dropped this task: keep the outcome only for an unread handle.
     fn release(&self);
     /// Registers a typed subscriber, or lends it the retained outcome;
-    /// `req` is a `SubscribeRequest<T, E>`. Returns `false` if the types do
-    /// not match.
-    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> bool;
+    /// `req` is a `SubscribeRequest<T, E>`. If the types do not match,
+    /// returns the name of the task's `Result<T, E>`.
+    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> Result<(), &'static str>;
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
@@ -436,7 +441,7 @@ impl<B, T, E> TaskCell<B, T, E> {
     /// The task's id (cheap: a copy, or a reference count for a user id).
     fn id(&self) -> TaskId {
         match self.user_id() {
-            Some(name) => TaskId::from(name.clone()),
+            Some(name) => TaskId::named(name.clone()),
             None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
         }
     }
@@ -611,34 +616,38 @@ where
         }
     }
 
-    fn should_retry(&self) -> bool {
-        let Some(pred) = self.extras.as_ref().and_then(|x| x.retry_if.as_ref()) else {
-            return true;
-        };
-        // Invariant 1: only this worker touches the pending result, so it can
-        // be lent out while the predicate (user code) runs unlocked.
-        let pending = self.state.lock().result.take();
-        let verdict = match &pending {
-            Some(Err(err)) => guard(|| pred(err)).unwrap_or_else(|msg| {
-                tracing::error!(task = %self.id(), panic = %msg, "retry_if predicate panicked; not retrying");
-                false
-            }),
-            _ => false,
-        };
-        self.state.lock().result = pending;
-        verdict
-    }
-
     fn retry_delay(&self, attempt: u32) -> Option<Duration> {
         let extras = self.extras.as_deref();
-        let delay = match extras.and_then(|x| x.backoff.as_ref()) {
-            None => Duration::ZERO,
-            Some(b) => match guard(|| b.delay(attempt)) {
-                Ok(d) => d,
-                Err(msg) => {
-                    tracing::error!(task = %self.id(), panic = %msg, "backoff strategy panicked; not retrying");
-                    return None;
-                }
+        let decision = match extras.and_then(|x| x.retry_with.as_ref()) {
+            None => RetryDecision::Retry,
+            Some(decide) => {
+                // Invariant 1: only this worker touches the pending result, so
+                // it can be lent out while the function (user code) runs unlocked.
+                let pending = self.state.lock().result.take();
+                let decision = match &pending {
+                    Some(Err(err)) => guard(|| decide(err, attempt.saturating_add(1)))
+                        .unwrap_or_else(|msg| {
+                            tracing::error!(task = %self.id(), panic = %msg, "retry_if / retry_with panicked; not retrying");
+                            RetryDecision::Stop
+                        }),
+                    _ => RetryDecision::Stop,
+                };
+                self.state.lock().result = pending;
+                decision
+            }
+        };
+        let delay = match decision {
+            RetryDecision::Stop => return None,
+            RetryDecision::RetryAfter(delay) => return Some(delay),
+            RetryDecision::Retry => match extras.and_then(|x| x.backoff.as_ref()) {
+                None => Duration::ZERO,
+                Some(b) => match guard(|| b.delay(attempt)) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        tracing::error!(task = %self.id(), panic = %msg, "backoff strategy panicked; not retrying");
+                        return None;
+                    }
+                },
             },
         };
         Some(jittered(delay, extras.map_or(0.0, |x| x.jitter)))
@@ -798,9 +807,9 @@ where
         }
     }
 
-    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> bool {
+    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> Result<(), &'static str> {
         let Some(req) = req.downcast_mut::<SubscribeRequest<T, E>>() else {
-            return false;
+            return Err(std::any::type_name::<Result<T, E>>());
         };
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
@@ -823,7 +832,7 @@ where
         };
         drop(st);
         req.answer = Some(answer);
-        true
+        Ok(())
     }
 }
 

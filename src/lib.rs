@@ -28,8 +28,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
+//! // Built inside a tokio runtime, the cluster starts its workers at once.
 //! let cluster = Cluster::new(4).unwrap();
-//! cluster.run().unwrap();
 //!
 //! // A flaky task: fails twice, then succeeds; retried with exponential backoff.
 //! let flaky = cluster
@@ -65,10 +65,23 @@
 //! to corral's (section "Coming from the Go library").
 //!
 //! ## Decisions where the Go library is silent
+//! - A cluster built inside a tokio runtime starts its workers at once, so a
+//!   forgotten `run()` cannot hang a program. [`ClusterBuilder::paused`]
+//!   builds one that waits for [`Cluster::run`] (to queue work first); tasks
+//!   left waiting in a cluster that never starts are reported after a second
+//!   (`tracing::warn!` and standard error). `run` on a running cluster is a
+//!   no-op.
+//! - `stop` or `drain` called from inside one of the cluster's own task
+//!   bodies begins the stop and returns [`StopError::FromInsideTask`] at once
+//!   (waiting would wait for its own worker).
+//! - Generated ids print as `#{number}@{slot}` and parse back; numbers are
+//!   unique in the process, so an id addresses nothing in another cluster;
+//!   user ids may not start with `#`.
 //! - Start time, when not given, is the submission time; it orders equal
 //!   priorities (earlier first) and then submission order breaks ties.
-//! - `cancel_task` returning `true` guarantees the outcome `Cancelled`, even
-//!   if the attempt was just finishing.
+//! - [`Cluster::cancel_task`] says what it did ([`CancelOutcome`]); when it
+//!   took effect, the outcome is `Cancelled`, guaranteed, even if the
+//!   attempt was just finishing.
 //! - A task whose retry is refused by a stop resolves as `Shutdown`.
 //! - A cacheable task caches whatever its final outcome is, cancels included.
 //!   One sweeper expires the cache while the cluster runs; after a stop,
@@ -113,6 +126,7 @@ mod core;
 mod error;
 mod handle;
 mod idle;
+mod inside;
 mod job;
 mod panic;
 mod queue;
@@ -120,15 +134,19 @@ mod signal;
 mod task;
 mod worker;
 
-pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff};
+pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
-pub use crate::cluster::{Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::core::ClusterStats;
 pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::job::{AsyncBody, BlockingBody, Body};
 pub use crate::signal::CancelReason;
-pub use crate::task::{TaskContext, TaskId};
+pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
+/// Re-exported from `tokio_util`: the type of
+/// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so
+/// a user needs no `tokio-util` dependency of their own.
+pub use tokio_util::sync::CancellationToken;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,7 +1,6 @@
 //! Task identity and the context handed to every attempt.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -13,20 +12,56 @@ use crate::signal::CancelReason;
 /// The identity of a task.
 ///
 /// Either the string the user gave with [`TaskBuilder::id`](crate::TaskBuilder::id)
-/// or a number the cluster generated. Generated ids are unique for the life of
-/// the cluster; they are addressed by the `TaskId` value (keep the one from
-/// [`TaskHandle::id`](crate::TaskHandle::id)), never by their printed form,
-/// and live apart from user ids: `TaskId::from("#7")` names a user task, not
-/// the generated task printed as `#7`.
+/// or one the cluster generated. A generated id holds the task's number and
+/// where the task lives in its cluster's registry (so a lookup by it needs no
+/// hash map). It prints as `#{number}@{slot}`, e.g. `#6@0`, and that printed
+/// form parses back to the same id ([`FromStr`](std::str::FromStr), or
+/// `TaskId::from(&str)`), so an id read from a log addresses the same task.
+///
+/// - Task numbers are unique in the whole process, across all its clusters
+///   (each cluster takes blocks of numbers from one process-wide counter), so
+///   a generated id binds to the cluster that made it and addresses nothing
+///   in any other: [`Cluster::cancel_task`](crate::Cluster::cancel_task)
+///   there is [`NotFound`](crate::CancelOutcome::NotFound) and
+///   [`Cluster::subscribe`](crate::Cluster::subscribe) is
+///   [`UnknownId`](crate::SubscribeError::UnknownId). Within a cluster the
+///   numbers grow with submission order.
+/// - The `#` prefix is reserved for them: a user id starting with `#` is
+///   refused at submit ([`SubmitError::InvalidId`](crate::SubmitError::InvalidId)),
+///   so a user id never looks like a generated one.
 ///
 /// Cloning is cheap (a copy, or a reference count for user ids).
-#[derive(Clone)]
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::{CancelOutcome, Cluster, TaskId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(1).unwrap();
+/// let handle = cluster
+///     .task(|_ctx| async { Ok::<_, String>(()) })
+///     .delay(Duration::from_secs(60))
+///     .submit()
+///     .unwrap();
+/// let printed = handle.id().to_string(); // e.g. "#0@0"
+/// let parsed: TaskId = printed.parse().unwrap();
+/// assert_eq!(parsed, handle.id());
+/// assert_eq!(cluster.cancel_task(parsed), CancelOutcome::Cancelled);
+///
+/// // Another cluster's id addresses nothing here.
+/// let other = Cluster::new(1).unwrap();
+/// assert_eq!(other.cancel_task(handle.id()), CancelOutcome::NotFound);
+/// # }
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TaskId(Repr);
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum Repr {
-    /// `slot` is where the task lives in the cluster's registry, so that
-    /// lookups by a generated id need no hash map; `seq` makes it unique.
+    /// `slot` is where the task lives in its cluster's registry, so that
+    /// lookups by a generated id need no hash map; `seq` makes it unique in
+    /// the process (see `core::NEXT_SEQ_BLOCK`).
     Generated {
         seq: u64,
         slot: u32,
@@ -37,6 +72,11 @@ enum Repr {
 impl TaskId {
     pub(crate) fn generated(seq: u64, slot: u32) -> Self {
         TaskId(Repr::Generated { seq, slot })
+    }
+
+    /// A user id known to be valid (no parsing).
+    pub(crate) fn named(name: Arc<str>) -> Self {
+        TaskId(Repr::Named(name))
     }
 
     /// The user-given string, or `None` for a generated id.
@@ -63,31 +103,40 @@ impl TaskId {
             Repr::Generated { .. } => None,
         }
     }
-}
 
-impl PartialEq for TaskId {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Repr::Generated { seq: a, .. }, Repr::Generated { seq: b, .. }) => a == b,
-            (Repr::Named(a), Repr::Named(b)) => a == b,
-            _ => false,
+    /// Parses the printed form of a generated id, `#{seq}@{slot}`.
+    fn parse_generated(s: &str) -> Option<TaskId> {
+        let (seq, slot) = s.strip_prefix('#')?.split_once('@')?;
+        // Digits only: `u64::from_str` would also take a leading `+`, and
+        // then two spellings would name one id.
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if !(digits(seq) && digits(slot)) {
+            return None;
         }
+        Some(TaskId::generated(seq.parse().ok()?, slot.parse().ok()?))
     }
 }
 
-impl Eq for TaskId {}
+/// Why a string is not a [`TaskId`]: it starts with `#` (reserved for
+/// generated ids) but is not the printed form of one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` starts with `#` but is not a generated task id (`#<number>@<slot>`)")]
+pub struct ParseTaskIdError(String);
 
-impl Hash for TaskId {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        match &self.0 {
-            Repr::Generated { seq, .. } => {
-                0u8.hash(state);
-                seq.hash(state);
-            }
-            Repr::Named(s) => {
-                1u8.hash(state);
-                s.hash(state);
-            }
+impl std::str::FromStr for TaskId {
+    type Err = ParseTaskIdError;
+
+    /// The printed form of a generated id gives that id back; any other
+    /// string not starting with `#` is a user id.
+    ///
+    /// # Errors
+    /// [`ParseTaskIdError`] for a string that starts with `#` but is not a
+    /// generated id's printed form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match TaskId::parse_generated(s) {
+            Some(id) => Ok(id),
+            None if s.starts_with('#') => Err(ParseTaskIdError(s.to_owned())),
+            None => Ok(TaskId(Repr::Named(Arc::from(s)))),
         }
     }
 }
@@ -107,7 +156,7 @@ impl PartialEq<&str> for TaskId {
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Repr::Generated { seq, .. } => write!(f, "#{seq}"),
+            Repr::Generated { seq, slot } => write!(f, "#{seq}@{slot}"),
             Repr::Named(s) => f.write_str(s),
         }
     }
@@ -116,33 +165,40 @@ impl fmt::Display for TaskId {
 impl fmt::Debug for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Repr::Generated { seq, .. } => write!(f, "TaskId(#{seq})"),
+            Repr::Generated { .. } => write!(f, "TaskId({self})"),
             Repr::Named(s) => write!(f, "TaskId({s:?})"),
         }
     }
 }
 
+/// A user id, or, for the printed form of a generated id, that id. A string
+/// that starts with `#` but is not one becomes a user id that addresses
+/// nothing (such ids are refused at submit); use
+/// [`str::parse`] to have it reported instead.
 impl From<&str> for TaskId {
     fn from(s: &str) -> Self {
-        TaskId(Repr::Named(Arc::from(s)))
+        TaskId::parse_generated(s).unwrap_or_else(|| TaskId(Repr::Named(Arc::from(s))))
     }
 }
 
+/// As `From<&str>`.
 impl From<String> for TaskId {
     fn from(s: String) -> Self {
-        TaskId(Repr::Named(Arc::from(s)))
+        TaskId::parse_generated(&s).unwrap_or_else(|| TaskId(Repr::Named(Arc::from(s))))
     }
 }
 
+/// As `From<&str>`.
 impl From<&String> for TaskId {
     fn from(s: &String) -> Self {
         TaskId::from(s.as_str())
     }
 }
 
+/// As `From<&str>`.
 impl From<Arc<str>> for TaskId {
     fn from(s: Arc<str>) -> Self {
-        TaskId(Repr::Named(s))
+        TaskId::parse_generated(&s).unwrap_or(TaskId(Repr::Named(s)))
     }
 }
 
@@ -155,10 +211,57 @@ impl From<&TaskId> for TaskId {
 /// What an attempt knows about itself, handed to the task body.
 ///
 /// It tells the task id, which attempt this is, the attempt's deadline, and
-/// carries the cancellation signal. An async body is dropped at once when it
-/// is cancelled or times out, so it only needs the signal for work it hands
-/// to other tasks ([`cancellation_token`](Self::cancellation_token)); a
-/// blocking body must poll [`is_cancelled`](Self::is_cancelled) to stop early.
+/// carries the cancellation signal.
+///
+/// ```
+/// use std::time::Duration;
+/// use corral::Cluster;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(2).unwrap();
+/// let h = cluster
+///     .task(|ctx| async move {
+///         // Work handed elsewhere gets the attempt's token, so a cancel or
+///         // timeout of this attempt stops it too.
+///         let token = ctx.cancellation_token();
+///         let helper = tokio::spawn(async move {
+///             tokio::select! {
+///                 _ = token.cancelled() => None,
+///                 _ = tokio::time::sleep(Duration::from_millis(5)) => Some(2),
+///             }
+///         });
+///         let helped = helper.await.unwrap().unwrap_or(0);
+///         Ok::<_, String>(format!("{} attempt {}: {helped}", ctx.id(), ctx.attempt()))
+///     })
+///     .id("job")
+///     .submit()
+///     .unwrap();
+/// assert_eq!(h.await, Ok("job attempt 1: 2".to_string()));
+/// # }
+/// ```
+///
+/// # How an attempt is told to stop
+/// | what happens | async body | blocking body |
+/// |---|---|---|
+/// | its timeout passes | dropped at once, at the `.await` where it waits; never polled again | signalled ([`CancelReason::TimedOut`]); keeps its worker until it returns |
+/// | [`cancel_task`](crate::Cluster::cancel_task) | signalled ([`CancelReason::Cancelled`]), then dropped; it may be polled once more first, up to its next `.await` that is not ready | signalled; keeps its worker until it returns |
+/// | [`cancel`](crate::Cluster::cancel), or the timeout of a `stop`/`drain` | as a cancel, with [`CancelReason::Shutdown`] | as a cancel, with [`CancelReason::Shutdown`] |
+/// | a graceful [`stop`](crate::Cluster::stop) or [`drain`](crate::Cluster::drain) | nothing: the attempt runs to its end | nothing |
+///
+/// Whatever the attempt then returns is ignored: the outcome is already
+/// decided (`TimedOut`, `Cancelled`, `Shutdown`). So an async body does
+/// not clean up after [`cancelled`](Self::cancelled) (it is dropped first);
+/// it cleans up in `Drop` (what it holds is dropped with it). The signal is
+/// for work the body hands elsewhere ([`cancellation_token`](Self::cancellation_token),
+/// or the context moved into a spawned task) and for blocking bodies, which
+/// poll [`is_cancelled`](Self::is_cancelled) to stop early.
+///
+/// # Waiting for another task inside a body
+/// Awaiting another task's handle or subscription inside a body holds this
+/// body's worker, and can deadlock a busy or one-worker pool: see
+/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
+/// and `examples/dependent.rs`.
 pub struct TaskContext {
     id: TaskId,
     attempt: u32,
@@ -181,9 +284,10 @@ impl TaskContext {
         }
     }
 
-    /// The task's id.
-    pub fn id(&self) -> &TaskId {
-        &self.id
+    /// The task's id. By value, as [`TaskHandle::id`](crate::TaskHandle::id)
+    /// (which holds no id to lend): a copy, or a reference count to clone.
+    pub fn id(&self) -> TaskId {
+        self.id.clone()
     }
 
     /// The attempt number, starting at 1 (a task with `retry(2)` runs attempts 1 to 3 at most).
@@ -207,7 +311,17 @@ impl TaskContext {
         self.job.signal().reason()
     }
 
-    /// Resolves when this attempt is asked to stop, with the reason.
+    /// Resolves when this attempt is asked to stop, with the reason: its
+    /// timeout passed, it was cancelled by id, or the cluster shut down
+    /// ([`Cluster::cancel`](crate::Cluster::cancel), or the timeout of a
+    /// `stop` or `drain`). A graceful stop does not ask running attempts to
+    /// stop, so it does not fire this.
+    ///
+    /// An async body is dropped when this fires (at once on a timeout; see
+    /// the [type docs](Self#how-an-attempt-is-told-to-stop)), so code after
+    /// awaiting it inside the body itself may never run. Await it in work
+    /// the context was moved into (a spawned task), or from a blocking body
+    /// with `tokio::runtime::Handle::block_on`.
     ///
     /// Cancel safe: dropping the future loses nothing.
     pub async fn cancelled(&self) -> CancelReason {

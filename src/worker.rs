@@ -313,7 +313,7 @@ async fn run_claim(
         };
         // The attempt failed; its error is stored in the cell.
         let retries_used = attempts - 1;
-        if retries_used >= policy.retries || !job.should_retry() {
+        if retries_used >= policy.retries {
             return finish(Plan::Final(None), leftover, attempts);
         }
         let Some(delay) = job.retry_delay(retries_used) else {

@@ -42,7 +42,6 @@ fn record<'c, B>(
 
 async fn final_failure_after_retries(mode: RetryMode) {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let log = Log::default();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
@@ -88,7 +87,6 @@ async fn failure_then_complete_once_after_immediate_retries() {
 #[tokio::test(start_paused = true)]
 async fn success_after_failed_attempts_calls_only_on_complete() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let log = Log::default();
     let h = record(
         cluster
@@ -116,7 +114,6 @@ async fn success_after_failed_attempts_calls_only_on_complete() {
 #[tokio::test(start_paused = true)]
 async fn plain_success_calls_only_on_complete() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let log = Log::default();
     let h = record(
         cluster.task(|_| async { Ok::<_, String>(7) }).id("ok"),
@@ -143,7 +140,6 @@ async fn plain_success_calls_only_on_complete() {
 #[tokio::test(start_paused = true)]
 async fn callbacks_have_run_when_handle_and_subscribers_resolve() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let log = Log::default();
     let h = record(
         cluster
@@ -174,7 +170,6 @@ async fn callbacks_have_run_when_handle_and_subscribers_resolve() {
 #[tokio::test(start_paused = true)]
 async fn callbacks_fire_for_cancelled_tasks() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
 
     // Scheduled: callbacks run inside cancel_task, before it returns.
     let log = Log::default();
@@ -187,7 +182,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
     )
     .submit()
     .unwrap();
-    assert!(cluster.cancel_task("sched"));
+    assert!(cluster.cancel_task("sched").took_effect());
     let expected = vec![
         Event::Failure("sched".into(), TaskError::Cancelled),
         Event::Complete("sched".into(), Err(TaskError::Cancelled)),
@@ -217,7 +212,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
     .unwrap();
     started.notified().await;
     assert!(snapshot(&log).is_empty());
-    assert!(cluster.cancel_task("run"));
+    assert!(cluster.cancel_task("run").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(
         snapshot(&log),
@@ -232,7 +227,7 @@ async fn callbacks_fire_for_cancelled_tasks() {
 #[tokio::test(start_paused = true)]
 async fn callbacks_fire_for_shutdown_outcomes() {
     // Graceful stop: a queued task is shut down.
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let log = Log::default();
     let h = record(
         cluster.task(|_| async { Ok::<_, String>(1) }).id("queued"),
@@ -252,7 +247,6 @@ async fn callbacks_fire_for_shutdown_outcomes() {
 
     // Immediate cancel: a running task is shut down.
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let log = Log::default();
     let started = Arc::new(Notify::new());
     let s = started.clone();
@@ -288,7 +282,6 @@ async fn callbacks_fire_for_shutdown_outcomes() {
 #[tokio::test(start_paused = true)]
 async fn panicking_callbacks_are_contained() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let failures = Arc::new(AtomicU32::new(0));
     let completes = Arc::new(AtomicU32::new(0));
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral::{CancelReason, Cluster, ClusterStats, FixedBackoff, RetryMode, TaskError, TaskId};
+use corral::{
+    CancelOutcome, CancelReason, Cluster, ClusterStats, FixedBackoff, RetryMode, TaskError, TaskId,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,18 +16,15 @@ use tokio_util::sync::CancellationToken;
 use common::{yield_until, DropFlag, HOUR};
 
 fn stats(queued: usize, running: usize, cached: usize, held: usize) -> ClusterStats {
-    ClusterStats {
-        queued,
-        running,
-        cached,
-        held,
-    }
+    // `ClusterStats` is `#[non_exhaustive]`: built from the default.
+    let mut s = ClusterStats::default();
+    (s.queued, s.running, s.cached, s.held) = (queued, running, cached, held);
+    s
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancel_scheduled_task_frees_it_at_once() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let body_dropped = Arc::new(AtomicBool::new(false));
     let flag = DropFlag(body_dropped.clone());
@@ -43,7 +42,7 @@ async fn cancel_scheduled_task_frees_it_at_once() {
     assert_eq!(cluster.stats(), stats(1, 0, 0, 1));
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("sched"));
+    assert_eq!(cluster.cancel_task("sched"), CancelOutcome::Cancelled);
     // Removed from the schedule and the registry right away, not at its start time.
     assert_eq!(cluster.stats(), stats(0, 0, 0, 0));
     // The body (and what it captured) is released with the task.
@@ -65,7 +64,6 @@ async fn cancel_scheduled_task_frees_it_at_once() {
 #[tokio::test(start_paused = true)]
 async fn cancel_ready_task_queued_behind_busy_worker() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
 
@@ -96,7 +94,7 @@ async fn cancel_ready_task_queued_behind_busy_worker() {
         .unwrap();
     assert_eq!(cluster.stats(), stats(1, 1, 0, 2));
 
-    assert!(cluster.cancel_task("ready"));
+    assert_eq!(cluster.cancel_task("ready"), CancelOutcome::Cancelled);
     assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
     assert_eq!(h.await, Err(TaskError::Cancelled));
 
@@ -119,7 +117,6 @@ async fn cancel_ready_task_queued_behind_busy_worker() {
 #[tokio::test(start_paused = true)]
 async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let future_dropped = Arc::new(AtomicBool::new(false));
     let sub_work_done = Arc::new(Notify::new());
@@ -155,7 +152,7 @@ async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
     assert_eq!(cluster.stats(), stats(0, 1, 0, 1));
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("run"));
+    assert_eq!(cluster.cancel_task("run"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert!(
         future_dropped.load(Ordering::SeqCst),
@@ -175,7 +172,6 @@ async fn cancel_running_async_task_drops_its_future_and_fires_its_token() {
 #[tokio::test(start_paused = true)]
 async fn cancel_running_blocking_task_signals_its_context() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let finished = Arc::new(Notify::new());
     type Seen = Arc<Mutex<Option<(bool, Option<CancelReason>)>>>;
@@ -197,7 +193,7 @@ async fn cancel_running_blocking_task_signals_its_context() {
         .submit()
         .unwrap();
     started.notified().await;
-    assert!(cluster.cancel_task("blocking"));
+    assert_eq!(cluster.cancel_task("blocking"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     finished.notified().await;
     assert_eq!(
@@ -210,7 +206,6 @@ async fn cancel_running_blocking_task_signals_its_context() {
 
 async fn cancel_during_backoff(mode: RetryMode) {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -231,7 +226,7 @@ async fn cancel_during_backoff(mode: RetryMode) {
     // Waiting for the retry: in the queue (Requeue) or on its worker (Immediate).
     let waiting = match mode {
         RetryMode::Requeue => stats(1, 0, 0, 1),
-        RetryMode::Immediate => stats(0, 1, 0, 1),
+        _ => stats(0, 1, 0, 1),
     };
     yield_until(
         "first attempt failed and the task waits for its retry",
@@ -244,7 +239,11 @@ async fn cancel_during_backoff(mode: RetryMode) {
     assert_eq!(cluster.stats(), waiting);
 
     let t0 = Instant::now();
-    assert!(cluster.cancel_task("retrying"));
+    let expected = match mode {
+        RetryMode::Immediate => CancelOutcome::Requested,
+        _ => CancelOutcome::Cancelled,
+    };
+    assert_eq!(cluster.cancel_task("retrying"), expected);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(
         Instant::now(),
@@ -271,11 +270,11 @@ async fn cancel_task_waiting_in_immediate_retry_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_unknown_id_returns_false() {
-    let cluster = Cluster::new(1).unwrap();
-    assert!(!cluster.cancel_task("nope"));
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
     cluster.run().unwrap();
-    assert!(!cluster.cancel_task("nope"));
-    assert!(!cluster.cancel_task(String::new()));
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
+    assert_eq!(cluster.cancel_task(String::new()), CancelOutcome::NotFound);
     // An unrelated pending task is not touched.
     let h = cluster
         .task(|_| async { Ok::<_, String>(3) })
@@ -283,7 +282,7 @@ async fn cancel_unknown_id_returns_false() {
         .delay(Duration::from_secs(1))
         .submit()
         .unwrap();
-    assert!(!cluster.cancel_task("nope"));
+    assert_eq!(cluster.cancel_task("nope"), CancelOutcome::NotFound);
     assert_eq!(h.await, Ok(3));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
@@ -291,14 +290,13 @@ async fn cancel_unknown_id_returns_false() {
 #[tokio::test(start_paused = true)]
 async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("done")
         .submit()
         .unwrap();
     assert_eq!(h.await, Ok(1));
-    assert!(!cluster.cancel_task("done"));
+    assert_eq!(cluster.cancel_task("done"), CancelOutcome::NotFound);
 
     // A finished, cached task is not cancellable either; its cached outcome stays.
     let h = cluster
@@ -308,7 +306,10 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
         .submit()
         .unwrap();
     assert_eq!(h.await, Ok(2));
-    assert!(!cluster.cancel_task("cached"));
+    assert_eq!(
+        cluster.cancel_task("cached"),
+        CancelOutcome::AlreadyFinished
+    );
     let late = cluster.subscribe::<i32, String>("cached").unwrap();
     assert_eq!(late.await, Ok(2));
 
@@ -319,8 +320,8 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
         .delay(HOUR)
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("twice"));
-    assert!(!cluster.cancel_task("twice"));
+    assert_eq!(cluster.cancel_task("twice"), CancelOutcome::Cancelled);
+    assert_eq!(cluster.cancel_task("twice"), CancelOutcome::NotFound);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
@@ -328,7 +329,6 @@ async fn cancel_finished_task_returns_false_and_keeps_its_outcome() {
 #[tokio::test(start_paused = true)]
 async fn cancel_by_generated_id() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .delay(HOUR)
@@ -336,14 +336,19 @@ async fn cancel_by_generated_id() {
         .unwrap();
     let id: TaskId = h.id().clone();
     assert!(id.is_generated());
-    // The printed form is not the id.
-    assert!(!cluster.cancel_task(id.to_string()));
+    // Another cluster's task with the same number and slot is not touched.
+    let other = Cluster::new(1).unwrap();
+    assert_eq!(other.cancel_task(id.clone()), CancelOutcome::NotFound);
     assert_eq!(cluster.stats().held, 1);
 
-    assert!(cluster.cancel_task(id.clone()));
+    // The printed form is the id.
+    assert_eq!(
+        cluster.cancel_task(id.to_string()),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(cluster.stats().held, 0);
     assert_eq!(h.await, Err(TaskError::Cancelled));
-    assert!(!cluster.cancel_task(&id));
+    assert_eq!(cluster.cancel_task(&id), CancelOutcome::NotFound);
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -352,7 +357,6 @@ async fn cancel_by_generated_id() {
 #[tokio::test(start_paused = true)]
 async fn a_body_keeps_its_captures_until_the_task_completes() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let guard = DropFlag(dropped.clone());
     let h = cluster
@@ -368,7 +372,77 @@ async fn a_body_keeps_its_captures_until_the_task_completes() {
         !dropped.load(Ordering::SeqCst),
         "released while its last attempt runs"
     );
-    assert!(cluster.cancel_task("t"));
+    assert_eq!(cluster.cancel_task("t"), CancelOutcome::Requested);
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert!(dropped.load(Ordering::SeqCst), "released at completion");
+}
+
+/// What `TaskContext::cancelled` documents: work the body handed the
+/// context (or its token) to sees a cancel and a timeout; an async body that
+/// times out is dropped at once and never sees `cancelled()` resolve; on a
+/// cancel, whatever the body does after seeing it, the outcome is `Cancelled`.
+#[tokio::test(start_paused = true)]
+async fn context_cancelled_reaches_handed_off_work_and_a_timed_out_body_is_dropped() {
+    let cluster = Cluster::new(2).unwrap();
+    for timeout in [false, true] {
+        let seen_in_body = Arc::new(Mutex::new(None));
+        let seen_elsewhere = Arc::new(Mutex::new(None));
+        let (sb, se) = (seen_in_body.clone(), seen_elsewhere.clone());
+        let mut builder = cluster
+            .task(move |ctx| {
+                let (sb, se) = (sb.clone(), se.clone());
+                async move {
+                    // The context itself, moved into work of its own.
+                    tokio::spawn(async move {
+                        let why = ctx.cancelled().await;
+                        *se.lock().unwrap() = Some(why);
+                    });
+                    std::future::pending::<()>().await;
+                    *sb.lock().unwrap() = Some(());
+                    Ok::<_, String>(())
+                }
+            })
+            .id("watched");
+        if timeout {
+            builder = builder.timeout(Duration::from_secs(1));
+        }
+        let h = builder.submit().unwrap();
+        yield_until("running", || cluster.stats().running == 1).await;
+        let expected = if timeout {
+            let out = h.await;
+            assert!(matches!(out, Err(TaskError::TimedOut { .. })), "{out:?}");
+            CancelReason::TimedOut
+        } else {
+            assert_eq!(cluster.cancel_task("watched"), CancelOutcome::Requested);
+            assert_eq!(h.await, Err(TaskError::Cancelled));
+            CancelReason::Cancelled
+        };
+        yield_until("the handed-off work saw it", || {
+            seen_elsewhere.lock().unwrap().is_some()
+        })
+        .await;
+        assert_eq!(*seen_elsewhere.lock().unwrap(), Some(expected));
+        assert_eq!(*seen_in_body.lock().unwrap(), None);
+    }
+
+    // A timed-out async body is dropped at once: `cancelled()` never
+    // resolves inside it.
+    let seen_in_body = Arc::new(Mutex::new(None));
+    let sb = seen_in_body.clone();
+    let h = cluster
+        .task(move |ctx| {
+            let sb = sb.clone();
+            async move {
+                let why = ctx.cancelled().await;
+                *sb.lock().unwrap() = Some(why);
+                Ok::<_, String>(())
+            }
+        })
+        .timeout(Duration::from_secs(1))
+        .submit()
+        .unwrap();
+    assert!(matches!(h.await, Err(TaskError::TimedOut { .. })));
+    tokio::task::yield_now().await;
+    assert_eq!(*seen_in_body.lock().unwrap(), None);
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
 }

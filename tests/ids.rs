@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::{Cluster, FixedBackoff, SubmitError, SubscribeError, TaskError, TaskId, MAX_ID_LEN};
+use corral::{
+    CancelOutcome, Cluster, FixedBackoff, SubmitError, SubscribeError, TaskError, TaskId,
+    MAX_ID_LEN,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +43,6 @@ fn submit_rejected(cluster: &Cluster, id: impl Into<TaskId>) -> (SubmitError, bo
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_scheduled_task_is_rejected_and_original_untouched() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
@@ -66,7 +68,7 @@ async fn duplicate_of_scheduled_task_is_rejected_and_original_untouched() {
 
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_due_task_before_run_is_rejected() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("early")
@@ -83,7 +85,6 @@ async fn duplicate_of_due_task_before_run_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_running_task_is_rejected_and_original_untouched() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let was_cancelled = Arc::new(AtomicBool::new(true));
@@ -119,7 +120,6 @@ async fn duplicate_of_running_task_is_rejected_and_original_untouched() {
 #[tokio::test(start_paused = true)]
 async fn duplicate_of_task_waiting_for_retry_is_rejected() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|ctx| async move {
             if ctx.attempt() == 1 {
@@ -148,7 +148,6 @@ async fn duplicate_of_task_waiting_for_retry_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn id_can_be_reused_after_finish() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("x")
@@ -175,7 +174,7 @@ async fn id_can_be_reused_after_finish() {
         .delay(Duration::from_secs(60))
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("x"));
+    assert!(cluster.cancel_task("x").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     let h = cluster
         .task(|_| async { Ok::<_, String>(4) })
@@ -190,7 +189,6 @@ async fn id_can_be_reused_after_finish() {
 #[tokio::test(start_paused = true)]
 async fn id_reuse_replaces_cached_outcome() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let first = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("c")
@@ -239,7 +237,6 @@ async fn id_reuse_replaces_cached_outcome() {
 #[tokio::test(start_paused = true)]
 async fn empty_id_is_rejected() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let (err, ran, dropped) = submit_rejected(&cluster, "");
     assert!(matches!(err, SubmitError::InvalidId(_)), "{err:?}");
     assert!(!ran);
@@ -251,7 +248,6 @@ async fn empty_id_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn id_longer_than_max_is_rejected_and_max_is_accepted() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let (err, ran, dropped) = submit_rejected(&cluster, "a".repeat(MAX_ID_LEN + 1));
     assert!(matches!(err, SubmitError::InvalidId(_)), "{err:?}");
     assert!(!ran);
@@ -278,7 +274,6 @@ async fn id_longer_than_max_is_rejected_and_max_is_accepted() {
 #[tokio::test(start_paused = true)]
 async fn generated_id_cannot_be_given_as_an_id() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .delay(Duration::from_secs(5))
@@ -294,7 +289,6 @@ async fn generated_id_cannot_be_given_as_an_id() {
 #[tokio::test(start_paused = true)]
 async fn generated_ids_are_unique() {
     let cluster = Cluster::new(4).unwrap();
-    cluster.run().unwrap();
 
     // Many at once.
     let handles: Vec<_> = (0..500)
@@ -336,7 +330,6 @@ async fn generated_ids_are_unique() {
 #[tokio::test(start_paused = true)]
 async fn stale_generated_id_does_not_reach_a_new_task() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -351,11 +344,119 @@ async fn stale_generated_id_does_not_reach_a_new_task() {
         .submit()
         .unwrap();
     assert_ne!(h.id(), old);
-    assert!(!cluster.cancel_task(old.clone()));
+    assert!(!cluster.cancel_task(old.clone()).took_effect());
     assert_eq!(
         cluster.subscribe::<i32, String>(old.clone()).unwrap_err(),
         SubscribeError::UnknownId(old)
     );
     assert_eq!(h.await, Ok(2));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn printed_generated_ids_round_trip() {
+    let cluster = Cluster::new(1).unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .cacheable(true)
+        .delay(Duration::from_secs(5))
+        .submit()
+        .unwrap();
+    let id = h.id();
+    let printed = id.to_string();
+    assert!(printed.starts_with('#'), "{printed}");
+    assert_eq!(format!("{id:?}"), format!("TaskId({printed})"));
+
+    // `FromStr` and `From<&str>` give the same id back, and it addresses the task.
+    let parsed: TaskId = printed.parse().unwrap();
+    assert_eq!(parsed, id);
+    assert!(parsed.is_generated());
+    assert_eq!(TaskId::from(printed.as_str()), id);
+    assert_eq!(TaskId::from(printed.clone()), id);
+    let sub = cluster.subscribe::<i32, String>(printed.as_str()).unwrap();
+    assert_eq!(sub.id(), id);
+    assert_eq!(h.await, Ok(1));
+    assert_eq!(sub.await, Ok(1));
+    // Cached: the printed form still finds it.
+    assert_eq!(
+        cluster.cancel_task(printed.as_str()),
+        CancelOutcome::AlreadyFinished
+    );
+
+    // Malformed `#` forms are parse errors, not user ids; plain strings are user ids.
+    for bad in [
+        "#",
+        "#6",
+        "#6@",
+        "#@1",
+        "#+6@1",
+        "#6@x",
+        "#6@1@2",
+        "#99999999999999999999@0",
+    ] {
+        assert!(bad.parse::<TaskId>().is_err(), "{bad}");
+        assert_eq!(cluster.cancel_task(bad), CancelOutcome::NotFound, "{bad}");
+    }
+    assert_eq!("plain".parse::<TaskId>().unwrap(), TaskId::from("plain"));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_ids_starting_with_hash_are_reserved() {
+    let cluster = Cluster::new(1).unwrap();
+    // Before generated `#0@0` could exist, `#0` was a valid user id.
+    for id in ["#0", "#", "#0@0", "#mine"] {
+        let (err, ran, dropped) = submit_rejected(&cluster, id);
+        assert!(matches!(err, SubmitError::InvalidId(_)), "{id}: {err:?}");
+        assert!(!ran && dropped, "{id}");
+    }
+    // A `#` inside an id is fine.
+    let h = cluster
+        .task(|_| async { Ok::<_, String>(1) })
+        .id("a#0")
+        .submit()
+        .unwrap();
+    assert_eq!(h.await, Ok(1));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A generated id addresses nothing outside the cluster that made it, even
+/// where another cluster has a task at the same registry slot (issue 8 item 6).
+#[tokio::test(start_paused = true)]
+async fn generated_ids_address_nothing_in_another_cluster() {
+    let a = Cluster::builder().workers(1).paused().build().unwrap();
+    let b = Cluster::builder().workers(1).paused().build().unwrap();
+    a.run().unwrap();
+    b.run().unwrap();
+    let far = Duration::from_secs(60);
+    let ha = a
+        .task(|_| async { Ok::<_, String>("a") })
+        .delay(far)
+        .submit()
+        .unwrap();
+    let hb = b
+        .task(|_| async { Ok::<_, String>("b") })
+        .delay(far)
+        .cacheable(true)
+        .submit()
+        .unwrap();
+    assert_ne!(ha.id(), hb.id());
+    // The same slot in each registry (each cluster's first task).
+    assert_eq!(
+        ha.id().to_string().split('@').nth(1),
+        hb.id().to_string().split('@').nth(1)
+    );
+    for id in [ha.id(), TaskId::from(ha.id().to_string())] {
+        assert_eq!(b.cancel_task(id.clone()), CancelOutcome::NotFound);
+        assert_eq!(
+            b.subscribe::<&str, String>(id.clone()).unwrap_err(),
+            SubscribeError::UnknownId(id)
+        );
+    }
+    assert_eq!(b.stats().held, 1);
+    assert_eq!(a.cancel_task(ha.id()), CancelOutcome::Cancelled);
+    assert_eq!(ha.await, Err(TaskError::Cancelled));
+    assert_eq!(hb.await, Ok("b"));
+    a.stop(Duration::from_secs(1)).await.unwrap();
+    b.stop(Duration::from_secs(1)).await.unwrap();
 }

@@ -278,7 +278,6 @@ async fn large_mixed_run_releases_every_body_and_output() {
         .retention(RETENTION)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let to_cancel: Arc<Mutex<Vec<TaskId>>> = Arc::new(Mutex::new(Vec::new()));
 
     // Cancels tasks once they run or wait for a retry, until all are done.
@@ -298,7 +297,10 @@ async fn large_mixed_run_releases_every_body_and_output() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             let ids = std::mem::take(&mut *tc.lock().unwrap());
             for id in ids {
-                assert!(c.cancel_task(id.clone()), "{id} was running or waiting");
+                assert!(
+                    c.cancel_task(id.clone()).took_effect(),
+                    "{id} was running or waiting"
+                );
                 done += 1;
             }
         }
@@ -313,7 +315,10 @@ async fn large_mixed_run_releases_every_body_and_output() {
         if matches!(kind, Kind::CancelScheduled | Kind::CancelReady) {
             // Nothing ran yet (no await since the submit): the task is
             // scheduled, or due and waiting for a worker.
-            assert!(cluster.cancel_task(id.clone()), "task {g} ({kind:?})");
+            assert!(
+                cluster.cancel_task(id.clone()).took_effect(),
+                "task {g} ({kind:?})"
+            );
         }
         if g % 9 == 0 {
             match cluster.subscribe::<Tracked, Tracked>(id.clone()) {
@@ -381,7 +386,6 @@ async fn shutdown_and_drop_release_every_body_and_output() {
         .retention(RETENTION)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let to_cancel: Arc<Mutex<Vec<TaskId>>> = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
     for g in 0..600 {
@@ -425,7 +429,6 @@ async fn cached_outcomes_expire_after_stop() {
         .retention(RETENTION)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let outputs = live.outputs.clone();
     let h = cluster
         .task(move |_| {
@@ -465,7 +468,6 @@ async fn cached_outcomes_expire_after_stop() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_outcome_is_freed_while_a_resolved_handle_lives() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let live = Arc::new(AtomicUsize::new(0));
     struct Counted(Arc<AtomicUsize>);
     impl Clone for Counted {

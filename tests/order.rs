@@ -27,7 +27,7 @@ async fn join_all(handles: Vec<(usize, TaskHandle<usize, String>)>) {
 
 #[tokio::test(start_paused = true)]
 async fn higher_priority_runs_first() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let order = log();
     let prios = [0, 5, -3, i32::MAX, 2, i32::MIN, 5, 1];
     let mut handles = Vec::new();
@@ -55,7 +55,7 @@ async fn higher_priority_runs_first() {
 
 #[tokio::test(start_paused = true)]
 async fn equal_priority_is_fifo() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let order = log();
     let mut handles = Vec::new();
     for i in 0..200usize {
@@ -81,7 +81,7 @@ async fn equal_priority_is_fifo() {
 
 #[tokio::test(start_paused = true)]
 async fn equal_priority_earlier_start_first_then_fifo() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let t0 = Instant::now();
     let order = log();
     // (start offset into the past, in ms; None = default start, i.e. now)
@@ -128,7 +128,6 @@ async fn equal_priority_earlier_start_first_then_fifo() {
 #[tokio::test(start_paused = true)]
 async fn order_holds_for_tasks_queued_behind_a_busy_worker() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = Arc::new(Notify::new());
     let order = log();
     let g = gate.clone();
@@ -189,7 +188,7 @@ async fn order_holds_for_tasks_queued_behind_a_busy_worker() {
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_random_tasks_run_in_exact_order() {
     const N: usize = 10_000;
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let mut rng = StdRng::seed_from_u64(0x00c0_4a11);
     let t0 = Instant::now();
     let order = log();
@@ -245,7 +244,7 @@ async fn ten_thousand_random_tasks_run_in_exact_order() {
 
 #[tokio::test(start_paused = true)]
 async fn tasks_queued_before_run_wait_for_run() {
-    let cluster = Cluster::new(2).unwrap();
+    let cluster = Cluster::builder().workers(2).paused().build().unwrap();
     let t0 = Instant::now();
     let ran = log();
     let mut handles = Vec::new();
@@ -286,7 +285,6 @@ async fn tasks_queued_before_run_wait_for_run() {
 #[tokio::test(start_paused = true)]
 async fn start_time_in_the_past_runs_at_once() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     tokio::time::sleep(Duration::from_secs(100)).await;
     let t0 = Instant::now();
     let ran = log();
@@ -325,7 +323,7 @@ async fn start_time_in_the_past_runs_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn earlier_past_start_goes_first_among_equal_priority() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let t0 = Instant::now();
     let order = log();
     let mut handles = Vec::new();
@@ -356,7 +354,6 @@ async fn earlier_past_start_goes_first_among_equal_priority() {
 #[tokio::test(start_paused = true)]
 async fn start_time_in_the_future_is_not_started_before_it() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let ran = log();
     let mut handles = Vec::new();
@@ -404,7 +401,6 @@ async fn start_time_in_the_future_is_not_started_before_it() {
 #[tokio::test(start_paused = true)]
 async fn future_high_priority_task_does_not_block_due_low_priority_task() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let ran = log();
     let mut handles = Vec::new();
@@ -439,7 +435,7 @@ async fn future_high_priority_task_does_not_block_due_low_priority_task() {
 /// ahead of lower-priority tasks that were due long before.
 #[tokio::test(start_paused = true)]
 async fn retried_task_reenters_with_its_original_priority() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let t0 = Instant::now();
     let events: Log<(String, Instant)> = log();
 

@@ -25,7 +25,6 @@ fn panics_before_returning_a_future(_ctx: TaskContext) -> Ready<Result<u32, Stri
 #[tokio::test(start_paused = true)]
 async fn panicking_async_body_is_panicked_with_the_message() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     // A formatted message (String payload).
     let h = cluster
         .task(|ctx| async move {
@@ -51,7 +50,6 @@ async fn panicking_async_body_is_panicked_with_the_message() {
 #[tokio::test(start_paused = true)]
 async fn body_panicking_before_returning_its_future_is_panicked() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(panics_before_returning_a_future)
         .submit()
@@ -63,7 +61,6 @@ async fn body_panicking_before_returning_its_future_is_panicked() {
 #[tokio::test(start_paused = true)]
 async fn panicking_blocking_body_is_panicked_with_the_message() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .blocking_task(|ctx| -> Result<u32, String> { panic!("blocking boom {}", ctx.attempt()) })
         .submit()
@@ -75,7 +72,6 @@ async fn panicking_blocking_body_is_panicked_with_the_message() {
 #[tokio::test(start_paused = true)]
 async fn non_string_panic_payload_is_still_panicked() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { std::panic::panic_any(42_i32) })
         .submit()
@@ -89,7 +85,7 @@ async fn non_string_panic_payload_is_still_panicked() {
 #[tokio::test(start_paused = true)]
 async fn worker_keeps_going_after_panics() {
     // One worker: if any panic killed it, the later tasks would never run.
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h1 = cluster
         .task(|_| async { panic!("first") })
         .priority(3)
@@ -132,7 +128,6 @@ async fn worker_keeps_going_after_panics() {
 #[tokio::test(start_paused = true)]
 async fn panicking_attempts_are_retried_and_the_last_panic_is_reported() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let h = cluster

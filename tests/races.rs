@@ -112,7 +112,6 @@ fn assert_idle(cluster: &Cluster, cached: usize) {
 async fn cancel_vs_completion() {
     const ITER: usize = 400;
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(1);
     let (mut n_cancelled, mut n_value, mut cached) = (0, 0, 0);
@@ -149,7 +148,7 @@ async fn cancel_vs_completion() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             spin(cancel_spin);
-            c.cancel_task(cid)
+            c.cancel_task(cid).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -169,7 +168,10 @@ async fn cancel_vs_completion() {
             n_value += 1;
         }
         // A second cancel of a finished task finds nothing.
-        assert!(!cluster.cancel_task(id.clone()), "iteration {i}");
+        assert!(
+            !cluster.cancel_task(id.clone()).took_effect(),
+            "iteration {i}"
+        );
         if cacheable {
             cached += 1;
             let sub = cluster
@@ -195,7 +197,6 @@ async fn cancel_vs_completion() {
 async fn cancel_vs_requeue_retry() {
     const ITER: usize = 400;
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(2);
     let (mut n_cancelled, mut n_value) = (0, 0);
@@ -231,7 +232,7 @@ async fn cancel_vs_requeue_retry() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             spin(cancel_spin);
-            c.cancel_task(id)
+            c.cancel_task(id).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -266,7 +267,6 @@ async fn cancel_vs_requeue_retry() {
 async fn cancel_during_immediate_retry_backoff() {
     const ITER: usize = 300;
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(3);
     let (mut n_cancelled, mut n_value) = (0, 0);
@@ -303,7 +303,7 @@ async fn cancel_during_immediate_retry_backoff() {
         let canceller = std::thread::spawn(move || {
             b.wait();
             std::thread::sleep(cancel_wait);
-            c.cancel_task(id)
+            c.cancel_task(id).took_effect()
         });
         let out = resolve(LIMIT, &format!("iteration {i}"), h).await;
         let cancelled = canceller.join().expect("canceller thread panicked");
@@ -346,7 +346,6 @@ async fn timeout_vs_completion() {
     const PER_BATCH: usize = 20;
     const LIMIT_1MS: Duration = Duration::from_millis(1);
     let cluster = Cluster::new(4).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(4);
     let (mut n_timed_out, mut n_value) = (0, 0);
@@ -411,7 +410,6 @@ async fn stop_vs_submit() {
     let (mut n_accepted, mut n_refused, mut n_value, mut n_shutdown) = (0, 0, 0, 0);
     for iter in 0..ITER {
         let cluster = Cluster::new(2).unwrap();
-        cluster.run().unwrap();
         let completions = Arc::new(AtomicUsize::new(0));
         // Something for the stop to find: a scheduled task and a short one.
         let early = vec![
@@ -534,7 +532,6 @@ async fn stop_vs_retry() {
     let (mut n_value, mut n_failed, mut n_shutdown) = (0, 0, 0);
     for iter in 0..ITER {
         let cluster = Cluster::new(2).unwrap();
-        cluster.run().unwrap();
         let completions = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for k in 0..TASKS {
@@ -625,7 +622,6 @@ async fn stop_vs_retry() {
 async fn subscribe_vs_completion_without_cache() {
     const ITER: usize = 400;
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(7);
     let (mut n_unknown, mut n_subscribed) = (0, 0);
@@ -697,7 +693,6 @@ async fn subscribe_vs_completion_without_cache() {
 async fn duplicate_id_from_two_threads() {
     const ITER: usize = 300;
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let mut rng = Rng::new(8);
     // The same id every iteration: reused once the previous holder is gone
@@ -749,7 +744,10 @@ async fn duplicate_id_from_two_threads() {
             (1, 1),
             "iteration {i}: one task (any previous cached one replaced): {s:?} (previous cached: {cached})"
         );
-        assert!(cluster.cancel_task(name.clone()), "iteration {i}");
+        assert!(
+            cluster.cancel_task(name.clone()).took_effect(),
+            "iteration {i}"
+        );
         assert_eq!(
             resolve(LIMIT, &format!("iteration {i}"), winner).await,
             Err(TaskError::Cancelled),
@@ -773,7 +771,6 @@ async fn concurrent_submits_wake_idle_workers() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 3;
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let completions = Arc::new(AtomicUsize::new(0));
     let mut rng = Rng::new(9);
     for i in 0..ITER {

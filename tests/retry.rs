@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{
-    Backoff, Cluster, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryMode, SubmitError,
-    TaskError,
+    Backoff, Cluster, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision, RetryMode,
+    SubmitError, TaskError,
 };
 use tokio::time::Instant;
 
@@ -32,7 +32,6 @@ async fn attempt_times(
     mode: RetryMode,
 ) -> (Vec<Instant>, Result<u32, TaskError<String>>) {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let times = log();
     let t = times.clone();
     let h = cluster
@@ -114,7 +113,6 @@ async fn jitter_keeps_every_delay_within_ten_percent() {
     let nominal = SEC;
     for mode in MODES {
         let cluster = Cluster::new(TASKS).unwrap();
-        cluster.run().unwrap();
         let mut all = Vec::new();
         for _ in 0..TASKS {
             let times = log();
@@ -166,7 +164,6 @@ async fn jitter_keeps_every_delay_within_ten_percent() {
 #[tokio::test(start_paused = true)]
 async fn invalid_jitter_is_rejected_at_submit() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     for ratio in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
         let c = calls.clone();
@@ -212,7 +209,6 @@ async fn invalid_jitter_is_rejected_at_submit() {
 #[tokio::test(start_paused = true)]
 async fn retry_if_sees_the_error_and_can_stop_retries() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let seen = log();
     let s = seen.clone();
     let h = cluster
@@ -267,7 +263,6 @@ async fn exhausted_retries_give_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn retry_n_means_n_plus_one_attempts() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     for n in 0..6u32 {
         let attempts = log();
         let a = attempts.clone();
@@ -295,7 +290,6 @@ async fn retry_n_means_n_plus_one_attempts() {
 async fn requeue_frees_the_worker_and_immediate_holds_it() {
     for mode in MODES {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let t0 = Instant::now();
         let events = log();
         let ev = events.clone();
@@ -340,7 +334,7 @@ async fn requeue_frees_the_worker_and_immediate_holds_it() {
                 ("R2".to_string(), t0 + SEC),
             ],
             // The worker sleeps through the backoff; the other task waits.
-            RetryMode::Immediate => vec![
+            _ => vec![
                 ("R1".to_string(), t0),
                 ("R2".to_string(), t0 + SEC),
                 ("O".to_string(), t0 + SEC),
@@ -392,7 +386,6 @@ async fn panicking_backoff_ends_retries_with_the_last_error() {
 #[tokio::test(start_paused = true)]
 async fn panicking_retry_if_ends_retries_with_the_last_error() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -425,7 +418,6 @@ async fn panicking_retry_if_ends_retries_with_the_last_error() {
 async fn retry_u32_max_succeeding_on_attempt_three() {
     for mode in MODES {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let h = cluster
             .task(|ctx| async move {
                 if ctx.attempt() < 3 {
@@ -485,7 +477,6 @@ fn exponential_with_zero_base_stays_zero_for_huge_attempts() {
 #[tokio::test(start_paused = true)]
 async fn zero_base_exponential_keeps_retrying_past_f64_overflow() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let h = cluster
         .task(|ctx| async move {
@@ -507,4 +498,99 @@ async fn zero_base_exponential_keeps_retrying_past_f64_overflow() {
     );
     assert_eq!(Instant::now(), t0, "zero backoff takes no time");
     cluster.cancel();
+}
+
+/// The error decides the delay (an HTTP `Retry-After`), whether to retry, or
+/// leaves the delay to the backoff; jitter applies only to the backoff's.
+#[tokio::test(start_paused = true)]
+async fn retry_with_takes_the_delay_from_the_error() {
+    for mode in MODES {
+        let cluster = Cluster::new(1).unwrap();
+        let times = log();
+        let seen = log();
+        let (t, s) = (times.clone(), seen.clone());
+        let h = cluster
+            .task(move |ctx| {
+                let t = t.clone();
+                async move {
+                    t.lock().unwrap().push(Instant::now());
+                    // Attempts 1-3 ask for 700 ms, nothing, 2 s; attempt 4 is fatal.
+                    Err::<u32, _>(match ctx.attempt() {
+                        1 => Some(700),
+                        2 => None,
+                        3 => Some(2000),
+                        _ => Some(0),
+                    })
+                }
+            })
+            .retry(10)
+            .backoff(FixedBackoff::new(100 * MS))
+            .jitter(0.5)
+            .retry_with(move |err: &TaskError<Option<u64>>, attempt| {
+                s.lock().unwrap().push(attempt);
+                match err {
+                    TaskError::Failed(Some(0)) => RetryDecision::Stop,
+                    TaskError::Failed(Some(ms)) => {
+                        RetryDecision::RetryAfter(Duration::from_millis(*ms))
+                    }
+                    _ => RetryDecision::Retry,
+                }
+            })
+            .retry_mode(mode)
+            .submit()
+            .unwrap();
+        assert_eq!(h.await, Err(TaskError::Failed(Some(0))), "{mode:?}");
+        assert_eq!(common::snapshot(&seen), vec![1, 2, 3, 4], "{mode:?}");
+        let gaps = gaps(&common::snapshot(&times));
+        assert_eq!(gaps.len(), 3, "{mode:?}");
+        assert_eq!(gaps[0], 700 * MS, "{mode:?}: Retry-After, no jitter");
+        assert!(
+            gaps[1] >= 50 * MS && gaps[1] <= 150 * MS,
+            "{mode:?}: the backoff's delay, jittered: {:?}",
+            gaps[1]
+        );
+        assert_eq!(gaps[2], 2 * SEC, "{mode:?}");
+        cluster.stop(SEC).await.unwrap();
+    }
+}
+
+/// `retry(n)` still caps the attempts; a panicking `retry_with` stops; the
+/// later of `retry_if` and `retry_with` wins.
+#[tokio::test(start_paused = true)]
+async fn retry_with_is_capped_by_retry_and_replaces_retry_if() {
+    common::quiet_panics_starting_with("retry_with boom");
+    let cluster = Cluster::new(1).unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let submit = |retry_if_first: bool, panics: bool| {
+        let a = attempts.clone();
+        let b = cluster
+            .task(move |_| {
+                a.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("no") }
+            })
+            .retry(2);
+        let decide = move |_: &TaskError<&str>, _: u32| {
+            if panics {
+                panic!("retry_with boom");
+            }
+            RetryDecision::RetryAfter(Duration::ZERO)
+        };
+        if retry_if_first {
+            b.retry_if(|_| false).retry_with(decide).submit().unwrap()
+        } else {
+            b.retry_with(decide).retry_if(|_| false).submit().unwrap()
+        }
+    };
+    for (retry_if_first, panics, expected) in [(true, false, 3), (false, false, 1), (true, true, 1)]
+    {
+        attempts.store(0, Ordering::SeqCst);
+        let h = submit(retry_if_first, panics);
+        assert_eq!(h.await, Err(TaskError::Failed("no")));
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            expected,
+            "retry_if first: {retry_if_first}, panics: {panics}"
+        );
+    }
+    cluster.stop(SEC).await.unwrap();
 }

@@ -34,7 +34,6 @@ struct Seen {
 #[tokio::test(start_paused = true)]
 async fn graceful_stop_lets_running_tasks_finish_and_shuts_down_the_rest() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let seen: Vec<Arc<Seen>> = (0..2).map(|_| Arc::default()).collect();
@@ -118,7 +117,6 @@ async fn graceful_stop_lets_running_tasks_finish_and_shuts_down_the_rest() {
 #[tokio::test(start_paused = true)]
 async fn stop_shuts_down_tasks_waiting_for_a_retry() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -144,7 +142,6 @@ async fn stop_shuts_down_tasks_waiting_for_a_retry() {
 #[tokio::test(start_paused = true)]
 async fn stop_interrupts_an_immediate_retry_wait() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let h = cluster
@@ -174,7 +171,6 @@ async fn stop_interrupts_an_immediate_retry_wait() {
 #[tokio::test(start_paused = true)]
 async fn stop_does_not_retry_an_attempt_that_fails_during_the_stop() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let attempts = Arc::new(AtomicU32::new(0));
@@ -211,7 +207,6 @@ async fn stop_does_not_retry_an_attempt_that_fails_during_the_stop() {
 #[tokio::test(start_paused = true)]
 async fn stop_timeout_reports_running_attempts_then_shuts_them_down() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let reason: Arc<Mutex<Option<CancelReason>>> = Arc::default();
@@ -266,7 +261,7 @@ async fn stop_timeout_reports_running_attempts_then_shuts_them_down() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_runs_due_tasks_and_retries_and_shuts_down_future_ones() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let a = attempts.clone();
     let retried = cluster
@@ -327,7 +322,7 @@ async fn drain_runs_due_tasks_and_retries_and_shuts_down_future_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_on_a_cluster_that_never_ran_shuts_everything_down() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -339,7 +334,6 @@ async fn drain_on_a_cluster_that_never_ran_shuts_everything_down() {
 #[tokio::test(start_paused = true)]
 async fn cancel_interrupts_running_attempts_and_shuts_down_pending_tasks() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
 
     // An async body: dropped at once; its sub-work sees the Shutdown reason.
     let async_started = Arc::new(Notify::new());
@@ -427,7 +421,6 @@ async fn cancel_interrupts_running_attempts_and_shuts_down_pending_tasks() {
 #[tokio::test(start_paused = true)]
 async fn stop_twice_and_stop_after_cancel_are_fine() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .submit()
@@ -440,7 +433,6 @@ async fn stop_twice_and_stop_after_cancel_are_fine() {
     assert_eq!(cluster.drain(Duration::from_secs(1)).await, Ok(()));
 
     let other = Cluster::new(1).unwrap();
-    other.run().unwrap();
     other.cancel();
     other.cancel();
     assert_eq!(other.stop(Duration::from_secs(1)).await, Ok(()));
@@ -448,25 +440,25 @@ async fn stop_twice_and_stop_after_cancel_are_fine() {
     assert_eq!(submit_simple(&other), Err(SubmitError::ShuttingDown));
 
     // Never ran.
-    let idle = Cluster::new(1).unwrap();
+    let idle = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(idle.stop(Duration::from_secs(1)).await, Ok(()));
     assert_eq!(idle.stop(Duration::from_secs(1)).await, Ok(()));
 }
 
 #[tokio::test(start_paused = true)]
-async fn run_twice_and_run_after_shutdown_are_errors() {
-    let cluster = Cluster::new(1).unwrap();
+async fn run_twice_is_a_no_op_and_run_after_shutdown_is_an_error() {
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(cluster.run(), Ok(()));
-    assert_eq!(cluster.run(), Err(RunError::AlreadyRunning));
-    assert_eq!(cluster.clone().run(), Err(RunError::AlreadyRunning));
+    assert_eq!(cluster.run(), Ok(()));
+    assert_eq!(cluster.clone().run(), Ok(()));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
     assert_eq!(cluster.run(), Err(RunError::ShutDown));
 
-    let cancelled = Cluster::new(1).unwrap();
+    let cancelled = Cluster::builder().workers(1).paused().build().unwrap();
     cancelled.cancel();
     assert_eq!(cancelled.run(), Err(RunError::ShutDown));
 
-    let stopped_idle = Cluster::new(1).unwrap();
+    let stopped_idle = Cluster::builder().workers(1).paused().build().unwrap();
     stopped_idle.stop(Duration::from_secs(1)).await.unwrap();
     assert_eq!(stopped_idle.run(), Err(RunError::ShutDown));
 }
@@ -486,7 +478,6 @@ async fn dropping_the_last_clone_shuts_down_and_workers_exit() {
     let metrics = tokio::runtime::Handle::current().metrics();
     assert_eq!(metrics.num_alive_tasks(), 0);
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let (s, d) = (started.clone(), dropped.clone());
@@ -551,7 +542,6 @@ async fn parent_token_cancels_the_cluster() {
         .cancel_on(parent.child_token())
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     let (s, d) = (started.clone(), dropped.clone());
@@ -607,7 +597,7 @@ async fn parent_token_cancelled_before_run() {
 
 #[tokio::test(start_paused = true)]
 async fn tasks_queued_before_run_resolve_as_shutdown_on_stop() {
-    let cluster = Cluster::new(2).unwrap();
+    let cluster = Cluster::builder().workers(2).paused().build().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..3)
         .map(|i| {
@@ -638,7 +628,6 @@ async fn tasks_queued_before_run_resolve_as_shutdown_on_stop() {
 #[tokio::test(start_paused = true)]
 async fn drain_ends_when_its_last_waiting_retry_is_cancelled() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Err::<(), _>("fail") })
         .id("r")
@@ -658,7 +647,7 @@ async fn drain_ends_when_its_last_waiting_retry_is_cancelled() {
         tokio::spawn(async move { c.drain(HOUR).await })
     };
     tokio::task::yield_now().await;
-    assert!(cluster.cancel_task("r"));
+    assert!(cluster.cancel_task("r").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(drainer.await.unwrap(), Ok(()));
     assert_eq!(Instant::now() - t0, Duration::ZERO, "the drain waited");
@@ -676,7 +665,6 @@ fn a_claim_is_settled_when_the_runtime_drops_the_worker_holding_it() {
     let a = attempts.clone();
     let (cluster, handle) = rt.block_on(async move {
         let cluster = Cluster::new(2).unwrap();
-        cluster.run().unwrap();
         for _ in 0..10 {
             tokio::task::yield_now().await; // both workers go idle
         }
@@ -736,7 +724,6 @@ fn a_claim_waiting_for_a_timed_out_blocking_attempt_is_settled_when_the_runtime_
     let (token_tx, mut token_rx) = tokio::sync::mpsc::unbounded_channel();
     let (cluster, handle) = rt.block_on(async move {
         let cluster = Cluster::new(1).unwrap();
-        cluster.run().unwrap();
         let h = cluster
             .blocking_task(move |ctx| {
                 if ctx.attempt() == 1 {
@@ -768,4 +755,99 @@ fn a_claim_waiting_for_a_timed_out_blocking_attempt_is_settled_when_the_runtime_
         out.map(|r| r.map(|_| ()))
     );
     drop(cluster);
+}
+
+/// `stop` from inside an async body returns at once (it would otherwise wait
+/// for its own worker until the timeout), having begun the stop.
+#[tokio::test(start_paused = true)]
+async fn stop_from_inside_an_async_body_returns_at_once_and_stops() {
+    for drain in [false, true] {
+        let cluster = Cluster::new(1).unwrap();
+        let queued = cluster
+            .task(|_| async { Ok::<_, String>("queued") })
+            .delay(HOUR)
+            .submit()
+            .unwrap();
+        let c = cluster.clone();
+        let stopper = cluster
+            .task(move |_| {
+                let c = c.clone();
+                async move {
+                    let t0 = Instant::now();
+                    let r = if drain {
+                        c.drain(HOUR).await
+                    } else {
+                        c.stop(HOUR).await
+                    };
+                    Ok::<_, String>((r, t0.elapsed()))
+                }
+            })
+            .submit()
+            .unwrap();
+        let (r, waited) = stopper.await.unwrap();
+        assert_eq!(r, Err(StopError::FromInsideTask), "drain: {drain}");
+        assert_eq!(waited, Duration::ZERO, "drain: {drain}");
+        // The stop did begin.
+        assert_eq!(queued.await, Err(TaskError::Shutdown), "drain: {drain}");
+        assert_eq!(submit_simple(&cluster), Err(SubmitError::ShuttingDown));
+        let t0 = Instant::now();
+        assert_eq!(cluster.stop(HOUR).await, Ok(()));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+}
+
+/// The same from a blocking body that blocks on `stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_from_inside_a_blocking_body_returns_at_once() {
+    let cluster = Cluster::new(1).unwrap();
+    let c = cluster.clone();
+    let h = cluster
+        .blocking_task(move |_| {
+            let t0 = std::time::Instant::now();
+            let r = tokio::runtime::Handle::current().block_on(c.stop(HOUR));
+            Ok::<_, String>((r, t0.elapsed()))
+        })
+        .submit()
+        .unwrap();
+    let (r, waited) = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the blocking body waited for its own worker")
+        .unwrap();
+    assert_eq!(r, Err(StopError::FromInsideTask));
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(cluster.stop(Duration::from_secs(5)).await, Ok(()));
+}
+
+/// A body of one cluster stopping another cluster waits as usual.
+#[tokio::test(start_paused = true)]
+async fn stop_of_another_cluster_from_a_body_waits() {
+    let a = Cluster::new(1).unwrap();
+    let b = Cluster::new(1).unwrap();
+    let gate = CancellationToken::new();
+    let g = gate.clone();
+    let running = b
+        .task(move |_| {
+            let g = g.clone();
+            async move {
+                g.cancelled().await;
+                Ok::<_, String>(())
+            }
+        })
+        .submit()
+        .unwrap();
+    yield_until("b runs its task", || b.stats().running == 1).await;
+    let b2 = b.clone();
+    let stopper = a
+        .task(move |_| {
+            let b2 = b2.clone();
+            async move { Ok::<_, String>(b2.stop(HOUR).await) }
+        })
+        .submit()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(b.stats().running, 1, "b's attempt is left to finish");
+    gate.cancel();
+    assert_eq!(stopper.await, Ok(Ok(())));
+    assert_eq!(running.await, Ok(()));
+    a.stop(HOUR).await.unwrap();
 }

@@ -5,7 +5,7 @@ use corral::{Cluster, RetryMode, TaskError};
 
 #[tokio::test(start_paused = true)]
 async fn basic_flow() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut hs = Vec::new();
     for (i, p) in [(0, 1), (1, 5), (2, 3), (3, 5)] {
@@ -74,7 +74,7 @@ async fn basic_flow() {
         .delay(Duration::from_secs(100))
         .submit()
         .unwrap();
-    assert!(cluster.cancel_task("x"));
+    assert!(cluster.cancel_task("x").took_effect());
     assert_eq!(h.await, Err(TaskError::Cancelled));
     assert_eq!(cluster.stats().held, 0);
 

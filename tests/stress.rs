@@ -327,7 +327,7 @@ async fn canceller(seed: u64) -> (usize, usize) {
                 (!ids.is_empty()).then(|| ids[rng.below(ids.len())].clone())
             };
             if let Some((id, g)) = picked {
-                if st.cluster.cancel_task(id) {
+                if st.cluster.cancel_task(id).took_effect() {
                     st.cancel_true[g].store(true, SeqCst);
                     found += 1;
                 }
@@ -335,7 +335,7 @@ async fn canceller(seed: u64) -> (usize, usize) {
         } else {
             let n = rng.below(POOL);
             let latest = st.pool[n].lock().unwrap();
-            if st.cluster.cancel_task(pool_name(n)) {
+            if st.cluster.cancel_task(pool_name(n)).took_effect() {
                 let g = latest.unwrap_or_else(|| {
                     panic!("cancel_task({}) found a task never accepted", pool_name(n))
                 });
@@ -392,7 +392,6 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         .retention(RETENTION)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let st = State {
         cluster: cluster.clone(),
         runs: table(|| AtomicU32::new(0)),

@@ -5,10 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::{Cluster, SubscribeError, TaskError, TaskId, DEFAULT_RETENTION};
+use corral::{CancellationToken, Cluster, SubscribeError, TaskError, TaskId, DEFAULT_RETENTION};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use common::yield_until;
 
@@ -19,7 +18,6 @@ fn unknown(id: &str) -> SubscribeError {
 #[tokio::test(start_paused = true)]
 async fn subscribers_before_finish_all_get_the_value() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let gate = CancellationToken::new();
     let started = Arc::new(Notify::new());
     let (g, s) = (gate.clone(), started.clone());
@@ -40,7 +38,7 @@ async fn subscribers_before_finish_all_get_the_value() {
     started.notified().await;
     let s2 = cluster.subscribe::<String, String>("t").unwrap();
     let s3 = cluster.subscribe::<String, String>("t").unwrap();
-    assert_eq!(s1.id(), &TaskId::from("t"));
+    assert_eq!(s1.id(), TaskId::from("t"));
     gate.cancel();
     assert_eq!(s3.await, Ok("value".to_string()));
     assert_eq!(s1.await, Ok("value".to_string()));
@@ -52,7 +50,6 @@ async fn subscribers_before_finish_all_get_the_value() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_of_a_scheduled_task_and_a_failure() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Err::<u8, _>("bad".to_string()) })
         .id("f")
@@ -72,7 +69,6 @@ async fn subscribers_of_a_scheduled_task_and_a_failure() {
 #[tokio::test(start_paused = true)]
 async fn subscribe_after_finish_without_cache_is_unknown() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("gone")
@@ -90,7 +86,6 @@ async fn subscribe_after_finish_without_cache_is_unknown() {
 #[tokio::test(start_paused = true)]
 async fn cached_outcome_reaches_late_subscribers() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(vec![1, 2, 3]) })
         .id("c")
@@ -138,7 +133,6 @@ async fn cluster_retention_expires_cached_outcomes() {
         .retention(retention)
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(7) })
         .id("r")
@@ -169,7 +163,6 @@ async fn per_task_retention_overrides_the_cluster_default() {
         .retention(Duration::from_secs(10))
         .build()
         .unwrap();
-    cluster.run().unwrap();
     let short = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("short")
@@ -235,7 +228,6 @@ async fn per_task_retention_overrides_the_cluster_default() {
 #[tokio::test(start_paused = true)]
 async fn retention_counts_from_completion_not_submission() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<_, String>(1) })
         .id("late")
@@ -259,7 +251,6 @@ async fn retention_counts_from_completion_not_submission() {
 #[tokio::test(start_paused = true)]
 async fn subscribe_with_wrong_types_is_a_type_mismatch() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async { Ok::<i32, String>(1) })
         .id("typed")
@@ -295,7 +286,7 @@ async fn subscribe_with_wrong_types_is_a_type_mismatch() {
 
 #[tokio::test(start_paused = true)]
 async fn subscribe_to_unknown_id_fails() {
-    let cluster = Cluster::new(1).unwrap();
+    let cluster = Cluster::builder().workers(1).paused().build().unwrap();
     assert_eq!(
         cluster.subscribe::<i32, String>("missing").unwrap_err(),
         unknown("missing")
@@ -311,7 +302,6 @@ async fn subscribe_to_unknown_id_fails() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_of_a_cancelled_task_get_cancelled() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
 
     // Scheduled.
     let h = cluster
@@ -323,7 +313,7 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
     let subs: Vec<_> = (0..2)
         .map(|_| cluster.subscribe::<i32, String>("sched").unwrap())
         .collect();
-    assert!(cluster.cancel_task("sched"));
+    assert!(cluster.cancel_task("sched").took_effect());
     for s in subs {
         assert_eq!(s.await, Err(TaskError::Cancelled));
     }
@@ -346,7 +336,7 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
         .unwrap();
     let sub = cluster.subscribe::<i32, String>("run").unwrap();
     started.notified().await;
-    assert!(cluster.cancel_task("run"));
+    assert!(cluster.cancel_task("run").took_effect());
     assert_eq!(sub.await, Err(TaskError::Cancelled));
     assert_eq!(h.await, Err(TaskError::Cancelled));
     cluster.stop(Duration::from_secs(1)).await.unwrap();
@@ -355,7 +345,6 @@ async fn subscribers_of_a_cancelled_task_get_cancelled() {
 #[tokio::test(start_paused = true)]
 async fn subscribers_are_answered_with_shutdown_on_cancel() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let started = Arc::new(Notify::new());
     let s = started.clone();
     let running = cluster
@@ -422,7 +411,6 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     common::quiet_panics_starting_with("probe clone");
 
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let h = cluster
         .task(|_| async {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -456,4 +444,41 @@ async fn a_panicking_outcome_clone_costs_only_that_subscription() {
     assert_eq!(sub.await, Ok(Probe(7)));
     let value = common::resolve(limit, "a later task", h).await;
     assert_eq!(value, Ok(Probe(7)), "the worker survived");
+}
+
+#[tokio::test(start_paused = true)]
+async fn type_mismatch_names_both_types_plainly() {
+    let cluster = Cluster::new(1).unwrap();
+    let h = cluster
+        .task(|_| async { Ok::<u32, String>(2) })
+        .id("typed")
+        .delay(Duration::from_secs(1))
+        .submit()
+        .unwrap();
+    let err = cluster.subscribe::<i64, String>("typed").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task typed produces Result<u32, String>, not Result<i64, String>"
+    );
+    match err {
+        SubscribeError::TypeMismatch {
+            id,
+            expected,
+            found,
+        } => {
+            assert_eq!(id, TaskId::from("typed"));
+            assert_eq!(expected, std::any::type_name::<Result<i64, String>>());
+            assert_eq!(found, std::any::type_name::<Result<u32, String>>());
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    let err = cluster
+        .subscribe::<u32, std::num::ParseIntError>("typed")
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task typed produces Result<u32, String>, not Result<u32, ParseIntError>"
+    );
+    assert_eq!(h.await, Ok(2));
 }

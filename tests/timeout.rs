@@ -29,7 +29,6 @@ async fn drive<F: Future>(fut: F) -> F::Output {
 #[tokio::test(start_paused = true)]
 async fn async_timeout_is_timed_out_and_the_future_is_dropped() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let finished = Arc::new(AtomicBool::new(false));
     let deadline = Arc::new(Mutex::new(None));
@@ -77,7 +76,6 @@ async fn async_timeout_is_timed_out_and_the_future_is_dropped() {
 #[tokio::test(start_paused = true)]
 async fn timeout_is_told_apart_from_the_tasks_own_error() {
     let cluster = Cluster::new(2).unwrap();
-    cluster.run().unwrap();
     let failing = cluster
         .task(|_| async { Err::<(), _>("own error".to_string()) })
         .timeout(SEC)
@@ -101,7 +99,6 @@ async fn timeout_is_told_apart_from_the_tasks_own_error() {
 #[tokio::test(start_paused = true)]
 async fn blocking_timeout_signals_the_body() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
     let limit = Duration::from_millis(50);
@@ -137,7 +134,6 @@ async fn blocking_timeout_signals_the_body() {
 #[tokio::test(start_paused = true)]
 async fn zero_timeout_is_rejected_at_submit() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let ran = Arc::new(AtomicBool::new(false));
     let r = ran.clone();
     let err = cluster
@@ -183,7 +179,6 @@ async fn zero_timeout_is_rejected_at_submit() {
 #[tokio::test(start_paused = true)]
 async fn timeout_applies_to_each_attempt() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let starts = Arc::new(Mutex::new(Vec::new()));
     let s = starts.clone();
@@ -219,7 +214,6 @@ async fn timeout_applies_to_each_attempt() {
 #[tokio::test(start_paused = true)]
 async fn retry_if_can_refuse_to_retry_timeouts() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let attempts = Arc::new(AtomicU32::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (a, s) = (attempts.clone(), seen.clone());
@@ -252,7 +246,6 @@ async fn retry_if_can_refuse_to_retry_timeouts() {
 #[tokio::test(start_paused = true)]
 async fn timed_out_attempt_then_success_on_retry() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let t0 = Instant::now();
     let h = cluster
         .task(|ctx| async move {
@@ -273,7 +266,6 @@ async fn timed_out_attempt_then_success_on_retry() {
 #[tokio::test(start_paused = true)]
 async fn blocking_timeout_is_per_attempt_and_the_next_attempt_starts_uncancelled() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let limit = Duration::from_millis(20);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -313,7 +305,6 @@ async fn blocking_timeout_is_per_attempt_and_the_next_attempt_starts_uncancelled
 #[tokio::test(start_paused = true)]
 async fn each_attempt_gets_a_fresh_cancellation_token() {
     let cluster = Cluster::new(1).unwrap();
-    cluster.run().unwrap();
     let tokens = Arc::new(Mutex::new(Vec::new()));
     let seen = tokens.clone();
     let h = cluster

@@ -11,7 +11,7 @@
 //!   `cancel()`led (every handle must answer `Shutdown`) and the floor's
 //!   tasks are aborted (every handle must answer "cancelled").
 //! - **W6**, cancel: `n` tasks scheduled 10 s ahead, then each cancelled by
-//!   id (`cancel_task(handle.id().clone())`, which must return `true`).
+//!   id (`cancel_task(handle.id())`, which must return `Cancelled`).
 //!   Reported: time to cancel all; time from the first cancel until every
 //!   handle has answered (each must be `Err(TaskError::Cancelled)`); live
 //!   heap after that, as a percentage of its peak. Floor: `abort()` each
@@ -28,7 +28,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use corral::TaskError;
+use corral::{CancelOutcome, TaskError};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
@@ -179,13 +179,13 @@ pub async fn w6_corral(n: usize, settle: Duration, workers: usize, named: bool) 
     let mut missed = 0usize;
     if named {
         for name in &names {
-            if !cluster.cancel_task(name.as_str()) {
+            if cluster.cancel_task(name.as_str()) != CancelOutcome::Cancelled {
                 missed += 1;
             }
         }
     } else {
         for h in &handles {
-            if !cluster.cancel_task(h.id().clone()) {
+            if cluster.cancel_task(h.id()) != CancelOutcome::Cancelled {
                 missed += 1;
             }
         }
@@ -203,7 +203,7 @@ pub async fn w6_corral(n: usize, settle: Duration, workers: usize, named: bool) 
     let mut r = Report::default();
     cancel_report(&mut r, n, (cancel, answered), (base, peak, after));
     r.check(missed == 0, || {
-        format!("cancel_task returned false {missed} time(s)")
+        format!("cancel_task did not return Cancelled {missed} time(s)")
     })
     .check(wrong == 0, || {
         format!("{wrong} handle(s) did not answer Cancelled")

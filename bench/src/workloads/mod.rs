@@ -151,9 +151,8 @@ pub type NoopHandle = TaskHandle<u64, Infallible>;
 
 /// A built and running cluster.
 pub fn running_cluster(workers: usize) -> Result<Cluster, String> {
-    let cluster = Cluster::new(workers).map_err(|e| format!("build: {e}"))?;
-    cluster.run().map_err(|e| format!("run: {e}"))?;
-    Ok(cluster)
+    // Built inside the runtime: its workers start at once.
+    Cluster::new(workers).map_err(|e| format!("build: {e}"))
 }
 
 /// Awaits corral handles in order; handle `i` must resolve to `Ok(first + i)`.

@@ -122,7 +122,11 @@ pub async fn w2_corral(n: usize, variant: &str) -> Outcome {
         next: AtomicUsize::new(0),
         slots: (0..n).map(|_| AtomicU32::new(u32::MAX)).collect(),
     });
-    let cluster = Cluster::new(1).map_err(|e| format!("build: {e}"))?;
+    let cluster = Cluster::builder()
+        .workers(1)
+        .paused()
+        .build()
+        .map_err(|e| format!("build: {e}"))?;
     let base = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
