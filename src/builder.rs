@@ -7,12 +7,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, RetryDecision};
+use crate::body::Body;
+use crate::cell::{Extras, TaskCell};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
-use crate::core::Phase;
+use crate::engine::Phase;
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
-use crate::job::{Body, Cloner, Extras, Job, Outcome, Policy, TaskCell};
+use crate::job::{Cloner, Job, Outcome, Policy};
 use crate::task::TaskId;
 
 /// The longest user-given task id, in bytes.

@@ -25,13 +25,16 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{AsyncBody, BlockingBody};
 use crate::builder::TaskBuilder;
-use crate::core::{ClusterStats, Delivery, Phase, Shared};
+use crate::cell::copy_for_subscriber;
+use crate::engine::{ClusterStats, Delivery, Phase};
 use crate::error::{BuildError, RunError, StopError, SubscribeError};
 use crate::handle::Subscription;
 use crate::inside;
-use crate::job::{copy_for_subscriber, Answer, AsyncBody, BlockingBody, Outcome, SubscribeRequest};
+use crate::job::{Answer, Outcome, SubscribeRequest};
 use crate::panic::drop_guarded;
+use crate::shared::Shared;
 use crate::signal::CancelReason;
 use crate::task::{TaskContext, TaskId};
 use crate::worker::{run_timekeeper, run_worker};

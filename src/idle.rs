@@ -14,7 +14,7 @@
 //! sleeps. (A worker that left for good may stay in the set; the phase
 //! keeps anything from waiting on it.)
 
-/// See the module docs. Lives in [`Core`](crate::core::Core), under its lock.
+/// See the module docs. Lives in [`Engine`](crate::engine::Engine), under its lock.
 #[derive(Debug)]
 pub(crate) struct IdleWorkers {
     /// One bit per worker.

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::core::Shared;
+use crate::shared::Shared;
 
 tokio::task_local! {
     /// Set for the whole future of each worker.

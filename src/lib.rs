@@ -119,10 +119,13 @@
 )]
 
 mod backoff;
+mod body;
 mod builder;
+mod cache;
+mod cell;
 mod clock;
 mod cluster;
-mod core;
+mod engine;
 mod error;
 mod handle;
 mod idle;
@@ -130,17 +133,18 @@ mod inside;
 mod job;
 mod panic;
 mod queue;
+mod shared;
 mod signal;
 mod task;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
+pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
-pub use crate::core::ClusterStats;
+pub use crate::engine::ClusterStats;
 pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
 pub use crate::handle::{Subscription, TaskHandle};
-pub use crate::job::{AsyncBody, BlockingBody, Body};
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
 /// Re-exported from `tokio_util`: the type of

@@ -17,10 +17,12 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
 use crate::builder::RetryMode;
+use crate::cache::release;
 use crate::clock::{duration_ticks, Clock, NEVER};
-use crate::core::{release, Claim, Next, Plan, Shared};
+use crate::engine::{Claim, Next, Plan};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::panic::drop_guarded;
+use crate::shared::Shared;
 use crate::signal::{CancelReason, WorkerWake};
 
 /// Sleeps until `deadline`, or forever without one.
@@ -264,7 +266,7 @@ async fn run_claim(
             tokio::task::yield_now().await;
         }
         // A cancel that already landed spares the body a run (best effort:
-        // the outcome is `Cancelled` either way, see core invariant 3).
+        // the outcome is `Cancelled` either way, see engine invariant 3).
         if let Some(forced) = job.signal().final_forced() {
             return finish(Plan::Final(Some(forced)), None, attempts);
         }

@@ -1,46 +1,63 @@
-//! The cluster's shared state and every operation on it that needs the lock.
+//! The engine: the cluster's state under its one lock (the registry of
+//! tasks, the queue, the cache's expiries, the phase and the idle workers),
+//! and every operation on it. [`Shared`](crate::shared::Shared) holds it.
 //!
 //! ```text
-//! submit ──► Core { registry (slab + name map), Queue, cache expiries } ──► workers
-//!               ▲ one parking_lot mutex, never held across an await,       │
-//!               │ never held while user code runs                          ▼
-//!            timekeeper (promotes due tasks, sweeps the cache)        outcome ──► handle / subscribers
+//! submit ──► Engine { registry (slab + name map), Queue, cache expiries } ──► workers
+//!               ▲ one parking_lot mutex, never held across an await,         │
+//!               │ never held while user code runs                            ▼
+//!            timekeeper (promotes due tasks, sweeps the cache)          outcome ──► handle / subscribers
 //! ```
+//!
+//! Glossary (the engine's words, used across the crate):
+//! - **submit**: admit a task: check the phase and id, give it a sequence
+//!   number and a registry slot, queue it.
+//! - **claim**: a worker takes the best due task; it is `Running` under that
+//!   worker until settled.
+//! - **settle**: a worker reports how the attempts of its claim ended (a
+//!   [`Plan`]): requeue for a retry, or finalize.
+//! - **finalize**: decide a task's outcome under the lock; the task leaves
+//!   the queue and running sets, and its registry entry is removed or kept
+//!   `Retained`. Returns a [`Delivery`].
+//! - **deliver**: after unlocking, hand the decided outcome to the handle,
+//!   the subscribers and the callbacks ([`Job::complete`]).
+//! - **retain**: keep a finished task's outcome for late readers until its
+//!   retention passes; the **sweep** then drops it (`crate::cache`).
+//! - **forced**: an outcome the cluster imposes on a running task (cancel,
+//!   shutdown), honoured by its settle whatever the attempt returned.
 //!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
 //!    immediate retry waiting), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running` only through [`Core::finalize`],
+//! 2. A task leaves `Queued`/`Running` only through [`Engine::finalize`],
 //!    which returns a [`Delivery`]; the caller runs it after unlocking. So
 //!    each task's outcome is delivered exactly once.
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
 //!    `cancel_task` returning `CancelOutcome::Requested` guarantees a
 //!    `Cancelled` outcome.
-//! 4. Lock order: `Shared::core`, then a task cell's lock. Nothing that may
-//!    drop the last reference to a task cell (and so run user `Drop` code)
-//!    happens under `core`: removed cells travel out in `Delivery`/`Vec`s.
+//! 4. Lock order: `Shared::engine`, then a task cell's lock. Nothing that
+//!    may drop the last reference to a task cell (and so run user `Drop`
+//!    code) happens under the engine's lock: removed cells travel out in
+//!    `Delivery`s and `Vec`s, and are dropped by their receivers.
+//! 5. The sweep never changes a decided outcome: it only drops what
+//!    `finalize` retained (see `crate::cell` invariant 4).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::clock::{duration_ticks, is_due, Clock, NEVER};
+use crate::cache::Expiries;
+use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::cluster::CancelOutcome;
 use crate::error::SubmitError;
-use crate::idle::IdleWorkers;
+use crate::idle::{IdleWorkers, Picked};
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
-use crate::signal::{CancelReason, WorkerWake};
 use crate::task::TaskId;
 
 /// Where the cluster is in its life.
@@ -144,15 +161,15 @@ pub struct ClusterStats {
     pub held: usize,
 }
 
-pub(crate) struct Core {
+pub(crate) struct Engine {
     /// Read only when needed: most claims and settles need no time at all.
     clock: Clock,
     entries: Slab<Entry>,
     /// User-given ids; generated ids carry their slot and need no map.
     names: HashMap<Arc<str>, Slot>,
     pub(crate) queue: Queue,
-    /// Cache expiries, earliest first: `(tick, seq, slot)`; stale ones are skipped.
-    expiries: BinaryHeap<Reverse<(i64, u64, Slot)>>,
+    /// When retained outcomes expire.
+    expiries: Expiries,
     next_seq: u64,
     /// The end of the block of sequence numbers `next_seq` is taken from.
     seq_end: u64,
@@ -186,14 +203,14 @@ fn is_live(entries: &Slab<Entry>, item: &Item) -> bool {
     current(entries, item.slot, item.seq).is_some_and(|e| e.state == State::Queued)
 }
 
-impl Core {
-    fn new(clock: Clock, workers: usize) -> Self {
-        Core {
+impl Engine {
+    pub(crate) fn new(clock: Clock, workers: usize) -> Self {
+        Engine {
             clock,
             entries: Slab::new(),
             names: HashMap::new(),
             queue: Queue::default(),
-            expiries: BinaryHeap::new(),
+            expiries: Expiries::default(),
             next_seq: 0,
             seq_end: 0,
             phase: Phase::Idle,
@@ -204,6 +221,15 @@ impl Core {
             wake_timer: false,
             shrink_mark: 0,
         }
+    }
+
+    /// The wake-ups decided under the lock, to send after it is released:
+    /// the idle workers picked, and whether the timekeeper must re-arm.
+    pub(crate) fn take_wakeups(&mut self) -> (Option<Picked>, bool) {
+        (
+            self.idle.take_picked(),
+            std::mem::take(&mut self.wake_timer),
+        )
     }
 
     fn accepts_workers(&self) -> bool {
@@ -395,7 +421,7 @@ impl Core {
                 let seq = e.job.seq();
                 let job = e.job.clone();
                 self.cached += 1;
-                self.expiries.push(Reverse((until, seq, slot)));
+                self.expiries.push(until, seq, slot);
                 self.note_timer(until);
                 Delivery {
                     job,
@@ -527,18 +553,15 @@ impl Core {
             .collect()
     }
 
-    /// Drops cached outcomes whose retention has passed; returns them to release.
+    /// Drops cached outcomes whose retention has passed; returns them to
+    /// release after unlocking ([`crate::cache::release`]).
     pub(crate) fn sweep(&mut self) -> Vec<Arc<dyn Job>> {
         let mut out = Vec::new();
         if self.expiries.is_empty() {
             return out;
         }
         let now = self.clock.now();
-        while let Some(&Reverse((until, seq, slot))) = self.expiries.peek() {
-            if !is_due(until, now) {
-                break;
-            }
-            self.expiries.pop();
+        while let Some((seq, slot)) = self.expiries.pop_due(now) {
             let retained =
                 current(&self.entries, slot, seq).is_some_and(|e| e.state == State::Retained);
             if retained {
@@ -546,9 +569,7 @@ impl Core {
                 out.push(self.remove(slot));
             }
         }
-        if self.expiries.capacity() > 64 && self.expiries.len() < self.expiries.capacity() / 4 {
-            self.expiries.shrink_to(self.expiries.len() * 2);
-        }
+        self.expiries.shrink();
         out
     }
 
@@ -559,11 +580,7 @@ impl Core {
             .queue
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
-        let next_expiry = self
-            .expiries
-            .peek()
-            .map(|Reverse((t, _, _))| *t)
-            .filter(|&t| t != NEVER);
+        let next_expiry = self.expiries.next();
         let next = match (next_start, next_expiry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -598,7 +615,7 @@ impl Core {
     }
 }
 
-impl Drop for Core {
+impl Drop for Engine {
     /// Last resort (the runtime died under the workers): nothing pending may
     /// leave a handle waiting forever.
     fn drop(&mut self) {
@@ -607,139 +624,6 @@ impl Drop for Core {
                 e.job.complete(Some(Forced::Shutdown), false);
             }
         }
-    }
-}
-
-/// Drops cached outcomes the sweep removed (outside the lock: invariant 4).
-pub(crate) fn release(expired: Vec<Arc<dyn Job>>) {
-    if expired.is_empty() {
-        return; // the usual case: skip building an iterator for nothing
-    }
-    for job in expired {
-        job.release();
-    }
-}
-
-/// Everything the workers, the timekeeper and the user's handles share.
-pub(crate) struct Shared {
-    core: Mutex<Core>,
-    /// The timekeeper waits here for an earlier deadline.
-    pub(crate) timer: Notify,
-    /// Per worker: woken for work while idle, or when the task it runs is
-    /// cancelled or shut down.
-    pub(crate) wakes: Box<[WorkerWake]>,
-    /// Cancelled by `stop`: interrupts immediate-retry waits.
-    pub(crate) stopping: CancellationToken,
-    /// Cancelled when the timekeeper must leave (idle workers are sent home
-    /// by [`Shared::close`]).
-    pub(crate) closing: CancellationToken,
-    pub(crate) tracker: TaskTracker,
-    pub(crate) clock: Clock,
-    pub(crate) workers: usize,
-    pub(crate) retention: Duration,
-    pub(crate) parent: Option<CancellationToken>,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        workers: usize,
-        retention: Duration,
-        parent: Option<CancellationToken>,
-    ) -> Self {
-        let clock = Clock::new();
-        Shared {
-            core: Mutex::new(Core::new(clock, workers)),
-            timer: Notify::new(),
-            wakes: (0..workers).map(|_| WorkerWake::default()).collect(),
-            stopping: CancellationToken::new(),
-            closing: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            clock,
-            workers,
-            retention,
-            parent,
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock()
-    }
-
-    /// Releases the lock, then sends the wake-ups decided under it. Returns
-    /// whether it woke a worker.
-    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Core>) -> bool {
-        let picked = core.idle.take_picked();
-        let timer = std::mem::take(&mut core.wake_timer);
-        drop(core);
-        let woke = picked.is_some();
-        if let Some(picked) = picked {
-            for w in picked {
-                self.wakes[usize::from(w)].notify_work();
-            }
-        }
-        if timer {
-            self.timer.notify_one();
-        }
-        woke
-    }
-
-    /// Runs `f` under the lock after sweeping expired cache entries, then
-    /// unlocks (sending the wake-ups decided under it) and releases what the
-    /// sweep dropped. The timekeeper sweeps on time while the cluster runs;
-    /// this keeps a stopped cluster forgetting expired outcomes too.
-    pub(crate) fn locked<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
-        let mut core = self.lock();
-        let expired = core.sweep();
-        let r = f(&mut core);
-        self.unlock(core);
-        release(expired);
-        r
-    }
-
-    /// Sends idle workers and the timekeeper home. Call after the phase
-    /// changed under the lock: every worker is told to claim again and sees
-    /// the new phase (a busy one at its next claim anyway).
-    pub(crate) fn close(&self) {
-        // Every worker's notice stays set until it claims, and the phase
-        // stays terminal: one broadcast suffices (each ExitAll calls this).
-        if self.closing.is_cancelled() {
-            return;
-        }
-        self.closing.cancel();
-        for w in self.wakes.iter() {
-            w.notify_work();
-        }
-    }
-
-    /// Raises `reason` on running tasks, then wakes their workers
-    /// (signal invariant 3).
-    pub(crate) fn interrupt(
-        &self,
-        running: impl IntoIterator<Item = Running>,
-        reason: CancelReason,
-    ) {
-        for (job, worker) in running {
-            job.raise(reason);
-            if let Some(w) = self.wakes.get(usize::from(worker)) {
-                w.wake();
-            }
-        }
-    }
-
-    /// `cancel()`: shuts everything down at once. Idempotent.
-    pub(crate) fn cancel_all(&self) {
-        let mut core = self.lock();
-        if core.phase == Phase::Cancelled {
-            return;
-        }
-        core.phase = Phase::Cancelled;
-        let deliveries = core.shut_down_queued(None);
-        let running = core.shut_down_running();
-        self.unlock(core);
-        self.stopping.cancel();
-        self.close();
-        self.interrupt(running, CancelReason::Shutdown);
-        deliveries.into_iter().for_each(Delivery::deliver);
     }
 }
 

@@ -1,0 +1,502 @@
+//! The task cell: the one allocation that holds a task's body, its options,
+//! its interruption signal and its outcome slot, and implements both views
+//! of it ([`Job`] for the engine, [`OutcomeSlot`] for the handle).
+//!
+//! Invariants:
+//! 1. Only the worker that owns the running attempt touches the pending
+//!    attempt result (`CellState::result` while `done` is false) and the
+//!    body while it starts an attempt (lent out of the lock meanwhile).
+//! 2. `complete` runs once per task, after the task has left the cluster's
+//!    registry (or been marked retained there), and never under the
+//!    cluster's lock: it runs user callbacks and drops the body (what it
+//!    captured lives until then), and either may call back into the cluster.
+//! 3. No user code runs while `state` is locked, and every piece of it runs
+//!    under a panic guard (`crate::panic`), without exception. The places:
+//!    - the body, called per attempt ([`Job::start_attempt`]), and the
+//!      future it returns, polled and dropped by the worker;
+//!    - the `retry_with` function (or `retry_if` predicate) and the backoff
+//!      strategy ([`Job::retry_delay`]), with the pending error lent out;
+//!    - `on_failure` and `on_complete`, in [`Job::complete`];
+//!    - `Clone` of the outcome: for the cache and for subscribers in
+//!      `complete`, and for a late subscriber by the subscriber itself, on
+//!      the retained outcome lent out of the lock (`Answer::Lent`; whoever
+//!      borrows it serves the subscribers that come meanwhile, then gives
+//!      it back);
+//!    - `Drop` of the body and what it captured (at completion), of an
+//!      attempt's result that a retry, a timeout, a cancel or a shutdown
+//!      replaces, of an outcome nobody will read, of an expired cached
+//!      outcome, and of everything the cell holds when its last reference
+//!      goes (`impl Drop for TaskCell`), wherever that happens.
+//!
+//!    So user code may call back into the cluster (`stats`, `subscribe`,
+//!    `cancel_task`, `submit`, `cancel`, `stop`), on its own id or others.
+//! 4. The cache may let go of a task (its retention passed, or its id was
+//!    reused) between the registry's finalize and the delivery; it then
+//!    only sets `expired`, and `complete` delivers the decided outcome
+//!    without retaining it. Nothing that expires changes an outcome.
+//!
+//! This file holds the cell and its attempts; `outcome` holds how the final
+//! outcome reaches the handle, the subscribers, the callbacks and the cache.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+mod outcome;
+
+pub(crate) use self::outcome::copy_for_subscriber;
+
+use crate::backoff::{jittered, Backoff, RetryDecision};
+use crate::body::Body;
+use crate::builder::RetryMode;
+use crate::error::TaskError;
+use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
+use crate::panic::{drop_guarded, guard};
+use crate::signal::{CancelReason, Signal};
+use crate::task::{TaskContext, TaskId};
+
+/// `retry_with`'s function, or `retry_if`'s predicate wrapped as one.
+pub(crate) type RetryWith<E> = Box<dyn Fn(&TaskError<E>, u32) -> RetryDecision + Send + Sync>;
+pub(crate) type OnFailure<E> = Box<dyn Fn(&TaskId, &TaskError<E>) + Send + Sync>;
+pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + Sync>;
+
+/// Options most tasks do not use, boxed so that a plain task stays small.
+pub(crate) struct Extras<T, E> {
+    /// The user-given id; generated ids need no storage beyond `seq` and `slot`.
+    pub(crate) name: Option<Arc<str>>,
+    /// `Some` when the outcome is cached after completion.
+    pub(crate) retention: Option<Duration>,
+    pub(crate) backoff: Option<Box<dyn Backoff>>,
+    pub(crate) jitter: f64,
+    pub(crate) retry_with: Option<RetryWith<E>>,
+    pub(crate) on_failure: Option<OnFailure<E>>,
+    pub(crate) on_complete: Option<OnComplete<T, E>>,
+}
+
+impl<T, E> Default for Extras<T, E> {
+    fn default() -> Self {
+        Extras {
+            name: None,
+            retention: None,
+            backoff: None,
+            jitter: 0.0,
+            retry_with: None,
+            on_failure: None,
+            on_complete: None,
+        }
+    }
+}
+
+struct CellState<B, T, E> {
+    /// `None` while an attempt is being started (user code, run unlocked)
+    /// and once released: at completion, or after the last attempt started
+    /// if dropping it runs nothing.
+    body: Option<B>,
+    /// Before `done`: the last attempt's result. After: the handle's copy of
+    /// the final outcome, until the handle reads it or is dropped (the
+    /// cache has a copy of its own, in `Rare::cached`).
+    result: Option<Outcome<T, E>>,
+    done: bool,
+    /// The cache let go of the task (its retention passed, or its id was
+    /// reused). It may do so between the registry's finalize and the
+    /// delivery: then the outcome is delivered, just not retained.
+    expired: bool,
+    handle_gone: bool,
+    handle_waker: Option<Waker>,
+    /// What most tasks never need, boxed on first use so a plain task stays small.
+    rare: Option<Box<Rare<T, E>>>,
+}
+
+struct Rare<T, E> {
+    /// Copies the outcome for readers besides the handle. Set by the first
+    /// subscriber or by `cacheable`, whose bounds guarantee `Clone`.
+    cloner: Option<Cloner<T, E>>,
+    subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
+    /// The current attempt's cancellation token, made when the body asks.
+    token: Option<CancellationToken>,
+    /// The retained outcome. A late subscriber borrows it out of the lock
+    /// to copy it (`lent`); subscribers that come meanwhile queue in
+    /// `subscribers`, and the borrower serves them before giving it back.
+    /// (Sharing it instead would need `T: Sync`.)
+    cached: Option<Outcome<T, E>>,
+    lent: bool,
+}
+
+impl<T, E> Rare<T, E> {
+    fn boxed(cloner: Option<Cloner<T, E>>) -> Box<Self> {
+        Box::new(Rare {
+            cloner,
+            subscribers: Vec::new(),
+            token: None,
+            cached: None,
+            lent: false,
+        })
+    }
+
+    /// Adds a subscriber. Subscriptions dropped before the outcome came
+    /// are pruned whenever the list would grow, so it stays within twice
+    /// the live subscribers however many come and go.
+    fn add_subscriber(&mut self, tx: oneshot::Sender<Outcome<T, E>>) {
+        if self.subscribers.len() == self.subscribers.capacity() {
+            self.subscribers.retain(|tx| !tx.is_closed());
+            let live = self.subscribers.len();
+            if self.subscribers.capacity() > 8 && live < self.subscribers.capacity() / 4 {
+                self.subscribers.shrink_to(live * 2);
+            }
+        }
+        self.subscribers.push(tx);
+    }
+}
+
+impl<B, T, E> CellState<B, T, E> {
+    fn rare(&mut self) -> &mut Rare<T, E> {
+        self.rare.get_or_insert_with(|| Rare::boxed(None))
+    }
+
+    fn cloner(&self) -> Option<Cloner<T, E>> {
+        self.rare.as_ref().and_then(|r| r.cloner)
+    }
+}
+
+/// See the module docs.
+pub(crate) struct TaskCell<B, T, E> {
+    /// The id is assembled from these and `Extras::name`: the cell is
+    /// allocated before the cluster's lock is taken (to keep the allocation
+    /// out of it), and the sequence number and slot are only known under it.
+    /// They are written once, under that lock, before any other thread can
+    /// see the cell.
+    seq: AtomicU64,
+    slot: AtomicU32,
+    // The policy's fields sit flat so that the compiler packs the small
+    // ones together: a cell with an 8-byte body is 120 bytes (a 136-byte
+    // allocation with the `Arc` counts), which `size_of_a_small_cell` checks.
+    timeout_ns: u64,
+    retries: u32,
+    priority: i32,
+    mode: RetryMode,
+    blocking: bool,
+    signal: Signal,
+    /// The handle has taken its outcome: it may be polled no more, and its
+    /// drop needs no lock. Set under `state`'s lock; read by the handle's
+    /// owner (a handle that moves between threads is synchronised by the
+    /// move) and by `release`, under the lock.
+    handle_resolved: AtomicBool,
+    extras: Option<Box<Extras<T, E>>>,
+    state: Mutex<CellState<B, T, E>>,
+}
+
+impl<B, T, E> TaskCell<B, T, E> {
+    pub(crate) fn new(
+        body: B,
+        policy: Policy,
+        priority: i32,
+        extras: Option<Box<Extras<T, E>>>,
+        cloner: Option<Cloner<T, E>>,
+    ) -> Self {
+        TaskCell {
+            seq: AtomicU64::new(0),
+            slot: AtomicU32::new(u32::MAX),
+            timeout_ns: policy.timeout_ns,
+            retries: policy.retries,
+            priority,
+            mode: policy.mode,
+            blocking: policy.blocking,
+            signal: Signal::default(),
+            handle_resolved: AtomicBool::new(false),
+            extras,
+            state: Mutex::new(CellState {
+                body: Some(body),
+                result: None,
+                done: false,
+                expired: false,
+                handle_gone: false,
+                handle_waker: None,
+                rare: cloner.map(|cloner| Rare::boxed(Some(cloner))),
+            }),
+        }
+    }
+
+    fn user_id(&self) -> Option<&Arc<str>> {
+        self.extras.as_ref().and_then(|x| x.name.as_ref())
+    }
+
+    /// Records the sequence number and registry slot picked at submit.
+    pub(crate) fn assign(&self, seq: u64, slot: u32) {
+        self.seq.store(seq, Relaxed);
+        self.slot.store(slot, Relaxed);
+    }
+
+    /// The task's id (cheap: a copy, or a reference count for a user id).
+    fn id(&self) -> TaskId {
+        match self.user_id() {
+            Some(name) => TaskId::named(name.clone()),
+            None => TaskId::generated(self.seq.load(Relaxed), self.slot.load(Relaxed)),
+        }
+    }
+
+    fn store_attempt(&self, outcome: Outcome<T, E>) {
+        // A raised signal means the worker has already decided this attempt's
+        // fate (a blocking body finishing after its timeout or cancel).
+        if self.signal.reason().is_none() {
+            let old = self.state.lock().result.replace(outcome);
+            if let Some(old) = old {
+                drop_guarded(old, "a previous attempt's error");
+            }
+        } else {
+            drop_guarded(
+                outcome,
+                "an attempt's result overridden by a cancel or shutdown",
+            );
+        }
+    }
+}
+
+impl<B, T, E> Drop for TaskCell<B, T, E> {
+    /// What the user handed in (the body and its captures, callbacks,
+    /// predicate, strategy) and what the task produced are user code when
+    /// dropped; the last reference may go on any thread (a worker, the
+    /// sweeper, a handle), so each drop is guarded. Never under an engine
+    /// lock: engine invariant 4.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if std::mem::needs_drop::<B>() {
+            if let Some(body) = st.body.take() {
+                drop_guarded(body, "a task body");
+            }
+        }
+        if std::mem::needs_drop::<Outcome<T, E>>() {
+            if let Some(result) = st.result.take() {
+                drop_guarded(result, "an unread outcome");
+            }
+        }
+        if let Some(rare) = st.rare.take() {
+            drop_guarded(rare, "a retained outcome");
+        }
+        if let Some(extras) = self.extras.take() {
+            drop_guarded(extras, "a task's callbacks, predicate or backoff");
+        }
+    }
+}
+
+impl<B, T, E> Job for TaskCell<B, T, E>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn name(&self) -> Option<&Arc<str>> {
+        self.user_id()
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            timeout_ns: self.timeout_ns,
+            retries: self.retries,
+            mode: self.mode,
+            blocking: self.blocking,
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq.load(Relaxed)
+    }
+
+    fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    fn retention(&self) -> Option<Duration> {
+        self.extras.as_ref().and_then(|x| x.retention)
+    }
+
+    fn signal(&self) -> &Signal {
+        &self.signal
+    }
+
+    fn raise(&self, reason: CancelReason) {
+        if self.signal.raise(reason) {
+            let token = self
+                .state
+                .lock()
+                .rare
+                .as_ref()
+                .and_then(|r| r.token.clone());
+            if let Some(t) = token {
+                t.cancel();
+            }
+        }
+    }
+
+    fn token(&self) -> CancellationToken {
+        let token = self
+            .state
+            .lock()
+            .rare()
+            .token
+            .get_or_insert_with(CancellationToken::new)
+            .clone();
+        // `raise` sets the reason before it looks for a token, so a token
+        // made after that look is cancelled here.
+        if self.signal.reason().is_some() {
+            token.cancel();
+        }
+        token
+    }
+
+    fn start_attempt(
+        self: Arc<Self>,
+        attempt: u32,
+        deadline: Option<tokio::time::Instant>,
+    ) -> AttemptFuture {
+        let reset = self.signal.reset_timeout();
+        // Only the worker that claimed the task starts attempts, and the task
+        // cannot complete meanwhile, so the body can be lent out of the lock
+        // while it runs (user code).
+        let body = {
+            let mut st = self.state.lock();
+            if reset {
+                // The old token fired for the old attempt; this one gets a fresh one.
+                if let Some(rare) = st.rare.as_deref_mut() {
+                    rare.token = None;
+                }
+            }
+            st.body.take()
+        };
+        let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
+        let started = match &body {
+            Some(body) => guard(|| body.start(ctx)),
+            None => Err("the task body was already released".to_owned()),
+        };
+        // It goes back for a later attempt, and to be dropped at completion.
+        // Not after the last attempt of a body without drop glue: nothing can
+        // tell, and it saves a lock per task (W1, W7: `bench/README.md#workloads`).
+        if attempt <= self.retries || std::mem::needs_drop::<B>() {
+            self.state.lock().body = body;
+        }
+        Box::pin(async move {
+            let result = match started {
+                Ok(fut) => fut.await,
+                Err(message) => Err(message),
+            };
+            let outcome = match result {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(TaskError::Failed(e)),
+                Err(message) => Err(TaskError::Panicked { message }),
+            };
+            let status = if outcome.is_ok() {
+                AttemptStatus::Succeeded
+            } else {
+                AttemptStatus::Failed
+            };
+            self.store_attempt(outcome);
+            status
+        })
+    }
+
+    fn record_timeout(&self, limit: Duration) {
+        let old = self
+            .state
+            .lock()
+            .result
+            .replace(Err(TaskError::TimedOut { limit }));
+        if let Some(old) = old {
+            drop_guarded(old, "a previous attempt's error");
+        }
+    }
+
+    fn retry_delay(&self, attempt: u32) -> Option<Duration> {
+        let extras = self.extras.as_deref();
+        let decision = match extras.and_then(|x| x.retry_with.as_ref()) {
+            None => RetryDecision::Retry,
+            Some(decide) => {
+                // Invariant 1: only this worker touches the pending result, so
+                // it can be lent out while the function (user code) runs unlocked.
+                let pending = self.state.lock().result.take();
+                let decision = match &pending {
+                    Some(Err(err)) => guard(|| decide(err, attempt.saturating_add(1)))
+                        .unwrap_or_else(|msg| {
+                            tracing::error!(task = %self.id(), panic = %msg, "retry_if / retry_with panicked; not retrying");
+                            RetryDecision::Stop
+                        }),
+                    _ => RetryDecision::Stop,
+                };
+                self.state.lock().result = pending;
+                decision
+            }
+        };
+        let delay = match decision {
+            RetryDecision::Stop => return None,
+            RetryDecision::RetryAfter(delay) => return Some(delay),
+            RetryDecision::Retry => match extras.and_then(|x| x.backoff.as_ref()) {
+                None => Duration::ZERO,
+                Some(b) => match guard(|| b.delay(attempt)) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        tracing::error!(task = %self.id(), panic = %msg, "backoff strategy panicked; not retrying");
+                        return None;
+                    }
+                },
+            },
+        };
+        Some(jittered(delay, extras.map_or(0.0, |x| x.jitter)))
+    }
+
+    fn complete(&self, forced: Option<Forced>, retain: bool) {
+        self.deliver(forced, retain);
+    }
+
+    fn release(&self) {
+        self.expire();
+    }
+
+    fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> Result<(), &'static str> {
+        self.subscribe_or_lend(req)
+    }
+}
+
+impl<B, T, E> OutcomeSlot<T, E> for TaskCell<B, T, E>
+where
+    B: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn task_id(&self) -> TaskId {
+        self.id()
+    }
+
+    fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
+        self.poll_handle(cx)
+    }
+
+    fn drop_handle(&self) {
+        self.handle_dropped();
+    }
+
+    fn give_back(&self, outcome: Outcome<T, E>) {
+        self.take_back(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::AsyncBody;
+
+    /// A body capturing 8 bytes (W5's shape: `move |_| async move { Ok(i) }`).
+    struct EightBytes(#[allow(dead_code)] u64);
+
+    #[test]
+    fn size_of_a_small_cell() {
+        // Pending memory per task (W5, `bench/README.md#w5-pending-memory`) is this cell plus 48
+        // bytes of registry and queue entries; see `TaskCell`.
+        let cell =
+            std::mem::size_of::<TaskCell<AsyncBody<EightBytes>, u64, std::convert::Infallible>>();
+        assert!(cell <= 120, "a cell with an 8-byte body is {cell} bytes");
+    }
+}

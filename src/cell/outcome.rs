@@ -1,0 +1,305 @@
+//! How a task's final outcome reaches its readers: the handle's copy, the
+//! subscribers' copies (made unlocked), the callbacks, and the cache's
+//! copy, which late subscribers borrow (see the invariants in `super`).
+
+use std::any::Any;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use super::{Extras, TaskCell};
+use crate::error::TaskError;
+use crate::job::{Answer, Cloner, Forced, Outcome, SubscribeRequest};
+use crate::panic::{drop_guarded, guard};
+
+impl<B, T, E> TaskCell<B, T, E>
+where
+    B: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    pub(super) fn deliver(&self, forced: Option<Forced>, retain: bool) {
+        let mut st = self.state.lock();
+        // The common case, in one short lock section: the attempt's result
+        // is the outcome, and there is nothing to call, copy or drop that
+        // could run user code.
+        let plain = forced.is_none()
+            && st.rare.is_none()
+            && !std::mem::needs_drop::<B>()
+            && self.extras.as_deref().is_none_or(|x| {
+                x.on_failure.is_none() && x.on_complete.is_none() && x.retention.is_none()
+            });
+        if plain {
+            st.body = None;
+            st.done = true;
+            let unread = if st.handle_gone {
+                st.result.take()
+            } else {
+                None
+            };
+            let waker = st.handle_waker.take();
+            drop(st);
+            if let Some(outcome) = unread {
+                drop_guarded(outcome, "an unread outcome");
+            }
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return;
+        }
+        // What the body captured is released before anyone sees the outcome
+        // (a blocking call abandoned at a timeout holds its own reference
+        // until it returns). An attempt's result that a cancel or shutdown
+        // overrides goes too. Both are user code when dropped: below, with
+        // the lock released and under a guard.
+        let body = st.body.take();
+        let (outcome, overridden) = match (forced, st.result.take()) {
+            (Some(Forced::Cancelled), last) => (Err(TaskError::Cancelled), last),
+            (Some(Forced::Shutdown), last) => (Err(TaskError::Shutdown), last),
+            (None, Some(r)) => (r, None),
+            // Unreachable by construction; never invent a value.
+            (None, None) => (Err(TaskError::Shutdown), None),
+        };
+        let hooks = self
+            .extras
+            .as_deref()
+            .filter(|x| x.on_failure.is_some() || x.on_complete.is_some());
+        // The cache keeps a copy of its own unless it already let go of the
+        // task (a sweep between the registry's finalize and this delivery).
+        let cloner = st.cloner().filter(|_| retain && !st.expired);
+        let handle_gone = st.handle_gone;
+        let mut handle_copy = Some(outcome);
+        let mut cache_copy = None;
+        let drops_user_code = (std::mem::needs_drop::<B>() && body.is_some())
+            || (std::mem::needs_drop::<Outcome<T, E>>() && overridden.is_some());
+        if drops_user_code || hooks.is_some() || cloner.is_some() {
+            // Invariant 3: all of this runs unlocked. Nobody else reads the
+            // result before `done` is set, so the outcome can be out meanwhile.
+            drop(st);
+            if let Some(body) = body {
+                drop_guarded(body, "a task body");
+            }
+            if let Some(old) = overridden {
+                drop_guarded(
+                    old,
+                    "an attempt's result overridden by a cancel or shutdown",
+                );
+            }
+            let outcome = handle_copy.as_ref().expect("set above");
+            if let Some(x) = hooks {
+                self.run_callbacks(x, outcome);
+            }
+            if let Some(clone) = cloner {
+                // A handle that is gone needs no copy: the cache takes the original.
+                cache_copy = if handle_gone {
+                    handle_copy.take()
+                } else {
+                    match guard(|| clone(outcome)) {
+                        Ok(copy) => Some(copy),
+                        Err(msg) => {
+                            tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for the cache panicked; it is not retained");
+                            None
+                        }
+                    }
+                };
+            }
+            st = self.state.lock();
+        }
+        // Subscribers get copies made unlocked (`Clone` is user code). One
+        // that subscribes meanwhile is served by the next round; the round
+        // that finds none left marks the task done, under the same lock.
+        loop {
+            let round = st.rare.as_deref_mut().and_then(|rare| {
+                let clone = rare.cloner?;
+                (!rare.subscribers.is_empty())
+                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
+            });
+            let Some((clone, subscribers)) = round else {
+                break;
+            };
+            drop(st);
+            let view = handle_copy
+                .as_ref()
+                .or(cache_copy.as_ref())
+                .expect("the outcome is kept for the handle or the cache");
+            for tx in subscribers {
+                // A subscriber that gave up is not an error.
+                if let Err(copy) = tx.send(copy_for_subscriber(clone, view)) {
+                    drop_guarded(copy, "an unread copy of an outcome");
+                }
+            }
+            st = self.state.lock();
+        }
+        st.done = true;
+        let mut stale = None;
+        if let Some(copy) = cache_copy {
+            if st.expired {
+                stale = Some(copy);
+            } else {
+                st.rare().cached = Some(copy);
+            }
+        }
+        let unread = match handle_copy {
+            Some(outcome) if !st.handle_gone => {
+                st.result = Some(outcome);
+                None
+            }
+            other => other,
+        };
+        let waker = st.handle_waker.take();
+        drop(st);
+        if let Some(outcome) = unread {
+            // Nobody will read it: the handle is gone.
+            drop_guarded(outcome, "an unread outcome");
+        }
+        if let Some(copy) = stale {
+            drop_guarded(copy, "an expired cached outcome");
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub(super) fn expire(&self) {
+        let cached = {
+            let mut st = self.state.lock();
+            // Before `done`, this tells `complete` not to retain the outcome.
+            st.expired = true;
+            st.rare.as_mut().and_then(|r| r.cached.take())
+        };
+        if let Some(copy) = cached {
+            drop_guarded(copy, "an expired cached outcome");
+        }
+    }
+
+    pub(super) fn subscribe_or_lend(
+        self: Arc<Self>,
+        req: &mut dyn Any,
+    ) -> Result<(), &'static str> {
+        let Some(req) = req.downcast_mut::<SubscribeRequest<T, E>>() else {
+            return Err(std::any::type_name::<Result<T, E>>());
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.lock();
+        let done = st.done;
+        let rare = st.rare();
+        let answer = match rare.cached.take() {
+            // The copy is made by the caller, unlocked (invariant 3).
+            Some(cached) => {
+                rare.lent = true;
+                Answer::Lent(cached, self.clone())
+            }
+            // Still to come, or being copied by another late subscriber,
+            // who serves this one too (see `give_back`).
+            None if !done || rare.lent => {
+                rare.cloner.get_or_insert(req.cloner);
+                rare.add_subscriber(tx);
+                Answer::Pending(rx)
+            }
+            None => Answer::Gone,
+        };
+        drop(st);
+        req.answer = Some(answer);
+        Ok(())
+    }
+    pub(super) fn poll_handle(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T, E>>> {
+        assert!(
+            !self.handle_resolved.load(Relaxed),
+            "TaskHandle polled after it resolved"
+        );
+        let mut st = self.state.lock();
+        if !st.done {
+            match &st.handle_waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.handle_waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        // The handle's own copy: the cache, if any, keeps another.
+        let outcome = st.result.take();
+        self.handle_resolved.store(true, Relaxed);
+        Poll::Ready(outcome)
+    }
+
+    pub(super) fn handle_dropped(&self) {
+        // A handle that resolved already took (or copied) its outcome: the
+        // cell has nothing left to keep for it.
+        if self.handle_resolved.load(Relaxed) {
+            return;
+        }
+        let dropped = {
+            let mut st = self.state.lock();
+            st.handle_gone = true;
+            st.handle_waker = None;
+            if st.done {
+                st.result.take()
+            } else {
+                None
+            }
+        };
+        if let Some(outcome) = dropped {
+            drop_guarded(outcome, "an unread outcome");
+        }
+    }
+
+    pub(super) fn take_back(&self, outcome: Outcome<T, E>) {
+        let mut st = self.state.lock();
+        loop {
+            let round = st.rare.as_deref_mut().and_then(|rare| {
+                let clone = rare.cloner?;
+                (!rare.subscribers.is_empty())
+                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
+            });
+            let Some((clone, subscribers)) = round else {
+                break;
+            };
+            drop(st);
+            for tx in subscribers {
+                if let Err(copy) = tx.send(copy_for_subscriber(clone, &outcome)) {
+                    drop_guarded(copy, "an unread copy of an outcome");
+                }
+            }
+            st = self.state.lock();
+        }
+        let expired = st.expired;
+        let rare = st.rare();
+        rare.lent = false;
+        if expired {
+            drop(st);
+            drop_guarded(outcome, "an expired cached outcome");
+        } else {
+            rare.cached = Some(outcome);
+        }
+    }
+
+    fn run_callbacks(&self, x: &Extras<T, E>, outcome: &Outcome<T, E>) {
+        let id = self.id();
+        if let (Err(err), Some(cb)) = (outcome, &x.on_failure) {
+            if let Err(msg) = guard(|| cb(&id, err)) {
+                tracing::error!(task = %id, panic = %msg, "on_failure callback panicked");
+            }
+        }
+        if let Some(cb) = &x.on_complete {
+            if let Err(msg) = guard(|| cb(&id, outcome)) {
+                tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
+            }
+        }
+    }
+}
+
+/// A subscriber's copy of `outcome`, made with no lock held. A `Clone` that
+/// panics costs only that subscriber, whose subscription then resolves as
+/// [`TaskError::Panicked`] with a message that says so.
+pub(crate) fn copy_for_subscriber<T, E>(
+    clone: Cloner<T, E>,
+    outcome: &Outcome<T, E>,
+) -> Outcome<T, E> {
+    guard(|| clone(outcome)).unwrap_or_else(|msg| {
+        tracing::error!(panic = %msg, "cloning an outcome for a subscriber panicked");
+        Err(TaskError::Panicked {
+            message: format!("cloning the outcome for this subscriber panicked: {msg}"),
+        })
+    })
+}
