@@ -6,7 +6,7 @@
 //!    submit either lands before (and is handled by the shutdown) or fails
 //!    with [`SubmitError::ShuttingDown`](crate::SubmitError::ShuttingDown).
 //! 2. Queued tasks are settled as shut down right there (invariant 2 of the
-//!    core module: each exactly once).
+//!    engine module: each exactly once).
 //! 3. `stopping` interrupts immediate-retry waits; `Shared::close` tells
 //!    every worker to claim again (idle ones wake, see the new phase and
 //!    leave; busy ones leave at their next claim) and sends the timekeeper
@@ -14,6 +14,9 @@
 //! 4. `stop`/`drain` wait on the tracker of worker tasks; at the timeout,
 //!    running attempts are marked and signalled as shut down.
 //! 5. Dropping the last `Cluster` clone runs `cancel`, so workers never leak.
+//! 6. A worker or the timekeeper dropped by its runtime before it left as
+//!    planned (the runtime shut down under a live cluster) runs `cancel`
+//!    too (`worker::Presence`), so nothing waits for workers that are gone.
 
 use std::any::type_name;
 use std::fmt;
