@@ -329,3 +329,116 @@ impl RaceTally {
         }
     }
 }
+
+/// The skeleton of a race test: iteration numbers, a deterministic random
+/// source for the racers' offsets, and a tally of how each iteration came
+/// out. It runs at least `min` iterations, then goes on until every side of
+/// the race was seen `each` times (at most `max` iterations), so a loaded
+/// machine that skews the timing gets more tries instead of a vacuous pass;
+/// [`Race::finish`] fails loudly if a side was still missing.
+pub struct Race {
+    tally: RaceTally,
+    rng: Rng,
+    next: usize,
+    min: usize,
+    max: usize,
+    each: usize,
+}
+
+impl Race {
+    /// A race `name` whose iterations come out as one of `sides`.
+    pub fn new(
+        name: &'static str,
+        sides: &[&'static str],
+        seed: u64,
+        min: usize,
+        max: usize,
+        each: usize,
+    ) -> Self {
+        Race {
+            tally: RaceTally::new(name, sides),
+            rng: Rng::new(seed),
+            next: 0,
+            min,
+            max,
+            each,
+        }
+    }
+
+    /// The next iteration's number, or `None` when the race has run enough.
+    pub fn next(&mut self) -> Option<usize> {
+        let enough = self.next >= self.min && self.tally.sides.iter().all(|(_, n)| *n >= self.each);
+        if enough || self.next >= self.max {
+            return None;
+        }
+        self.next += 1;
+        Some(self.next - 1)
+    }
+
+    /// A random number in `0..n` (for a racer's offset).
+    pub fn below(&mut self, n: u32) -> u32 {
+        self.rng.below(n)
+    }
+
+    /// The current iteration came out as `side`.
+    pub fn saw(&mut self, side: &'static str) {
+        self.tally.saw(side);
+    }
+
+    /// Iterations run so far.
+    pub fn iterations(&self) -> usize {
+        self.next
+    }
+
+    /// How often `side` was seen.
+    pub fn count(&self, side: &str) -> usize {
+        self.tally.count(side)
+    }
+
+    /// Fails unless every side was seen `each` times.
+    pub fn finish(self) {
+        self.tally.assert_each_seen(self.each);
+    }
+}
+
+/// Starts a racer thread: it waits at `bar` with the others, spins `offset`
+/// spin-loop hints, then runs `f`.
+pub fn racer<R: Send + 'static>(
+    bar: &Arc<SpinBarrier>,
+    offset: u32,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    let bar = bar.clone();
+    std::thread::spawn(move || {
+        bar.wait();
+        spin(offset);
+        f()
+    })
+}
+
+/// Joins a racer thread without blocking the runtime (on a
+/// `current_thread` runtime the workers must go on running meanwhile).
+pub async fn join<R>(t: std::thread::JoinHandle<R>) -> R {
+    let t0 = std::time::Instant::now();
+    let mut polls = 0u32;
+    while !t.is_finished() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "a racer thread never finished"
+        );
+        // A few quick turns, then 1 ms naps: the racer needs the CPU more
+        // than this loop does.
+        polls += 1;
+        if polls < 16 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(MS).await;
+        }
+    }
+    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Runs `test` on a fresh runtime of `flavor` (real clock).
+pub fn on<F: std::future::Future>(flavor: Flavor, test: impl FnOnce() -> F) -> F::Output {
+    runtime(flavor, false).block_on(test())
+}
