@@ -1,4 +1,5 @@
-//! A concurrent soak on the real multi-thread runtime: producers submit tens
+//! A concurrent soak on the real multi-thread runtime, and again on a
+//! `current_thread` one: producers submit tens
 //! of thousands of tasks (values, failures with retries in both modes,
 //! panics, cached outcomes, user ids from a shared pool, scheduled starts)
 //! while other tasks cancel random ids, subscribe late to random ids and
@@ -29,7 +30,7 @@ use corral::{
     TaskError, TaskHandle, TaskId,
 };
 
-use common::quiet_panics_starting_with;
+use common::{quiet_panics_starting_with, Flavor};
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 10_000;
@@ -149,6 +150,8 @@ fn table<T>(f: impl Fn() -> T) -> Vec<T> {
 }
 
 struct State {
+    /// Which run (runtime flavour) this state belongs to.
+    run: usize,
     cluster: Cluster,
     /// Body invocations per submission.
     runs: Vec<AtomicU32>,
@@ -179,8 +182,9 @@ impl State {
     fn submit(&self, g: usize, pool: Option<usize>) -> Result<TaskHandle<Val, Val>, SubmitError> {
         let sp = spec(g);
         let pool = pool.or(sp.pool);
+        let run = self.run;
         let body = move |ctx: TaskContext| {
-            state().runs[g].fetch_add(1, SeqCst);
+            state(run).runs[g].fetch_add(1, SeqCst);
             async move {
                 let a = ctx.attempt();
                 if sp.yields {
@@ -203,7 +207,7 @@ impl State {
             .retry_mode(sp.mode)
             .backoff(FixedBackoff::new(sp.backoff))
             .on_complete(move |_, out: &Out| {
-                let st = state();
+                let st = state(run);
                 st.completion_kind[g].store(kind(out), SeqCst);
                 st.completions[g].fetch_add(1, SeqCst);
             });
@@ -251,15 +255,20 @@ impl State {
 
 /// The state is global to this test binary (one test), so that bodies and
 /// callbacks reach it without capturing an `Arc` each.
-static STATE: std::sync::OnceLock<State> = std::sync::OnceLock::new();
+static STATES: [std::sync::OnceLock<State>; 2] =
+    [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
 
-fn state() -> &'static State {
-    STATE.get().expect("state initialised")
+fn state(run: usize) -> &'static State {
+    STATES[run].get().expect("state initialised")
 }
 
 /// Submits numbers `range`, then awaits every accepted handle once.
-async fn submitter(range: std::ops::Range<usize>, resubmit_seed: Option<u64>) -> Vec<(usize, Out)> {
-    let st = state();
+async fn submitter(
+    run: usize,
+    range: std::ops::Range<usize>,
+    resubmit_seed: Option<u64>,
+) -> Vec<(usize, Out)> {
+    let st = state(run);
     let mut rng = resubmit_seed.map(Rng);
     let mut handles = Vec::new();
     let mut refused_at = None;
@@ -315,8 +324,8 @@ async fn pace(ops: usize) {
     }
 }
 
-async fn canceller(seed: u64) -> (usize, usize) {
-    let st = state();
+async fn canceller(run: usize, seed: u64) -> (usize, usize) {
+    let st = state(run);
     let mut rng = Rng(seed);
     let (mut tried, mut found) = (0, 0);
     while st.submitting() {
@@ -348,8 +357,8 @@ async fn canceller(seed: u64) -> (usize, usize) {
     (tried, found)
 }
 
-async fn late_subscriber(seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, usize) {
-    let st = state();
+async fn late_subscriber(run: usize, seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, usize) {
+    let st = state(run);
     let mut rng = Rng(seed);
     let mut subs = Vec::new();
     let mut unknown = 0;
@@ -384,8 +393,19 @@ async fn late_subscriber(seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, us
     (subs, unknown)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_soak_with_stop_in_the_middle() {
+#[test]
+fn concurrent_soak_with_stop_in_the_middle_multi_thread() {
+    common::on(Flavor::MultiThread, || soak(0));
+}
+
+/// The same soak with the workers, producers and helpers all on one thread
+/// (the flavour of `#[tokio::test]`).
+#[test]
+fn concurrent_soak_with_stop_in_the_middle_current_thread() {
+    common::on(Flavor::CurrentThread, || soak(1));
+}
+
+async fn soak(run: usize) {
     quiet_panics_starting_with("stress-panic");
     let cluster = Cluster::builder()
         .workers(4)
@@ -394,6 +414,7 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         .unwrap();
     cluster.run().unwrap();
     let st = State {
+        run,
         cluster: cluster.clone(),
         runs: table(|| AtomicU32::new(0)),
         completions: table(|| AtomicU32::new(0)),
@@ -407,28 +428,31 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         refused_shutdown: AtomicUsize::new(0),
         submitters_done: AtomicUsize::new(0),
     };
-    assert!(STATE.set(st).is_ok(), "one test per binary");
-    let st = state();
+    assert!(STATES[run].set(st).is_ok(), "one soak per run");
+    let st = state(run);
 
     let mut submitters = Vec::new();
     for p in 0..PRODUCERS {
         let range = p * PER_PRODUCER..(p + 1) * PER_PRODUCER;
-        submitters.push(tokio::spawn(submitter(range, None)));
+        submitters.push(tokio::spawn(submitter(run, range, None)));
     }
     for r in 0..RESUBMITTERS {
         let start = PRIMARY + r * PER_RESUBMITTER;
         submitters.push(tokio::spawn(submitter(
+            run,
             start..start + PER_RESUBMITTER,
             Some(100 + r as u64),
         )));
     }
-    let cancellers: Vec<_> = (0..2).map(|i| tokio::spawn(canceller(200 + i))).collect();
+    let cancellers: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(canceller(run, 200 + i)))
+        .collect();
     let subscribers: Vec<_> = (0..2)
-        .map(|i| tokio::spawn(late_subscriber(300 + i)))
+        .map(|i| tokio::spawn(late_subscriber(run, 300 + i)))
         .collect();
     let c = cluster.clone();
     let stopper = tokio::spawn(async move {
-        while state().submit_calls.load(SeqCst) < STOP_AFTER {
+        while state(run).submit_calls.load(SeqCst) < STOP_AFTER {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::timeout(LIMIT, c.stop(LIMIT)).await
