@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use tokio::time::Instant;
 
-use common::quiet_panics_starting_with;
+use common::{cancel, quiet_panics_starting_with};
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const SEC: u64 = 1000;
@@ -611,7 +611,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::CancelName(n) => {
                     let expected = model.by_name(*n).is_some_and(|i| model.cancel(i));
                     prop_assert_eq!(
-                        real.cluster.cancel_task(NAMES[*n]),
+                        cancel(&real.cluster, NAMES[*n]),
                         expected,
                         "cancel {}",
                         NAMES[*n]
@@ -626,7 +626,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         };
                         let expected = target.is_some_and(|t| model.cancel(t));
                         prop_assert_eq!(
-                            real.cluster.cancel_task(real.ids[*i].clone()),
+                            cancel(&real.cluster, real.ids[*i].clone()),
                             expected,
                             "cancel #{}",
                             i

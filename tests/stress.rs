@@ -30,7 +30,7 @@ use corral::{
     TaskError, TaskHandle, TaskId,
 };
 
-use common::{quiet_panics_starting_with, Flavor};
+use common::{cancel, quiet_panics_starting_with, Flavor};
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 10_000;
@@ -336,7 +336,7 @@ async fn canceller(run: usize, seed: u64) -> (usize, usize) {
                 (!ids.is_empty()).then(|| ids[rng.below(ids.len())].clone())
             };
             if let Some((id, g)) = picked {
-                if st.cluster.cancel_task(id) {
+                if cancel(&st.cluster, id) {
                     st.cancel_true[g].store(true, SeqCst);
                     found += 1;
                 }
@@ -344,7 +344,7 @@ async fn canceller(run: usize, seed: u64) -> (usize, usize) {
         } else {
             let n = rng.below(POOL);
             let latest = st.pool[n].lock().unwrap();
-            if st.cluster.cancel_task(pool_name(n)) {
+            if cancel(&st.cluster, pool_name(n)) {
                 let g = latest.unwrap_or_else(|| {
                     panic!("cancel_task({}) found a task never accepted", pool_name(n))
                 });
