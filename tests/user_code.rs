@@ -55,6 +55,9 @@ const LIMIT: Duration = Duration::from_secs(10);
 /// The timeout of the timeout paths (real time: the body never ends by itself).
 const TIMEOUT: Duration = Duration::from_millis(20);
 const BOOM: &str = "user-code boom";
+/// Re-entrant user code subscribes to its own task this many times per
+/// scenario at most.
+const MAX_SUBSCRIBES: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -317,7 +320,7 @@ impl Ctx {
             }
         }
         let _reset = Reset;
-        self.fired.fetch_add(1, SeqCst);
+        let fired = self.fired.fetch_add(1, SeqCst);
         if self.sc.flavour == Flavour::Panic {
             // Never a second panic while unwinding (that would abort).
             if !std::thread::panicking() {
@@ -327,7 +330,11 @@ impl Ctx {
         }
         let Some(c) = self.cluster() else { return };
         let _ = c.stats();
-        drop(c.subscribe::<P, P>(MAIN));
+        // A few times only: a `Clone` that subscribes to its own task asks
+        // for another clone, forever (that loop would be the user's own).
+        if fired < MAX_SUBSCRIBES {
+            drop(c.subscribe::<P, P>(MAIN));
+        }
         drop(c.subscribe::<P, P>(BYSTANDER));
         if cancel(&c, BYSTANDER) {
             self.bystander_cancelled.store(true, SeqCst);
