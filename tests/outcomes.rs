@@ -251,3 +251,30 @@ fn views_of_one_outcome_agree_multi_thread() {
 fn views_of_one_outcome_agree_current_thread() {
     views_agree(Flavor::CurrentThread);
 }
+
+/// `cancel_task` returning `true` guarantees `Cancelled` (crate docs), also
+/// when `cancel()` already shut the running task down but its worker has
+/// not settled it yet: then the cancel must not claim to take effect.
+#[tokio::test(start_paused = true)]
+async fn cancel_task_after_cancel_all_reports_the_true_outcome() {
+    let cluster = Cluster::new(1).unwrap();
+    cluster.run().unwrap();
+    let h = cluster
+        .task(|_| async {
+            std::future::pending::<()>().await;
+            Ok::<u32, String>(0)
+        })
+        .id("running")
+        .submit()
+        .unwrap();
+    common::yield_until("the task runs", || cluster.stats().running == 1).await;
+    cluster.cancel();
+    // The worker shares this thread: it has not settled the task yet.
+    let took_effect = cancel(&cluster, "running");
+    let out = resolve(LIMIT, "running", h).await;
+    assert_eq!(
+        took_effect,
+        out == Err(TaskError::Cancelled),
+        "cancel_task said {took_effect} but the outcome is {out:?}"
+    );
+}
