@@ -19,6 +19,15 @@ use common::{runtime, watchdog, Flavor, HOUR};
 const WATCHDOG: Duration = Duration::from_secs(20);
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// A cluster of `workers` built and started in `rt` (its workers run there).
+fn started(rt: &tokio::runtime::Runtime, workers: usize) -> Cluster {
+    rt.block_on(async {
+        let cluster = Cluster::new(workers).unwrap();
+        cluster.run().unwrap();
+        cluster
+    })
+}
+
 /// Awaits `h` on a fresh runtime (the first one is gone).
 fn outcome_elsewhere<T: Send + 'static>(
     what: &str,
@@ -36,11 +45,10 @@ fn outcome_elsewhere<T: Send + 'static>(
 /// for a requeued retry, or waiting in an immediate retry all resolve
 /// `Shutdown` once the runtime is gone; so does the running one.
 fn pending_tasks_resolve_shutdown(flavor: Flavor) {
-    let cluster = Cluster::new(2).unwrap();
     let rt = runtime(flavor, false);
+    let cluster = started(&rt, 2);
     let attempts = Arc::new(AtomicU32::new(0));
     let handles = rt.block_on(async {
-        cluster.run().unwrap();
         let fails = |a: &Arc<AtomicU32>| {
             let a = a.clone();
             move |_| {
@@ -106,13 +114,32 @@ fn pending_tasks_resolve_shutdown(flavor: Flavor) {
         ]
     });
     drop(rt);
-    for (what, h) in handles {
-        assert_eq!(
-            outcome_elsewhere(what, h),
-            Err(TaskError::Shutdown),
-            "{flavor:?}: {what}"
-        );
-    }
+    // All awaited at once, so one report names every task left hanging.
+    let outcomes = runtime(Flavor::CurrentThread, false).block_on(async {
+        let waits: Vec<_> = handles
+            .into_iter()
+            .map(|(what, h)| {
+                tokio::spawn(async move { (what, tokio::time::timeout(LIMIT, h).await) })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for w in waits {
+            outcomes.push(w.await.unwrap());
+        }
+        outcomes
+    });
+    let wrong: Vec<String> = outcomes
+        .into_iter()
+        .filter(|(_, out)| !matches!(out, Ok(Err(TaskError::Shutdown))))
+        .map(|(what, out)| match out {
+            Err(_) => format!("{what}: never resolved"),
+            Ok(out) => format!("{what}: {out:?}"),
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{flavor:?}: after the workers' runtime was dropped, every pending task must resolve Shutdown: {wrong:?}"
+    );
     assert_eq!(attempts.load(SeqCst), 2, "no retry ran");
 }
 
@@ -134,10 +161,9 @@ fn pending_tasks_resolve_shutdown_when_the_runtime_is_dropped_multi_thread() {
 #[test]
 fn subscribers_are_answered_when_the_runtime_is_dropped() {
     watchdog("subscribers", WATCHDOG, || {
-        let cluster = Cluster::new(1).unwrap();
         let rt = runtime(Flavor::CurrentThread, false);
+        let cluster = started(&rt, 1);
         let sub = rt.block_on(async {
-            cluster.run().unwrap();
             let _h = cluster
                 .task(|_| async { Ok::<u32, String>(1) })
                 .id("later")
@@ -164,10 +190,9 @@ fn subscribers_are_answered_when_the_runtime_is_dropped() {
 fn submit_is_refused_once_the_runtime_is_dropped() {
     watchdog("submit after the runtime", WATCHDOG, || {
         for flavor in Flavor::ALL {
-            let cluster = Cluster::new(2).unwrap();
             let rt = runtime(flavor, false);
+            let cluster = started(&rt, 2);
             rt.block_on(async {
-                cluster.run().unwrap();
                 let h = cluster
                     .task(|_| async { Ok::<u32, String>(5) })
                     .submit()
@@ -195,13 +220,12 @@ fn submit_is_refused_once_the_runtime_is_dropped() {
 fn a_running_blocking_body_is_signalled_when_the_runtime_is_dropped() {
     watchdog("blocking body and runtime drop", WATCHDOG, || {
         for flavor in Flavor::ALL {
-            let cluster = Cluster::new(1).unwrap();
             let rt = runtime(flavor, false);
+            let cluster = started(&rt, 1);
             let started = Arc::new(AtomicBool::new(false));
             let told = Arc::new(AtomicBool::new(false));
             let (s, t) = (started.clone(), told.clone());
             let h = rt.block_on(async {
-                cluster.run().unwrap();
                 let h = cluster
                     .blocking_task(move |ctx| {
                         s.store(true, SeqCst);
