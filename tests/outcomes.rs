@@ -41,8 +41,9 @@ fn hammer_expiry(round: usize) {
     rt.block_on(async {
         let cluster = Cluster::new(4).unwrap();
         cluster.run().unwrap();
-        let seen: Arc<Vec<Mutex<Option<Result<usize, TaskError<usize>>>>>> =
-            Arc::new((0..TASKS).map(|_| Mutex::new(None)).collect());
+        // What each task's on_complete saw.
+        type Seen = Mutex<Option<Result<usize, TaskError<usize>>>>;
+        let seen: Arc<Vec<Seen>> = Arc::new((0..TASKS).map(|_| Mutex::new(None)).collect());
         let stop_polling = Arc::new(AtomicBool::new(false));
         let poller = {
             let (c, stop) = (cluster.clone(), stop_polling.clone());

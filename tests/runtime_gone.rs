@@ -6,6 +6,10 @@
 //!
 //! Each test runs in a watchdog thread: a hang fails with a message.
 
+// The blocks run on the first runtime hand out handles on purpose: they
+// are awaited on another runtime once the first one is gone.
+#![allow(clippy::async_yields_async)]
+
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};

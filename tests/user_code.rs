@@ -619,10 +619,10 @@ async fn drive(
     cluster: &mut Option<Cluster>,
     fails: &mut Vec<String>,
 ) {
-    let fails = fails;
     match sc.path {
         Path::Cancel | Path::BlockingCancel => {
-            if call(fails, "cancel_task", || cancel(&c, MAIN)) == Some(true) {
+            let took_effect = call(fails, "cancel_task", || cancel(&c, MAIN));
+            if took_effect == Some(true) {
                 ctx.main_cancelled.store(true, SeqCst);
             }
         }
