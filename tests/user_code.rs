@@ -16,8 +16,9 @@
 //!   `submit`; then `cancel_task` on its own id, `cancel()`, or `stop` from a
 //!   spawned task).
 //!
-//! Each scenario runs on a one-worker cluster on a `current_thread` runtime
-//! (the flavour of `#[tokio::test]`) on a thread of its own, watched from
+//! Each scenario runs on a one-worker cluster, on a `current_thread` runtime
+//! (the flavour of `#[tokio::test]`) and again on a multi-thread one, on a
+//! thread of its own, watched from
 //! the test thread: a deadlock (user code re-entering the cluster under one
 //! of its locks) fails the scenario after [`WATCHDOG`] of wall time instead
 //! of hanging the runner. Checks, per scenario:
@@ -210,11 +211,21 @@ struct Scenario {
     place: Place,
     path: Path,
     flavour: Flavour,
+    /// The runtime the cluster's workers and the test run on.
+    runtime: common::Flavor,
 }
 
 impl fmt::Debug for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}/{:?}/{:?}", self.place, self.path, self.flavour)
+        let rt = match self.runtime {
+            common::Flavor::CurrentThread => "current_thread",
+            common::Flavor::MultiThread => "multi_thread",
+        };
+        write!(
+            f,
+            "{:?}/{:?}/{:?}/{rt}",
+            self.place, self.path, self.flavour
+        )
     }
 }
 
@@ -260,11 +271,14 @@ fn scenarios(place: Place) -> Vec<Scenario> {
             if place == Place::Body && flavour == Flavour::Panic {
                 continue;
             }
-            v.push(Scenario {
-                place,
-                path,
-                flavour,
-            });
+            for runtime in common::Flavor::ALL {
+                v.push(Scenario {
+                    place,
+                    path,
+                    flavour,
+                    runtime,
+                });
+            }
         }
     }
     v
@@ -526,7 +540,8 @@ fn submit(cluster: &Cluster, ctx: &Arc<Ctx>, id: &str) -> TaskHandle<P, P> {
                     Path::Timeout | Path::Cancel | Path::CancelAll | Path::DropCluster => {
                         pending::<()>().await
                     }
-                    Path::Stop | Path::Drain => cx.go.notified().await,
+                    // (A zero retention: waits until the test has subscribed.)
+                    Path::Stop | Path::Drain | Path::RetentionZero => cx.go.notified().await,
                     Path::SelfCancel => {
                         let c = cx.cluster().expect("the cluster is there");
                         if cancel(&c, MAIN) {
@@ -665,6 +680,7 @@ async fn drive(
         Path::CancelAll => {
             call(fails, "cancel()", || c.cancel());
         }
+        Path::RetentionZero => ctx.go.notify_one(),
         Path::DropCluster => {
             drop(c);
             ctx.cluster.lock().unwrap().take();
@@ -932,7 +948,7 @@ fn run_place(place: Place) {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let r = watchdog_result(&format!("{sc:?}"), WATCHDOG, move || {
-                    let rt = common::runtime(common::Flavor::CurrentThread, false);
+                    let rt = common::runtime(sc.runtime, false);
                     let mut fails = rt.block_on(scenario(sc));
                     call(&mut fails, "dropping the runtime", move || drop(rt));
                     fails
