@@ -40,7 +40,7 @@ use crate::panic::drop_guarded;
 use crate::shared::Shared;
 use crate::signal::CancelReason;
 use crate::task::{TaskContext, TaskId};
-use crate::worker::{run_timekeeper, run_worker};
+use crate::worker::{timekeeper, worker};
 
 /// How long a cached outcome is kept unless the cluster or task says otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(5 * 60);
@@ -335,10 +335,10 @@ impl Cluster {
         // `build` caps `workers` at u16::MAX, so every index fits.
         let key = inside::key(shared);
         for index in (0..=u16::MAX).take(shared.workers) {
-            let worker = run_worker(shared.clone(), index);
+            let worker = worker(shared.clone(), index);
             shared.tracker.spawn(inside::worker(key, worker));
         }
-        shared.tracker.spawn(run_timekeeper(shared.clone()));
+        shared.tracker.spawn(timekeeper(shared.clone()));
         Ok(())
     }
 

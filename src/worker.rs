@@ -9,7 +9,7 @@
 //! promotes due tasks (waking idle workers) and sweeps expired outcomes. It
 //! is the only timer for pending tasks, however many there are.
 
-use std::future::{pending, poll_fn};
+use std::future::{pending, poll_fn, Future};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -86,13 +86,18 @@ impl Turns {
 /// more, so it is shut down as by [`Cluster::cancel`](crate::Cluster::cancel):
 /// pending handles resolve `Shutdown`, submits are refused, and running
 /// attempts (a blocking body polling `is_cancelled`) are signalled.
-struct Presence<'a> {
-    shared: &'a Shared,
+///
+/// It is made when the task's future is made, not when it is first polled:
+/// a runtime may drop a future it never polled (a `current_thread` runtime
+/// dropped right after `build`), and an `async fn`'s locals do not exist
+/// until then.
+struct Presence {
+    shared: Arc<Shared>,
     left: bool,
 }
 
-impl<'a> Presence<'a> {
-    fn new(shared: &'a Shared) -> Self {
+impl Presence {
+    fn new(shared: Arc<Shared>) -> Self {
         Presence {
             shared,
             left: false,
@@ -105,7 +110,7 @@ impl<'a> Presence<'a> {
     }
 }
 
-impl Drop for Presence<'_> {
+impl Drop for Presence {
     fn drop(&mut self) {
         if !self.left {
             self.shared.cancel_all();
@@ -166,8 +171,25 @@ fn settle_now(shared: &Shared, claim: Claim, plan: Plan) {
     }
 }
 
-pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
-    let presence = Presence::new(&shared);
+/// Worker `index`, as the future to spawn (see [`Presence`]).
+pub(crate) fn worker(shared: Arc<Shared>, index: u16) -> impl Future<Output = ()> + Send {
+    let presence = Presence::new(shared.clone());
+    async move {
+        run_worker(shared, index).await;
+        presence.leave();
+    }
+}
+
+/// The timekeeper, as the future to spawn (see [`Presence`]).
+pub(crate) fn timekeeper(shared: Arc<Shared>) -> impl Future<Output = ()> + Send {
+    let presence = Presence::new(shared.clone());
+    async move {
+        run_timekeeper(shared).await;
+        presence.leave();
+    }
+}
+
+async fn run_worker(shared: Arc<Shared>, index: u16) {
     let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
     let mut turns = Turns::default();
@@ -236,10 +258,10 @@ pub(crate) async fn run_worker(shared: Arc<Shared>, index: u16) {
                 poll_fn(|cx| wake.poll_work(cx)).await;
                 turns.reset();
             }
-            Next::Exit => return presence.leave(),
+            Next::Exit => return,
             Next::ExitAll => {
                 shared.close();
-                return presence.leave();
+                return;
             }
         }
     }
@@ -342,8 +364,7 @@ async fn run_claim(
     }
 }
 
-pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
-    let presence = Presence::new(&shared);
+async fn run_timekeeper(shared: Arc<Shared>) {
     let parent = shared.parent.clone();
     loop {
         let (deadline, expired) = {
@@ -357,10 +378,10 @@ pub(crate) async fn run_timekeeper(shared: Arc<Shared>) {
         release(expired);
         tokio::select! {
             biased;
-            _ = shared.closing.cancelled() => return presence.leave(),
+            _ = shared.closing.cancelled() => return,
             _ = async { match &parent { Some(p) => p.cancelled().await, None => pending().await } } => {
                 shared.cancel_all();
-                return presence.leave();
+                return;
             }
             _ = shared.timer.notified() => {}
             _ = sleep_until_opt(deadline) => {}

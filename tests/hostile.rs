@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use corral::{
     Backoff, BuildError, Cluster, ExponentialBackoff, LinearBackoff, RetryMode, RunError,
-    StopError, SubmitError, SubscribeError, TaskContext, TaskError, TaskId, MAX_ID_LEN,
+    StopError, SubmitError, SubscribeError, TaskContext, TaskError, TaskHandle, TaskId, MAX_ID_LEN,
 };
 use tokio::time::Instant;
 
@@ -816,8 +816,20 @@ async fn stop_twice() {
     assert_eq!(cluster.stats(), Default::default());
 }
 
-#[tokio::test(start_paused = true)]
-async fn cancel_while_stop_is_waiting() {
+/// Two workers, both busy for good: an async attempt that never ends (its
+/// future holds a [`DropFlag`]) and a blocking one that runs until its
+/// cancellation signal.
+struct TwoStuck {
+    cluster: Cluster,
+    stuck: TaskHandle<u32, String>,
+    spinning: TaskHandle<u32, String>,
+    /// Set when the stuck async attempt's future was dropped.
+    dropped: Arc<AtomicBool>,
+    /// Set when the blocking body saw its signal and returned.
+    blocking_left: Arc<AtomicBool>,
+}
+
+fn two_stuck() -> TwoStuck {
     let cluster = Cluster::new(2).unwrap();
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = Arc::new(DropFlag(dropped.clone()));
@@ -844,6 +856,24 @@ async fn cancel_while_stop_is_waiting() {
         })
         .submit()
         .unwrap();
+    TwoStuck {
+        cluster,
+        stuck,
+        spinning,
+        dropped,
+        blocking_left,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_while_stop_is_waiting() {
+    let TwoStuck {
+        cluster,
+        stuck,
+        spinning,
+        dropped,
+        blocking_left,
+    } = two_stuck();
     let queued = cluster
         .task(|_| async { Ok::<u32, String>(2) })
         .submit()
@@ -924,32 +954,13 @@ async fn stop_timeout_cancels_what_is_left() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_cluster_while_tasks_run() {
-    let cluster = Cluster::new(2).unwrap();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let flag = Arc::new(DropFlag(dropped.clone()));
-    let stuck = cluster
-        .task(move |_| {
-            let flag = flag.clone();
-            async move {
-                let _keep = flag;
-                std::future::pending::<()>().await;
-                Ok::<u32, String>(0)
-            }
-        })
-        .submit()
-        .unwrap();
-    let blocking_left = Arc::new(AtomicBool::new(false));
-    let bl = blocking_left.clone();
-    let spinning = cluster
-        .blocking_task(move |ctx| {
-            while !ctx.is_cancelled() {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            bl.store(true, SeqCst);
-            Ok::<u32, String>(1)
-        })
-        .submit()
-        .unwrap();
+    let TwoStuck {
+        cluster,
+        stuck,
+        spinning,
+        dropped,
+        blocking_left,
+    } = two_stuck();
     let queued = cluster
         .task(|_| async { Ok::<u32, String>(2) })
         .id("queued")

@@ -140,7 +140,7 @@ fn submit(
 ) -> TaskHandle<Tracked, Tracked> {
     let body_token = Tracked::new(&live.bodies, g);
     // Most tasks carry a callback that lives as long as the task itself.
-    let task_token = (g % 3 != 0).then(|| Tracked::new(&live.tasks, g));
+    let task_token = (!g.is_multiple_of(3)).then(|| Tracked::new(&live.tasks, g));
     let outputs = live.outputs.clone();
     let to_cancel = to_cancel.clone();
     let cache = g % 5;
@@ -148,13 +148,13 @@ fn submit(
         let b = cluster
             .blocking_task(move |ctx| {
                 let _in_attempt = body_token.clone();
-                if (g / 12) % 2 == 0 || ctx.attempt() > 1 {
+                if (g / 12).is_multiple_of(2) || ctx.attempt() > 1 {
                     Ok(Tracked::new(&outputs, g))
                 } else {
                     Err(Tracked::new(&outputs, g))
                 }
             })
-            .retry(u32::from((g / 24) % 2 == 0));
+            .retry(u32::from((g / 24).is_multiple_of(2)));
         let b = match cache {
             0 => b.cacheable(true),
             1 => b.retention(SHORT_RETENTION),
@@ -215,7 +215,7 @@ fn submit(
             .retry(3)
             .retry_mode(RetryMode::Immediate)
             .backoff(FixedBackoff::new(Duration::from_millis(10))),
-        Kind::AlwaysFails => b.retry(2).retry_mode(if g % 2 == 0 {
+        Kind::AlwaysFails => b.retry(2).retry_mode(if g.is_multiple_of(2) {
             RetryMode::Requeue
         } else {
             RetryMode::Immediate

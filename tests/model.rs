@@ -26,7 +26,7 @@ use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use tokio::time::Instant;
 
-use common::quiet_panics_starting_with;
+use common::{cancel, quiet_panics_starting_with};
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const SEC: u64 = 1000;
@@ -69,6 +69,15 @@ enum Op {
     Run,
     Stop(u64),
     CancelAll,
+    /// Drops the handle of the n-th submitted task (its outcome is then
+    /// only seen by subscribers and `on_complete`).
+    DropHandle(usize),
+    /// Drops the n-th subscription taken so far, unanswered or not.
+    DropSub(usize),
+    /// Drops the runtime that runs the workers, the cluster living on: the
+    /// case ends there (later operations are ignored); what was pending
+    /// must resolve `Shutdown` and submits must be refused.
+    DropRuntime,
 }
 
 fn behavior() -> impl Strategy<Value = Behavior> {
@@ -90,7 +99,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         0u32..3,
         0u64..3,
         any::<bool>(),
-        prop::option::weighted(0.3, 0u64..5),
+        prop::option::weighted(0.4, prop_oneof![1 => Just(0u64), 2 => 0u64..5]),
     )
         .prop_map(
             |(
@@ -127,15 +136,20 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Run),
         1 => (1u64..4).prop_map(Op::Stop),
         1 => Just(Op::CancelAll),
+        1 => (0usize..12).prop_map(Op::DropHandle),
+        1 => (0usize..8).prop_map(Op::DropSub),
+        1 => Just(Op::DropRuntime),
     ]
 }
 
 // ---------------------------------------------------------------- the model
 
+/// An outcome. Values and errors are what the body returned: task `i`'s
+/// attempt `a` returns `Ok(i * 1000 + a)` or `Err("fail i/a")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fate {
     Value(usize),
-    Failed,
+    Failed(String),
     Panicked,
     TimedOut,
     Cancelled,
@@ -298,12 +312,13 @@ impl Model {
     }
 
     fn end_attempt(&mut self, i: usize, end: AttemptEnd) {
+        let a = self.tasks[i].attempts;
         let out = match end {
             AttemptEnd::Ok => {
-                self.finish(i, Fate::Value(i));
+                self.finish(i, Fate::Value(value(i, a)));
                 return self.claim();
             }
-            AttemptEnd::Failed => Fate::Failed,
+            AttemptEnd::Failed => Fate::Failed(error(i, a)),
             AttemptEnd::Panicked => Fate::Panicked,
             AttemptEnd::TimedOut => Fate::TimedOut,
         };
@@ -362,6 +377,11 @@ impl Model {
                 self.finish(i, Fate::Shutdown);
             }
         }
+    }
+
+    /// The workers' runtime is gone: as `cancel_all`.
+    fn runtime_gone(&mut self) {
+        self.cancel_all();
     }
 
     fn cancel_all(&mut self) {
@@ -428,6 +448,16 @@ impl Model {
     }
 }
 
+/// What attempt `a` of task `i` returns on success.
+fn value(i: usize, a: u32) -> usize {
+    i * 1000 + a as usize
+}
+
+/// What attempt `a` of task `i` returns on failure.
+fn error(i: usize, a: u32) -> String {
+    format!("fail {i}/{a}")
+}
+
 // ---------------------------------------------------------------- the runner
 
 type Handle = TaskHandle<usize, String>;
@@ -437,14 +467,14 @@ struct Real {
     base: Instant,
     handles: Vec<Option<Handle>>,
     ids: Vec<TaskId>,
-    subs: Vec<(usize, Subscription<usize, String>)>,
+    subs: Vec<(usize, Option<Subscription<usize, String>>)>,
     log: Arc<Mutex<Vec<(usize, u32, u64)>>>,
 }
 
 fn to_out(r: Result<usize, TaskError<String>>) -> Fate {
     match r {
         Ok(v) => Fate::Value(v),
-        Err(TaskError::Failed(_)) => Fate::Failed,
+        Err(TaskError::Failed(e)) => Fate::Failed(e),
         Err(TaskError::Panicked { .. }) => Fate::Panicked,
         Err(TaskError::TimedOut { .. }) => Fate::TimedOut,
         Err(TaskError::Cancelled) => Fate::Cancelled,
@@ -465,16 +495,15 @@ impl Real {
                 async move {
                     let at = Instant::now().duration_since(base).as_millis() as u64;
                     log.lock().unwrap().push((index, ctx.attempt(), at));
+                    let a = ctx.attempt();
                     match behavior {
-                        Behavior::Ok => Ok(index),
-                        Behavior::FailTimes(k) if ctx.attempt() <= k => {
-                            Err(format!("fail {}", ctx.attempt()))
-                        }
-                        Behavior::FailTimes(_) => Ok(index),
+                        Behavior::Ok => Ok(value(index, a)),
+                        Behavior::FailTimes(k) if a <= k => Err(error(index, a)),
+                        Behavior::FailTimes(_) => Ok(value(index, a)),
                         Behavior::Panic => panic!("model-panic"),
                         Behavior::Sleep(s) => {
                             tokio::time::sleep(Duration::from_millis(s * SEC + 500)).await;
-                            Ok(index)
+                            Ok(value(index, a))
                         }
                     }
                 }
@@ -512,7 +541,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .start_paused(true)
         .build()
         .unwrap();
-    rt.block_on(async move {
+    let gone = rt.block_on(async move {
         let base = Instant::now();
         let mut real = Real {
             cluster: Cluster::builder().workers(1).paused().build().unwrap(),
@@ -582,7 +611,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::CancelName(n) => {
                     let expected = model.by_name(*n).is_some_and(|i| model.cancel(i));
                     prop_assert_eq!(
-                        real.cluster.cancel_task(NAMES[*n]).took_effect(),
+                        cancel(&real.cluster, NAMES[*n]),
                         expected,
                         "cancel {}",
                         NAMES[*n]
@@ -597,7 +626,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         };
                         let expected = target.is_some_and(|t| model.cancel(t));
                         prop_assert_eq!(
-                            real.cluster.cancel_task(real.ids[*i].clone()).took_effect(),
+                            cancel(&real.cluster, real.ids[*i].clone()),
                             expected,
                             "cancel #{}",
                             i
@@ -613,7 +642,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                                 "subscribe {} found a task the model forgot",
                                 NAMES[*n]
                             );
-                            real.subs.push((found.unwrap(), s));
+                            real.subs.push((found.unwrap(), Some(s)));
                         }
                         Err(e) => prop_assert!(
                             found.is_none(),
@@ -643,6 +672,19 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     model.cancel_all();
                     real.cluster.cancel();
                 }
+                Op::DropHandle(n) => {
+                    if let Some(h) = real.handles.get_mut(*n) {
+                        drop(h.take());
+                    }
+                }
+                Op::DropSub(n) => {
+                    if let Some((_, s)) = real.subs.get_mut(*n) {
+                        drop(s.take());
+                    }
+                }
+                // A cluster that never ran has no workers to lose.
+                Op::DropRuntime if model.phase == Phase::Idle => {}
+                Op::DropRuntime => return Ok(Some((real, model))),
             }
         }
         // Let everything settle: run if never run, then wait out the schedule.
@@ -674,6 +716,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         for (i, s) in real.subs.drain(..) {
+            let Some(s) = s else { continue };
             let got = to_out(s.await);
             prop_assert_eq!(
                 Some(&got),
@@ -686,6 +729,64 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
             real.cluster.stats().queued + real.cluster.stats().running,
             0
         );
+        Ok(None)
+    })?;
+    let Some((mut real, mut model)) = gone else {
+        return Ok(());
+    };
+    // The runtime goes; the cluster lives on.
+    let starts = real.log.lock().unwrap().clone();
+    prop_assert_eq!(&starts, &model.starts, "attempt starts (task, attempt, ms)");
+    drop(rt);
+    model.runtime_gone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let r = real
+            .cluster
+            .task(|_| async { Ok::<usize, String>(0) })
+            .submit();
+        prop_assert!(
+            matches!(r, Err(SubmitError::ShuttingDown)),
+            "a submit after the workers' runtime was dropped: {:?}",
+            r.map(|h| h.id())
+        );
+        // Wall time here: a pending handle that is never answered fails fast.
+        let wait = Duration::from_secs(2);
+        for (i, h) in real.handles.iter_mut().enumerate() {
+            if let Some(h) = h.take() {
+                let got = tokio::time::timeout(wait, h).await;
+                prop_assert!(
+                    got.is_ok(),
+                    "task #{} never resolved after the runtime was dropped (model: {:?})",
+                    i,
+                    model.tasks[i].outcome
+                );
+                prop_assert_eq!(
+                    Some(&to_out(got.unwrap())),
+                    model.tasks[i].outcome.as_ref(),
+                    "outcome of task #{} after the runtime was dropped",
+                    i
+                );
+            }
+        }
+        for (i, s) in real.subs.drain(..) {
+            let Some(s) = s else { continue };
+            let got = tokio::time::timeout(wait, s).await;
+            prop_assert!(
+                got.is_ok(),
+                "a subscriber of task #{} never resolved after the runtime was dropped",
+                i
+            );
+            prop_assert_eq!(
+                Some(&to_out(got.unwrap())),
+                model.tasks[i].outcome.as_ref(),
+                "subscriber of task #{} after the runtime was dropped",
+                i
+            );
+        }
         Ok(())
     })
 }
@@ -712,6 +813,9 @@ fn config() -> ProptestConfig {
     let mut config = ProptestConfig {
         cases: 1000,
         failure_persistence: None,
+        // A failing case may wait out wall-time limits (a handle never
+        // answered after the runtime was dropped): bound the shrinking.
+        max_shrink_time: 60_000,
         ..ProptestConfig::default()
     };
     if matches!(config.rng_seed, RngSeed::Random) {

@@ -1,4 +1,5 @@
-//! A concurrent soak on the real multi-thread runtime: producers submit tens
+//! A concurrent soak on the real multi-thread runtime, and again on a
+//! `current_thread` one: producers submit tens
 //! of thousands of tasks (values, failures with retries in both modes,
 //! panics, cached outcomes, user ids from a shared pool, scheduled starts)
 //! while other tasks cancel random ids, subscribe late to random ids and
@@ -29,7 +30,7 @@ use corral::{
     TaskError, TaskHandle, TaskId,
 };
 
-use common::quiet_panics_starting_with;
+use common::{cancel, quiet_panics_starting_with, Flavor};
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 10_000;
@@ -86,12 +87,12 @@ struct Spec {
 
 fn spec(g: usize) -> Spec {
     let h = mix(g as u64 ^ 0xC0FF_EE00);
-    let fails = if h % 3 == 0 {
+    let fails = if h.is_multiple_of(3) {
         1 + ((h >> 4) % 3) as u32
     } else {
         0
     };
-    let retries = if fails > 0 && (h >> 8) % 4 == 0 {
+    let retries = if fails > 0 && (h >> 8).is_multiple_of(4) {
         fails - 1 // runs out of retries
     } else {
         fails + ((h >> 10) % 2) as u32
@@ -99,25 +100,29 @@ fn spec(g: usize) -> Spec {
     Spec {
         fails,
         retries,
-        mode: if (h >> 12) % 2 == 0 {
+        mode: if (h >> 12).is_multiple_of(2) {
             RetryMode::Requeue
         } else {
             RetryMode::Immediate
         },
-        backoff: if (h >> 13) % 8 == 0 {
+        backoff: if (h >> 13).is_multiple_of(8) {
             Duration::from_millis(1)
         } else {
             Duration::ZERO
         },
-        panics: (h >> 16) % 8 == 0,
+        panics: (h >> 16).is_multiple_of(8),
         cache: match (h >> 20) % 16 {
             0 => 1,
             1 => 2,
             _ => 0,
         },
-        pool: ((h >> 24) % 10 == 0).then_some(((h >> 28) as usize) % POOL),
-        delay: ((h >> 36) % 16 == 0).then(|| Duration::from_millis(1 + (h >> 40) % 4)),
-        yields: (h >> 44) % 4 == 0,
+        pool: (h >> 24)
+            .is_multiple_of(10)
+            .then_some(((h >> 28) as usize) % POOL),
+        delay: (h >> 36)
+            .is_multiple_of(16)
+            .then(|| Duration::from_millis(1 + (h >> 40) % 4)),
+        yields: (h >> 44).is_multiple_of(4),
     }
 }
 
@@ -149,6 +154,8 @@ fn table<T>(f: impl Fn() -> T) -> Vec<T> {
 }
 
 struct State {
+    /// Which run (runtime flavour) this state belongs to.
+    run: usize,
     cluster: Cluster,
     /// Body invocations per submission.
     runs: Vec<AtomicU32>,
@@ -179,8 +186,9 @@ impl State {
     fn submit(&self, g: usize, pool: Option<usize>) -> Result<TaskHandle<Val, Val>, SubmitError> {
         let sp = spec(g);
         let pool = pool.or(sp.pool);
+        let run = self.run;
         let body = move |ctx: TaskContext| {
-            state().runs[g].fetch_add(1, SeqCst);
+            state(run).runs[g].fetch_add(1, SeqCst);
             async move {
                 let a = ctx.attempt();
                 if sp.yields {
@@ -203,7 +211,7 @@ impl State {
             .retry_mode(sp.mode)
             .backoff(FixedBackoff::new(sp.backoff))
             .on_complete(move |_, out: &Out| {
-                let st = state();
+                let st = state(run);
                 st.completion_kind[g].store(kind(out), SeqCst);
                 st.completions[g].fetch_add(1, SeqCst);
             });
@@ -251,15 +259,20 @@ impl State {
 
 /// The state is global to this test binary (one test), so that bodies and
 /// callbacks reach it without capturing an `Arc` each.
-static STATE: std::sync::OnceLock<State> = std::sync::OnceLock::new();
+static STATES: [std::sync::OnceLock<State>; 2] =
+    [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
 
-fn state() -> &'static State {
-    STATE.get().expect("state initialised")
+fn state(run: usize) -> &'static State {
+    STATES[run].get().expect("state initialised")
 }
 
 /// Submits numbers `range`, then awaits every accepted handle once.
-async fn submitter(range: std::ops::Range<usize>, resubmit_seed: Option<u64>) -> Vec<(usize, Out)> {
-    let st = state();
+async fn submitter(
+    run: usize,
+    range: std::ops::Range<usize>,
+    resubmit_seed: Option<u64>,
+) -> Vec<(usize, Out)> {
+    let st = state(run);
     let mut rng = resubmit_seed.map(Rng);
     let mut handles = Vec::new();
     let mut refused_at = None;
@@ -308,15 +321,15 @@ async fn submitter(range: std::ops::Range<usize>, resubmit_seed: Option<u64>) ->
 /// Helpers act a few times per millisecond, not as fast as they can, so
 /// that they hit a fair share of the tasks rather than nearly all of them.
 async fn pace(ops: usize) {
-    if ops % 4 == 0 {
+    if ops.is_multiple_of(4) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     } else {
         tokio::task::yield_now().await;
     }
 }
 
-async fn canceller(seed: u64) -> (usize, usize) {
-    let st = state();
+async fn canceller(run: usize, seed: u64) -> (usize, usize) {
+    let st = state(run);
     let mut rng = Rng(seed);
     let (mut tried, mut found) = (0, 0);
     while st.submitting() {
@@ -327,7 +340,7 @@ async fn canceller(seed: u64) -> (usize, usize) {
                 (!ids.is_empty()).then(|| ids[rng.below(ids.len())].clone())
             };
             if let Some((id, g)) = picked {
-                if st.cluster.cancel_task(id).took_effect() {
+                if cancel(&st.cluster, id) {
                     st.cancel_true[g].store(true, SeqCst);
                     found += 1;
                 }
@@ -335,7 +348,7 @@ async fn canceller(seed: u64) -> (usize, usize) {
         } else {
             let n = rng.below(POOL);
             let latest = st.pool[n].lock().unwrap();
-            if st.cluster.cancel_task(pool_name(n)).took_effect() {
+            if cancel(&st.cluster, pool_name(n)) {
                 let g = latest.unwrap_or_else(|| {
                     panic!("cancel_task({}) found a task never accepted", pool_name(n))
                 });
@@ -348,8 +361,8 @@ async fn canceller(seed: u64) -> (usize, usize) {
     (tried, found)
 }
 
-async fn late_subscriber(seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, usize) {
-    let st = state();
+async fn late_subscriber(run: usize, seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, usize) {
+    let st = state(run);
     let mut rng = Rng(seed);
     let mut subs = Vec::new();
     let mut unknown = 0;
@@ -384,8 +397,19 @@ async fn late_subscriber(seed: u64) -> (Vec<(usize, Subscription<Val, Val>)>, us
     (subs, unknown)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_soak_with_stop_in_the_middle() {
+#[test]
+fn concurrent_soak_with_stop_in_the_middle_multi_thread() {
+    common::on(Flavor::MultiThread, || soak(0));
+}
+
+/// The same soak with the workers, producers and helpers all on one thread
+/// (the flavour of `#[tokio::test]`).
+#[test]
+fn concurrent_soak_with_stop_in_the_middle_current_thread() {
+    common::on(Flavor::CurrentThread, || soak(1));
+}
+
+async fn soak(run: usize) {
     quiet_panics_starting_with("stress-panic");
     let cluster = Cluster::builder()
         .workers(4)
@@ -393,6 +417,7 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         .build()
         .unwrap();
     let st = State {
+        run,
         cluster: cluster.clone(),
         runs: table(|| AtomicU32::new(0)),
         completions: table(|| AtomicU32::new(0)),
@@ -406,28 +431,31 @@ async fn concurrent_soak_with_stop_in_the_middle() {
         refused_shutdown: AtomicUsize::new(0),
         submitters_done: AtomicUsize::new(0),
     };
-    assert!(STATE.set(st).is_ok(), "one test per binary");
-    let st = state();
+    assert!(STATES[run].set(st).is_ok(), "one soak per run");
+    let st = state(run);
 
     let mut submitters = Vec::new();
     for p in 0..PRODUCERS {
         let range = p * PER_PRODUCER..(p + 1) * PER_PRODUCER;
-        submitters.push(tokio::spawn(submitter(range, None)));
+        submitters.push(tokio::spawn(submitter(run, range, None)));
     }
     for r in 0..RESUBMITTERS {
         let start = PRIMARY + r * PER_RESUBMITTER;
         submitters.push(tokio::spawn(submitter(
+            run,
             start..start + PER_RESUBMITTER,
             Some(100 + r as u64),
         )));
     }
-    let cancellers: Vec<_> = (0..2).map(|i| tokio::spawn(canceller(200 + i))).collect();
+    let cancellers: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(canceller(run, 200 + i)))
+        .collect();
     let subscribers: Vec<_> = (0..2)
-        .map(|i| tokio::spawn(late_subscriber(300 + i)))
+        .map(|i| tokio::spawn(late_subscriber(run, 300 + i)))
         .collect();
     let c = cluster.clone();
     let stopper = tokio::spawn(async move {
-        while state().submit_calls.load(SeqCst) < STOP_AFTER {
+        while state(run).submit_calls.load(SeqCst) < STOP_AFTER {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tokio::time::timeout(LIMIT, c.stop(LIMIT)).await

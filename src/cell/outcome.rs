@@ -96,13 +96,14 @@ where
                 cache_copy = if handle_gone {
                     handle_copy.take()
                 } else {
-                    match guard(|| clone(outcome)) {
-                        Ok(copy) => Some(copy),
-                        Err(msg) => {
-                            tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for the cache panicked; it is not retained");
-                            None
-                        }
-                    }
+                    // A `Clone` that panics leaves the cache a note of it:
+                    // late readers are answered, with the cause.
+                    Some(guard(|| clone(outcome)).unwrap_or_else(|msg| {
+                        tracing::error!(task = %self.id(), panic = %msg, "cloning the outcome for the cache panicked");
+                        Err(TaskError::Panicked {
+                            message: format!("cloning the outcome for the cache panicked: {msg}"),
+                        })
+                    }))
                 };
             }
             st = self.state.lock();
