@@ -1,0 +1,143 @@
+//! The lease: heartbeats, and the leader's duties.
+//!
+//! A lease is lost for good once its TTL passes without a heartbeat (the
+//! store never renews an expired lease). The worker then cuts its local
+//! attempts short (their writes would be refused: another worker may run
+//! them now) and registers a new lease to go on claiming.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use crate::id::JobId;
+
+/// Finished rows deleted per prune statement.
+const PRUNE_BATCH: i64 = 1000;
+/// Prune statements per round at most (bounded work per round).
+const PRUNE_ROUNDS: usize = 10;
+/// How often the leader prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub(crate) async fn heartbeat(shared: Arc<Shared>) {
+    let period = shared.ttl / 3;
+    let mut next = Instant::now() + period;
+    let mut backoff = Duration::from_millis(50);
+    let mut cancels = shared.store.signals().cancels();
+    loop {
+        tokio::select! {
+            () = shared.halt.cancelled() => return,
+            () = tokio::time::sleep_until(next) => {}
+            heard = cancels.recv() => {
+                if let Ok(id) = heard {
+                    shared.cancel_local(id);
+                }
+                continue;
+            }
+        }
+        let lease = shared.lease();
+        match shared.store.heartbeat(lease, shared.ttl).await {
+            Ok(beat) if beat.alive => {
+                backoff = Duration::from_millis(50);
+                next = Instant::now() + period;
+                if shared.leader.swap(beat.leader, Ordering::AcqRel) != beat.leader {
+                    shared.leader_changed.notify_one();
+                }
+                beat.cancels
+                    .into_iter()
+                    .for_each(|id| shared.cancel_local(id));
+            }
+            Ok(_) => {
+                shared.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(lease, "corral-durable worker lost its lease (expired); its running attempts are cut short");
+                shared.leader.store(false, Ordering::Release);
+                let ids: Vec<JobId> = shared.running.lock().keys().copied().collect();
+                ids.into_iter().for_each(|id| shared.cancel_local(id));
+                loop {
+                    match shared.store.register(shared.ttl).await {
+                        Ok(new) => {
+                            shared.lease.store(new, Ordering::Release);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "corral-durable worker cannot register a lease");
+                            tokio::select! {
+                                () = shared.halt.cancelled() => return,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                next = Instant::now() + period;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable heartbeat failed");
+                next = Instant::now() + backoff.min(period);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The leader's duties, while this worker holds the leader row: stage
+/// scheduled rows at their start time, rescue expired leases, prune.
+pub(crate) async fn lead(shared: Arc<Shared>) {
+    let mut scheduled = shared.store.signals().scheduled();
+    let rescue_every = shared.ttl / 2;
+    let mut next_rescue = Instant::now();
+    let mut next_prune = Instant::now() + PRUNE_EVERY;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if !shared.leader.load(Ordering::Acquire) {
+            tokio::select! {
+                () = shared.halt.cancelled() => return,
+                () = shared.leader_changed.notified() => {}
+            }
+            continue;
+        }
+        scheduled.borrow_and_update();
+        let mut wake_at = next_rescue.min(next_prune);
+        let result: Result<(), crate::StoreError> = async {
+            let (_, next_due) = shared.store.stage().await?;
+            if let Some(due) = next_due {
+                wake_at = wake_at.min(Instant::now() + due);
+            }
+            if Instant::now() >= next_rescue {
+                let n = shared.store.rescue().await?;
+                if n > 0 {
+                    tracing::info!(
+                        jobs = n,
+                        "corral-durable leader rescued jobs of expired leases"
+                    );
+                }
+                next_rescue = Instant::now() + rescue_every;
+            }
+            if Instant::now() >= next_prune {
+                for _ in 0..PRUNE_ROUNDS {
+                    if shared.store.prune(PRUNE_BATCH).await? < PRUNE_BATCH as u64 {
+                        break;
+                    }
+                }
+                next_prune = Instant::now() + PRUNE_EVERY;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable leader duty failed");
+            wake_at = Instant::now() + backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
+        tokio::select! {
+            () = shared.halt.cancelled() => return,
+            () = tokio::time::sleep_until(wake_at) => {}
+            _ = scheduled.changed() => {}
+            () = shared.leader_changed.notified() => {}
+        }
+    }
+}
