@@ -101,10 +101,15 @@ impl PgStoreBuilder {
         if self.pool_size < 2 {
             return Err(StoreError::Pool("pool_size must be at least 2".into()));
         }
-        let config: tokio_postgres::Config = self
+        let mut config: tokio_postgres::Config = self
             .url
             .parse()
             .map_err(|e| StoreError::Pool(format!("bad database URL: {e}")))?;
+        // Named after the schema, so an operator (or a test) can find this
+        // store's connections in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name(format!("corral-durable:{}", self.schema));
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
