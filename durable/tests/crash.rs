@@ -76,10 +76,7 @@ fn child_worker() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
-            while std::io::stdin()
-                .read_line(&mut line)
-                .map_or(false, |n| n > 0)
-            {
+            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
                 if line.trim() == "stop" {
                     break;
                 }
