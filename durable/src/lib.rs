@@ -72,3 +72,7 @@ pub use crate::worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_LEASE_TTL};
 /// How many times a job's attempt may be lost with its worker's lease
 /// before the job is given up as [`JobError::Abandoned`].
 pub const MAX_LOST_ATTEMPTS: i32 = 5;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

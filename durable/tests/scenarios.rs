@@ -419,11 +419,7 @@ async fn stop_gives_back_attempts(env: Env) {
     let client = Client::new(env.backend());
     let w = worker(&env, 1).await;
     let h = client
-        .enqueue(Probe::new(
-            &tag,
-            "long",
-            vec![Step::SleepMs(60_000), Step::Ok],
-        ))
+        .enqueue(Probe::new(&tag, "long", vec![Step::SleepMs(60_000)]))
         .submit()
         .await
         .unwrap();
