@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use corral::RetryMode;
+
 use crate::error::{JobError, StoreError, SubmitError, SubscribeError};
 use crate::id::{JobId, JobRef};
 use crate::job::{Job, StoredError};
@@ -314,6 +316,7 @@ struct Options {
     backoff: Backoff,
     jitter: f64,
     retention: Duration,
+    immediate: bool,
 }
 
 impl Default for Options {
@@ -328,6 +331,7 @@ impl Default for Options {
             backoff: Backoff::default(),
             jitter: 0.0,
             retention: DEFAULT_RETENTION,
+            immediate: false,
         }
     }
 }
@@ -346,6 +350,7 @@ impl Default for Options {
 /// | `retry` | `0` retries (one attempt; an attempt lost with a worker is run again regardless) |
 /// | `backoff` | [`Backoff::Fixed`] of zero |
 /// | `jitter` | none |
+/// | `retry_mode` | [`RetryMode::Requeue`] |
 /// | `retention` | [`DEFAULT_RETENTION`] (24 hours) |
 #[must_use = "a builder does nothing until `submit` is called"]
 pub struct EnqueueBuilder<'c, J> {
@@ -411,6 +416,16 @@ impl<J: Job> EnqueueBuilder<'_, J> {
     /// The delay before each retry (the job's [`Job::backoff`] overrides it).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.opts.backoff = backoff;
+        self
+    }
+
+    /// Where a retry waits: [`RetryMode::Requeue`] (the default) frees the
+    /// slot and requeues the job with start time `now + backoff`;
+    /// [`RetryMode::Immediate`] keeps the slot (and the lease) while the
+    /// backoff passes, then requeues it due at once (a worker's stop ends
+    /// the wait early and requeues with the rest of the delay).
+    pub fn retry_mode(mut self, mode: RetryMode) -> Self {
+        self.opts.immediate = mode == RetryMode::Immediate;
         self
     }
 
@@ -489,6 +504,7 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             backoff: serde_json::to_string(&o.backoff).expect("a backoff serializes"),
             jitter: o.jitter as f32,
             retention_ms,
+            immediate: o.immediate,
         })
     }
 

@@ -68,6 +68,7 @@ pub use crate::options::Backoff;
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::pg::{PgStore, PgStoreBuilder};
 pub use crate::worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_LEASE_TTL};
+pub use corral::RetryMode;
 
 /// How many times a job's attempt may be lost with its worker's lease
 /// before the job is given up as [`JobError::Abandoned`].

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{eventually, recorded, Env, Probe, Step};
 use corral_durable::{
-    Backoff, CancelOutcome, Client, Job, JobContext, JobError, JobResult, SubmitError,
+    Backoff, CancelOutcome, Client, Job, JobContext, JobError, JobResult, RetryMode, SubmitError,
     SubscribeError, Worker,
 };
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,8 @@ both_stores!(
     batch_insert_and_stats,
     bad_input_gets_typed_errors,
     undecodable_rows_are_typed_outcomes,
+    immediate_retry_mode_holds_the_slot,
+    outcomes_expire_after_retention,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -562,6 +564,81 @@ async fn undecodable_rows_are_typed_outcomes(env: Env) {
     assert!(matches!(
         within("v2", as_v2).await,
         Err(JobError::Undecodable { .. })
+    ));
+    w.stop(LONG).await;
+}
+
+async fn immediate_retry_mode_holds_the_slot(env: Env) {
+    let tag = format!("immediate-{}", env.is_pg());
+    let w = worker(&env, 1).await;
+    let client = Client::new(env.backend());
+    let a = client
+        .enqueue(Probe::new(&tag, "a", vec![Step::Retry, Step::Ok]))
+        .retry(1)
+        .backoff(Backoff::Fixed(Duration::from_millis(400)))
+        .retry_mode(RetryMode::Immediate)
+        .submit()
+        .await
+        .unwrap();
+    eventually(LONG, "a starts", || recorded(&tag).len() == 1).await;
+    let t0 = Instant::now();
+    let b = client
+        .enqueue(Probe::new(&tag, "b", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    eventually(LONG, "b starts", || {
+        recorded(&tag).iter().any(|(l, _)| l == "b")
+    })
+    .await;
+    // The only slot stayed with `a` during its backoff.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(within("a", a).await, Ok("a@2".into()));
+    within("b", b).await.unwrap();
+    w.stop(LONG).await;
+}
+
+async fn outcomes_expire_after_retention(env: Env) {
+    let tag = format!("expire-{}", env.is_pg());
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 1)
+        .prune_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let h = client
+        .enqueue(Probe::new(&tag, "gone", vec![Step::Ok]))
+        .id(format!("{tag}-gone"))
+        .retention(Duration::ZERO)
+        .submit()
+        .await
+        .unwrap();
+    let id = h.id();
+    let end = Instant::now() + LONG;
+    loop {
+        match client.subscribe::<Probe>(id).await {
+            Err(SubscribeError::Expired(got)) => {
+                assert_eq!(got, id);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < end, "never pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A handle awaited after the prune answers "expired", never hangs.
+    assert_eq!(within("expired handle", h).await, Err(JobError::Expired));
+    // The key no longer names anything.
+    assert!(matches!(
+        client.subscribe::<Probe>(format!("{tag}-gone")).await,
+        Err(SubscribeError::NotFound(_))
     ));
     w.stop(LONG).await;
 }

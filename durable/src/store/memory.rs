@@ -286,6 +286,7 @@ impl Store for MemoryStore {
                 timeout_ms: r.job.timeout_ms,
                 backoff: r.job.backoff.clone(),
                 jitter: r.job.jitter,
+                immediate: r.job.immediate,
             });
         }
         ready(Ok(out))

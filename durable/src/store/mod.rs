@@ -67,6 +67,8 @@ pub(crate) struct NewJob {
     pub(crate) backoff: String,
     pub(crate) jitter: f32,
     pub(crate) retention_ms: i64,
+    /// Retry mode `Immediate`: the worker waits out the backoff in its slot.
+    pub(crate) immediate: bool,
 }
 
 /// A row a worker claimed: everything needed to run one attempt.
@@ -85,6 +87,7 @@ pub(crate) struct Claimed {
     pub(crate) timeout_ms: Option<i64>,
     pub(crate) backoff: String,
     pub(crate) jitter: f32,
+    pub(crate) immediate: bool,
 }
 
 /// How a running attempt's row is written.

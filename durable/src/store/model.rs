@@ -132,6 +132,7 @@ fn new_job() -> NewJob {
         backoff: r#"{"fixed":{"secs":0,"nanos":0}}"#.into(),
         jitter: 0.0,
         retention_ms: 3_600_000,
+        immediate: false,
     }
 }
 

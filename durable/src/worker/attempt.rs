@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral::{Cluster, TaskError};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::JobError;
 use crate::id::JobId;
@@ -22,12 +23,14 @@ pub(crate) type Hooks = Box<dyn FnOnce(JobId, bool) + Send>;
 
 /// A job type with its type erased, as the worker's registry holds it.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
-    /// Runs one attempt of `claimed` on `cluster` as engine task `task_id`.
+    /// Runs one attempt of `claimed` on `cluster` as engine task `task_id`;
+    /// `stopping` ends an immediate-mode retry wait early.
     fn run(
         &self,
         cluster: Cluster,
         claimed: Claimed,
         task_id: String,
+        stopping: CancellationToken,
     ) -> BoxFut<'static, (Action, Hooks)>;
 }
 
@@ -86,6 +89,7 @@ impl<J: Job> ErasedJob for Erased<J> {
         cluster: Cluster,
         c: Claimed,
         task_id: String,
+        stopping: CancellationToken,
     ) -> BoxFut<'static, (Action, Hooks)> {
         Box::pin(async move {
             let job: J = match serde_json::from_str(&c.args) {
@@ -132,7 +136,23 @@ impl<J: Job> ErasedJob for Erased<J> {
                 // The engine is shutting down: give the claim back.
                 Err(_) => Err(TaskError::Shutdown),
             };
-            decide::<J>(job, &c, ended)
+            let (action, hooks) = decide::<J>(job, &c, ended);
+            match action {
+                Action::Retry { delay, error } if c.immediate && !delay.is_zero() => {
+                    // Immediate mode: wait out the backoff in this slot.
+                    let now = tokio::time::Instant::now();
+                    let until = now
+                        .checked_add(delay)
+                        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = stopping.cancelled() => {}
+                    }
+                    let rest = until.saturating_duration_since(tokio::time::Instant::now());
+                    (Action::Retry { delay: rest, error }, hooks)
+                }
+                action => (action, hooks),
+            }
         })
     }
 }

@@ -95,7 +95,10 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
     shared.attempts.spawn(async move {
         let shared = shared2;
         let (id, attempt) = (job.id, job.attempt);
-        let (action, hooks) = erased.run(shared.cluster.clone(), job, task_id).await;
+        let stopping = shared.claiming.clone();
+        let (action, hooks) = erased
+            .run(shared.cluster.clone(), job, task_id, stopping)
+            .await;
         shared.running.lock().remove(&id);
         slots.give_back();
         let item = Item {

@@ -18,8 +18,6 @@ use crate::id::JobId;
 const PRUNE_BATCH: i64 = 1000;
 /// Prune statements per round at most (bounded work per round).
 const PRUNE_ROUNDS: usize = 10;
-/// How often the leader prunes.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     let period = shared.ttl / 3;
@@ -88,7 +86,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
     let mut scheduled = shared.store.signals().scheduled();
     let rescue_every = shared.ttl / 2;
     let mut next_rescue = Instant::now();
-    let mut next_prune = Instant::now() + PRUNE_EVERY;
+    let mut next_prune = Instant::now() + shared.prune_every;
     let mut backoff = Duration::from_millis(50);
     loop {
         if !shared.leader.load(Ordering::Acquire) {
@@ -121,7 +119,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                         break;
                     }
                 }
-                next_prune = Instant::now() + PRUNE_EVERY;
+                next_prune = Instant::now() + shared.prune_every;
             }
             Ok(())
         }

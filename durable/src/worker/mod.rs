@@ -57,12 +57,14 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// | job types | none (at least one is required) |
 /// | queues | none (at least one is required) |
 /// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s) |
+/// | `prune_interval` | 60 s |
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct WorkerBuilder {
     store: Backend,
     jobs: HashMap<String, Arc<dyn ErasedJob>>,
     queues: Vec<(String, usize)>,
     ttl: Duration,
+    prune_every: Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -95,6 +97,13 @@ impl WorkerBuilder {
     /// The lease TTL (at least 300 ms). Heartbeats go every third of it.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How often the leader deletes finished rows past their retention (in
+    /// batches of 1,000, at most 10 batches a round).
+    pub fn prune_interval(mut self, every: Duration) -> Self {
+        self.prune_every = every;
         self
     }
 
@@ -132,6 +141,7 @@ impl WorkerBuilder {
             kinds,
             cluster,
             ttl: self.ttl,
+            prune_every: self.prune_every,
             lease: AtomicI64::new(lease),
             running: Mutex::default(),
             finish_tx,
@@ -198,6 +208,7 @@ pub(crate) struct Shared {
     kinds: Vec<String>,
     cluster: Cluster,
     ttl: Duration,
+    prune_every: Duration,
     lease: AtomicI64,
     /// Running attempts: job -> engine task id (for cancels).
     running: Mutex<HashMap<JobId, String>>,
@@ -276,6 +287,7 @@ impl Worker {
             jobs: HashMap::new(),
             queues: Vec::new(),
             ttl: DEFAULT_LEASE_TTL,
+            prune_every: Duration::from_secs(60),
         }
     }
 

@@ -254,6 +254,7 @@ impl PgStore {
         let mut backoffs = Vec::with_capacity(jobs.len());
         let mut jitters = Vec::with_capacity(jobs.len());
         let mut retentions = Vec::with_capacity(jobs.len());
+        let mut immediates = Vec::with_capacity(jobs.len());
         for j in jobs {
             keys.push(j.key.as_deref());
             queues.push(j.queue.as_str());
@@ -272,6 +273,7 @@ impl PgStore {
             backoffs.push(j.backoff.as_str());
             jitters.push(j.jitter);
             retentions.push(j.retention_ms);
+            immediates.push(j.immediate);
         }
         let stmt = client.prepare(&self.inner.sql.insert).await?;
         let rows = client
@@ -290,6 +292,7 @@ impl PgStore {
                     &backoffs,
                     &jitters,
                     &retentions,
+                    &immediates,
                 ],
             )
             .await
@@ -399,6 +402,7 @@ impl Store for PgStore {
                     timeout_ms: r.get(8),
                     backoff: r.get(9),
                     jitter: r.get(10),
+                    immediate: r.get(11),
                 })
                 .collect())
         })

@@ -30,6 +30,7 @@ CREATE TABLE {s}.jobs (
     timeout_ms    bigint,
     backoff       jsonb       NOT NULL DEFAULT '{"fixed":{"secs":0,"nanos":0}}',
     jitter        real        NOT NULL DEFAULT 0,
+    immediate     boolean     NOT NULL DEFAULT false,
     retention_ms  bigint      NOT NULL DEFAULT 86400000,
     args          jsonb       NOT NULL,
     output        jsonb,
@@ -140,16 +141,16 @@ impl Sql {
         Sql {
             insert: fill(
                 "INSERT INTO {s}.jobs (key, queue, kind, args, priority, run_at, state, max_attempts,
-                                       timeout_ms, backoff, jitter, retention_ms)
+                                       timeout_ms, backoff, jitter, retention_ms, immediate)
                  SELECT key, queue, kind, args::jsonb, priority, r,
                         CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END,
-                        max_attempts, timeout_ms, backoff::jsonb, jitter, retention_ms
+                        max_attempts, timeout_ms, backoff::jsonb, jitter, retention_ms, immediate
                    FROM (SELECT u.*, COALESCE(u.start_at, now() + u.delay_ms * interval '1 millisecond') AS r
                            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
                                        $6::timestamptz[], $7::bigint[], $8::int[], $9::bigint[],
-                                       $10::text[], $11::real[], $12::bigint[]) WITH ORDINALITY
+                                       $10::text[], $11::real[], $12::bigint[], $13::bool[]) WITH ORDINALITY
                                 AS u(key, queue, kind, args, priority, start_at, delay_ms, max_attempts,
-                                     timeout_ms, backoff, jitter, retention_ms, ord)) x
+                                     timeout_ms, backoff, jitter, retention_ms, immediate, ord)) x
                   ORDER BY ord
                  RETURNING id",
             ),
@@ -194,9 +195,10 @@ impl Sql {
                        AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > now())
                     RETURNING j.id, j.key, j.queue, j.kind, j.args::text AS args, j.attempt, j.lost,
                               j.max_attempts, j.timeout_ms, j.backoff::text AS backoff, j.jitter,
-                              j.priority, j.run_at
+                              j.immediate, j.priority, j.run_at
                  )
-                 SELECT id, key, queue, kind, args, attempt, lost, max_attempts, timeout_ms, backoff, jitter
+                 SELECT id, key, queue, kind, args, attempt, lost, max_attempts, timeout_ms, backoff, jitter,
+                        immediate
                    FROM claimed ORDER BY priority DESC, run_at, id",
             ),
             // Fenced on job, attempt, running state, lease, and the lease
