@@ -24,11 +24,12 @@ async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
         .await
         .unwrap();
     let client = Client::new(&store);
-    client
+    let h = client
         .enqueue(Probe::new("export", "x", vec![Step::Ok]))
         .submit()
         .await
         .unwrap();
+    assert!(h.id().get() >= 1);
     // ...and one that migrates finds nothing to do, twice at once.
     let (a, b) = tokio::join!(pg_store(&schema), pg_store(&schema));
     drop((a, b));
