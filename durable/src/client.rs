@@ -540,7 +540,7 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             });
         };
         let row = self.into_row()?;
-        let ids = pg.insert_with(tx, &[row]).await?;
+        let ids = pg.insert_with(tx, None, &[row]).await?;
         Ok(client.handle(ids[0]))
     }
 }

@@ -45,6 +45,7 @@ both_stores!(
     undecodable_rows_are_typed_outcomes,
     immediate_retry_mode_holds_the_slot,
     outcomes_expire_after_retention,
+    hooks_run_once_after_the_final_write,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -640,5 +641,76 @@ async fn outcomes_expire_after_retention(env: Env) {
         client.subscribe::<Probe>(format!("{tag}-gone")).await,
         Err(SubscribeError::NotFound(_))
     ));
+    w.stop(LONG).await;
+}
+
+/// Records its hooks; ends as its plan says (like `Probe`).
+#[derive(Serialize, Deserialize)]
+struct Hooked(Probe);
+
+impl Job for Hooked {
+    const KIND: &'static str = "hooked";
+    type Output = String;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<String, String> {
+        self.0.run(ctx).await
+    }
+
+    fn on_failure(&self, _id: corral_durable::JobId, error: &JobError<String>) {
+        common::record(&self.0.tag, &format!("on_failure {error}"), 0);
+    }
+
+    fn on_complete(&self, _id: corral_durable::JobId, outcome: &Result<String, JobError<String>>) {
+        common::record(&self.0.tag, &format!("on_complete {}", outcome.is_ok()), 0);
+    }
+}
+
+async fn hooks_run_once_after_the_final_write(env: Env) {
+    let tag = format!("hooks-{}", env.is_pg());
+    let ok_tag = format!("{tag}-ok");
+    let w = Worker::builder(env.backend())
+        .register::<Hooked>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let failing = client
+        .enqueue(Hooked(Probe::new(
+            &tag,
+            "f",
+            vec![Step::Retry, Step::Permanent],
+        )))
+        .retry(3)
+        .submit()
+        .await
+        .unwrap();
+    let ok = client
+        .enqueue(Hooked(Probe::new(&ok_tag, "ok", vec![Step::Ok])))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("failing", failing).await,
+        Err(JobError::Failed("permanent".into()))
+    );
+    within("ok", ok).await.unwrap();
+    // Hooks run on the worker once the final write is accepted; not per attempt.
+    eventually(LONG, "hooks ran", || {
+        recorded(&tag).len() == 4 && recorded(&ok_tag).len() == 2
+    })
+    .await;
+    let labels = |t: &str| recorded(t).into_iter().map(|(l, _)| l).collect::<Vec<_>>();
+    assert_eq!(
+        labels(&tag),
+        [
+            "f",
+            "f",
+            "on_failure job failed: permanent",
+            "on_complete false"
+        ]
+    );
+    assert_eq!(labels(&ok_tag), ["ok", "on_complete true"]);
     w.stop(LONG).await;
 }

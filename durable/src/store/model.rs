@@ -11,7 +11,9 @@
 //!    that lease with that attempt and the lease is alive);
 //! 3. no job running on two live leases;
 //! 4. attempts counted honestly: a claim spends one, a snooze or a release
-//!    gives it back, nothing else changes it.
+//!    gives it back, nothing else changes it;
+//! 5. a cancel says what it did, and once it said "requested" the job ends
+//!    cancelled whatever its attempt writes (or a rescue does).
 //!
 //! Runs against `MemoryStore` always and against `PgStore` with fewer cases.
 
@@ -23,7 +25,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::memory::MemoryStore;
 use super::pg::PgStore;
-use super::{Action, Fate, Finish, LeaseId, NewJob, Start, Store};
+use super::{Action, CancelResult, Fate, Finish, LeaseId, NewJob, Start, Store};
 use crate::id::JobId;
 use crate::MAX_LOST_ATTEMPTS;
 
@@ -49,6 +51,7 @@ enum Op {
     Pause(usize),
     Crash(usize),
     Rescue,
+    Cancel(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.clone().prop_map(Op::Pause),
         1 => w.prop_map(Op::Crash),
         2 => Just(Op::Rescue),
+        1 => (0..JOBS).prop_map(Op::Cancel),
     ]
 }
 
@@ -75,6 +79,7 @@ enum MState {
     Running(LeaseId),
     Completed,
     Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +87,7 @@ struct MJob {
     state: MState,
     attempt: i32,
     lost: i32,
+    cancel_requested: bool,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +166,7 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     state: MState::Available,
                     attempt: 0,
                     lost: 0,
+                    cancel_requested: false,
                 },
             )
         })
@@ -236,12 +243,19 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let j = jobs.get_mut(&id).unwrap();
                 let fenced =
                     j.state == MState::Running(lease) && j.attempt == attempt && alive[&lease];
-                let expected = if fenced { Fate::Applied } else { Fate::Refused };
+                let expected = match (fenced, j.cancel_requested) {
+                    (false, _) => Fate::Refused,
+                    (true, false) => Fate::Applied,
+                    // A cancel request wins over whatever the body returned.
+                    (true, true) => Fate::CancelledInstead,
+                };
                 check!(
                     fates == [expected],
                     "step {step}: write of {id}@{attempt} under lease {lease}: {fates:?}, expected {expected:?}"
                 );
-                if fenced {
+                if fenced && j.cancel_requested {
+                    j.state = MState::Cancelled;
+                } else if fenced {
                     match end {
                         End::Complete => j.state = MState::Completed,
                         End::Retry => j.state = MState::Available,
@@ -262,7 +276,20 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     "step {step}: heartbeat of {lease} said alive={}",
                     beat.alive
                 );
-                if !beat.alive {
+                if beat.alive {
+                    let mut want: Vec<JobId> = jobs
+                        .iter()
+                        .filter(|(_, j)| j.state == MState::Running(lease) && j.cancel_requested)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    want.sort();
+                    let mut got = beat.cancels.clone();
+                    got.sort();
+                    check!(
+                        got == want,
+                        "step {step}: cancels {got:?}, expected {want:?}"
+                    );
+                } else {
                     // The worker learns it lost its lease and takes a new
                     // one; it keeps its stale claims, to try them later as
                     // a late writer would.
@@ -292,7 +319,9 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         if !alive[&l] {
                             expected += 1;
                             j.lost += 1;
-                            j.state = if j.lost >= MAX_LOST_ATTEMPTS {
+                            j.state = if j.cancel_requested {
+                                MState::Cancelled
+                            } else if j.lost >= MAX_LOST_ATTEMPTS {
                                 MState::Failed
                             } else {
                                 MState::Available
@@ -303,6 +332,26 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 check!(
                     n == expected,
                     "step {step}: rescued {n}, expected {expected}"
+                );
+            }
+            Op::Cancel(i) => {
+                let id = ids[i];
+                let got = store.cancel(id).await.map_err(err)?;
+                let j = jobs.get_mut(&id).unwrap();
+                let want = match j.state {
+                    MState::Available => {
+                        j.state = MState::Cancelled;
+                        CancelResult::Cancelled
+                    }
+                    MState::Running(_) => {
+                        j.cancel_requested = true;
+                        CancelResult::Requested
+                    }
+                    _ => CancelResult::AlreadyFinished,
+                };
+                check!(
+                    got == want,
+                    "step {step}: cancel {id}: {got:?}, expected {want:?}"
                 );
             }
         }
@@ -317,6 +366,7 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 MState::Running(l) => ("running", Some(l)),
                 MState::Completed => ("completed", None),
                 MState::Failed => ("failed", None),
+                MState::Cancelled => ("cancelled", None),
             };
             check!(
                 state == want_state && *attempt == j.attempt && *lease == want_lease,

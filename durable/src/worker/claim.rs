@@ -90,6 +90,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
     };
     let task_id = format!("{}/{}", job.id, job.attempt);
     shared.running.lock().insert(job.id, task_id.clone());
+    let key = task_id.clone();
     let shared2 = shared.clone();
     let slots = slots.clone();
     shared.attempts.spawn(async move {
@@ -99,7 +100,14 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         let (action, hooks) = erased
             .run(shared.cluster.clone(), job, task_id, stopping)
             .await;
-        shared.running.lock().remove(&id);
+        {
+            // Only this attempt's entry: a later claim of the same job (after
+            // a lost lease) may have replaced it.
+            let mut running = shared.running.lock();
+            if running.get(&id).is_some_and(|t| *t == key) {
+                running.remove(&id);
+            }
+        }
         slots.give_back();
         let item = Item {
             lease,

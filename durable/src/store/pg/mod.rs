@@ -236,10 +236,12 @@ impl PgStore {
             .map_err(|e| StoreError::Pool(e.to_string()))
     }
 
-    /// Inserts with any client (the pool's or a caller's transaction).
+    /// Inserts with any client (the pool's, with its cached statement, or a
+    /// caller's transaction, which prepares it).
     pub(crate) async fn insert_with<C: tokio_postgres::GenericClient>(
         &self,
         client: &C,
+        prepared: Option<tokio_postgres::Statement>,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<JobId>> {
         let mut keys = Vec::with_capacity(jobs.len());
@@ -275,7 +277,10 @@ impl PgStore {
             retentions.push(j.retention_ms);
             immediates.push(j.immediate);
         }
-        let stmt = client.prepare(&self.inner.sql.insert).await?;
+        let stmt = match prepared {
+            Some(stmt) => stmt,
+            None => client.prepare(&self.inner.sql.insert).await?,
+        };
         let rows = client
             .query(
                 &stmt,
@@ -336,7 +341,8 @@ impl Store for PgStore {
     fn insert(&self, jobs: Vec<NewJob>) -> BoxFut<'_, StoreResult<Vec<JobId>>> {
         Box::pin(async move {
             let client = self.conn().await?;
-            self.insert_with(&**client, &jobs).await
+            let stmt = client.prepare_cached(&self.inner.sql.insert).await?;
+            self.insert_with(&**client, Some(stmt), &jobs).await
         })
     }
 
