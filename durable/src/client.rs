@@ -524,6 +524,9 @@ impl<J: Job> EnqueueBuilder<'_, J> {
 
     /// Inserts the job inside the caller's transaction (PostgreSQL only): it
     /// exists, and workers are notified, only if the transaction commits.
+    /// Await the handle after the commit: before it (and after a rollback)
+    /// the job is invisible to others, and the handle answers
+    /// [`JobError::Expired`].
     ///
     /// # Errors
     /// As [`submit`](Self::submit); [`SubmitError::InvalidOption`] for a

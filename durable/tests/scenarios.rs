@@ -46,6 +46,7 @@ both_stores!(
     immediate_retry_mode_holds_the_slot,
     outcomes_expire_after_retention,
     hooks_run_once_after_the_final_write,
+    a_notice_while_every_slot_is_busy_is_not_lost,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -712,5 +713,29 @@ async fn hooks_run_once_after_the_final_write(env: Env) {
         ]
     );
     assert_eq!(labels(&ok_tag), ["ok", "on_complete true"]);
+    w.stop(LONG).await;
+}
+
+async fn a_notice_while_every_slot_is_busy_is_not_lost(env: Env) {
+    let tag = format!("busy-{}", env.is_pg());
+    let w = worker(&env, 1).await;
+    let client = Client::new(env.backend());
+    let a = client
+        .enqueue(Probe::new(&tag, "a", vec![Step::SleepMs(500)]))
+        .submit()
+        .await
+        .unwrap();
+    eventually(LONG, "a starts", || recorded(&tag).len() == 1).await;
+    // Its notice arrives while the only slot is busy; the fallback poll is
+    // minutes away, so only an honoured notice runs it soon after `a`.
+    let t0 = Instant::now();
+    let b = client
+        .enqueue(Probe::new(&tag, "b", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    within("a", a).await.unwrap();
+    within("b", b).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     w.stop(LONG).await;
 }

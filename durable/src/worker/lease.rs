@@ -21,7 +21,9 @@ const PRUNE_ROUNDS: usize = 10;
 
 pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     let period = shared.ttl / 3;
-    let mut next = Instant::now() + period;
+    // The first beat goes at once: it decides leadership, and the leader
+    // stages scheduled jobs, so a fresh worker must not wait a period.
+    let mut next = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut cancels = shared.store.signals().cancels();
     loop {
