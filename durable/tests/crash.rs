@@ -256,7 +256,9 @@ async fn sigkill_mid_job_completes_once_on_another_worker() {
     a.wait_line(&format!("START {} 1", h.id())).await;
     let a_pid = a.pid();
     a.kill();
-    let b = Proc::spawn(&schema, 1000, 1);
+    // The survivor's own lease is generous, so a loaded machine cannot make
+    // it lose the job too.
+    let b = Proc::spawn(&schema, 5000, 1);
     let (pid, attempt) = tokio::time::timeout(BOUND, h).await.expect("lost").unwrap();
     assert_eq!(
         (pid, attempt),
@@ -280,7 +282,7 @@ async fn sigstop_past_the_lease_then_sigcont_the_late_write_is_refused() {
     let id = h.id();
     a.wait_line(&format!("START {id} 1")).await;
     a.signal("-STOP");
-    let b = Proc::spawn(&schema, 1000, 1);
+    let b = Proc::spawn(&schema, 5000, 1);
     let outcome = tokio::time::timeout(BOUND, h).await.expect("lost").unwrap();
     assert_eq!(outcome, (b.pid(), 2), "the new worker's outcome");
     a.signal("-CONT");
@@ -314,7 +316,7 @@ async fn terminate_backends(schema: &str, only_listener: bool) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_backend_terminated_workers_resume() {
     let (schema, _store, client) = setup("listen").await;
-    let a = Proc::spawn(&schema, 2000, 2);
+    let a = Proc::spawn(&schema, 10_000, 2);
     a.wait_line("READY").await;
     let first = client.enqueue(Work { ms: 10 }).submit().await.unwrap();
     tokio::time::timeout(BOUND, first).await.unwrap().unwrap();
@@ -389,7 +391,7 @@ async fn idle_transaction_beside_a_burn_down() {
         .iter()
         .map(|h| h.id())
         .collect();
-    let a = Proc::spawn(&schema, 5000, 16);
+    let a = Proc::spawn(&schema, 10_000, 16);
     a.wait_line("READY").await;
     let stats_done = async {
         loop {
@@ -414,7 +416,7 @@ async fn idle_transaction_beside_a_burn_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_workers_one_queue_no_job_twice_none_lost() {
     let (schema, store, client) = setup("many").await;
-    let procs: Vec<Proc> = (0..3).map(|_| Proc::spawn(&schema, 5000, 4)).collect();
+    let procs: Vec<Proc> = (0..3).map(|_| Proc::spawn(&schema, 10_000, 4)).collect();
     for p in &procs {
         p.wait_line("READY").await;
     }

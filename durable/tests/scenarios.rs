@@ -18,7 +18,7 @@ async fn worker(env: &Env, slots: usize) -> Worker {
     Worker::builder(env.backend())
         .register::<Probe>()
         .queue("default", slots)
-        .lease_ttl(Duration::from_secs(5))
+        .lease_ttl(Duration::from_secs(10))
         .start()
         .await
         .unwrap()
