@@ -176,10 +176,11 @@ impl WorkerBuilder {
 /// start-up API may change.
 fn start_cluster(slots: usize) -> Result<Cluster, WorkerError> {
     let cluster = Cluster::new(slots).map_err(|_| WorkerError::Config("too many slots"))?;
-    cluster
-        .run()
-        .map_err(|_| WorkerError::Start("the engine needs a tokio runtime"))?;
-    Ok(cluster)
+    match cluster.run() {
+        // An engine that starts on creation answers `AlreadyRunning`.
+        Ok(()) | Err(corral::RunError::AlreadyRunning) => Ok(cluster),
+        Err(_) => Err(WorkerError::Start("the engine needs a tokio runtime")),
+    }
 }
 
 #[derive(Debug, Default)]

@@ -247,7 +247,18 @@ impl Sql {
                   WHERE id = $1",
             ),
             cancel_running: fill("UPDATE {s}.jobs SET cancel_requested = true WHERE id = $1"),
-            stats: fill("SELECT queue, state, count(*) FROM {s}.jobs GROUP BY queue, state"),
+            // One branch per live state, each with a literal predicate, so
+            // each reads its small partial index; finished rows are counted
+            // while retained (their cost grows with the retention).
+            stats: fill(
+                "SELECT queue, 'available'::text, count(*) FROM {s}.jobs WHERE state = 'available' GROUP BY queue
+                 UNION ALL
+                 SELECT queue, 'scheduled', count(*) FROM {s}.jobs WHERE state = 'scheduled' GROUP BY queue
+                 UNION ALL
+                 SELECT queue, 'running', count(*) FROM {s}.jobs WHERE state = 'running' GROUP BY queue
+                 UNION ALL
+                 SELECT queue, state, count(*) FROM {s}.jobs WHERE state IN {final} GROUP BY queue, state",
+            ),
             stage: fill(&format!(
                 "WITH due AS (
                     SELECT id FROM {{s}}.jobs WHERE state = 'scheduled' AND run_at <= now()
