@@ -154,6 +154,30 @@ pub enum SubscribeError {
     Store(#[from] StoreError),
 }
 
+/// Why [`JobContext::complete_in`](crate::JobContext::complete_in) did not
+/// record the completion. Roll the transaction back on any of them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompleteError {
+    /// This attempt no longer holds the job (its lease expired; another
+    /// worker may run it): the completion would be refused.
+    #[error("this attempt lost the job with its lease")]
+    LeaseLost,
+    /// The job was cancelled while it ran: the row now says `cancelled`,
+    /// and the body's own writes should not stand.
+    #[error("the job was cancelled while it ran")]
+    Cancelled,
+    /// The job runs on a store that is not PostgreSQL.
+    #[error("completing in a transaction needs a PgStore")]
+    NotPostgres,
+    /// The output could not be serialized.
+    #[error("output does not serialize: {0}")]
+    Encode(String),
+    /// The statement failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -2,14 +2,18 @@
 //! and whose code (run, retry decision, backoff, hooks) ships with the worker.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::JobError;
+use crate::error::{CompleteError, JobError};
 use crate::id::JobId;
+use crate::store::pg::PgStore;
+use crate::store::{Fate, LeaseId};
 
 /// What an attempt's body returns: the output, or how it ended otherwise.
 pub type JobResult<T, E> = Result<T, Ending<E>>;
@@ -137,6 +141,17 @@ pub struct JobContext {
     pub(crate) attempt: u32,
     pub(crate) queue: String,
     pub(crate) token: CancellationToken,
+    pub(crate) fence: Option<Arc<InBody>>,
+}
+
+/// What a body needs to write its own completion (PostgreSQL only), and
+/// whether it did.
+#[derive(Debug)]
+pub(crate) struct InBody {
+    pub(crate) store: PgStore,
+    pub(crate) lease: LeaseId,
+    pub(crate) attempt: i32,
+    pub(crate) tried: AtomicBool,
 }
 
 impl JobContext {
@@ -167,6 +182,61 @@ impl JobContext {
     /// recognised.
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}", self.id, self.attempt)
+    }
+
+    /// Writes this attempt's completion with `output` inside the caller's
+    /// PostgreSQL transaction (on the store's database), fenced like every
+    /// write of a running job, so
+    /// that the body's own writes and the completion commit together
+    /// (effectively once for database side effects). Then commit, and return
+    /// `Ok(output)` from the body as usual; the worker sees that the row is
+    /// already complete. On an error, roll the transaction back.
+    ///
+    /// ```no_run
+    /// # use corral_durable::{Ending, Job, JobContext, JobResult};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Pay { cents: i64 }
+    /// # impl Job for Pay {
+    /// #   const KIND: &'static str = "pay"; type Output = i64; type Error = String;
+    /// async fn run(&self, ctx: JobContext) -> JobResult<i64, String> {
+    ///     let (mut db, conn) = tokio_postgres::connect("postgres://app", tokio_postgres::NoTls)
+    ///         .await
+    ///         .map_err(|e| Ending::Retry(e.to_string()))?;
+    ///     tokio::spawn(conn);
+    ///     let tx = db.transaction().await.map_err(|e| Ending::Retry(e.to_string()))?;
+    ///     tx.execute("INSERT INTO payments (key, cents) VALUES ($1, $2)",
+    ///                &[&ctx.idempotency_key(), &self.cents])
+    ///         .await
+    ///         .map_err(|e| Ending::Retry(e.to_string()))?;
+    ///     ctx.complete_in(&tx, &self.cents).await.map_err(|e| Ending::Retry(e.to_string()))?;
+    ///     tx.commit().await.map_err(|e| Ending::Retry(e.to_string()))?;
+    ///     Ok(self.cents)
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`CompleteError`]; the transaction must then be rolled back.
+    pub async fn complete_in<T: Serialize>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        output: &T,
+    ) -> Result<(), CompleteError> {
+        let Some(fence) = &self.fence else {
+            return Err(CompleteError::NotPostgres);
+        };
+        let text =
+            serde_json::to_string(output).map_err(|e| CompleteError::Encode(e.to_string()))?;
+        fence.tried.store(true, Ordering::Release);
+        match fence
+            .store
+            .complete_in(tx, fence.lease, self.id, fence.attempt, text)
+            .await?
+        {
+            Fate::Applied => Ok(()),
+            Fate::CancelledInstead => Err(CompleteError::Cancelled),
+            Fate::Refused => Err(CompleteError::LeaseLost),
+        }
     }
 
     /// `true` once the attempt was asked to stop (timeout, cancel, stop).

@@ -18,7 +18,9 @@
 //!   expires its jobs are rescued and run again. Every write of a running
 //!   job is fenced on the job, its attempt, its running state and a live
 //!   lease, so a worker that lost its lease cannot overwrite what another
-//!   did, and learns it lost ([`WorkerStats::lost`]).
+//!   did, and learns it lost ([`WorkerStats::lost`]). A body can commit its
+//!   own database writes together with its completion
+//!   ([`JobContext::complete_in`]).
 //! - **Order**: among due jobs of a queue, higher priority first, then
 //!   earlier start, then insertion order, exactly for one worker claiming;
 //!   with several workers claiming at once, equal-priority order is best
@@ -61,7 +63,9 @@ pub use crate::client::{
     Backend, CancelOutcome, Client, EnqueueBuilder, JobHandle, QueueStats, DEFAULT_MAX_PAYLOAD,
     DEFAULT_QUEUE, DEFAULT_RETENTION, MAX_KEY_LEN,
 };
-pub use crate::error::{JobError, StoreError, SubmitError, SubscribeError, WorkerError};
+pub use crate::error::{
+    CompleteError, JobError, StoreError, SubmitError, SubscribeError, WorkerError,
+};
 pub use crate::id::{JobId, JobRef};
 pub use crate::job::{Ending, Job, JobContext, JobResult};
 pub use crate::options::Backoff;

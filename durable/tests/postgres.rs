@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{database_url, drop_schema, pg_store, raw_client, unique_schema, Probe, Step};
-use corral_durable::{Client, PgStore, SubmitError, Worker};
+use corral_durable::{
+    Client, CompleteError, Ending, Job, JobContext, JobResult, PgStore, SubmitError, Worker,
+};
+use serde::{Deserialize, Serialize};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -151,4 +154,102 @@ async fn database_down_at_submit_is_a_typed_error() {
     assert!(matches!(r, Err(SubmitError::Store(_))), "{r:?}");
     assert!(client.stats().await.is_err());
     assert!(client.cancel("anything").await.is_err());
+}
+
+/// Records a payment and its own completion in one transaction; the first
+/// attempt rolls back and fails, when asked to.
+#[derive(Serialize, Deserialize)]
+struct Pay {
+    schema: String,
+    cents: i64,
+    fail_first: bool,
+}
+
+impl Job for Pay {
+    const KIND: &'static str = "pay";
+    type Output = i64;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<i64, String> {
+        let e = |e: tokio_postgres::Error| Ending::Retry(e.to_string());
+        let mut db = raw_client().await;
+        let tx = db.transaction().await.map_err(e)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {}.payments (key, cents) VALUES ($1, $2)",
+                self.schema
+            ),
+            &[&ctx.idempotency_key(), &self.cents],
+        )
+        .await
+        .map_err(e)?;
+        ctx.complete_in(&tx, &self.cents)
+            .await
+            .map_err(|e: CompleteError| Ending::Retry(e.to_string()))?;
+        if self.fail_first && ctx.attempt() == 1 {
+            tx.rollback().await.map_err(e)?;
+            return Err(Ending::Retry("rolled back".into()));
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(self.cents)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_commits_its_writes_with_its_completion() {
+    let schema = unique_schema("pay");
+    let store = pg_store(&schema).await;
+    raw_client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.payments (key text PRIMARY KEY, cents bigint NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Pay>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let once = client
+        .enqueue(Pay {
+            schema: schema.clone(),
+            cents: 100,
+            fail_first: false,
+        })
+        .submit()
+        .await
+        .unwrap();
+    let twice = client
+        .enqueue(Pay {
+            schema: schema.clone(),
+            cents: 200,
+            fail_first: true,
+        })
+        .retry(1)
+        .submit()
+        .await
+        .unwrap();
+    let (once_id, twice_id) = (once.id(), twice.id());
+    assert_eq!(tokio::time::timeout(LONG, once).await.unwrap(), Ok(100));
+    assert_eq!(tokio::time::timeout(LONG, twice).await.unwrap(), Ok(200));
+    // Exactly the committed attempts' writes exist: the rolled-back attempt
+    // left neither its payment nor its completion.
+    let rows = raw_client()
+        .await
+        .query(
+            &format!("SELECT key FROM {schema}.payments ORDER BY key"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(keys, [format!("{once_id}:1"), format!("{twice_id}:2")]);
+    w.stop(LONG).await;
+    let stats = w.stats();
+    assert_eq!((stats.finalized, stats.lost), (3, 0), "{stats:?}");
+    drop(store);
+    drop_schema(&schema).await;
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::JobError;
 use crate::id::JobId;
-use crate::job::{Ending, Job, JobContext, JobResult, StoredError};
+use crate::job::{Ending, InBody, Job, JobContext, JobResult, StoredError};
 use crate::options::{jittered, Backoff};
 use crate::store::{Action, BoxFut, Claimed};
 
@@ -31,6 +31,7 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
         claimed: Claimed,
         task_id: String,
         stopping: CancellationToken,
+        in_body: Option<Arc<InBody>>,
     ) -> BoxFut<'static, (Action, Hooks)>;
 }
 
@@ -90,6 +91,7 @@ impl<J: Job> ErasedJob for Erased<J> {
         c: Claimed,
         task_id: String,
         stopping: CancellationToken,
+        in_body: Option<Arc<InBody>>,
     ) -> BoxFut<'static, (Action, Hooks)> {
         Box::pin(async move {
             let job: J = match serde_json::from_str(&c.args) {
@@ -114,6 +116,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                 attempt,
                 queue: c.queue.clone(),
                 token: Default::default(),
+                fence: in_body,
             };
             let mut builder = cluster
                 .task(move |tctx| {

@@ -5,7 +5,7 @@
 //! busy, leaves it changed; `maybe_more` then stays set until a claim comes
 //! back short, and a freed slot claims again while it is set.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::finalize::Item;
 use super::Shared;
+use crate::job::InBody;
 use crate::store::{Claimed, Finish};
 
 /// Free slots of one queue; attempt tasks give theirs back.
@@ -97,9 +98,24 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         let shared = shared2;
         let (id, attempt) = (job.id, job.attempt);
         let stopping = shared.claiming.clone();
+        let in_body = shared.store.pg().map(|pg| {
+            Arc::new(InBody {
+                store: pg.clone(),
+                lease,
+                attempt,
+                tried: AtomicBool::new(false),
+            })
+        });
         let (action, hooks) = erased
-            .run(shared.cluster.clone(), job, task_id, stopping)
+            .run(
+                shared.cluster.clone(),
+                job,
+                task_id,
+                stopping,
+                in_body.clone(),
+            )
             .await;
+        let completed_in_body = in_body.is_some_and(|b| b.tried.load(Ordering::Acquire));
         {
             // Only this attempt's entry: a later claim of the same job (after
             // a lost lease) may have replaced it.
@@ -117,6 +133,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
                 action,
             },
             hooks,
+            completed_in_body,
         };
         let _ = shared.finish_tx.send(item);
     });

@@ -19,6 +19,9 @@ pub(crate) struct Item {
     pub(crate) lease: LeaseId,
     pub(crate) finish: Finish,
     pub(crate) hooks: Hooks,
+    /// The body called `JobContext::complete_in`: a refusal then most
+    /// likely means its own transaction already completed the row.
+    pub(crate) completed_in_body: bool,
 }
 
 impl Item {
@@ -31,6 +34,7 @@ impl Item {
                 action: Action::Release,
             },
             hooks: Box::new(|_, _| {}),
+            completed_in_body: false,
         }
     }
 }
@@ -104,6 +108,10 @@ async fn write(shared: &Shared, batch: Vec<Item>) {
         for (item, fate) in items.into_iter().zip(fates) {
             let id = item.finish.id;
             match fate {
+                Fate::Refused if item.completed_in_body => {
+                    shared.counters.finalized.fetch_add(1, Ordering::Relaxed);
+                    (item.hooks)(id, false);
+                }
                 Fate::Refused => {
                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(

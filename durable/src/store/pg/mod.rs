@@ -333,6 +333,37 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The fenced completion of one attempt, in the caller's transaction.
+    pub(crate) async fn complete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        lease: LeaseId,
+        id: JobId,
+        attempt: i32,
+        output: String,
+    ) -> StoreResult<Fate> {
+        let rows = tx
+            .query(
+                &self.inner.sql.finish,
+                &[
+                    &lease,
+                    &vec![id.0],
+                    &vec![attempt],
+                    &vec![0i16],
+                    &vec![Some(output)],
+                    &vec![0i64],
+                ],
+            )
+            .await?;
+        Ok(match rows.first() {
+            None => Fate::Refused,
+            Some(r) if r.get::<_, bool>(3) => Fate::CancelledInstead,
+            Some(_) => Fate::Applied,
+        })
+    }
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
