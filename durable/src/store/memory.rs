@@ -479,7 +479,7 @@ impl Store for MemoryStore {
         ready(Ok((staged, next.map(|n| n - now))))
     }
 
-    fn rescue(&self) -> BoxFut<'_, StoreResult<u64>> {
+    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
         let dead: Vec<i64> = t
@@ -516,11 +516,17 @@ impl Store for MemoryStore {
             }
             done.push(JobId(*id));
         }
+        let next = t
+            .leases
+            .values()
+            .filter(|&&e| e > now)
+            .min()
+            .map(|&e| e - now);
         drop(t);
         woken.iter().for_each(|q| self.inner.signals.wake_queue(q));
         done.into_iter()
             .for_each(|id| self.inner.signals.job_done(id));
-        ready(Ok(dead.len() as u64))
+        ready(Ok((dead.len() as u64, next)))
     }
 
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>> {

@@ -208,8 +208,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Moves due scheduled rows to available; returns how many, and how long
     /// until the next scheduled row is due.
     fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
-    /// Requeues running rows of expired leases; returns how many.
-    fn rescue(&self) -> BoxFut<'_, StoreResult<u64>>;
+    /// Requeues running rows of expired leases; returns how many, and how
+    /// long until the next live lease expires (when the next rescue may
+    /// have work).
+    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
     /// Deletes up to `limit` finished rows past their retention.
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>>;
     /// The wake-up signals of this store (work per queue, finished ids,

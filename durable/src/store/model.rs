@@ -312,7 +312,7 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 workers[w].held.clear();
             }
             Op::Rescue => {
-                let n = store.rescue().await.map_err(err)?;
+                let (n, _) = store.rescue().await.map_err(err)?;
                 let mut expected = 0;
                 for j in jobs.values_mut() {
                     if let MState::Running(l) = j.state {

@@ -82,11 +82,19 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     }
 }
 
+/// A rescue runs this long after the next lease is due to expire (its
+/// heartbeat may be in flight), and at the latest every lease TTL.
+const RESCUE_SLACK: Duration = Duration::from_millis(50);
+
 /// The leader's duties, while this worker holds the leader row: stage
-/// scheduled rows at their start time, rescue expired leases, prune.
+/// scheduled rows at their start time, rescue leases as they expire,
+/// prune. Each statement runs only when it can have work: staging when a
+/// scheduled row is due or was inserted, a rescue when the earliest live
+/// lease expires, pruning every `prune_every`; an idle leader sends a
+/// statement about once per two thirds of a TTL.
 pub(crate) async fn lead(shared: Arc<Shared>) {
     let mut scheduled = shared.store.signals().scheduled();
-    let rescue_every = shared.ttl / 2;
+    let mut next_stage = Some(Instant::now());
     let mut next_rescue = Instant::now();
     let mut next_prune = Instant::now() + shared.prune_every;
     let mut backoff = Duration::from_millis(50);
@@ -96,24 +104,27 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                 () = shared.halt.cancelled() => return,
                 () = shared.leader_changed.notified() => {}
             }
+            // A new leader knows nothing of the schedule: look at once.
+            next_stage = Some(Instant::now());
+            next_rescue = Instant::now();
             continue;
         }
         scheduled.borrow_and_update();
-        let mut wake_at = next_rescue.min(next_prune);
         let result: Result<(), crate::StoreError> = async {
-            let (_, next_due) = shared.store.stage().await?;
-            if let Some(due) = next_due {
-                wake_at = wake_at.min(Instant::now() + due);
+            if next_stage.is_some_and(|t| Instant::now() >= t) {
+                let (_, next_due) = shared.store.stage().await?;
+                next_stage = next_due.map(|d| Instant::now() + d);
             }
             if Instant::now() >= next_rescue {
-                let n = shared.store.rescue().await?;
+                let (n, next_expiry) = shared.store.rescue().await?;
                 if n > 0 {
                     tracing::info!(
                         jobs = n,
                         "corral-durable leader rescued jobs of expired leases"
                     );
                 }
-                next_rescue = Instant::now() + rescue_every;
+                let wait = next_expiry.map_or(shared.ttl, |d| (d + RESCUE_SLACK).min(shared.ttl));
+                next_rescue = Instant::now() + wait;
             }
             if Instant::now() >= next_prune {
                 for _ in 0..PRUNE_ROUNDS {
@@ -126,9 +137,14 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
             Ok(())
         }
         .await;
+        let mut wake_at = next_rescue.min(next_prune);
+        if let Some(t) = next_stage {
+            wake_at = wake_at.min(t);
+        }
         if let Err(e) = result {
             tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable leader duty failed");
             wake_at = Instant::now() + backoff;
+            next_stage = Some(wake_at);
             backoff = (backoff * 2).min(Duration::from_secs(5));
         } else {
             backoff = Duration::from_millis(50);
@@ -136,7 +152,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         tokio::select! {
             () = shared.halt.cancelled() => return,
             () = tokio::time::sleep_until(wake_at) => {}
-            _ = scheduled.changed() => {}
+            _ = scheduled.changed() => next_stage = Some(Instant::now()),
             () = shared.leader_changed.notified() => {}
         }
     }

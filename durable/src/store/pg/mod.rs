@@ -602,12 +602,16 @@ impl Store for PgStore {
         })
     }
 
-    fn rescue(&self) -> BoxFut<'_, StoreResult<u64>> {
+    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
             let client = self.conn().await?;
             let stmt = client.prepare_cached(&self.inner.sql.rescue).await?;
             let row = client.query_one(&stmt, &[]).await?;
-            Ok(row.get::<_, i64>(0) as u64)
+            let next: Option<i64> = row.get(1);
+            Ok((
+                row.get::<_, i64>(0) as u64,
+                next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            ))
         })
     }
 

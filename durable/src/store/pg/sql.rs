@@ -296,7 +296,9 @@ impl Sql {
                      WHERE j.lease = dead.id AND j.state = 'running'
                     RETURNING j.id, j.state, j.queue
                  ), {}
-                 SELECT count(*) FROM moved CROSS JOIN notes",
+                 SELECT (SELECT count(*) FROM moved CROSS JOIN notes) AS rescued,
+                        (SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::bigint
+                           FROM {{s}}.workers WHERE expires_at > now()) AS next_expiry_ms",
                 notify("moved")
             )),
             prune: fill(
