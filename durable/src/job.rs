@@ -94,6 +94,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Runs one attempt. Dropped (cancelled) at a timeout, a cancel, or a
     /// worker's stop timeout; do not rely on code after an `.await` running.
+    ///
+    /// CPU-bound or blocking work belongs in `tokio::task::spawn_blocking`,
+    /// awaited here: the attempt keeps its slot while it runs. A blocking
+    /// call cut short by a timeout keeps running on its thread; poll
+    /// [`JobContext::is_cancelled`] in it to stop early.
     fn run(
         &self,
         ctx: JobContext,
