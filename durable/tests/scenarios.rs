@@ -376,11 +376,11 @@ async fn delayed_and_wall_clock_starts(env: Env) {
     let a = t0.elapsed();
     // Not before its time; and not a polling period late (generous bound).
     assert!(
-        d >= Duration::from_millis(390) && d < Duration::from_secs(3),
+        d >= Duration::from_millis(390) && d < Duration::from_secs(10),
         "{d:?}"
     );
     assert!(
-        a >= Duration::from_millis(590) && a < Duration::from_secs(3),
+        a >= Duration::from_millis(590) && a < Duration::from_secs(10),
         "{a:?}"
     );
     w.stop(LONG).await;
