@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{drop_schema, pg_store, raw_client, unique_schema};
 use corral_durable::{Client, Job, JobContext, JobResult, PgStore, Worker};
@@ -95,7 +95,8 @@ fn child_worker() {
 struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Each line with when this process read it.
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Proc {
@@ -121,7 +122,7 @@ impl Proc {
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().unwrap().push((Instant::now(), line));
             }
         });
         let stdin = child.stdin.take();
@@ -137,7 +138,17 @@ impl Proc {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        let lines = self.lines.lock().unwrap();
+        lines.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// When the first line starting with `prefix` was read.
+    fn read_at(&self, prefix: &str) -> Option<Instant> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| *t)
     }
 
     async fn wait_line(&self, prefix: &str) -> String {
@@ -253,9 +264,11 @@ async fn sigkill_mid_job_completes_once_on_another_worker() {
     a.wait_line("READY").await;
     // No retries: an attempt lost with its worker does not count against them.
     let h = client.enqueue(Work { ms: 1500 }).submit().await.unwrap();
-    a.wait_line(&format!("START {} 1", h.id())).await;
+    let id = h.id();
+    a.wait_line(&format!("START {id} 1")).await;
     let a_pid = a.pid();
     a.kill();
+    let killed = Instant::now();
     // The survivor's own lease is generous, so a loaded machine cannot make
     // it lose the job too.
     let b = Proc::spawn(&schema, 5000, 1);
@@ -268,6 +281,13 @@ async fn sigkill_mid_job_completes_once_on_another_worker() {
     assert_ne!(pid, a_pid);
     let starts = events(&[&b], "START");
     assert_eq!(starts.len(), 1, "one more start only: {starts:?}");
+    // Rescued only once the lease expired: its last heartbeat was at most a
+    // third of the 1 s TTL before the kill.
+    let rerun = b.read_at(&format!("START {id} 2")).unwrap() - killed;
+    assert!(
+        rerun >= Duration::from_millis(600),
+        "rescued before the lease expired: {rerun:?}"
+    );
     let (finalized, lost, _) = b.stop().await;
     assert_eq!((finalized, lost), (1, 0));
     drop_schema(&schema).await;
@@ -360,7 +380,7 @@ async fn every_backend_terminated_while_jobs_run_nothing_lost() {
     assert_eq!(outcomes.len(), 40);
     let log = a.lines.clone();
     let (_, lost, _) = a.stop().await;
-    let lines = log.lock().unwrap().clone();
+    let lines: Vec<String> = log.lock().unwrap().iter().map(|(_, l)| l.clone()).collect();
     check_no_double_completion(&events_in(&lines, "END"), lost);
     // Attempts are honest: each job's final attempt is the number of its starts.
     let starts = events_in(&lines, "START");

@@ -309,8 +309,9 @@ impl Worker {
 
     /// Stops without failing jobs: claims stop at once; running attempts
     /// may finish until `timeout`, then are cut short and requeued without
-    /// spending their attempt; results are written; the lease is retired.
-    /// Safe to call more than once.
+    /// spending their attempt; results are written (for up to `timeout`
+    /// more, if the store is down); the lease is retired. Safe to call more
+    /// than once.
     pub async fn stop(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.claiming.cancel();
@@ -326,8 +327,16 @@ impl Worker {
         // channel and ends once this (last) sender set is closed.
         shared.halt.cancel();
         let finalizer = self.finalizer.lock().take();
-        if let Some(f) = finalizer {
-            let _ = f.await;
+        if let Some(mut f) = finalizer {
+            // The finalizer retries through store outages; with the store
+            // gone for good it gives up after `timeout` more, and the rows
+            // are rescued once the lease expires.
+            if tokio::time::timeout(timeout, &mut f).await.is_err() {
+                f.abort();
+                tracing::warn!(
+                    "corral-durable worker could not write its last results; they will be rescued"
+                );
+            }
         }
         self.background.wait().await;
         if let Err(e) = shared.store.retire(shared.lease()).await {
