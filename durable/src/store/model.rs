@@ -446,3 +446,105 @@ fn protocol_model_postgres() {
     });
     result.unwrap();
 }
+
+/// Rescues racing a new owner's claims and writes on real connections: a
+/// rescue must never act on a row another lease took meanwhile (River's
+/// stale-snapshot bug), and the old owner's writes must all be refused.
+#[test]
+fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
+    const N: usize = 200;
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_race_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        let ids = store
+            .insert((0..N).map(|_| new_job()).collect())
+            .await
+            .unwrap();
+        let kinds = vec!["k".to_owned()];
+        let old = store.register(TTL).await.unwrap();
+        let claimed = store.claim(old, "q", &kinds, N).await.unwrap();
+        assert_eq!(claimed.len(), N);
+        store.expire(old).await;
+        let new = store.register(TTL).await.unwrap();
+
+        let rescuers: Vec<_> = (0..3)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let mut total = 0;
+                    for _ in 0..20 {
+                        total += s.rescue().await.unwrap().0;
+                        tokio::task::yield_now().await;
+                    }
+                    total
+                })
+            })
+            .collect();
+        let taker = {
+            let (s, kinds) = (store.clone(), kinds.clone());
+            tokio::spawn(async move {
+                let mut done = 0;
+                let mut refused = 0;
+                while done < N {
+                    let got = s.claim(new, "q", &kinds, 16).await.unwrap();
+                    let batch: Vec<Finish> = got
+                        .iter()
+                        .map(|c| Finish {
+                            id: c.id,
+                            attempt: c.attempt,
+                            action: Action::Complete { output: "1".into() },
+                        })
+                        .collect();
+                    for fate in s.finish(new, batch).await.unwrap() {
+                        match fate {
+                            Fate::Applied => done += 1,
+                            _ => refused += 1,
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                refused
+            })
+        };
+        // The old owner wakes up and tries to write everything: refused.
+        let stale: Vec<Finish> = claimed
+            .iter()
+            .map(|c| Finish {
+                id: c.id,
+                attempt: c.attempt,
+                action: Action::Complete { output: "0".into() },
+            })
+            .collect();
+        let fates = store.finish(old, stale).await.unwrap();
+        assert!(
+            fates.iter().all(|f| *f == Fate::Refused),
+            "a write of the lost lease was accepted"
+        );
+
+        let refused = taker.await.unwrap();
+        let mut rescued = 0;
+        for r in rescuers {
+            rescued += r.await.unwrap();
+        }
+        assert_eq!(refused, 0, "the new owner's writes were refused");
+        assert_eq!(rescued, N as u64, "each job rescued exactly once");
+        let snap = store.snapshot().await;
+        assert_eq!(snap.len(), N);
+        for (id, state, attempt, _) in snap {
+            assert!(ids.contains(&id));
+            assert_eq!((state.as_str(), attempt), ("completed", 2), "job {id}");
+        }
+        store.drop_schema().await;
+    });
+}
