@@ -47,6 +47,7 @@ both_stores!(
     outcomes_expire_after_retention,
     hooks_run_once_after_the_final_write,
     a_notice_while_every_slot_is_busy_is_not_lost,
+    a_renamed_kind_runs_its_old_rows_through_an_alias,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -737,5 +738,65 @@ async fn a_notice_while_every_slot_is_busy_is_not_lost(env: Env) {
     within("a", a).await.unwrap();
     within("b", b).await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    w.stop(LONG).await;
+}
+
+/// The job type before a rename of its kind.
+#[derive(Serialize, Deserialize)]
+struct Greet {
+    name: String,
+}
+
+impl Job for Greet {
+    const KIND: &'static str = "greet";
+    type Output = String;
+    type Error = String;
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<String, String> {
+        Ok(format!("old {}", self.name))
+    }
+}
+
+/// The same job after the rename: old rows still run, through the alias.
+#[derive(Serialize, Deserialize)]
+struct Welcome {
+    name: String,
+}
+
+impl Job for Welcome {
+    const KIND: &'static str = "welcome";
+    const ALIASES: &'static [&'static str] = &["greet"];
+    type Output = String;
+    type Error = String;
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<String, String> {
+        Ok(format!("hello {}", self.name))
+    }
+}
+
+async fn a_renamed_kind_runs_its_old_rows_through_an_alias(env: Env) {
+    let client = Client::new(env.backend());
+    // Enqueued by an old producer, before any worker knows the new name.
+    let old = client
+        .enqueue(Greet { name: "ada".into() })
+        .submit()
+        .await
+        .unwrap();
+    let w = Worker::builder(env.backend())
+        .register::<Welcome>()
+        .queue("default", 1)
+        .start()
+        .await
+        .unwrap();
+    let new = client
+        .enqueue(Welcome { name: "bob".into() })
+        .submit()
+        .await
+        .unwrap();
+    // Subscribing with the new type accepts the old kind.
+    let via_alias = client.subscribe::<Welcome>(old.id()).await.unwrap();
+    assert_eq!(within("alias", via_alias).await, Ok("hello ada".into()));
+    assert_eq!(within("old handle", old).await, Ok("hello ada".into()));
+    assert_eq!(within("new", new).await, Ok("hello bob".into()));
     w.stop(LONG).await;
 }
