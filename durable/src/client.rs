@@ -471,6 +471,10 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             return invalid("backoff", reason);
         }
         let millis = |d: Duration| i64::try_from(d.as_millis()).ok();
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        if o.retention > CENTURY {
+            return invalid("retention", "more than 100 years");
+        }
         let Some(retention_ms) = millis(o.retention) else {
             return invalid("retention", "too large");
         };
@@ -480,7 +484,7 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             Some(None) => return invalid("timeout", "too large"),
         };
         if let Start::After(d) = o.start {
-            if d > Duration::from_secs(100 * 365 * 24 * 3600) {
+            if d > CENTURY {
                 return invalid("delay", "more than 100 years");
             }
         }

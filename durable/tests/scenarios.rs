@@ -154,7 +154,9 @@ async fn priority_then_start_then_insertion_order(env: Env) {
     for (label, prio) in [
         ("p0-a", 0),
         ("p5-a", 5),
+        ("min", i32::MIN),
         ("p0-b", 0),
+        ("max", i32::MAX),
         ("p9", 9),
         ("p5-b", 5),
     ] {
@@ -181,7 +183,10 @@ async fn priority_then_start_then_insertion_order(env: Env) {
         within("order job", h).await.unwrap();
     }
     let order: Vec<String> = recorded(&tag).into_iter().map(|(l, _)| l).collect();
-    assert_eq!(order, ["p9", "p5-a", "p5-b", "p0-early", "p0-a", "p0-b"]);
+    assert_eq!(
+        order,
+        ["max", "p9", "p5-a", "p5-b", "p0-early", "p0-a", "p0-b", "min"]
+    );
     w.stop(LONG).await;
 }
 
@@ -490,6 +495,8 @@ async fn bad_input_gets_typed_errors(env: Env) {
         client.enqueue(p()).timeout(Duration::ZERO).submit().await,
         client.enqueue(p()).jitter(1.5).submit().await,
         client.enqueue(p()).queue("").submit().await,
+        client.enqueue(p()).retention(Duration::MAX).submit().await,
+        client.enqueue(p()).delay(Duration::MAX).submit().await,
         client
             .enqueue(p())
             .backoff(Backoff::exponential(Duration::from_millis(1), 0.5))

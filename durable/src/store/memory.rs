@@ -141,6 +141,13 @@ fn run_at(start: Start, now: Instant) -> Instant {
     }
 }
 
+/// When a row finished at `now` is pruned; saturates far in the future.
+fn expiry(now: Instant, retention_ms: i64) -> Instant {
+    let retention = Duration::from_millis(u64::try_from(retention_ms).unwrap_or(0));
+    now.checked_add(retention)
+        .unwrap_or(now + Duration::from_secs(1 << 40))
+}
+
 fn ready<T: Send + 'static>(v: T) -> BoxFut<'static, T> {
     Box::pin(std::future::ready(v))
 }
@@ -256,7 +263,7 @@ impl Store for MemoryStore {
         if !t.lease_alive(lease, now) {
             return ready(Ok(Vec::new()));
         }
-        let mut due: Vec<(i32, Instant, i64)> = t
+        let mut due: Vec<(std::cmp::Reverse<i32>, Instant, i64)> = t
             .rows
             .iter()
             .filter(|(_, r)| {
@@ -265,7 +272,7 @@ impl Store for MemoryStore {
                     && r.run_at <= now
                     && kinds.contains(&r.job.kind)
             })
-            .map(|(id, r)| (-r.job.priority, r.run_at, *id))
+            .map(|(id, r)| (std::cmp::Reverse(r.job.priority), r.run_at, *id))
             .collect();
         due.sort_unstable();
         let mut out = Vec::new();
@@ -357,7 +364,7 @@ impl Store for MemoryStore {
                 State::Available => woken.push(r.job.queue.clone()),
                 State::Scheduled => scheduled = true,
                 _ => {
-                    r.prune_at = Some(now + Duration::from_millis(r.job.retention_ms as u64));
+                    r.prune_at = Some(expiry(now, r.job.retention_ms));
                     if let Some(key) = &r.job.key {
                         t.live_keys.remove(key);
                     }
@@ -423,7 +430,7 @@ impl Store for MemoryStore {
         let result = match r.state {
             State::Scheduled | State::Available => {
                 r.state = State::Cancelled;
-                r.prune_at = Some(now + Duration::from_millis(r.job.retention_ms as u64));
+                r.prune_at = Some(expiry(now, r.job.retention_ms));
                 if let Some(key) = r.job.key.clone() {
                     t.live_keys.remove(&key);
                 }
@@ -510,7 +517,7 @@ impl Store for MemoryStore {
                 woken.push(r.job.queue.clone());
                 continue;
             }
-            r.prune_at = Some(now + Duration::from_millis(r.job.retention_ms as u64));
+            r.prune_at = Some(expiry(now, r.job.retention_ms));
             if let Some(key) = r.job.key.clone() {
                 t.live_keys.remove(&key);
             }
