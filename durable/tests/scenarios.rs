@@ -48,6 +48,7 @@ both_stores!(
     hooks_run_once_after_the_final_write,
     a_notice_while_every_slot_is_busy_is_not_lost,
     a_renamed_kind_runs_its_old_rows_through_an_alias,
+    an_enormous_retry_delay_is_stored_not_fatal,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -805,5 +806,35 @@ async fn a_renamed_kind_runs_its_old_rows_through_an_alias(env: Env) {
     assert_eq!(within("alias", via_alias).await, Ok("hello ada".into()));
     assert_eq!(within("old handle", old).await, Ok("hello ada".into()));
     assert_eq!(within("new", new).await, Ok("hello bob".into()));
+    w.stop(LONG).await;
+}
+
+async fn an_enormous_retry_delay_is_stored_not_fatal(env: Env) {
+    let tag = format!("huge-{}", env.is_pg());
+    let w = worker(&env, 1).await;
+    let client = Client::new(env.backend());
+    let far = client
+        .enqueue(Probe::new(&tag, "far", vec![Step::RetryAfterMs(u64::MAX)]))
+        .retry(1)
+        .submit()
+        .await
+        .unwrap();
+    let end = Instant::now() + LONG;
+    while client.stats().await.unwrap()["default"].scheduled != 1 {
+        assert!(Instant::now() < end, "the retry was never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker is still healthy, and the far retry can be cancelled.
+    let next = client
+        .enqueue(Probe::new(&tag, "next", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(within("next", next).await, Ok("next@1".into()));
+    assert_eq!(
+        client.cancel(far.id()).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(within("far", far).await, Err(JobError::Cancelled));
     w.stop(LONG).await;
 }

@@ -328,7 +328,9 @@ impl Store for MemoryStore {
             });
             r.lease = None;
             let requeue = |r: &mut Row, delay: Duration| {
-                r.run_at = now + delay;
+                r.run_at = now
+                    .checked_add(delay)
+                    .unwrap_or(now + Duration::from_secs(1 << 40));
                 r.state = if delay.is_zero() {
                     State::Available
                 } else {

@@ -140,7 +140,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                 Err(_) => Err(TaskError::Shutdown),
             };
             let (action, hooks) = decide::<J>(job, &c, ended);
-            match action {
+            match clamp(action) {
                 Action::Retry { delay, error } if c.immediate && !delay.is_zero() => {
                     // Immediate mode: wait out the backoff in this slot.
                     let now = tokio::time::Instant::now();
@@ -157,6 +157,23 @@ impl<J: Job> ErasedJob for Erased<J> {
                 action => (action, hooks),
             }
         })
+    }
+}
+
+/// The longest delay a retry or snooze is stored with: longer ones (up to
+/// `Duration::MAX` from a saturating backoff) would overflow a timestamp.
+const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn clamp(action: Action) -> Action {
+    match action {
+        Action::Retry { delay, error } => Action::Retry {
+            delay: delay.min(MAX_DELAY),
+            error,
+        },
+        Action::Snooze { delay } => Action::Snooze {
+            delay: delay.min(MAX_DELAY),
+        },
+        other => other,
     }
 }
 
