@@ -490,6 +490,11 @@ impl<J: Job> EnqueueBuilder<'_, J> {
         }
         let args =
             serde_json::to_string(&self.job).map_err(|e| SubmitError::Encode(e.to_string()))?;
+        if crate::error::has_nul(&args) {
+            return Err(SubmitError::Encode(
+                "the arguments hold a NUL character, which the store cannot keep".into(),
+            ));
+        }
         if args.len() > self.client.max_payload {
             return Err(SubmitError::PayloadTooLarge {
                 size: args.len(),

@@ -88,6 +88,42 @@ pub enum StoreError {
     DuplicateKey(String),
 }
 
+impl StoreError {
+    /// PostgreSQL refused the data itself (SQLSTATE class 22): retrying the
+    /// same statement cannot succeed.
+    pub(crate) fn is_data(&self) -> bool {
+        matches!(self, StoreError::Db(e) if e.code().is_some_and(|c| c.code().starts_with("22")))
+    }
+}
+
+/// `true` if JSON `text` holds an escaped NUL character, which PostgreSQL's
+/// `jsonb` cannot store (a literal backslash before `u0000` does not count).
+pub(crate) fn has_nul(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices("\\u0000").any(|(i, _)| {
+        let slashes = bytes[..=i]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        slashes % 2 == 1
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nul_escapes_are_told_from_literal_backslashes() {
+        let nul = serde_json::to_string("a\0b").unwrap();
+        assert!(super::has_nul(&nul), "{nul}");
+        let literal = serde_json::to_string("a\\u0000b").unwrap();
+        assert!(!super::has_nul(&literal), "{literal}");
+        let both = serde_json::to_string("\\\0").unwrap();
+        assert!(super::has_nul(&both), "{both}");
+        assert!(!super::has_nul("{\"plain\":1}"));
+    }
+}
+
 /// Why a submit was refused. Nothing was inserted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -284,7 +284,14 @@ impl StoredError {
             // Cancels and expiries are states, not stored errors.
             JobError::Cancelled | JobError::Expired => StoredError::Undecodable(error_kind(error)),
         };
-        serde_json::to_string(&stored).expect("a stored error always serializes")
+        let text = serde_json::to_string(&stored).expect("a stored error always serializes");
+        if crate::error::has_nul(&text) {
+            let stored = StoredError::Undecodable(
+                "the error holds a NUL character, which the store cannot keep".into(),
+            );
+            return serde_json::to_string(&stored).expect("a stored error always serializes");
+        }
+        text
     }
 
     pub(crate) fn decode<E: DeserializeOwned>(text: &str) -> JobError<E> {

@@ -49,6 +49,7 @@ both_stores!(
     a_notice_while_every_slot_is_busy_is_not_lost,
     a_renamed_kind_runs_its_old_rows_through_an_alias,
     an_enormous_retry_delay_is_stored_not_fatal,
+    nul_characters_are_typed_errors,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -836,5 +837,36 @@ async fn an_enormous_retry_delay_is_stored_not_fatal(env: Env) {
         CancelOutcome::Cancelled
     );
     assert_eq!(within("far", far).await, Err(JobError::Cancelled));
+    w.stop(LONG).await;
+}
+
+async fn nul_characters_are_typed_errors(env: Env) {
+    let tag = format!("nul-{}", env.is_pg());
+    let client = Client::new(env.backend());
+    // PostgreSQL's jsonb cannot keep a NUL: both stores refuse it the same way.
+    let r = client
+        .enqueue(Probe::new(&tag, "args\0", vec![Step::Ok]))
+        .submit()
+        .await;
+    assert!(matches!(r, Err(SubmitError::Encode(_))), "{r:?}");
+    let w = worker(&env, 1).await;
+    let out = client
+        .enqueue(Probe::new(&tag, "out", vec![Step::NulOutput]))
+        .submit()
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            within("nul output", out).await,
+            Err(JobError::Undecodable { .. })
+        ),
+        "an unstorable output is a typed failure"
+    );
+    let next = client
+        .enqueue(Probe::new(&tag, "next", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(within("next", next).await, Ok("next@1".into()));
     w.stop(LONG).await;
 }

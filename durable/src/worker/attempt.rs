@@ -186,6 +186,15 @@ fn decide<J: Job>(job: Arc<J>, c: &Claimed, ended: Ended<J>) -> (Action, Hooks) 
     let (error, delay) = match ended {
         Ok(Ok(output)) => {
             return match serde_json::to_string(&output) {
+                Ok(text) if crate::error::has_nul(&text) => fail::<J>(
+                    job,
+                    JobError::Undecodable {
+                        message: format!(
+                            "output of {} holds a NUL character, which the store cannot keep",
+                            J::KIND
+                        ),
+                    },
+                ),
                 Ok(text) => (
                     Action::Complete { output: text },
                     final_hooks::<J>(job, Ok(output)),

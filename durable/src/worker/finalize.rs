@@ -10,6 +10,8 @@ use tokio::sync::mpsc;
 
 use super::attempt::Hooks;
 use super::Shared;
+use crate::error::JobError;
+use crate::job::StoredError;
 use crate::store::{Action, Claimed, Fate, Finish, LeaseId};
 
 /// The largest batch written in one statement.
@@ -80,6 +82,42 @@ fn chunks(mut items: Vec<Item>) -> Vec<Vec<Item>> {
     out
 }
 
+/// Writes one lease's batch, retrying through store outages. A batch the
+/// database refuses for its data is split, and a single write it refuses is
+/// turned into a failure saying why: one bad row never blocks the others.
+async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>) -> Vec<Fate> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match shared.store.finish(lease, finishes.clone()).await {
+            Ok(fates) => return fates,
+            Err(e) if e.is_data() && finishes.len() > 1 => {
+                tracing::warn!(error = %e, "corral-durable finalize refused a batch's data; writing one by one");
+                let mut fates = Vec::with_capacity(finishes.len());
+                for f in finishes {
+                    fates.extend(Box::pin(write_group(shared, lease, vec![f])).await);
+                }
+                return fates;
+            }
+            Err(e) if e.is_data() && !matches!(finishes[0].action, Action::Fail { .. }) => {
+                tracing::error!(error = %e, job = %finishes[0].id, "corral-durable cannot store this result; the job fails");
+                let error: JobError<()> = JobError::Undecodable {
+                    message: format!("the result could not be stored: {e}"),
+                };
+                finishes[0].action = Action::Fail {
+                    error: StoredError::encode(&error),
+                };
+            }
+            Err(e) => {
+                // Keep the results: the lease may still be alive when the
+                // store is back; if not, the fence refuses them.
+                tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable finalize failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Writes one batch, retrying through store outages. Items of different
 /// leases (a lease lost and renewed meanwhile) are written per lease.
 async fn write(shared: &Shared, batch: Vec<Item>) {
@@ -92,19 +130,7 @@ async fn write(shared: &Shared, batch: Vec<Item>) {
     }
     for (lease, items) in by_lease {
         let finishes: Vec<Finish> = items.iter().map(|i| i.finish.clone()).collect();
-        let mut backoff = Duration::from_millis(50);
-        let fates = loop {
-            match shared.store.finish(lease, finishes.clone()).await {
-                Ok(fates) => break fates,
-                Err(e) => {
-                    // Keep the results: the lease may still be alive when
-                    // the store is back; if not, the fence refuses them.
-                    tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable finalize failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let fates = write_group(shared, lease, finishes).await;
         for (item, fate) in items.into_iter().zip(fates) {
             let id = item.finish.id;
             match fate {

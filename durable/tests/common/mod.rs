@@ -180,6 +180,8 @@ pub enum Step {
     SnoozeMs(u64),
     Panic,
     SleepMs(u64),
+    /// Succeeds with an output holding a NUL character.
+    NulOutput,
 }
 
 impl Probe {
@@ -216,6 +218,7 @@ impl Job for Probe {
             }),
             Step::SnoozeMs(ms) => Err(Ending::Snooze(Duration::from_millis(*ms))),
             Step::Panic => panic!("probe panicked"),
+            Step::NulOutput => Ok("nul\0".into()),
             Step::SleepMs(ms) => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 Ok(out)
