@@ -240,8 +240,8 @@ impl Shared {
 }
 
 /// A running worker. Stop it with [`stop`](Self::stop); dropping it stops
-/// claiming at once and cuts running attempts short, which are then rescued
-/// after the lease TTL.
+/// claiming at once and cuts running attempts short without waiting: those
+/// whose release is not written are rescued once the lease TTL passes.
 ///
 /// ```
 /// # use corral_durable::{Job, JobContext, JobResult, MemoryStore, Worker};
