@@ -1,0 +1,121 @@
+//! The one LISTEN connection of a store instance, and the fallback poll.
+//!
+//! It reconnects by itself with capped exponential backoff (never in a
+//! tight loop), and after each (re)connect wakes every waiter, since notices
+//! sent while it was away are lost. The fallback poll does the same every
+//! `fallback` (minutes by default): an idle process sends nothing else. In
+//! poll-only mode (for poolers that break LISTEN) it only polls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::id::JobId;
+use crate::store::signals::Signals;
+
+/// Hands one notice to the waiters it concerns.
+pub(crate) fn dispatch(signals: &Signals, payload: &str) {
+    if let Some(queue) = payload.strip_prefix("q:") {
+        signals.wake_queue(queue);
+    } else if let Some(ids) = payload.strip_prefix("d:") {
+        ids.split(',')
+            .filter_map(|id| id.parse().ok())
+            .for_each(|id| signals.job_done(JobId(id)));
+    } else if let Some(id) = payload.strip_prefix("c:") {
+        if let Ok(id) = id.parse() {
+            signals.cancel_requested(JobId(id));
+        }
+    } else if payload == "s" {
+        signals.wake_scheduled();
+    }
+}
+
+/// Polls only: wakes every waiter each `every`.
+pub(crate) async fn poll_only(signals: Arc<Signals>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => signals.wake_all(),
+        }
+    }
+}
+
+/// Listens on `channel` until `stop`, reconnecting as needed.
+pub(crate) async fn listen(
+    config: tokio_postgres::Config,
+    channel: String,
+    signals: Arc<Signals>,
+    fallback: Duration,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            c = config.connect(NoTls) => c,
+        };
+        let (client, mut connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable listener cannot connect");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // The connection future delivers notices; it ends when the socket does.
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "corral-durable listener connection lost");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute(&format!("LISTEN \"{channel}\"")).await {
+            tracing::warn!(error = %e, "corral-durable listener cannot LISTEN");
+            driver.abort();
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        tracing::debug!(channel, "corral-durable listener connected");
+        backoff = Duration::from_millis(50);
+        // Whatever was sent while we were not listening is lost: look again.
+        signals.wake_all();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    driver.abort();
+                    return;
+                }
+                note = rx.recv() => match note {
+                    Some(payload) => dispatch(&signals, &payload),
+                    None => break,
+                },
+                () = tokio::time::sleep(fallback) => signals.wake_all(),
+            }
+        }
+        drop(client);
+        tracing::warn!("corral-durable listener disconnected; reconnecting");
+    }
+}

@@ -1,0 +1,680 @@
+//! `PgStore`: the PostgreSQL store (tokio-postgres over a deadpool pool of
+//! its own, plus one LISTEN connection per store instance).
+
+mod listen;
+mod migrate;
+mod sql;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use self::sql::Sql;
+use super::signals::Signals;
+use super::{
+    Action, Beat, BoxFut, CancelResult, Claimed, Fate, Finish, LeaseId, Lookup, NewJob, RawOutcome,
+    RawStats, Start, Store, StoreResult,
+};
+use crate::error::StoreError;
+use crate::id::JobId;
+
+/// Configures a [`PgStore`].
+///
+/// # Default
+/// | option | default |
+/// |---|---|
+/// | `schema` | `corral` |
+/// | `pool_size` | 8 connections (its own pool: the application's load cannot starve heartbeats) |
+/// | `migrate` | `true` (apply missing migrations at connect) |
+/// | `fallback_poll` | 5 minutes (a safety net; wake-ups come from LISTEN/NOTIFY) |
+/// | `poll_only` | off; when on, no LISTEN and a poll every `poll_interval` |
+/// | `poll_interval` | 1 second (poll-only mode) |
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct PgStoreBuilder {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    migrate: bool,
+    fallback_poll: Duration,
+    poll_only: bool,
+    poll_interval: Duration,
+}
+
+impl PgStoreBuilder {
+    /// The schema holding the tables (`[a-z_][a-z0-9_]*`, at most 48 bytes).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The size of the store's own connection pool (at least 2).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Whether `connect` applies missing migrations (see [`PgStore::migration_sql`]).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// How often waiters look again when no notice came.
+    pub fn fallback_poll(mut self, every: Duration) -> Self {
+        self.fallback_poll = every;
+        self
+    }
+
+    /// Polls every `interval` instead of listening (for transaction-mode
+    /// poolers such as pgbouncer, which break LISTEN).
+    pub fn poll_only(mut self, interval: Duration) -> Self {
+        self.poll_only = true;
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Connects, migrates (unless turned off) and starts the listener.
+    ///
+    /// # Errors
+    /// [`StoreError::Pool`] for a bad URL or options, [`StoreError::Db`] if
+    /// the server cannot be reached, [`StoreError::Migration`] if a
+    /// migration fails.
+    pub async fn connect(self) -> Result<PgStore, StoreError> {
+        let valid = !self.schema.is_empty()
+            && self.schema.len() <= 48
+            && self
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !self.schema.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            return Err(StoreError::Pool(format!(
+                "invalid schema name {:?}",
+                self.schema
+            )));
+        }
+        if self.pool_size < 2 {
+            return Err(StoreError::Pool("pool_size must be at least 2".into()));
+        }
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StoreError::Pool(format!("bad database URL: {e}")))?;
+        // Named after the schema, so an operator (or a test) can find this
+        // store's connections in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name(format!("corral-durable:{}", self.schema));
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let sql = Sql::new(&self.schema);
+        if self.migrate {
+            let (mut client, connection) = config.connect(NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let result = migrate::migrate(&mut client, &sql).await;
+            drop(client);
+            let _ = driver.await;
+            result?;
+        }
+        let signals = Arc::new(Signals::default());
+        let stop = CancellationToken::new();
+        if self.poll_only {
+            tokio::spawn(listen::poll_only(
+                signals.clone(),
+                self.poll_interval,
+                stop.clone(),
+            ));
+        } else {
+            tokio::spawn(listen::listen(
+                config,
+                sql.channel.clone(),
+                signals.clone(),
+                self.fallback_poll,
+                stop.clone(),
+            ));
+        }
+        Ok(PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                sql,
+                signals,
+                _listener: stop.drop_guard(),
+            }),
+        })
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share one pool and one
+/// listener, which stop when the last clone is dropped.
+///
+/// Tables and indexes (in the configured schema, `corral` by default):
+/// `jobs` (one row per job), `workers` (leases), `leader` (one row with a
+/// TTL), `migrations`. See [`migration_sql`](Self::migration_sql) for the
+/// exact DDL, and the README for the vacuum settings it applies.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), corral_durable::StoreError> {
+/// use corral_durable::{Client, PgStore};
+/// let store = PgStore::builder("postgres://postgres@127.0.0.1/app").schema("jobs").connect().await?;
+/// let client = Client::new(&store);
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    sql: Sql,
+    signals: Arc<Signals>,
+    _listener: DropGuard,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.inner.sql.schema)
+            .field("pool", &self.inner.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// A builder for a store at `url` (a libpq-style URL or key=value string).
+    pub fn builder(url: impl Into<String>) -> PgStoreBuilder {
+        PgStoreBuilder {
+            url: url.into(),
+            schema: "corral".into(),
+            pool_size: 8,
+            migrate: true,
+            fallback_poll: Duration::from_secs(300),
+            poll_only: false,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Connects with the default settings.
+    ///
+    /// # Errors
+    /// See [`PgStoreBuilder::connect`].
+    pub async fn connect(url: impl Into<String>) -> Result<PgStore, StoreError> {
+        PgStore::builder(url).connect().await
+    }
+
+    /// The schema's DDL as plain SQL (every migration, with its bookkeeping
+    /// row), for teams that apply migrations themselves (then connect with
+    /// `migrate(false)`).
+    pub fn migration_sql(schema: &str) -> String {
+        migrate::export(&Sql::new(schema))
+    }
+
+    /// The schema this store uses.
+    pub fn schema(&self) -> &str {
+        &self.inner.sql.schema
+    }
+
+    async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
+    }
+
+    /// Inserts with any client (the pool's, with its cached statement, or a
+    /// caller's transaction, which prepares it).
+    pub(crate) async fn insert_with<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        prepared: Option<tokio_postgres::Statement>,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<JobId>> {
+        let mut keys = Vec::with_capacity(jobs.len());
+        let mut queues = Vec::with_capacity(jobs.len());
+        let mut kinds = Vec::with_capacity(jobs.len());
+        let mut args = Vec::with_capacity(jobs.len());
+        let mut priorities = Vec::with_capacity(jobs.len());
+        let mut starts: Vec<Option<SystemTime>> = Vec::with_capacity(jobs.len());
+        let mut delays = Vec::with_capacity(jobs.len());
+        let mut max_attempts = Vec::with_capacity(jobs.len());
+        let mut timeouts = Vec::with_capacity(jobs.len());
+        let mut backoffs = Vec::with_capacity(jobs.len());
+        let mut jitters = Vec::with_capacity(jobs.len());
+        let mut retentions = Vec::with_capacity(jobs.len());
+        let mut immediates = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            keys.push(j.key.as_deref());
+            queues.push(j.queue.as_str());
+            kinds.push(j.kind.as_str());
+            args.push(j.args.as_str());
+            priorities.push(j.priority);
+            let (start, delay) = match j.start {
+                Start::Now => (None, 0i64),
+                Start::At(at) => (Some(at), 0),
+                Start::After(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            };
+            starts.push(start);
+            delays.push(delay);
+            max_attempts.push(j.max_attempts);
+            timeouts.push(j.timeout_ms);
+            backoffs.push(j.backoff.as_str());
+            jitters.push(j.jitter);
+            retentions.push(j.retention_ms);
+            immediates.push(j.immediate);
+        }
+        let stmt = match prepared {
+            Some(stmt) => stmt,
+            None => client.prepare(&self.inner.sql.insert).await?,
+        };
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &keys,
+                    &queues,
+                    &kinds,
+                    &args,
+                    &priorities,
+                    &starts,
+                    &delays,
+                    &max_attempts,
+                    &timeouts,
+                    &backoffs,
+                    &jitters,
+                    &retentions,
+                    &immediates,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                    let key = e
+                        .as_db_error()
+                        .and_then(|d| d.detail())
+                        .and_then(|d| d.split("=(").nth(1))
+                        .and_then(|d| d.split(')').next())
+                        .unwrap_or_default()
+                        .to_owned();
+                    StoreError::DuplicateKey(key)
+                } else {
+                    StoreError::Db(e)
+                }
+            })?;
+        Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// Finished ids and due queues seen by this process's own writes are
+    /// signalled at once, without waiting for the notice's round trip.
+    fn signal_moved(&self, rows: &[tokio_postgres::Row]) {
+        let s = &self.inner.signals;
+        for r in rows {
+            let state: &str = r.get(1);
+            match state {
+                "available" => s.wake_queue(r.get(2)),
+                "scheduled" => s.wake_scheduled(),
+                _ => s.job_done(JobId(r.get(0))),
+            }
+        }
+    }
+}
+
+impl PgStore {
+    /// The fenced completion of one attempt, in the caller's transaction.
+    pub(crate) async fn complete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        lease: LeaseId,
+        id: JobId,
+        attempt: i32,
+        output: String,
+    ) -> StoreResult<Fate> {
+        let rows = tx
+            .query(
+                &self.inner.sql.finish,
+                &[
+                    &lease,
+                    &vec![id.0],
+                    &vec![attempt],
+                    &vec![0i16],
+                    &vec![Some(output)],
+                    &vec![0i64],
+                ],
+            )
+            .await?;
+        Ok(match rows.first() {
+            None => Fate::Refused,
+            Some(r) if r.get::<_, bool>(3) => Fate::CancelledInstead,
+            Some(_) => Fate::Applied,
+        })
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store for PgStore {
+    fn insert(&self, jobs: Vec<NewJob>) -> BoxFut<'_, StoreResult<Vec<JobId>>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.insert).await?;
+            self.insert_with(&**client, Some(stmt), &jobs).await
+        })
+    }
+
+    fn register(&self, ttl: Duration) -> BoxFut<'_, StoreResult<LeaseId>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let info = format!("pid {}", std::process::id());
+            let stmt = client.prepare_cached(&self.inner.sql.register).await?;
+            let row = client.query_one(&stmt, &[&ms(ttl), &info]).await?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.heartbeat).await?;
+            let row = client.query_one(&stmt, &[&lease, &ms(ttl)]).await?;
+            let alive: i64 = row.get(0);
+            let leader: i64 = row.get(1);
+            let cancels: Vec<i64> = row.get(2);
+            Ok(Beat {
+                alive: alive > 0,
+                leader: leader > 0,
+                cancels: cancels.into_iter().map(JobId).collect(),
+            })
+        })
+    }
+
+    fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            client.execute(&self.inner.sql.retire, &[&lease]).await?;
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        lease: LeaseId,
+        queue: &'a str,
+        kinds: &'a [String],
+        limit: usize,
+    ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.claim).await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = client
+                .query(&stmt, &[&lease, &queue, &kinds, &limit])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Claimed {
+                    id: JobId(r.get(0)),
+                    key: r.get(1),
+                    queue: r.get(2),
+                    kind: r.get(3),
+                    args: r.get(4),
+                    attempt: r.get(5),
+                    lost: r.get(6),
+                    max_attempts: r.get(7),
+                    timeout_ms: r.get(8),
+                    backoff: r.get(9),
+                    jitter: r.get(10),
+                    immediate: r.get(11),
+                })
+                .collect())
+        })
+    }
+
+    fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>> {
+        Box::pin(async move {
+            let mut ids = Vec::with_capacity(batch.len());
+            let mut attempts = Vec::with_capacity(batch.len());
+            let mut actions: Vec<i16> = Vec::with_capacity(batch.len());
+            let mut payloads: Vec<Option<&str>> = Vec::with_capacity(batch.len());
+            let mut delays = Vec::with_capacity(batch.len());
+            for f in &batch {
+                ids.push(f.id.0);
+                attempts.push(f.attempt);
+                let (action, payload, delay) = match &f.action {
+                    Action::Complete { output } => (0, Some(output.as_str()), 0),
+                    Action::Fail { error } => (1, Some(error.as_str()), 0),
+                    Action::Cancel => (2, None, 0),
+                    Action::Retry { delay, error } => (3, Some(error.as_str()), ms(*delay)),
+                    Action::Snooze { delay } => (4, None, ms(*delay)),
+                    Action::Release => (5, None, 0),
+                };
+                actions.push(action);
+                payloads.push(payload);
+                delays.push(delay);
+            }
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.finish).await?;
+            let rows = client
+                .query(
+                    &stmt,
+                    &[&lease, &ids, &attempts, &actions, &payloads, &delays],
+                )
+                .await?;
+            self.signal_moved(&rows);
+            let moved: std::collections::HashMap<i64, bool> = rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, bool>(3)))
+                .collect();
+            Ok(ids
+                .iter()
+                .zip(&actions)
+                .map(|(id, action)| match moved.get(id) {
+                    None => Fate::Refused,
+                    Some(true) if *action != 2 => Fate::CancelledInstead,
+                    Some(_) => Fate::Applied,
+                })
+                .collect())
+        })
+    }
+
+    fn lookup(&self, id: JobId) -> BoxFut<'_, StoreResult<Lookup>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.lookup).await?;
+            let row = client.query_one(&stmt, &[&id.0]).await?;
+            let kind: Option<String> = row.get(0);
+            let last: i64 = row.get(4);
+            let Some(kind) = kind else {
+                return Ok(if id.0 >= 1 && id.0 <= last {
+                    Lookup::Expired
+                } else {
+                    Lookup::NotFound
+                });
+            };
+            let state: &str = row.get(1);
+            Ok(match state {
+                "completed" => Lookup::Done {
+                    kind,
+                    outcome: RawOutcome::Completed(
+                        row.get::<_, Option<String>>(2).unwrap_or_default(),
+                    ),
+                },
+                "failed" => Lookup::Done {
+                    kind,
+                    outcome: RawOutcome::Failed(
+                        row.get::<_, Option<String>>(3).unwrap_or_default(),
+                    ),
+                },
+                "cancelled" => Lookup::Done {
+                    kind,
+                    outcome: RawOutcome::Cancelled,
+                },
+                _ => Lookup::Pending { kind },
+            })
+        })
+    }
+
+    fn find_key<'a>(&'a self, key: &'a str) -> BoxFut<'a, StoreResult<Option<JobId>>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.find_key).await?;
+            let row = client.query_opt(&stmt, &[&key]).await?;
+            Ok(row.map(|r| JobId(r.get(0))))
+        })
+    }
+
+    fn cancel(&self, id: JobId) -> BoxFut<'_, StoreResult<CancelResult>> {
+        Box::pin(async move {
+            let mut client = self.conn().await?;
+            let tx = client.transaction().await?;
+            let Some(row) = tx
+                .query_opt(&self.inner.sql.lock_for_cancel, &[&id.0])
+                .await?
+            else {
+                return Ok(CancelResult::NotFound);
+            };
+            let state: &str = row.get(0);
+            let chan = &self.inner.sql.channel;
+            let result = match state {
+                "scheduled" | "available" => {
+                    tx.execute(&self.inner.sql.cancel_queued, &[&id.0]).await?;
+                    tx.execute("SELECT pg_notify($1, $2)", &[chan, &format!("d:{id}")])
+                        .await?;
+                    CancelResult::Cancelled
+                }
+                "running" => {
+                    tx.execute(&self.inner.sql.cancel_running, &[&id.0]).await?;
+                    tx.execute("SELECT pg_notify($1, $2)", &[chan, &format!("c:{id}")])
+                        .await?;
+                    CancelResult::Requested
+                }
+                _ => CancelResult::AlreadyFinished,
+            };
+            tx.commit().await?;
+            match result {
+                CancelResult::Cancelled => self.inner.signals.job_done(id),
+                CancelResult::Requested => self.inner.signals.cancel_requested(id),
+                _ => {}
+            }
+            Ok(result)
+        })
+    }
+
+    fn stats(&self) -> BoxFut<'_, StoreResult<RawStats>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let rows = client.query(&self.inner.sql.stats, &[]).await?;
+            Ok(RawStats {
+                rows: rows
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect(),
+            })
+        })
+    }
+
+    fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.stage).await?;
+            let row = client.query_one(&stmt, &[]).await?;
+            let staged: i64 = row.get(0);
+            let next: Option<i64> = row.get(2);
+            Ok((
+                staged as u64,
+                next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            ))
+        })
+    }
+
+    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let stmt = client.prepare_cached(&self.inner.sql.rescue).await?;
+            let row = client.query_one(&stmt, &[]).await?;
+            let next: Option<i64> = row.get(1);
+            Ok((
+                row.get::<_, i64>(0) as u64,
+                next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            ))
+        })
+    }
+
+    fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let client = self.conn().await?;
+            let row = client.query_one(&self.inner.sql.prune, &[&limit]).await?;
+            client.execute(&self.inner.sql.prune_workers, &[]).await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+    }
+
+    fn signals(&self) -> &Arc<Signals> {
+        &self.inner.signals
+    }
+
+    fn pg(&self) -> Option<&PgStore> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+impl PgStore {
+    /// Expires `lease` now, as a pause past the TTL would (model test helper).
+    pub(crate) async fn expire(&self, lease: LeaseId) {
+        let client = self.conn().await.unwrap();
+        let sql = format!(
+            "UPDATE {}.workers SET expires_at = now() - interval '1 millisecond' WHERE id = $1",
+            self.inner.sql.schema
+        );
+        client.execute(&sql, &[&lease]).await.unwrap();
+    }
+
+    /// Every row's id, state, attempt and lease (model test helper).
+    pub(crate) async fn snapshot(&self) -> Vec<(JobId, String, i32, Option<LeaseId>)> {
+        let client = self.conn().await.unwrap();
+        let sql = format!(
+            "SELECT id, state, attempt, lease FROM {}.jobs ORDER BY id",
+            self.inner.sql.schema
+        );
+        let rows = client.query(&sql, &[]).await.unwrap();
+        rows.iter()
+            .map(|r| (JobId(r.get(0)), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    /// Empties the tables (model test helper: one schema for many cases).
+    pub(crate) async fn truncate(&self) {
+        let client = self.conn().await.unwrap();
+        let s = &self.inner.sql.schema;
+        client
+            .batch_execute(&format!("TRUNCATE {s}.jobs, {s}.workers, {s}.leader"))
+            .await
+            .unwrap();
+    }
+
+    /// Drops the schema (model test cleanup).
+    pub(crate) async fn drop_schema(&self) {
+        let client = self.conn().await.unwrap();
+        let s = &self.inner.sql.schema;
+        client
+            .batch_execute(&format!("DROP SCHEMA {s} CASCADE"))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,140 @@
+//! The claim loop of one queue.
+//!
+//! No lost wake-up: the queue's notice counter is marked seen *before* each
+//! claim, so a notice arriving during the claim, or while every slot is
+//! busy, leaves it changed; `maybe_more` then stays set until a claim comes
+//! back short, and a freed slot claims again while it is set.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::finalize::Item;
+use super::Shared;
+use crate::job::InBody;
+use crate::store::{Claimed, Finish};
+
+/// Free slots of one queue; attempt tasks give theirs back.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    free: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    fn give_back(&self) {
+        self.free.fetch_add(1, Ordering::AcqRel);
+        // `notify_one` keeps a permit if the loop is not waiting yet.
+        self.freed.notify_one();
+    }
+}
+
+pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize) {
+    let slots = Arc::new(Slots {
+        free: AtomicUsize::new(slots),
+        freed: Notify::new(),
+    });
+    let mut wake = shared.store.signals().queue(&queue);
+    let mut maybe_more = true;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shared.claiming.is_cancelled() {
+            return;
+        }
+        let free = slots.free.load(Ordering::Acquire);
+        if free > 0 && maybe_more {
+            wake.borrow_and_update();
+            let lease = shared.lease();
+            match shared.store.claim(lease, &queue, &shared.kinds, free).await {
+                Ok(jobs) => {
+                    backoff = Duration::from_millis(50);
+                    maybe_more = jobs.len() == free;
+                    slots.free.fetch_sub(jobs.len(), Ordering::AcqRel);
+                    for job in jobs {
+                        start_attempt(&shared, &slots, lease, job);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, queue, retry_in = ?backoff, "corral-durable claim failed");
+                    tokio::select! {
+                        () = shared.claiming.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            () = shared.claiming.cancelled() => return,
+            r = wake.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                maybe_more = true;
+            }
+            () = slots.freed.notified() => {}
+        }
+    }
+}
+
+fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Claimed) {
+    let Some(erased) = shared.jobs.get(&job.kind).cloned() else {
+        // Cannot happen: the claim filters on registered kinds. Give it back.
+        tracing::error!(kind = job.kind, "claimed a kind this worker does not know");
+        let _ = shared.finish_tx.send(Item::release(lease, &job));
+        slots.give_back();
+        return;
+    };
+    let task_id = format!("{}/{}", job.id, job.attempt);
+    shared.running.lock().insert(job.id, task_id.clone());
+    let key = task_id.clone();
+    let shared2 = shared.clone();
+    let slots = slots.clone();
+    shared.attempts.spawn(async move {
+        let shared = shared2;
+        let (id, attempt) = (job.id, job.attempt);
+        let stopping = shared.claiming.clone();
+        let in_body = shared.store.pg().map(|pg| {
+            Arc::new(InBody {
+                store: pg.clone(),
+                lease,
+                attempt,
+                tried: AtomicBool::new(false),
+            })
+        });
+        let (action, hooks) = erased
+            .run(
+                shared.cluster.clone(),
+                job,
+                task_id,
+                stopping,
+                in_body.clone(),
+            )
+            .await;
+        let completed_in_body = in_body.is_some_and(|b| b.tried.load(Ordering::Acquire));
+        {
+            // Only this attempt's entry: a later claim of the same job (after
+            // a lost lease) may have replaced it.
+            let mut running = shared.running.lock();
+            if running.get(&id).is_some_and(|t| *t == key) {
+                running.remove(&id);
+            }
+        }
+        slots.give_back();
+        let item = Item {
+            lease,
+            finish: Finish {
+                id,
+                attempt,
+                action,
+            },
+            hooks,
+            completed_in_body,
+        };
+        let _ = shared.finish_tx.send(item);
+    });
+}

@@ -1,0 +1,354 @@
+//! The worker: claims rows of the kinds it registered, runs attempts on
+//! corral's in-process [`Cluster`], heartbeats its lease, finalizes in
+//! fenced batches, and stops without failing jobs.
+//!
+//! Background tasks of one worker (each survives store outages with capped
+//! backoff and logs them):
+//! - one **claim loop** per queue (`claim.rs`): claims as many rows as the
+//!   queue has free slots, in one statement, when a notice came, a slot
+//!   freed after a full claim, or the fallback poll fired;
+//! - one task per **attempt** (`attempt.rs`), holding its slot;
+//! - the **finalizer** (`finalize.rs`): writes every finished attempt that
+//!   is waiting in one fenced statement;
+//! - the **heartbeat** (`lease.rs`): renews the lease every third of its
+//!   TTL, learns leadership and cancel requests; a lost lease cuts local
+//!   attempts short and registers a new one;
+//! - the **leader** duties (`lease.rs`), while this worker holds the leader
+//!   row: stage scheduled rows at their time, rescue expired leases, prune.
+//!
+//! Stop protocol: claim loops end first; then the engine's `stop(timeout)`
+//! lets running attempts finish and cuts the rest short at the timeout,
+//! which gives their attempts back (`Release`); the finalizer flushes; the
+//! lease is retired.
+
+mod attempt;
+mod claim;
+mod finalize;
+mod lease;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral::Cluster;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::attempt::{Erased, ErasedJob};
+use crate::client::Backend;
+use crate::error::WorkerError;
+use crate::id::JobId;
+use crate::job::Job;
+use crate::store::{LeaseId, Store};
+
+/// The default lease TTL: a worker silent this long is presumed dead and its
+/// jobs are rescued.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// Configures a [`Worker`].
+///
+/// # Default
+/// | option | default |
+/// |---|---|
+/// | job types | none (at least one is required) |
+/// | queues | none (at least one is required) |
+/// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s) |
+/// | `prune_interval` | 60 s |
+#[must_use = "a builder does nothing until `start` is called"]
+pub struct WorkerBuilder {
+    store: Backend,
+    jobs: HashMap<String, Arc<dyn ErasedJob>>,
+    queues: Vec<(String, usize)>,
+    ttl: Duration,
+    prune_every: Duration,
+}
+
+impl fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("kinds", &self.jobs.keys().collect::<Vec<_>>())
+            .field("queues", &self.queues)
+            .field("lease_ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl WorkerBuilder {
+    /// Runs jobs of type `J` (its kind and aliases). A worker claims only
+    /// the kinds it registered; others wait for a worker that knows them.
+    pub fn register<J: Job>(mut self) -> Self {
+        let erased: Arc<dyn ErasedJob> = Arc::new(Erased::<J>::new());
+        for kind in std::iter::once(J::KIND).chain(J::ALIASES.iter().copied()) {
+            self.jobs.insert(kind.to_owned(), erased.clone());
+        }
+        self
+    }
+
+    /// Serves `queue` with up to `slots` attempts at once.
+    pub fn queue(mut self, queue: impl Into<String>, slots: usize) -> Self {
+        self.queues.push((queue.into(), slots));
+        self
+    }
+
+    /// The lease TTL (at least 300 ms). Heartbeats go every third of it.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How often the leader deletes finished rows past their retention (in
+    /// batches of 1,000, at most 10 batches a round).
+    pub fn prune_interval(mut self, every: Duration) -> Self {
+        self.prune_every = every;
+        self
+    }
+
+    /// Registers the lease and starts the background tasks.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] for no job type, no queue, a queue with zero
+    /// slots or too short a TTL; [`WorkerError::Start`] outside a tokio
+    /// runtime; [`WorkerError::Store`] if the lease cannot be registered.
+    pub async fn start(self) -> Result<Worker, WorkerError> {
+        if self.jobs.is_empty() {
+            return Err(WorkerError::Config("no job type registered"));
+        }
+        if self.queues.is_empty() {
+            return Err(WorkerError::Config("no queue given"));
+        }
+        if self.queues.iter().any(|(q, n)| *n == 0 || q.is_empty()) {
+            return Err(WorkerError::Config(
+                "every queue needs a name and at least one slot",
+            ));
+        }
+        if self.ttl < Duration::from_millis(300) {
+            return Err(WorkerError::Config("the lease TTL must be at least 300 ms"));
+        }
+        let slots: usize = self.queues.iter().map(|(_, n)| n).sum();
+        let cluster = start_cluster(slots)?;
+        let store = self.store.0;
+        let lease = store.register(self.ttl).await?;
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let mut kinds: Vec<String> = self.jobs.keys().cloned().collect();
+        kinds.sort();
+        let shared = Arc::new(Shared {
+            store,
+            jobs: self.jobs,
+            kinds,
+            cluster,
+            ttl: self.ttl,
+            prune_every: self.prune_every,
+            lease: AtomicI64::new(lease),
+            running: Mutex::default(),
+            finish_tx,
+            leader: AtomicBool::new(false),
+            leader_changed: tokio::sync::Notify::new(),
+            claiming: CancellationToken::new(),
+            halt: CancellationToken::new(),
+            attempts: TaskTracker::new(),
+            counters: Counters::default(),
+        });
+        let loops = TaskTracker::new();
+        for (queue, n) in self.queues {
+            loops.spawn(claim::claim_loop(shared.clone(), queue, n));
+        }
+        loops.close();
+        let background = TaskTracker::new();
+        background.spawn(lease::heartbeat(shared.clone()));
+        background.spawn(lease::lead(shared.clone()));
+        background.close();
+        let finalizer = tokio::spawn(finalize::finalizer(shared.clone(), finish_rx));
+        Ok(Worker {
+            shared,
+            loops,
+            background,
+            finalizer: Mutex::new(Some(finalizer)),
+        })
+    }
+}
+
+/// Starts the local engine: `slots` workers, no engine retries (each
+/// durable attempt is one engine task). A cluster built inside a runtime
+/// starts at once; `run` then is a no-op, and it is what reports a missing
+/// runtime.
+fn start_cluster(slots: usize) -> Result<Cluster, WorkerError> {
+    let cluster = Cluster::new(slots).map_err(|_| WorkerError::Config("too many slots"))?;
+    match cluster.run() {
+        Ok(()) => Ok(cluster),
+        Err(_) => Err(WorkerError::Start("the engine needs a tokio runtime")),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    finalized: AtomicU64,
+    lost: AtomicU64,
+    leases_lost: AtomicU64,
+}
+
+/// What a worker has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Writes of finished attempts the store accepted.
+    pub finalized: u64,
+    /// Writes refused because this worker no longer held the job (its lease
+    /// expired; another worker may have run it). Each is logged.
+    pub lost: u64,
+    /// Times this worker found its lease expired and registered a new one.
+    pub leases_lost: u64,
+}
+
+pub(crate) struct Shared {
+    store: Arc<dyn Store>,
+    jobs: HashMap<String, Arc<dyn ErasedJob>>,
+    kinds: Vec<String>,
+    cluster: Cluster,
+    ttl: Duration,
+    prune_every: Duration,
+    lease: AtomicI64,
+    /// Running attempts: job -> engine task id (for cancels).
+    running: Mutex<HashMap<JobId, String>>,
+    finish_tx: mpsc::UnboundedSender<finalize::Item>,
+    leader: AtomicBool,
+    leader_changed: tokio::sync::Notify,
+    /// Cancelled first at a stop: no more claims.
+    claiming: CancellationToken,
+    /// Cancelled last: heartbeat and leader duties end.
+    halt: CancellationToken,
+    attempts: TaskTracker,
+    counters: Counters,
+}
+
+impl Shared {
+    fn lease(&self) -> LeaseId {
+        self.lease.load(Ordering::Acquire)
+    }
+
+    /// Cuts a local attempt short (a cancel from another process, or a
+    /// lost lease). The only call of the engine's cancel.
+    fn cancel_local(&self, id: JobId) {
+        let task = self.running.lock().get(&id).cloned();
+        if let Some(task) = task {
+            let _ = self.cluster.cancel_task(task.as_str());
+        }
+    }
+}
+
+/// A running worker. Stop it with [`stop`](Self::stop); dropping it stops
+/// claiming at once and cuts running attempts short without waiting: those
+/// whose release is not written are rescued once the lease TTL passes.
+///
+/// ```
+/// # use corral_durable::{Job, JobContext, JobResult, MemoryStore, Worker};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct Noop;
+/// # impl Job for Noop {
+/// #     const KIND: &'static str = "noop"; type Output = (); type Error = ();
+/// #     async fn run(&self, _ctx: JobContext) -> JobResult<(), ()> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let worker = Worker::builder(&store)
+///     .register::<Noop>()
+///     .queue("default", 4)
+///     .start()
+///     .await
+///     .unwrap();
+/// worker.stop(std::time::Duration::from_secs(10)).await;
+/// # }
+/// ```
+pub struct Worker {
+    shared: Arc<Shared>,
+    loops: TaskTracker,
+    background: TaskTracker,
+    finalizer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("lease", &self.shared.lease())
+            .field("kinds", &self.shared.kinds)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A builder for a worker of `store`.
+    pub fn builder(store: impl Into<Backend>) -> WorkerBuilder {
+        WorkerBuilder {
+            store: store.into(),
+            jobs: HashMap::new(),
+            queues: Vec::new(),
+            ttl: DEFAULT_LEASE_TTL,
+            prune_every: Duration::from_secs(60),
+        }
+    }
+
+    /// Counters of what this worker did.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.shared.counters;
+        WorkerStats {
+            finalized: c.finalized.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            leases_lost: c.leases_lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The id of this worker's current lease (the `workers` row).
+    pub fn lease_id(&self) -> i64 {
+        self.shared.lease()
+    }
+
+    /// Stops without failing jobs: claims stop at once; running attempts
+    /// may finish until `timeout`, then are cut short and requeued without
+    /// spending their attempt; results are written (for up to `timeout`
+    /// more, if the store is down); the lease is retired. Safe to call more
+    /// than once.
+    pub async fn stop(&self, timeout: Duration) {
+        let shared = &self.shared;
+        shared.claiming.cancel();
+        self.loops.wait().await;
+        // Attempts still running at the timeout resolve as shut down, which
+        // `attempt::decide` turns into a release (attempt given back).
+        if let Err(e) = shared.cluster.stop(timeout).await {
+            tracing::info!(error = %e, "corral-durable worker cut attempts short at its stop timeout");
+        }
+        shared.attempts.close();
+        shared.attempts.wait().await;
+        // Every attempt task has queued its write; the finalizer drains the
+        // channel and ends once this (last) sender set is closed.
+        shared.halt.cancel();
+        let finalizer = self.finalizer.lock().take();
+        if let Some(mut f) = finalizer {
+            // The finalizer retries through store outages; with the store
+            // gone for good it gives up after `timeout` more, and the rows
+            // are rescued once the lease expires.
+            if tokio::time::timeout(timeout, &mut f).await.is_err() {
+                f.abort();
+                tracing::warn!(
+                    "corral-durable worker could not write its last results; they will be rescued"
+                );
+            }
+        }
+        self.background.wait().await;
+        if let Err(e) = shared.store.retire(shared.lease()).await {
+            tracing::warn!(error = %e, "corral-durable worker could not retire its lease; it will expire");
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.claiming.cancel();
+        self.shared.halt.cancel();
+        self.shared.cluster.cancel();
+    }
+}

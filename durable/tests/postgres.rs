@@ -1,0 +1,255 @@
+//! PostgreSQL-only behaviour: migrations, poll-only mode, submits in the
+//! caller's transaction, the database down at submit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{database_url, drop_schema, pg_store, raw_client, unique_schema, Probe, Step};
+use corral_durable::{
+    Client, CompleteError, Ending, Job, JobContext, JobResult, PgStore, SubmitError, Worker,
+};
+use serde::{Deserialize, Serialize};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
+    let schema = unique_schema("export");
+    let sql = PgStore::migration_sql(&schema);
+    assert!(sql.contains(&format!("CREATE TABLE {schema}.jobs")));
+    raw_client().await.batch_execute(&sql).await.unwrap();
+    // A store that does not migrate works on the exported schema...
+    let store = PgStore::builder(database_url())
+        .schema(&schema)
+        .migrate(false)
+        .connect()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(Probe::new("export", "x", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert!(h.id().get() >= 1);
+    // ...and one that migrates finds nothing to do, twice at once.
+    let (a, b) = tokio::join!(pg_store(&schema), pg_store(&schema));
+    drop((a, b));
+    let versions = raw_client()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {schema}.migrations"), &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(versions, 1);
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_only_mode_runs_jobs_without_listen() {
+    let schema = unique_schema("poll");
+    drop(pg_store(&schema).await);
+    let store = PgStore::builder(database_url())
+        .schema(&schema)
+        .poll_only(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    // No LISTEN connection for this schema.
+    let listeners: i64 = raw_client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&format!("corral-durable:{schema}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listeners, 0);
+    let h = client
+        .enqueue(Probe::new("poll", "p", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(LONG, h).await.expect("hung").unwrap();
+    assert_eq!(out, "p@1");
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_in_the_callers_transaction() {
+    let schema = unique_schema("tx");
+    let store = pg_store(&schema).await;
+    let client = Client::new(&store);
+    let mut conn = raw_client().await;
+    let tx = conn.transaction().await.unwrap();
+    let rolled_back = client
+        .enqueue(Probe::new("tx", "r", vec![Step::Ok]))
+        .submit_in(&tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let tx = conn.transaction().await.unwrap();
+    let committed = client
+        .enqueue(Probe::new("tx", "c", vec![Step::Ok]))
+        .submit_in(&tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let stats = client.stats().await.unwrap();
+    assert_eq!(
+        stats["default"].available, 1,
+        "only the committed job exists"
+    );
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 1)
+        .start()
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(LONG, committed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, "c@1");
+    assert!(client.subscribe::<Probe>(rolled_back.id()).await.is_err());
+    w.stop(LONG).await;
+    // On a memory store, a transaction submit is a typed error.
+    let memory = Client::new(corral_durable::MemoryStore::new());
+    let tx = conn.transaction().await.unwrap();
+    let r = memory
+        .enqueue(Probe::new("tx", "m", vec![Step::Ok]))
+        .submit_in(&tx)
+        .await;
+    assert!(matches!(r, Err(SubmitError::InvalidOption { .. })), "{r:?}");
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_at_submit_is_a_typed_error() {
+    // Nothing listens on port 1: the store starts (no migration asked), and
+    // every operation reports the store error instead of hanging or panicking.
+    let store = PgStore::builder("postgres://postgres@127.0.0.1:1/test?connect_timeout=2")
+        .migrate(false)
+        .connect()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let r = client
+        .enqueue(Probe::new("down", "d", vec![Step::Ok]))
+        .submit()
+        .await;
+    assert!(matches!(r, Err(SubmitError::Store(_))), "{r:?}");
+    assert!(client.stats().await.is_err());
+    assert!(client.cancel("anything").await.is_err());
+}
+
+/// Records a payment and its own completion in one transaction; the first
+/// attempt rolls back and fails, when asked to.
+#[derive(Serialize, Deserialize)]
+struct Pay {
+    schema: String,
+    cents: i64,
+    fail_first: bool,
+}
+
+impl Job for Pay {
+    const KIND: &'static str = "pay";
+    type Output = i64;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<i64, String> {
+        let e = |e: tokio_postgres::Error| Ending::Retry(e.to_string());
+        let mut db = raw_client().await;
+        let tx = db.transaction().await.map_err(e)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {}.payments (key, cents) VALUES ($1, $2)",
+                self.schema
+            ),
+            &[&ctx.idempotency_key(), &self.cents],
+        )
+        .await
+        .map_err(e)?;
+        ctx.complete_in(&tx, &self.cents)
+            .await
+            .map_err(|e: CompleteError| Ending::Retry(e.to_string()))?;
+        if self.fail_first && ctx.attempt() == 1 {
+            tx.rollback().await.map_err(e)?;
+            return Err(Ending::Retry("rolled back".into()));
+        }
+        tx.commit().await.map_err(e)?;
+        Ok(self.cents)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_commits_its_writes_with_its_completion() {
+    let schema = unique_schema("pay");
+    let store = pg_store(&schema).await;
+    raw_client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.payments (key text PRIMARY KEY, cents bigint NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Pay>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let once = client
+        .enqueue(Pay {
+            schema: schema.clone(),
+            cents: 100,
+            fail_first: false,
+        })
+        .submit()
+        .await
+        .unwrap();
+    let twice = client
+        .enqueue(Pay {
+            schema: schema.clone(),
+            cents: 200,
+            fail_first: true,
+        })
+        .retry(1)
+        .submit()
+        .await
+        .unwrap();
+    let (once_id, twice_id) = (once.id(), twice.id());
+    assert_eq!(tokio::time::timeout(LONG, once).await.unwrap(), Ok(100));
+    assert_eq!(tokio::time::timeout(LONG, twice).await.unwrap(), Ok(200));
+    // Exactly the committed attempts' writes exist: the rolled-back attempt
+    // left neither its payment nor its completion.
+    let rows = raw_client()
+        .await
+        .query(
+            &format!("SELECT key FROM {schema}.payments ORDER BY key"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(keys, [format!("{once_id}:1"), format!("{twice_id}:2")]);
+    w.stop(LONG).await;
+    let stats = w.stats();
+    assert_eq!((stats.finalized, stats.lost), (3, 0), "{stats:?}");
+    drop(store);
+    drop_schema(&schema).await;
+}
