@@ -500,6 +500,13 @@ impl Cluster {
     /// subscribe after its end is [`SubscribeError::UnknownId`]; one that
     /// finds the task is always answered.
     ///
+    /// Each copy is made by `T`'s and `E`'s `Clone` with no engine lock
+    /// held, so a `Clone` may call back into the cluster. A `Clone` that
+    /// panics costs only its own copy: that subscription resolves as
+    /// [`TaskError::Panicked`](crate::TaskError::Panicked), naming the
+    /// clone. (A `Clone` that subscribes to its own task on every copy adds
+    /// a subscriber for each copy it makes: a loop of its own making.)
+    ///
     /// Awaiting a subscription inside another task's body holds that body's
     /// worker, and can deadlock a busy pool; see
     /// "Waiting for another task inside a body" on [`task`](Self::task).
