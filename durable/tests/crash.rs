@@ -357,10 +357,11 @@ async fn listener_backend_terminated_workers_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_backend_terminated_while_jobs_run_nothing_lost() {
-    // The stand-in for a server restart: restarting the shared server would
-    // break other tests running beside this one, so every connection of
-    // this test's schema (pool and listener, parent and child) is
-    // terminated, twice, while jobs run.
+    // A server restart as tests beside it see it: restarting the shared
+    // server would break the other tests of this binary, which run in
+    // parallel, so every connection of this test's schema (pool and
+    // listener, parent and child) is terminated, twice, while jobs run.
+    // The real restart is `tests/restart.rs`, a binary of its own.
     let (schema, _store, client) = setup("restart").await;
     let a = Proc::spawn(&schema, 3000, 4);
     a.wait_line("READY").await;
