@@ -253,3 +253,49 @@ async fn a_body_commits_its_writes_with_its_completion() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// A claim made with a lease that expired comes back empty; once the
+/// heartbeat registers a new lease the claim loop must look again at once,
+/// not at the fallback poll (5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_wakes_the_claim_loops() {
+    let schema = unique_schema("release");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    // Let the first heartbeat (sent at start) pass; the next is half a TTL
+    // period (500 ms) later.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The worker is idle: expire its lease, then submit at once, so that the
+    // notice's claim runs with the dead lease (the next heartbeat is up to
+    // about 350 ms away).
+    raw_client()
+        .await
+        .execute(
+            &format!("UPDATE {schema}.workers SET expires_at = now() - interval '1 millisecond' WHERE id = $1"),
+            &[&w.lease_id()],
+        )
+        .await
+        .unwrap();
+    let h = client
+        .enqueue(Probe::new("release", "r", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    // Bound only against a hang: the fallback poll is 5 minutes away.
+    let out = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the job waited for the fallback poll: the new lease woke no claim loop")
+        .unwrap();
+    assert_eq!(out, "r@1");
+    assert_eq!(w.stats().leases_lost, 1);
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}

@@ -3,7 +3,9 @@
 //! No lost wake-up: the queue's notice counter is marked seen *before* each
 //! claim, so a notice arriving during the claim, or while every slot is
 //! busy, leaves it changed; `maybe_more` then stays set until a claim comes
-//! back short, and a freed slot claims again while it is set.
+//! back short, and a freed slot claims again while it is set. Likewise the
+//! lease generation: a claim made with a lease that expired comes back
+//! empty, and the new lease's registration wakes every claim loop.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         freed: Notify::new(),
     });
     let mut wake = shared.store.signals().queue(&queue);
+    let mut renewed = shared.lease_renewed.subscribe();
     let mut maybe_more = true;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -46,6 +49,9 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         let free = slots.free.load(Ordering::Acquire);
         if free > 0 && maybe_more {
             wake.borrow_and_update();
+            // Seen before the lease is read: a claim with a lease lost
+            // meanwhile comes back empty, and the renewal wakes this loop.
+            renewed.borrow_and_update();
             let lease = shared.lease();
             match shared.store.claim(lease, &queue, &shared.kinds, free).await {
                 Ok(jobs) => {
@@ -71,6 +77,12 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         tokio::select! {
             () = shared.claiming.cancelled() => return,
             r = wake.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                maybe_more = true;
+            }
+            r = renewed.changed() => {
                 if r.is_err() {
                     return;
                 }

@@ -59,6 +59,9 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                     match shared.store.register(shared.ttl).await {
                         Ok(new) => {
                             shared.lease.store(new, Ordering::Release);
+                            // Claims made with the lost lease came back
+                            // empty: wake every claim loop.
+                            shared.lease_renewed.send_modify(|g| *g = g.wrapping_add(1));
                             break;
                         }
                         Err(e) => {

@@ -143,6 +143,7 @@ impl WorkerBuilder {
             ttl: self.ttl,
             prune_every: self.prune_every,
             lease: AtomicI64::new(lease),
+            lease_renewed: tokio::sync::watch::Sender::new(0),
             running: Mutex::default(),
             finish_tx,
             leader: AtomicBool::new(false),
@@ -211,6 +212,9 @@ pub(crate) struct Shared {
     ttl: Duration,
     prune_every: Duration,
     lease: AtomicI64,
+    /// Bumped after a new lease is stored: a claim made with the lost lease
+    /// came back empty, so every claim loop looks again.
+    lease_renewed: tokio::sync::watch::Sender<u64>,
     /// Running attempts: job -> engine task id (for cancels).
     running: Mutex<HashMap<JobId, String>>,
     finish_tx: mpsc::UnboundedSender<finalize::Item>,
