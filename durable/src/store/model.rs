@@ -548,3 +548,48 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
         store.drop_schema().await;
     });
 }
+
+/// A heartbeat that began before its lease expired and commits after a
+/// rescue moved the lease's jobs must not revive the lease: the worker would
+/// go on as if it held jobs that another worker may now run.
+#[test]
+fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_revive_{}", std::process::id());
+    runtime().block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        store.insert(vec![new_job()]).await.unwrap();
+        let lease = store.register(Duration::from_millis(300)).await.unwrap();
+        let kinds = vec!["k".to_owned()];
+        assert_eq!(store.claim(lease, "q", &kinds, 1).await.unwrap().len(), 1);
+        // The heartbeat's transaction starts while the lease is alive (its
+        // `now()` is fixed then)...
+        let (mut beat, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let tx = beat.transaction().await.unwrap();
+        tx.batch_execute("SELECT 1").await.unwrap();
+        // ...the lease expires, and a rescue moves its job...
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.rescue().await.unwrap().0, 1);
+        // ...then the heartbeat's statement runs and commits.
+        let ttl_ms: i64 = 60_000;
+        let row = tx
+            .query_one(store.heartbeat_sql(), &[&lease, &ttl_ms])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let alive: i64 = row.get(0);
+        assert_eq!(
+            alive, 0,
+            "a heartbeat revived a lease the rescue treated as dead"
+        );
+        store.drop_schema().await;
+    });
+}

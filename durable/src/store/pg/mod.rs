@@ -645,6 +645,11 @@ impl PgStore {
         client.execute(&sql, &[&lease]).await.unwrap();
     }
 
+    /// The heartbeat statement (race test helper).
+    pub(crate) fn heartbeat_sql(&self) -> &str {
+        &self.inner.sql.heartbeat
+    }
+
     /// Every row's id, state, attempt and lease (model test helper).
     pub(crate) async fn snapshot(&self) -> Vec<(JobId, String, i32, Option<LeaseId>)> {
         let client = self.conn().await.unwrap();

@@ -276,9 +276,19 @@ impl Sql {
             // the row it changes (a row finished and claimed again meanwhile
             // holds a live lease and is left alone), and an expired lease
             // never comes back.
+            //
+            // The dead leases are marked (`-infinity`) by an update, not
+            // just read: that locks their rows, so a heartbeat racing this
+            // rescue either committed first (and its lease is not dead
+            // here) or waits and then finds its lease ended: a heartbeat
+            // that began before the expiry cannot revive a lease whose
+            // jobs this rescue moved. Rows already at `-infinity` (retired
+            // or rescued leases) are included: their running rows, if any,
+            // are rescued too.
             rescue: fill(&format!(
                 "WITH dead AS (
-                    SELECT id FROM {{s}}.workers WHERE expires_at <= now()
+                    UPDATE {{s}}.workers SET expires_at = '-infinity' WHERE expires_at <= now()
+                    RETURNING id
                  ), moved AS (
                     UPDATE {{s}}.jobs j SET
                         lost = j.lost + 1,
