@@ -604,9 +604,20 @@ impl Store for PgStore {
 
     fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let mut client = self.conn().await?;
             let stmt = client.prepare_cached(&self.inner.sql.rescue).await?;
-            let row = client.query_one(&stmt, &[]).await?;
+            // Rescues take turns (a leadership handover may overlap two):
+            // each locks the dead leases' rows, then their jobs, and two at
+            // once could lock them in opposite orders. The next one's
+            // statement sees what the previous one committed.
+            let tx = client.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('corral_durable_rescue:' || $1::text))",
+                &[&self.inner.sql.schema],
+            )
+            .await?;
+            let row = tx.query_one(&stmt, &[]).await?;
+            tx.commit().await?;
             let next: Option<i64> = row.get(1);
             Ok((
                 row.get::<_, i64>(0) as u64,
