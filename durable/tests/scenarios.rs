@@ -50,6 +50,7 @@ both_stores!(
     a_renamed_kind_runs_its_old_rows_through_an_alias,
     an_enormous_retry_delay_is_stored_not_fatal,
     nul_characters_are_typed_errors,
+    staging_more_than_a_batch_strands_nothing,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -868,5 +869,35 @@ async fn nul_characters_are_typed_errors(env: Env) {
         .await
         .unwrap();
     assert_eq!(within("next", next).await, Ok("next@1".into()));
+    w.stop(LONG).await;
+}
+
+/// More rows due at once than the leader stages per statement: a full batch
+/// is followed by another at once, not left for the fallback poll.
+async fn staging_more_than_a_batch_strands_nothing(env: Env) {
+    let tag = format!("stage-{}", env.is_pg());
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 4)
+        .lease_ttl(Duration::from_secs(10))
+        .stage_batch(2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let jobs = (0..7)
+        .map(|i| {
+            client
+                .enqueue(Probe::new(&tag, &format!("s{i}"), vec![Step::Ok]))
+                .delay(Duration::from_millis(200))
+        })
+        .collect();
+    let handles = client.submit_batch(jobs).await.unwrap();
+    for h in handles {
+        // Bound only against a hang (the fallback poll is minutes away).
+        within("a due scheduled row beyond the staging batch", h)
+            .await
+            .unwrap();
+    }
     w.stop(LONG).await;
 }

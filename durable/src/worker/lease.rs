@@ -115,8 +115,13 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         scheduled.borrow_and_update();
         let result: Result<(), crate::StoreError> = async {
             if next_stage.is_some_and(|t| Instant::now() >= t) {
-                let (_, next_due) = shared.store.stage().await?;
-                next_stage = next_due.map(|d| Instant::now() + d);
+                let (staged, next_due) = shared.store.stage(shared.stage_batch).await?;
+                next_stage = if staged >= shared.stage_batch as u64 {
+                    // A full batch: more rows may be due now.
+                    Some(Instant::now())
+                } else {
+                    next_due.map(|d| Instant::now() + d)
+                };
             }
             if Instant::now() >= next_rescue {
                 let (n, next_expiry) = shared.store.rescue().await?;

@@ -65,7 +65,11 @@ pub struct WorkerBuilder {
     queues: Vec<(String, usize)>,
     ttl: Duration,
     prune_every: Duration,
+    stage_batch: i64,
 }
+
+/// Scheduled rows the leader stages per statement.
+const STAGE_BATCH: i64 = 10_000;
 
 impl fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,6 +111,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Scheduled rows the leader stages per statement (default 10,000; a
+    /// full batch is followed by another at once). For tests.
+    #[doc(hidden)]
+    pub fn stage_batch(mut self, rows: u32) -> Self {
+        self.stage_batch = i64::from(rows.max(1));
+        self
+    }
+
     /// Registers the lease and starts the background tasks.
     ///
     /// # Errors
@@ -142,6 +154,7 @@ impl WorkerBuilder {
             cluster,
             ttl: self.ttl,
             prune_every: self.prune_every,
+            stage_batch: self.stage_batch,
             lease: AtomicI64::new(lease),
             lease_renewed: tokio::sync::watch::Sender::new(0),
             running: Mutex::default(),
@@ -211,6 +224,7 @@ pub(crate) struct Shared {
     cluster: Cluster,
     ttl: Duration,
     prune_every: Duration,
+    stage_batch: i64,
     lease: AtomicI64,
     /// Bumped after a new lease is stored: a claim made with the lost lease
     /// came back empty, so every claim loop looks again.
@@ -293,6 +307,7 @@ impl Worker {
             queues: Vec::new(),
             ttl: DEFAULT_LEASE_TTL,
             prune_every: Duration::from_secs(60),
+            stage_batch: STAGE_BATCH,
         }
     }
 

@@ -588,11 +588,11 @@ impl Store for PgStore {
         })
     }
 
-    fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
             let client = self.conn().await?;
             let stmt = client.prepare_cached(&self.inner.sql.stage).await?;
-            let row = client.query_one(&stmt, &[]).await?;
+            let row = client.query_one(&stmt, &[&limit]).await?;
             let staged: i64 = row.get(0);
             let next: Option<i64> = row.get(2);
             Ok((

@@ -262,7 +262,7 @@ impl Sql {
             stage: fill(&format!(
                 "WITH due AS (
                     SELECT id FROM {{s}}.jobs WHERE state = 'scheduled' AND run_at <= now()
-                     ORDER BY run_at LIMIT 10000 FOR UPDATE SKIP LOCKED
+                     ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED
                  ), moved AS (
                     UPDATE {{s}}.jobs j SET state = 'available' FROM due WHERE j.id = due.id
                     RETURNING j.id, j.state, j.queue
