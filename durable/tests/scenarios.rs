@@ -51,6 +51,7 @@ both_stores!(
     an_enormous_retry_delay_is_stored_not_fatal,
     nul_characters_are_typed_errors,
     staging_more_than_a_batch_strands_nothing,
+    a_panic_after_the_body_fails_the_job_and_frees_the_slot,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -900,4 +901,63 @@ async fn staging_more_than_a_batch_strands_nothing(env: Env) {
             .unwrap();
     }
     w.stop(LONG).await;
+}
+
+/// An output whose `Serialize` panics.
+#[derive(Debug, Deserialize)]
+struct Exploding;
+
+impl Serialize for Exploding {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this output cannot be serialized")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExplodingOutput;
+
+impl Job for ExplodingOutput {
+    const KIND: &'static str = "exploding_output";
+    type Output = Exploding;
+    type Error = ();
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<Exploding, ()> {
+        Ok(Exploding)
+    }
+}
+
+/// A panic after the engine ran the body (here in the output's
+/// `Serialize`) ends the job failed with a typed error and gives the slot
+/// back: the one slot then runs the next job.
+async fn a_panic_after_the_body_fails_the_job_and_frees_the_slot(env: Env) {
+    let tag = format!("explode-{}", env.is_pg());
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .register::<ExplodingOutput>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let bad = client.enqueue(ExplodingOutput).submit().await.unwrap();
+    match within("the job whose output panics", bad).await {
+        Err(JobError::Panicked { message }) => {
+            assert!(message.contains("cannot be serialized"), "{message}")
+        }
+        other => panic!("expected a typed panic, got {other:?}"),
+    }
+    let next = client
+        .enqueue(Probe::new(&tag, "after", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the next job on the freed slot", next)
+            .await
+            .unwrap(),
+        "after@1"
+    );
+    w.stop(LONG).await;
+    assert_eq!(w.stats().lost, 0);
 }

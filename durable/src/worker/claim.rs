@@ -11,12 +11,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 
+use super::attempt::Hooks;
 use super::finalize::Item;
 use super::Shared;
-use crate::job::InBody;
-use crate::store::{Claimed, Finish};
+use crate::error::JobError;
+use crate::job::{InBody, StoredError};
+use crate::store::{Action, Claimed, Finish};
 
 /// Free slots of one queue; attempt tasks give theirs back.
 #[derive(Debug)]
@@ -118,15 +123,34 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
                 tried: AtomicBool::new(false),
             })
         });
-        let (action, hooks) = erased
-            .run(
-                shared.cluster.clone(),
-                job,
-                task_id,
-                stopping,
-                in_body.clone(),
-            )
-            .await;
+        // Everything after the engine (decoding, the retry decision, the
+        // output's `Serialize`) is user code or stored data: a panic there
+        // must still free the slot and finish the job, or the row stays
+        // running under a live lease for good.
+        let ran = AssertUnwindSafe(erased.run(
+            shared.cluster.clone(),
+            job,
+            task_id,
+            stopping,
+            in_body.clone(),
+        ))
+        .catch_unwind()
+        .await;
+        let (action, hooks) = ran.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
+            tracing::error!(job = %id, attempt, message, "corral-durable attempt panicked after its body; the job fails");
+            let error: JobError<()> = JobError::Panicked {
+                message: format!("while finishing the attempt: {message}"),
+            };
+            let action = Action::Fail {
+                error: StoredError::encode(&error),
+            };
+            (action, Box::new(|_, _| {}) as Hooks)
+        });
         let completed_in_body = in_body.is_some_and(|b| b.tried.load(Ordering::Acquire));
         {
             // Only this attempt's entry: a later claim of the same job (after
