@@ -42,7 +42,7 @@ async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
         .await
         .unwrap()
         .get::<_, i64>(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
     drop(store);
     drop_schema(&schema).await;
 }
@@ -295,6 +295,52 @@ async fn a_new_lease_wakes_the_claim_loops() {
         .unwrap();
     assert_eq!(out, "r@1");
     assert_eq!(w.stats().leases_lost, 1);
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// A row written by SQL with a jitter ratio the client never allows (NaN)
+/// neither panics the attempt nor wedges the worker; the CHECK of migration
+/// 2 refuses such rows from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stored_jitter_does_not_wedge_the_worker() {
+    let schema = unique_schema("jitter");
+    let store = pg_store(&schema).await;
+    let db = raw_client().await;
+    let args =
+        serde_json::to_string(&Probe::new("jitter", "j", vec![Step::Retry, Step::Ok])).unwrap();
+    let insert = format!(
+        "INSERT INTO {schema}.jobs (queue, kind, args, max_attempts, backoff, jitter)
+         VALUES ('default', 'probe', '{args}'::jsonb, 2, '{{\"fixed\":{{\"secs\":0,\"nanos\":10000000}}}}', 'NaN')
+         RETURNING id"
+    );
+    let refused = db.query_one(&insert, &[]).await.unwrap_err();
+    let refused = format!("{refused:?}");
+    assert!(refused.contains("jobs_jitter_ratio"), "{refused}");
+    // Bypass the CHECK, as a row written before it would.
+    db.batch_execute(&format!(
+        "ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_jitter_ratio"
+    ))
+    .await
+    .unwrap();
+    let id: i64 = db.query_one(&insert, &[]).await.unwrap().get(0);
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 1)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .subscribe::<Probe>(corral_durable::JobId(id))
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(LONG, h)
+        .await
+        .expect("the worker is wedged")
+        .unwrap();
+    assert_eq!(out, "j@2");
     w.stop(LONG).await;
     drop(store);
     drop_schema(&schema).await;

@@ -12,9 +12,10 @@ const FINAL: &str = "('completed', 'failed', 'cancelled')";
 
 /// The migrations, in order: `(version, SQL)`. `{s}` is the schema and
 /// `{chan}` the notification channel.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE {s}.jobs (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key           text,
@@ -86,7 +87,17 @@ END $$;
 CREATE TRIGGER jobs_notify_insert AFTER INSERT ON {s}.jobs
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_insert();
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- A jitter ratio outside [0, 1] (NaN included) written by hand made the
+-- retry delay's draw panic. Existing bad rows lose their jitter.
+UPDATE {s}.jobs SET jitter = 0 WHERE NOT (jitter >= 0 AND jitter <= 1);
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_jitter_ratio CHECK (jitter >= 0 AND jitter <= 1);
+"#,
+    ),
+];
 
 /// Notices for rows an update moved: finished ids (chunked under the
 /// 8000-byte payload limit), queues with new due rows, and the leader.
