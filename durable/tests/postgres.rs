@@ -345,3 +345,66 @@ async fn a_bad_stored_jitter_does_not_wedge_the_worker() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// Its first attempt loses the lease (expired by hand) just before it
+/// completes in its own transaction, and returns its output anyway.
+#[derive(Serialize, Deserialize)]
+struct LosesLease {
+    schema: String,
+}
+
+impl Job for LosesLease {
+    const KIND: &'static str = "loses_lease";
+    type Output = u32;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<u32, String> {
+        let e = |e: tokio_postgres::Error| Ending::Retry(e.to_string());
+        let mut db = raw_client().await;
+        if ctx.attempt() == 1 {
+            db.batch_execute(&format!(
+                "UPDATE {}.workers SET expires_at = now() - interval '1 millisecond'",
+                self.schema
+            ))
+            .await
+            .map_err(e)?;
+        }
+        let tx = db.transaction().await.map_err(e)?;
+        match ctx.complete_in(&tx, &ctx.attempt()).await {
+            Ok(()) => tx.commit().await.map_err(e)?,
+            Err(CompleteError::LeaseLost) => tx.rollback().await.map_err(e)?,
+            Err(other) => return Err(Ending::Permanent(other.to_string())),
+        }
+        Ok(ctx.attempt())
+    }
+}
+
+/// A completion in the body refused for a lost lease is a lost job, not a
+/// finalized one: the worker counts (and logs) it as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_completion_in_the_body_counts_as_lost() {
+    let schema = unique_schema("inbodylost");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<LosesLease>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(LosesLease {
+            schema: schema.clone(),
+        })
+        .submit()
+        .await
+        .unwrap();
+    // The rescued job runs again under the worker's new lease.
+    assert_eq!(tokio::time::timeout(LONG, h).await.expect("hung"), Ok(2));
+    w.stop(LONG).await;
+    let stats = w.stats();
+    assert_eq!((stats.finalized, stats.lost), (1, 1), "{stats:?}");
+    drop(store);
+    drop_schema(&schema).await;
+}
