@@ -52,6 +52,7 @@ both_stores!(
     nul_characters_are_typed_errors,
     staging_more_than_a_batch_strands_nothing,
     a_panic_after_the_body_fails_the_job_and_frees_the_slot,
+    a_prune_backlog_is_cleared_without_waiting_a_period,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -960,4 +961,59 @@ async fn a_panic_after_the_body_fails_the_job_and_frees_the_slot(env: Env) {
     );
     w.stop(LONG).await;
     assert_eq!(w.stats().lost, 0);
+}
+
+/// More expired rows than one prune round deletes: the next rounds follow
+/// at once, not a prune interval later.
+async fn a_prune_backlog_is_cleared_without_waiting_a_period(env: Env) {
+    const JOBS: usize = 60;
+    // A round deletes at most 10 statements x 2 rows: three rounds' worth.
+    let every = Duration::from_secs(6);
+    let tag = format!("prune-{}", env.is_pg());
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 4)
+        .lease_ttl(Duration::from_secs(10))
+        .prune_interval(every)
+        .prune_batch(2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let jobs = (0..JOBS)
+        .map(|i| {
+            client
+                .enqueue(Probe::new(&tag, &format!("p{i}"), vec![Step::Ok]))
+                .retention(Duration::from_millis(1))
+        })
+        .collect();
+    for h in client.submit_batch(jobs).await.unwrap() {
+        within("a job", h).await.unwrap();
+    }
+    let completed = |client: Client| async move {
+        let stats = client.stats().await.unwrap();
+        stats.get("default").map_or(0, |q| q.completed)
+    };
+    // The first round (one interval after the start) deletes 20 rows...
+    let mut first = None;
+    let end = Instant::now() + LONG;
+    loop {
+        let left = completed(client.clone()).await;
+        if left < JOBS as u64 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the pruner never finished: {left} left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the backlog is gone long before the next interval (without
+    // the follow-up rounds it would take two more intervals).
+    let took = first.expect("rows were pruned").elapsed();
+    assert!(took < every / 2, "the backlog took {took:?}");
+    w.stop(LONG).await;
 }

@@ -14,10 +14,12 @@ use tokio::time::Instant;
 use super::Shared;
 use crate::id::JobId;
 
-/// Finished rows deleted per prune statement.
-const PRUNE_BATCH: i64 = 1000;
 /// Prune statements per round at most (bounded work per round).
 const PRUNE_ROUNDS: usize = 10;
+/// The pause before the next round when a round deleted all it could (a
+/// backlog): rounds follow each other at once, in bounded batches, until
+/// the backlog is gone.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     let period = shared.ttl / 3;
@@ -135,12 +137,20 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                 next_rescue = Instant::now() + wait;
             }
             if Instant::now() >= next_prune {
+                let mut backlog = true;
                 for _ in 0..PRUNE_ROUNDS {
-                    if shared.store.prune(PRUNE_BATCH).await? < PRUNE_BATCH as u64 {
+                    let batch = shared.prune_batch;
+                    if shared.store.prune(batch).await? < batch as u64 {
+                        backlog = false;
                         break;
                     }
                 }
-                next_prune = Instant::now() + shared.prune_every;
+                next_prune = Instant::now()
+                    + if backlog {
+                        PRUNE_PAUSE
+                    } else {
+                        shared.prune_every
+                    };
             }
             Ok(())
         }

@@ -66,7 +66,11 @@ pub struct WorkerBuilder {
     ttl: Duration,
     prune_every: Duration,
     stage_batch: i64,
+    prune_batch: i64,
 }
+
+/// Finished rows deleted per prune statement.
+const PRUNE_BATCH: i64 = 1000;
 
 /// Scheduled rows the leader stages per statement.
 const STAGE_BATCH: i64 = 10_000;
@@ -105,7 +109,8 @@ impl WorkerBuilder {
     }
 
     /// How often the leader deletes finished rows past their retention (in
-    /// batches of 1,000, at most 10 batches a round).
+    /// batches of 1,000, at most 10 batches a round; a round that deleted
+    /// all it could is followed by the next at once, until none is left).
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_every = every;
         self
@@ -116,6 +121,14 @@ impl WorkerBuilder {
     #[doc(hidden)]
     pub fn stage_batch(mut self, rows: u32) -> Self {
         self.stage_batch = i64::from(rows.max(1));
+        self
+    }
+
+    /// Finished rows the leader deletes per statement (default 1,000; a
+    /// round of full statements is followed by another at once). For tests.
+    #[doc(hidden)]
+    pub fn prune_batch(mut self, rows: u32) -> Self {
+        self.prune_batch = i64::from(rows.max(1));
         self
     }
 
@@ -155,6 +168,7 @@ impl WorkerBuilder {
             ttl: self.ttl,
             prune_every: self.prune_every,
             stage_batch: self.stage_batch,
+            prune_batch: self.prune_batch,
             lease: AtomicI64::new(lease),
             lease_renewed: tokio::sync::watch::Sender::new(0),
             running: Mutex::default(),
@@ -225,6 +239,7 @@ pub(crate) struct Shared {
     ttl: Duration,
     prune_every: Duration,
     stage_batch: i64,
+    prune_batch: i64,
     lease: AtomicI64,
     /// Bumped after a new lease is stored: a claim made with the lost lease
     /// came back empty, so every claim loop looks again.
@@ -308,6 +323,7 @@ impl Worker {
             ttl: DEFAULT_LEASE_TTL,
             prune_every: Duration::from_secs(60),
             stage_batch: STAGE_BATCH,
+            prune_batch: PRUNE_BATCH,
         }
     }
 
