@@ -53,6 +53,7 @@ both_stores!(
     staging_more_than_a_batch_strands_nothing,
     a_panic_after_the_body_fails_the_job_and_frees_the_slot,
     a_prune_backlog_is_cleared_without_waiting_a_period,
+    a_cancel_ends_an_immediate_retry_wait,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -1015,5 +1016,34 @@ async fn a_prune_backlog_is_cleared_without_waiting_a_period(env: Env) {
     // the follow-up rounds it would take two more intervals).
     let took = first.expect("rows were pruned").elapsed();
     assert!(took < every / 2, "the backlog took {took:?}");
+    w.stop(LONG).await;
+}
+
+/// A cancel while an attempt waits out its backoff in its slot
+/// (`RetryMode::Immediate`) answers `Requested` and ends the wait: the job
+/// resolves cancelled at once, not after the backoff.
+async fn a_cancel_ends_an_immediate_retry_wait(env: Env) {
+    let tag = format!("immcancel-{}", env.is_pg());
+    let w = worker(&env, 1).await;
+    let client = Client::new(env.backend());
+    let a = client
+        .enqueue(Probe::new(&tag, "a", vec![Step::Retry, Step::Ok]))
+        .retry(1)
+        .backoff(Backoff::Fixed(Duration::from_secs(3600)))
+        .retry_mode(RetryMode::Immediate)
+        .submit()
+        .await
+        .unwrap();
+    eventually(LONG, "a runs", || recorded(&tag).len() == 1).await;
+    assert_eq!(
+        client.cancel(a.id()).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    // Bound only against a hang: the backoff is an hour.
+    assert_eq!(
+        within("the cancelled wait", a).await,
+        Err(JobError::Cancelled)
+    );
+    assert_eq!(recorded(&tag).len(), 1, "no second attempt");
     w.stop(LONG).await;
 }

@@ -15,6 +15,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::attempt::Hooks;
 use super::finalize::Item;
@@ -107,7 +108,11 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         return;
     };
     let task_id = format!("{}/{}", job.id, job.attempt);
-    shared.running.lock().insert(job.id, task_id.clone());
+    let interrupt = CancellationToken::new();
+    shared
+        .running
+        .lock()
+        .insert(job.id, (task_id.clone(), interrupt.clone()));
     let key = task_id.clone();
     let shared2 = shared.clone();
     let slots = slots.clone();
@@ -115,6 +120,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         let shared = shared2;
         let (id, attempt) = (job.id, job.attempt);
         let stopping = shared.claiming.clone();
+        let interrupt = interrupt.clone();
         let in_body = shared.store.pg().map(|pg| {
             Arc::new(InBody {
                 store: pg.clone(),
@@ -132,6 +138,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
             job,
             task_id,
             stopping,
+            interrupt,
             in_body.clone(),
         ))
         .catch_unwind()
@@ -156,7 +163,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
             // Only this attempt's entry: a later claim of the same job (after
             // a lost lease) may have replaced it.
             let mut running = shared.running.lock();
-            if running.get(&id).is_some_and(|t| *t == key) {
+            if running.get(&id).is_some_and(|(t, _)| *t == key) {
                 running.remove(&id);
             }
         }

@@ -244,8 +244,9 @@ pub(crate) struct Shared {
     /// Bumped after a new lease is stored: a claim made with the lost lease
     /// came back empty, so every claim loop looks again.
     lease_renewed: tokio::sync::watch::Sender<u64>,
-    /// Running attempts: job -> engine task id (for cancels).
-    running: Mutex<HashMap<JobId, String>>,
+    /// Running attempts: job -> engine task id, and the token that ends an
+    /// immediate-mode retry wait (for cancels and a lost lease).
+    running: Mutex<HashMap<JobId, (String, CancellationToken)>>,
     finish_tx: mpsc::UnboundedSender<finalize::Item>,
     leader: AtomicBool,
     leader_changed: tokio::sync::Notify,
@@ -266,7 +267,9 @@ impl Shared {
     /// lost lease). The only call of the engine's cancel.
     fn cancel_local(&self, id: JobId) {
         let task = self.running.lock().get(&id).cloned();
-        if let Some(task) = task {
+        if let Some((task, interrupt)) = task {
+            // The body, if it still runs; else a retry wait in the slot.
+            interrupt.cancel();
             let _ = self.cluster.cancel_task(task.as_str());
         }
     }
