@@ -408,3 +408,67 @@ async fn a_refused_completion_in_the_body_counts_as_lost() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// Client load that holds every connection of the store's pool (here
+/// cancels waiting on a row lock) does not starve the worker's heartbeats:
+/// they have connections of their own, and the lease stays alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_load_cannot_starve_heartbeats() {
+    let schema = unique_schema("starve");
+    drop(pg_store(&schema).await);
+    let store = PgStore::builder(database_url())
+        .schema(&schema)
+        .pool_size(2)
+        .connect()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(Probe::new("starve", "s", vec![Step::Ok]))
+        .queue("nobody")
+        .submit()
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    // Lock the row, so that cancels wait holding the pool's connections.
+    let mut db = raw_client().await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        &format!("SELECT 1 FROM {schema}.jobs WHERE id = $1 FOR UPDATE"),
+        &[&h.id().get()],
+    )
+    .await
+    .unwrap();
+    let blocked: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, id) = (client.clone(), h.id());
+            tokio::spawn(async move { client.cancel(id).await })
+        })
+        .collect();
+    // Well past the TTL: without heartbeats the lease would be lost.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let alive: bool = raw_client()
+        .await
+        .query_one(
+            &format!("SELECT expires_at > now() FROM {schema}.workers WHERE id = $1"),
+            &[&w.lease_id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(alive, "heartbeats were starved: the lease expired");
+    assert_eq!(w.stats().leases_lost, 0);
+    tx.rollback().await.unwrap();
+    for b in blocked {
+        b.await.unwrap().unwrap();
+    }
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
