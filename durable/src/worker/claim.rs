@@ -24,6 +24,9 @@ use crate::error::JobError;
 use crate::job::{InBody, StoredError};
 use crate::store::{Action, Claimed, Finish};
 
+/// How long a stop waits for a claim in flight to answer.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Free slots of one queue; attempt tasks give theirs back.
 #[derive(Debug)]
 pub(crate) struct Slots {
@@ -59,7 +62,24 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
             // meanwhile comes back empty, and the renewal wakes this loop.
             renewed.borrow_and_update();
             let lease = shared.lease();
-            match shared.store.claim(lease, &queue, &shared.kinds, free).await {
+            let claim = shared.store.claim(lease, &queue, &shared.kinds, free);
+            tokio::pin!(claim);
+            let claimed = tokio::select! {
+                r = &mut claim => r,
+                () = shared.claiming.cancelled() => {
+                    // A stop does not wait on a claim without bound (the
+                    // store may hang); one that answers soon has its rows
+                    // given back at once, else they are rescued with the
+                    // retired lease.
+                    if let Ok(Ok(jobs)) = tokio::time::timeout(STOP_GRACE, claim).await {
+                        for job in &jobs {
+                            let _ = shared.finish_tx.send(Item::release(lease, job));
+                        }
+                    }
+                    return;
+                }
+            };
+            match claimed {
                 Ok(jobs) => {
                     backoff = Duration::from_millis(50);
                     maybe_more = jobs.len() == free;
