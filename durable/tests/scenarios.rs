@@ -505,6 +505,11 @@ async fn bad_input_gets_typed_errors(env: Env) {
         client.enqueue(p()).delay(Duration::MAX).submit().await,
         client
             .enqueue(p())
+            .start_at(SystemTime::now() + Duration::from_secs(101 * 366 * 24 * 3600))
+            .submit()
+            .await,
+        client
+            .enqueue(p())
             .backoff(Backoff::exponential(Duration::from_millis(1), 0.5))
             .submit()
             .await,
