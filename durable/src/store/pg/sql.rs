@@ -213,7 +213,9 @@ impl Sql {
                    FROM claimed ORDER BY priority DESC, run_at, id",
             ),
             // Fenced on job, attempt, running state, lease, and the lease
-            // being alive. Actions: 0 complete, 1 fail, 2 cancel, 3 retry,
+            // being alive when the statement runs (`statement_timestamp()`,
+            // not `now()`: inside a body's long transaction `now()` is when
+            // that transaction began). Actions: 0 complete, 1 fail, 2 cancel, 3 retry,
             // 4 snooze, 5 release. A cancel request wins over any action.
             finish: fill(&format!(
                 "WITH input AS (
@@ -239,7 +241,7 @@ impl Sql {
                                         THEN now() + j.retention_ms * interval '1 millisecond' END
                       FROM input i
                      WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
-                       AND EXISTS (SELECT 1 FROM {{s}}.workers w WHERE w.id = $1 AND w.expires_at > now())
+                       AND EXISTS (SELECT 1 FROM {{s}}.workers w WHERE w.id = $1 AND w.expires_at > statement_timestamp())
                     RETURNING j.id, j.state, j.queue, j.cancel_requested
                  ), {}
                  SELECT moved.id, moved.state, moved.queue, moved.cancel_requested FROM moved CROSS JOIN notes",
