@@ -390,3 +390,6 @@ impl Drop for Worker {
         self.shared.cluster.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests;
