@@ -64,17 +64,6 @@ async fn poll_only_mode_runs_jobs_without_listen() {
         .await
         .unwrap();
     let client = Client::new(&store);
-    // No LISTEN connection for this schema.
-    let listeners: i64 = raw_client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-            &[&format!("corral-durable:{schema}")],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(listeners, 0);
     let h = client
         .enqueue(Probe::new("poll", "p", vec![Step::Ok]))
         .submit()
@@ -82,8 +71,29 @@ async fn poll_only_mode_runs_jobs_without_listen() {
         .unwrap();
     let out = tokio::time::timeout(LONG, h).await.expect("hung").unwrap();
     assert_eq!(out, "p@1");
+    // No LISTEN connection for this schema, though a listener would have
+    // connected long ago (a store that listens shows one: the check can
+    // see it).
+    let db = raw_client().await;
+    let listeners = || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&format!("corral-durable:{schema}")],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(listeners().await, 0);
     w.stop(LONG).await;
     drop(store);
+    let listening = pg_store(&schema).await;
+    let end = std::time::Instant::now() + LONG;
+    while listeners().await == 0 {
+        assert!(std::time::Instant::now() < end, "a listener never showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(listening);
     drop_schema(&schema).await;
 }
 
