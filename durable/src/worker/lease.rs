@@ -40,7 +40,12 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
             }
         }
         let lease = shared.lease();
-        match shared.store.heartbeat(lease, shared.ttl).await {
+        // A stop never waits on a statement (the store may hang).
+        let beat = tokio::select! {
+            () = shared.halt.cancelled() => return,
+            beat = shared.store.heartbeat(lease, shared.ttl) => beat,
+        };
+        match beat {
             Ok(beat) if beat.alive => {
                 backoff = Duration::from_millis(50);
                 next = Instant::now() + period;
@@ -58,7 +63,11 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 let ids: Vec<JobId> = shared.running.lock().keys().copied().collect();
                 ids.into_iter().for_each(|id| shared.cancel_local(id));
                 loop {
-                    match shared.store.register(shared.ttl).await {
+                    let registered = tokio::select! {
+                        () = shared.halt.cancelled() => return,
+                        r = shared.store.register(shared.ttl) => r,
+                    };
+                    match registered {
                         Ok(new) => {
                             shared.lease.store(new, Ordering::Release);
                             // Claims made with the lost lease came back
@@ -115,7 +124,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
             continue;
         }
         scheduled.borrow_and_update();
-        let result: Result<(), crate::StoreError> = async {
+        let duties = async {
             if next_stage.is_some_and(|t| Instant::now() >= t) {
                 let (staged, next_due) = shared.store.stage(shared.stage_batch).await?;
                 next_stage = if staged >= shared.stage_batch as u64 {
@@ -152,9 +161,13 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                         shared.prune_every
                     };
             }
-            Ok(())
-        }
-        .await;
+            Ok::<(), crate::StoreError>(())
+        };
+        // A stop never waits on a statement (the store may hang).
+        let result = tokio::select! {
+            () = shared.halt.cancelled() => return,
+            r = duties => r,
+        };
         let mut wake_at = next_rescue.min(next_prune);
         if let Some(t) = next_stage {
             wake_at = wake_at.min(t);
