@@ -482,3 +482,32 @@ async fn client_load_cannot_starve_heartbeats() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// A listener whose connection drops as soon as it is up (here terminated
+/// each time it shows) reconnects with backoff, not in a tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_dropped_at_once_backs_off() {
+    let schema = unique_schema("flap");
+    let store = pg_store(&schema).await;
+    let db = raw_client().await;
+    let mut terminated = 0;
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < end {
+        let row = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+                &[&format!("corral-durable:{schema}")],
+            )
+            .await
+            .unwrap();
+        terminated += row.get::<_, i64>(0);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Backoff 50, 100, 200, 400, 800 ms: a handful of reconnects in 1.5 s
+    // (a tight loop makes one every few milliseconds).
+    assert!(terminated >= 1, "the listener never connected");
+    assert!(terminated <= 12, "{terminated} reconnects in 1.5 s");
+    drop(store);
+    drop_schema(&schema).await;
+}
