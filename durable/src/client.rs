@@ -389,7 +389,8 @@ impl<J: Job> EnqueueBuilder<'_, J> {
     }
 
     /// Not started before this wall-clock time, as judged by the store's
-    /// clock (the database server's, for PostgreSQL).
+    /// clock (the database server's, for PostgreSQL). At most 100 years
+    /// ahead.
     pub fn start_at(mut self, at: SystemTime) -> Self {
         self.opts.start = Start::At(at);
         self
@@ -483,10 +484,18 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             Some(Some(ms)) => Some(ms.max(1)),
             Some(None) => return invalid("timeout", "too large"),
         };
-        if let Start::After(d) = o.start {
-            if d > CENTURY {
+        match o.start {
+            Start::After(d) if d > CENTURY => {
                 return invalid("delay", "more than 100 years");
             }
+            Start::At(at)
+                if at
+                    .duration_since(SystemTime::now())
+                    .is_ok_and(|ahead| ahead > CENTURY) =>
+            {
+                return invalid("start_at", "more than 100 years ahead");
+            }
+            _ => {}
         }
         let args =
             serde_json::to_string(&self.job).map_err(|e| SubmitError::Encode(e.to_string()))?;

@@ -156,6 +156,8 @@ pub(crate) struct InBody {
     pub(crate) store: PgStore,
     pub(crate) lease: LeaseId,
     pub(crate) attempt: i32,
+    /// A completion written in the body was applied (its transaction may
+    /// still commit or roll back).
     pub(crate) tried: AtomicBool,
 }
 
@@ -232,13 +234,17 @@ impl JobContext {
         };
         let text =
             serde_json::to_string(output).map_err(|e| CompleteError::Encode(e.to_string()))?;
-        fence.tried.store(true, Ordering::Release);
         match fence
             .store
             .complete_in(tx, fence.lease, self.id, fence.attempt, text)
             .await?
         {
-            Fate::Applied => Ok(()),
+            Fate::Applied => {
+                // Only an applied write makes the worker's own (refused)
+                // write count as finalized; a refused one is a lost job.
+                fence.tried.store(true, Ordering::Release);
+                Ok(())
+            }
             Fate::CancelledInstead => Err(CompleteError::Cancelled),
             Fate::Refused => Err(CompleteError::LeaseLost),
         }

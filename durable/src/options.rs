@@ -107,8 +107,10 @@ impl Backoff {
 }
 
 /// Multiplies `delay` by a factor drawn from `[1 - ratio, 1 + ratio]`.
+/// A ratio outside `(0, 1]` (a row written by hand with NaN, say) means no
+/// jitter: the range would be empty and the draw would panic.
 pub(crate) fn jittered(delay: Duration, ratio: f64) -> Duration {
-    if ratio <= 0.0 || delay.is_zero() {
+    if !(ratio > 0.0 && ratio <= 1.0) || delay.is_zero() {
         return delay;
     }
     let factor = rand::rng().random_range((1.0 - ratio)..=(1.0 + ratio));
@@ -151,5 +153,9 @@ mod tests {
             );
         }
         assert_eq!(jittered(d, 0.0), d);
+        // Bad stored ratios (a row written by SQL) never panic.
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5, 1.5, 3.0] {
+            assert_eq!(jittered(d, bad), d, "{bad}");
+        }
     }
 }

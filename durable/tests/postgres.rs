@@ -42,7 +42,7 @@ async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
         .await
         .unwrap()
         .get::<_, i64>(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2);
     drop(store);
     drop_schema(&schema).await;
 }
@@ -64,17 +64,6 @@ async fn poll_only_mode_runs_jobs_without_listen() {
         .await
         .unwrap();
     let client = Client::new(&store);
-    // No LISTEN connection for this schema.
-    let listeners: i64 = raw_client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-            &[&format!("corral-durable:{schema}")],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(listeners, 0);
     let h = client
         .enqueue(Probe::new("poll", "p", vec![Step::Ok]))
         .submit()
@@ -82,8 +71,29 @@ async fn poll_only_mode_runs_jobs_without_listen() {
         .unwrap();
     let out = tokio::time::timeout(LONG, h).await.expect("hung").unwrap();
     assert_eq!(out, "p@1");
+    // No LISTEN connection for this schema, though a listener would have
+    // connected long ago (a store that listens shows one: the check can
+    // see it).
+    let db = raw_client().await;
+    let listeners = || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&format!("corral-durable:{schema}")],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    assert_eq!(listeners().await, 0);
     w.stop(LONG).await;
     drop(store);
+    let listening = pg_store(&schema).await;
+    let end = std::time::Instant::now() + LONG;
+    while listeners().await == 0 {
+        assert!(std::time::Instant::now() < end, "a listener never showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(listening);
     drop_schema(&schema).await;
 }
 
@@ -250,6 +260,254 @@ async fn a_body_commits_its_writes_with_its_completion() {
     w.stop(LONG).await;
     let stats = w.stats();
     assert_eq!((stats.finalized, stats.lost), (3, 0), "{stats:?}");
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// A claim made with a lease that expired comes back empty; once the
+/// heartbeat registers a new lease the claim loop must look again at once,
+/// not at the fallback poll (5 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_wakes_the_claim_loops() {
+    let schema = unique_schema("release");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    // Let the first heartbeat (sent at start) pass; the next is half a TTL
+    // period (500 ms) later.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The worker is idle: expire its lease, then submit at once, so that the
+    // notice's claim runs with the dead lease (the next heartbeat is up to
+    // about 350 ms away).
+    raw_client()
+        .await
+        .execute(
+            &format!("UPDATE {schema}.workers SET expires_at = now() - interval '1 millisecond' WHERE id = $1"),
+            &[&w.lease_id()],
+        )
+        .await
+        .unwrap();
+    let h = client
+        .enqueue(Probe::new("release", "r", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    // Bound only against a hang: the fallback poll is 5 minutes away.
+    let out = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the job waited for the fallback poll: the new lease woke no claim loop")
+        .unwrap();
+    assert_eq!(out, "r@1");
+    assert_eq!(w.stats().leases_lost, 1);
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// A row written by SQL with a jitter ratio the client never allows (NaN)
+/// neither panics the attempt nor wedges the worker; the CHECK of migration
+/// 2 refuses such rows from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stored_jitter_does_not_wedge_the_worker() {
+    let schema = unique_schema("jitter");
+    let store = pg_store(&schema).await;
+    let db = raw_client().await;
+    let args =
+        serde_json::to_string(&Probe::new("jitter", "j", vec![Step::Retry, Step::Ok])).unwrap();
+    let insert = format!(
+        "INSERT INTO {schema}.jobs (queue, kind, args, max_attempts, backoff, jitter)
+         VALUES ('default', 'probe', '{args}'::jsonb, 2, '{{\"fixed\":{{\"secs\":0,\"nanos\":10000000}}}}', 'NaN')
+         RETURNING id"
+    );
+    let refused = db.query_one(&insert, &[]).await.unwrap_err();
+    let refused = format!("{refused:?}");
+    assert!(refused.contains("jobs_jitter_ratio"), "{refused}");
+    // Bypass the CHECK, as a row written before it would.
+    db.batch_execute(&format!(
+        "ALTER TABLE {schema}.jobs DROP CONSTRAINT jobs_jitter_ratio"
+    ))
+    .await
+    .unwrap();
+    let id: i64 = db.query_one(&insert, &[]).await.unwrap().get(0);
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 1)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .subscribe::<Probe>(corral_durable::JobId(id))
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(LONG, h)
+        .await
+        .expect("the worker is wedged")
+        .unwrap();
+    assert_eq!(out, "j@2");
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// Its first attempt loses the lease (expired by hand) just before it
+/// completes in its own transaction, and returns its output anyway.
+#[derive(Serialize, Deserialize)]
+struct LosesLease {
+    schema: String,
+}
+
+impl Job for LosesLease {
+    const KIND: &'static str = "loses_lease";
+    type Output = u32;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<u32, String> {
+        let e = |e: tokio_postgres::Error| Ending::Retry(e.to_string());
+        let mut db = raw_client().await;
+        if ctx.attempt() == 1 {
+            db.batch_execute(&format!(
+                "UPDATE {}.workers SET expires_at = now() - interval '1 millisecond'",
+                self.schema
+            ))
+            .await
+            .map_err(e)?;
+        }
+        let tx = db.transaction().await.map_err(e)?;
+        match ctx.complete_in(&tx, &ctx.attempt()).await {
+            Ok(()) => tx.commit().await.map_err(e)?,
+            Err(CompleteError::LeaseLost) => tx.rollback().await.map_err(e)?,
+            Err(other) => return Err(Ending::Permanent(other.to_string())),
+        }
+        Ok(ctx.attempt())
+    }
+}
+
+/// A completion in the body refused for a lost lease is a lost job, not a
+/// finalized one: the worker counts (and logs) it as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_completion_in_the_body_counts_as_lost() {
+    let schema = unique_schema("inbodylost");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<LosesLease>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(LosesLease {
+            schema: schema.clone(),
+        })
+        .submit()
+        .await
+        .unwrap();
+    // The rescued job runs again under the worker's new lease.
+    assert_eq!(tokio::time::timeout(LONG, h).await.expect("hung"), Ok(2));
+    w.stop(LONG).await;
+    let stats = w.stats();
+    assert_eq!((stats.finalized, stats.lost), (1, 1), "{stats:?}");
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// Client load that holds every connection of the store's pool (here
+/// cancels waiting on a row lock) does not starve the worker's heartbeats:
+/// they have connections of their own, and the lease stays alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_load_cannot_starve_heartbeats() {
+    let schema = unique_schema("starve");
+    drop(pg_store(&schema).await);
+    let store = PgStore::builder(database_url())
+        .schema(&schema)
+        .pool_size(2)
+        .connect()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(Probe::new("starve", "s", vec![Step::Ok]))
+        .queue("nobody")
+        .submit()
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    // Lock the row, so that cancels wait holding the pool's connections.
+    let mut db = raw_client().await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        &format!("SELECT 1 FROM {schema}.jobs WHERE id = $1 FOR UPDATE"),
+        &[&h.id().get()],
+    )
+    .await
+    .unwrap();
+    let blocked: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, id) = (client.clone(), h.id());
+            tokio::spawn(async move { client.cancel(id).await })
+        })
+        .collect();
+    // Well past the TTL: without heartbeats the lease would be lost.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let alive: bool = raw_client()
+        .await
+        .query_one(
+            &format!("SELECT expires_at > now() FROM {schema}.workers WHERE id = $1"),
+            &[&w.lease_id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(alive, "heartbeats were starved: the lease expired");
+    assert_eq!(w.stats().leases_lost, 0);
+    tx.rollback().await.unwrap();
+    for b in blocked {
+        b.await.unwrap().unwrap();
+    }
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// A listener whose connection drops as soon as it is up (here terminated
+/// each time it shows) reconnects with backoff, not in a tight loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_dropped_at_once_backs_off() {
+    let schema = unique_schema("flap");
+    let store = pg_store(&schema).await;
+    let db = raw_client().await;
+    let mut terminated = 0;
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < end {
+        let row = db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+                &[&format!("corral-durable:{schema}")],
+            )
+            .await
+            .unwrap();
+        terminated += row.get::<_, i64>(0);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Backoff 50, 100, 200, 400, 800 ms: a handful of reconnects in 1.5 s
+    // (a tight loop makes one every few milliseconds).
+    assert!(terminated >= 1, "the listener never connected");
+    assert!(terminated <= 12, "{terminated} reconnects in 1.5 s");
     drop(store);
     drop_schema(&schema).await;
 }

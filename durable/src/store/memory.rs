@@ -468,14 +468,18 @@ impl Store for MemoryStore {
         ready(Ok(RawStats { rows }))
     }
 
-    fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
+        let limit = u64::try_from(limit).unwrap_or(0);
         let mut staged = 0;
         let mut next: Option<Instant> = None;
         let mut woken = Vec::new();
         for r in t.rows.values_mut().filter(|r| r.state == State::Scheduled) {
             if r.run_at <= now {
+                if staged >= limit {
+                    continue;
+                }
                 r.state = State::Available;
                 staged += 1;
                 woken.push(r.job.queue.clone());

@@ -205,9 +205,10 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn cancel(&self, id: JobId) -> BoxFut<'_, StoreResult<CancelResult>>;
     /// Counts by queue and state.
     fn stats(&self) -> BoxFut<'_, StoreResult<RawStats>>;
-    /// Moves due scheduled rows to available; returns how many, and how long
-    /// until the next scheduled row is due.
-    fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
+    /// Moves up to `limit` due scheduled rows to available; returns how
+    /// many, and how long until the next scheduled row not yet due is due
+    /// (`limit` staged: more may be due now).
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
     /// Requeues running rows of expired leases; returns how many, and how
     /// long until the next live lease expires (when the next rescue may
     /// have work).

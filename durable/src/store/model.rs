@@ -548,3 +548,87 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
         store.drop_schema().await;
     });
 }
+
+/// A heartbeat that began before its lease expired and commits after a
+/// rescue moved the lease's jobs must not revive the lease: the worker would
+/// go on as if it held jobs that another worker may now run.
+#[test]
+fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_revive_{}", std::process::id());
+    runtime().block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        store.insert(vec![new_job()]).await.unwrap();
+        let lease = store.register(Duration::from_millis(300)).await.unwrap();
+        let kinds = vec!["k".to_owned()];
+        assert_eq!(store.claim(lease, "q", &kinds, 1).await.unwrap().len(), 1);
+        // The heartbeat's transaction starts while the lease is alive (its
+        // `now()` is fixed then)...
+        let (mut beat, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let tx = beat.transaction().await.unwrap();
+        tx.batch_execute("SELECT 1").await.unwrap();
+        // ...the lease expires, and a rescue moves its job...
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.rescue().await.unwrap().0, 1);
+        // ...then the heartbeat's statement runs and commits.
+        let ttl_ms: i64 = 60_000;
+        let row = tx
+            .query_one(store.heartbeat_sql(), &[&lease, &ttl_ms])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let alive: i64 = row.get(0);
+        assert_eq!(
+            alive, 0,
+            "a heartbeat revived a lease the rescue treated as dead"
+        );
+        store.drop_schema().await;
+    });
+}
+
+/// A completion written in a body's transaction that began while the lease
+/// was alive, sent after the lease expired, is refused: the fence judges
+/// the lease by the statement's time, not the transaction's start.
+#[test]
+fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_fence_{}", std::process::id());
+    runtime().block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        store.insert(vec![new_job()]).await.unwrap();
+        let lease = store.register(Duration::from_millis(300)).await.unwrap();
+        let kinds = vec!["k".to_owned()];
+        let claimed = store.claim(lease, "q", &kinds, 1).await.unwrap();
+        let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let tx = db.transaction().await.unwrap();
+        tx.batch_execute("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fate = store
+            .complete_in(&tx, lease, claimed[0].id, claimed[0].attempt, "1".into())
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            fate,
+            Fate::Refused,
+            "a write of an expired lease was accepted"
+        );
+        store.drop_schema().await;
+    });
+}

@@ -24,13 +24,15 @@ pub(crate) type Hooks = Box<dyn FnOnce(JobId, bool) + Send>;
 /// A job type with its type erased, as the worker's registry holds it.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
     /// Runs one attempt of `claimed` on `cluster` as engine task `task_id`;
-    /// `stopping` ends an immediate-mode retry wait early.
+    /// `stopping` (a worker's stop) and `interrupt` (a cancel request, a
+    /// lost lease) end an immediate-mode retry wait early.
     fn run(
         &self,
         cluster: Cluster,
         claimed: Claimed,
         task_id: String,
         stopping: CancellationToken,
+        interrupt: CancellationToken,
         in_body: Option<Arc<InBody>>,
     ) -> BoxFut<'static, (Action, Hooks)>;
 }
@@ -91,6 +93,7 @@ impl<J: Job> ErasedJob for Erased<J> {
         c: Claimed,
         task_id: String,
         stopping: CancellationToken,
+        interrupt: CancellationToken,
         in_body: Option<Arc<InBody>>,
     ) -> BoxFut<'static, (Action, Hooks)> {
         Box::pin(async move {
@@ -147,9 +150,13 @@ impl<J: Job> ErasedJob for Erased<J> {
                     let until = now
                         .checked_add(delay)
                         .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
+                    // A stop requeues with the rest of the delay; so do a
+                    // cancel request (the fenced write then turns it into
+                    // `cancelled`) and a lost lease (the write is refused).
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => {}
                         () = stopping.cancelled() => {}
+                        () = interrupt.cancelled() => {}
                     }
                     let rest = until.saturating_duration_since(tokio::time::Instant::now());
                     (Action::Retry { delay: rest, error }, hooks)

@@ -3,18 +3,29 @@
 //! No lost wake-up: the queue's notice counter is marked seen *before* each
 //! claim, so a notice arriving during the claim, or while every slot is
 //! busy, leaves it changed; `maybe_more` then stays set until a claim comes
-//! back short, and a freed slot claims again while it is set.
+//! back short, and a freed slot claims again while it is set. Likewise the
+//! lease generation: a claim made with a lease that expired comes back
+//! empty, and the new lease's registration wakes every claim loop.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use std::panic::AssertUnwindSafe;
 
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::Hooks;
 use super::finalize::Item;
 use super::Shared;
-use crate::job::InBody;
-use crate::store::{Claimed, Finish};
+use crate::error::JobError;
+use crate::job::{InBody, StoredError};
+use crate::store::{Action, Claimed, Finish};
+
+/// How long a stop waits for a claim in flight to answer.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Free slots of one queue; attempt tasks give theirs back.
 #[derive(Debug)]
@@ -37,6 +48,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         freed: Notify::new(),
     });
     let mut wake = shared.store.signals().queue(&queue);
+    let mut renewed = shared.lease_renewed.subscribe();
     let mut maybe_more = true;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -46,8 +58,28 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         let free = slots.free.load(Ordering::Acquire);
         if free > 0 && maybe_more {
             wake.borrow_and_update();
+            // Seen before the lease is read: a claim with a lease lost
+            // meanwhile comes back empty, and the renewal wakes this loop.
+            renewed.borrow_and_update();
             let lease = shared.lease();
-            match shared.store.claim(lease, &queue, &shared.kinds, free).await {
+            let claim = shared.store.claim(lease, &queue, &shared.kinds, free);
+            tokio::pin!(claim);
+            let claimed = tokio::select! {
+                r = &mut claim => r,
+                () = shared.claiming.cancelled() => {
+                    // A stop does not wait on a claim without bound (the
+                    // store may hang); one that answers soon has its rows
+                    // given back at once, else they are rescued with the
+                    // retired lease.
+                    if let Ok(Ok(jobs)) = tokio::time::timeout(STOP_GRACE, claim).await {
+                        for job in &jobs {
+                            let _ = shared.finish_tx.send(Item::release(lease, job));
+                        }
+                    }
+                    return;
+                }
+            };
+            match claimed {
                 Ok(jobs) => {
                     backoff = Duration::from_millis(50);
                     maybe_more = jobs.len() == free;
@@ -76,6 +108,12 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                 }
                 maybe_more = true;
             }
+            r = renewed.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                maybe_more = true;
+            }
             () = slots.freed.notified() => {}
         }
     }
@@ -90,7 +128,11 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         return;
     };
     let task_id = format!("{}/{}", job.id, job.attempt);
-    shared.running.lock().insert(job.id, task_id.clone());
+    let interrupt = CancellationToken::new();
+    shared
+        .running
+        .lock()
+        .insert(job.id, (task_id.clone(), interrupt.clone()));
     let key = task_id.clone();
     let shared2 = shared.clone();
     let slots = slots.clone();
@@ -98,6 +140,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         let shared = shared2;
         let (id, attempt) = (job.id, job.attempt);
         let stopping = shared.claiming.clone();
+        let interrupt = interrupt.clone();
         let in_body = shared.store.pg().map(|pg| {
             Arc::new(InBody {
                 store: pg.clone(),
@@ -106,21 +149,41 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
                 tried: AtomicBool::new(false),
             })
         });
-        let (action, hooks) = erased
-            .run(
-                shared.cluster.clone(),
-                job,
-                task_id,
-                stopping,
-                in_body.clone(),
-            )
-            .await;
+        // Everything after the engine (decoding, the retry decision, the
+        // output's `Serialize`) is user code or stored data: a panic there
+        // must still free the slot and finish the job, or the row stays
+        // running under a live lease for good.
+        let ran = AssertUnwindSafe(erased.run(
+            shared.cluster.clone(),
+            job,
+            task_id,
+            stopping,
+            interrupt,
+            in_body.clone(),
+        ))
+        .catch_unwind()
+        .await;
+        let (action, hooks) = ran.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".to_owned());
+            tracing::error!(job = %id, attempt, message, "corral-durable attempt panicked after its body; the job fails");
+            let error: JobError<()> = JobError::Panicked {
+                message: format!("while finishing the attempt: {message}"),
+            };
+            let action = Action::Fail {
+                error: StoredError::encode(&error),
+            };
+            (action, Box::new(|_, _| {}) as Hooks)
+        });
         let completed_in_body = in_body.is_some_and(|b| b.tried.load(Ordering::Acquire));
         {
             // Only this attempt's entry: a later claim of the same job (after
             // a lost lease) may have replaced it.
             let mut running = shared.running.lock();
-            if running.get(&id).is_some_and(|t| *t == key) {
+            if running.get(&id).is_some_and(|(t, _)| *t == key) {
                 running.remove(&id);
             }
         }

@@ -21,8 +21,9 @@ pub(crate) struct Item {
     pub(crate) lease: LeaseId,
     pub(crate) finish: Finish,
     pub(crate) hooks: Hooks,
-    /// The body called `JobContext::complete_in`: a refusal then most
-    /// likely means its own transaction already completed the row.
+    /// A completion written by `JobContext::complete_in` was applied: a
+    /// refusal then means its own transaction completed the row (had it
+    /// rolled back, the row would still be running and this write apply).
     pub(crate) completed_in_body: bool,
 }
 

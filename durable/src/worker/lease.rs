@@ -14,10 +14,12 @@ use tokio::time::Instant;
 use super::Shared;
 use crate::id::JobId;
 
-/// Finished rows deleted per prune statement.
-const PRUNE_BATCH: i64 = 1000;
 /// Prune statements per round at most (bounded work per round).
 const PRUNE_ROUNDS: usize = 10;
+/// The pause before the next round when a round deleted all it could (a
+/// backlog): rounds follow each other at once, in bounded batches, until
+/// the backlog is gone.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 
 pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     let period = shared.ttl / 3;
@@ -38,7 +40,12 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
             }
         }
         let lease = shared.lease();
-        match shared.store.heartbeat(lease, shared.ttl).await {
+        // A stop never waits on a statement (the store may hang).
+        let beat = tokio::select! {
+            () = shared.halt.cancelled() => return,
+            beat = shared.store.heartbeat(lease, shared.ttl) => beat,
+        };
+        match beat {
             Ok(beat) if beat.alive => {
                 backoff = Duration::from_millis(50);
                 next = Instant::now() + period;
@@ -56,9 +63,16 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 let ids: Vec<JobId> = shared.running.lock().keys().copied().collect();
                 ids.into_iter().for_each(|id| shared.cancel_local(id));
                 loop {
-                    match shared.store.register(shared.ttl).await {
+                    let registered = tokio::select! {
+                        () = shared.halt.cancelled() => return,
+                        r = shared.store.register(shared.ttl) => r,
+                    };
+                    match registered {
                         Ok(new) => {
                             shared.lease.store(new, Ordering::Release);
+                            // Claims made with the lost lease came back
+                            // empty: wake every claim loop.
+                            shared.lease_renewed.send_modify(|g| *g = g.wrapping_add(1));
                             break;
                         }
                         Err(e) => {
@@ -110,10 +124,15 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
             continue;
         }
         scheduled.borrow_and_update();
-        let result: Result<(), crate::StoreError> = async {
+        let duties = async {
             if next_stage.is_some_and(|t| Instant::now() >= t) {
-                let (_, next_due) = shared.store.stage().await?;
-                next_stage = next_due.map(|d| Instant::now() + d);
+                let (staged, next_due) = shared.store.stage(shared.stage_batch).await?;
+                next_stage = if staged >= shared.stage_batch as u64 {
+                    // A full batch: more rows may be due now.
+                    Some(Instant::now())
+                } else {
+                    next_due.map(|d| Instant::now() + d)
+                };
             }
             if Instant::now() >= next_rescue {
                 let (n, next_expiry) = shared.store.rescue().await?;
@@ -127,16 +146,28 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                 next_rescue = Instant::now() + wait;
             }
             if Instant::now() >= next_prune {
+                let mut backlog = true;
                 for _ in 0..PRUNE_ROUNDS {
-                    if shared.store.prune(PRUNE_BATCH).await? < PRUNE_BATCH as u64 {
+                    let batch = shared.prune_batch;
+                    if shared.store.prune(batch).await? < batch as u64 {
+                        backlog = false;
                         break;
                     }
                 }
-                next_prune = Instant::now() + shared.prune_every;
+                next_prune = Instant::now()
+                    + if backlog {
+                        PRUNE_PAUSE
+                    } else {
+                        shared.prune_every
+                    };
             }
-            Ok(())
-        }
-        .await;
+            Ok::<(), crate::StoreError>(())
+        };
+        // A stop never waits on a statement (the store may hang).
+        let result = tokio::select! {
+            () = shared.halt.cancelled() => return,
+            r = duties => r,
+        };
         let mut wake_at = next_rescue.min(next_prune);
         if let Some(t) = next_stage {
             wake_at = wake_at.min(t);

@@ -65,7 +65,15 @@ pub struct WorkerBuilder {
     queues: Vec<(String, usize)>,
     ttl: Duration,
     prune_every: Duration,
+    stage_batch: i64,
+    prune_batch: i64,
 }
+
+/// Finished rows deleted per prune statement.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Scheduled rows the leader stages per statement.
+const STAGE_BATCH: i64 = 10_000;
 
 impl fmt::Debug for WorkerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,9 +109,26 @@ impl WorkerBuilder {
     }
 
     /// How often the leader deletes finished rows past their retention (in
-    /// batches of 1,000, at most 10 batches a round).
+    /// batches of 1,000, at most 10 batches a round; a round that deleted
+    /// all it could is followed by the next at once, until none is left).
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_every = every;
+        self
+    }
+
+    /// Scheduled rows the leader stages per statement (default 10,000; a
+    /// full batch is followed by another at once). For tests.
+    #[doc(hidden)]
+    pub fn stage_batch(mut self, rows: u32) -> Self {
+        self.stage_batch = i64::from(rows.max(1));
+        self
+    }
+
+    /// Finished rows the leader deletes per statement (default 1,000; a
+    /// round of full statements is followed by another at once). For tests.
+    #[doc(hidden)]
+    pub fn prune_batch(mut self, rows: u32) -> Self {
+        self.prune_batch = i64::from(rows.max(1));
         self
     }
 
@@ -142,7 +167,10 @@ impl WorkerBuilder {
             cluster,
             ttl: self.ttl,
             prune_every: self.prune_every,
+            stage_batch: self.stage_batch,
+            prune_batch: self.prune_batch,
             lease: AtomicI64::new(lease),
+            lease_renewed: tokio::sync::watch::Sender::new(0),
             running: Mutex::default(),
             finish_tx,
             leader: AtomicBool::new(false),
@@ -210,9 +238,15 @@ pub(crate) struct Shared {
     cluster: Cluster,
     ttl: Duration,
     prune_every: Duration,
+    stage_batch: i64,
+    prune_batch: i64,
     lease: AtomicI64,
-    /// Running attempts: job -> engine task id (for cancels).
-    running: Mutex<HashMap<JobId, String>>,
+    /// Bumped after a new lease is stored: a claim made with the lost lease
+    /// came back empty, so every claim loop looks again.
+    lease_renewed: tokio::sync::watch::Sender<u64>,
+    /// Running attempts: job -> engine task id, and the token that ends an
+    /// immediate-mode retry wait (for cancels and a lost lease).
+    running: Mutex<HashMap<JobId, (String, CancellationToken)>>,
     finish_tx: mpsc::UnboundedSender<finalize::Item>,
     leader: AtomicBool,
     leader_changed: tokio::sync::Notify,
@@ -233,7 +267,9 @@ impl Shared {
     /// lost lease). The only call of the engine's cancel.
     fn cancel_local(&self, id: JobId) {
         let task = self.running.lock().get(&id).cloned();
-        if let Some(task) = task {
+        if let Some((task, interrupt)) = task {
+            // The body, if it still runs; else a retry wait in the slot.
+            interrupt.cancel();
             let _ = self.cluster.cancel_task(task.as_str());
         }
     }
@@ -289,6 +325,8 @@ impl Worker {
             queues: Vec::new(),
             ttl: DEFAULT_LEASE_TTL,
             prune_every: Duration::from_secs(60),
+            stage_batch: STAGE_BATCH,
+            prune_batch: PRUNE_BATCH,
         }
     }
 
@@ -352,3 +390,6 @@ impl Drop for Worker {
         self.shared.cluster.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests;

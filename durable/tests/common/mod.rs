@@ -149,13 +149,40 @@ pub fn log() -> &'static Log {
     LOG.get_or_init(Mutex::default)
 }
 
+/// When each recorded run started, per test tag: `(label, attempt, at)`.
+type TimedLog = Mutex<HashMap<String, Vec<(String, u32, std::time::Instant)>>>;
+
+fn timed_log() -> &'static TimedLog {
+    static LOG: OnceLock<TimedLog> = OnceLock::new();
+    LOG.get_or_init(Mutex::default)
+}
+
 pub fn record(tag: &str, label: &str, attempt: u32) {
+    let at = std::time::Instant::now();
+    timed_log()
+        .lock()
+        .unwrap()
+        .entry(tag.to_owned())
+        .or_default()
+        .push((label.to_owned(), attempt, at));
     log()
         .lock()
         .unwrap()
         .entry(tag.to_owned())
         .or_default()
         .push((label.to_owned(), attempt));
+}
+
+/// When the run `(label, attempt)` of `tag` started, as recorded inside the
+/// job (not when a poll noticed it).
+pub fn started_at(tag: &str, label: &str, attempt: u32) -> Option<std::time::Instant> {
+    timed_log()
+        .lock()
+        .unwrap()
+        .get(tag)?
+        .iter()
+        .find(|(l, a, _)| l == label && *a == attempt)
+        .map(|(_, _, at)| *at)
 }
 
 pub fn recorded(tag: &str) -> Vec<(String, u32)> {

@@ -8,7 +8,7 @@ mod sql;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -22,13 +22,23 @@ use super::{
 use crate::error::StoreError;
 use crate::id::JobId;
 
+/// How long a connection may take to open (unless the URL says otherwise),
+/// and a pooled one to be checked.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a free connection of the main pool.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// Connections reserved for heartbeats, leases and the leader's duties.
+const CONTROL_POOL: usize = 2;
+/// How long a heartbeat or a leader duty waits for a reserved connection.
+const CONTROL_WAIT: Duration = Duration::from_secs(5);
+
 /// Configures a [`PgStore`].
 ///
 /// # Default
 /// | option | default |
 /// |---|---|
 /// | `schema` | `corral` |
-/// | `pool_size` | 8 connections (its own pool: the application's load cannot starve heartbeats) |
+/// | `pool_size` | 8 connections (its own pool; heartbeats and the leader's duties use 2 more, reserved, so that client load cannot starve them) |
 /// | `migrate` | `true` (apply missing migrations at connect) |
 /// | `fallback_poll` | 5 minutes (a safety net; wake-ups come from LISTEN/NOTIFY) |
 /// | `poll_only` | off; when on, no LISTEN and a poll every `poll_interval` |
@@ -110,17 +120,32 @@ impl PgStoreBuilder {
         if config.get_application_name().is_none() {
             config.application_name(format!("corral-durable:{}", self.schema));
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(self.pool_size)
-            .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        // No operation waits without bound: a server that does not answer
+        // the handshake, a pool whose connections are all busy.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let build = |size: usize, wait: Duration| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(wait))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| StoreError::Pool(e.to_string()))
+        };
+        let pool = build(self.pool_size, POOL_WAIT)?;
+        // Heartbeats and the leader's duties have connections of their own:
+        // client load on the main pool cannot starve a lease.
+        let control = build(CONTROL_POOL, CONTROL_WAIT)?;
         let sql = Sql::new(&self.schema);
         if self.migrate {
             let (mut client, connection) = config.connect(NoTls).await?;
@@ -150,6 +175,7 @@ impl PgStoreBuilder {
         Ok(PgStore {
             inner: Arc::new(Inner {
                 pool,
+                control,
                 sql,
                 signals,
                 _listener: stop.drop_guard(),
@@ -180,6 +206,8 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Heartbeats, leases and the leader's duties.
+    control: Pool,
     sql: Sql,
     signals: Arc<Signals>,
     _listener: DropGuard,
@@ -226,6 +254,14 @@ impl PgStore {
     /// The schema this store uses.
     pub fn schema(&self) -> &str {
         &self.inner.sql.schema
+    }
+
+    async fn control(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.inner
+            .control
+            .get()
+            .await
+            .map_err(|e| StoreError::Pool(e.to_string()))
     }
 
     async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -379,7 +415,7 @@ impl Store for PgStore {
 
     fn register(&self, ttl: Duration) -> BoxFut<'_, StoreResult<LeaseId>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let client = self.control().await?;
             let info = format!("pid {}", std::process::id());
             let stmt = client.prepare_cached(&self.inner.sql.register).await?;
             let row = client.query_one(&stmt, &[&ms(ttl), &info]).await?;
@@ -389,7 +425,7 @@ impl Store for PgStore {
 
     fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.heartbeat).await?;
             let row = client.query_one(&stmt, &[&lease, &ms(ttl)]).await?;
             let alive: i64 = row.get(0);
@@ -405,7 +441,7 @@ impl Store for PgStore {
 
     fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let client = self.control().await?;
             client.execute(&self.inner.sql.retire, &[&lease]).await?;
             Ok(())
         })
@@ -588,11 +624,11 @@ impl Store for PgStore {
         })
     }
 
-    fn stage(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.stage).await?;
-            let row = client.query_one(&stmt, &[]).await?;
+            let row = client.query_one(&stmt, &[&limit]).await?;
             let staged: i64 = row.get(0);
             let next: Option<i64> = row.get(2);
             Ok((
@@ -604,9 +640,20 @@ impl Store for PgStore {
 
     fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let mut client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.rescue).await?;
-            let row = client.query_one(&stmt, &[]).await?;
+            // Rescues take turns (a leadership handover may overlap two):
+            // each locks the dead leases' rows, then their jobs, and two at
+            // once could lock them in opposite orders. The next one's
+            // statement sees what the previous one committed.
+            let tx = client.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('corral_durable_rescue:' || $1::text))",
+                &[&self.inner.sql.schema],
+            )
+            .await?;
+            let row = tx.query_one(&stmt, &[]).await?;
+            tx.commit().await?;
             let next: Option<i64> = row.get(1);
             Ok((
                 row.get::<_, i64>(0) as u64,
@@ -617,7 +664,7 @@ impl Store for PgStore {
 
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>> {
         Box::pin(async move {
-            let client = self.conn().await?;
+            let client = self.control().await?;
             let row = client.query_one(&self.inner.sql.prune, &[&limit]).await?;
             client.execute(&self.inner.sql.prune_workers, &[]).await?;
             Ok(row.get::<_, i64>(0) as u64)
@@ -643,6 +690,11 @@ impl PgStore {
             self.inner.sql.schema
         );
         client.execute(&sql, &[&lease]).await.unwrap();
+    }
+
+    /// The heartbeat statement (race test helper).
+    pub(crate) fn heartbeat_sql(&self) -> &str {
+        &self.inner.sql.heartbeat
     }
 
     /// Every row's id, state, attempt and lease (model test helper).

@@ -12,9 +12,10 @@ const FINAL: &str = "('completed', 'failed', 'cancelled')";
 
 /// The migrations, in order: `(version, SQL)`. `{s}` is the schema and
 /// `{chan}` the notification channel.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE {s}.jobs (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key           text,
@@ -86,7 +87,17 @@ END $$;
 CREATE TRIGGER jobs_notify_insert AFTER INSERT ON {s}.jobs
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION {s}.notify_insert();
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- A jitter ratio outside [0, 1] (NaN included) written by hand made the
+-- retry delay's draw panic. Existing bad rows lose their jitter.
+UPDATE {s}.jobs SET jitter = 0 WHERE NOT (jitter >= 0 AND jitter <= 1);
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_jitter_ratio CHECK (jitter >= 0 AND jitter <= 1);
+"#,
+    ),
+];
 
 /// Notices for rows an update moved: finished ids (chunked under the
 /// 8000-byte payload limit), queues with new due rows, and the leader.
@@ -202,7 +213,9 @@ impl Sql {
                    FROM claimed ORDER BY priority DESC, run_at, id",
             ),
             // Fenced on job, attempt, running state, lease, and the lease
-            // being alive. Actions: 0 complete, 1 fail, 2 cancel, 3 retry,
+            // being alive when the statement runs (`statement_timestamp()`,
+            // not `now()`: inside a body's long transaction `now()` is when
+            // that transaction began). Actions: 0 complete, 1 fail, 2 cancel, 3 retry,
             // 4 snooze, 5 release. A cancel request wins over any action.
             finish: fill(&format!(
                 "WITH input AS (
@@ -228,7 +241,7 @@ impl Sql {
                                         THEN now() + j.retention_ms * interval '1 millisecond' END
                       FROM input i
                      WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
-                       AND EXISTS (SELECT 1 FROM {{s}}.workers w WHERE w.id = $1 AND w.expires_at > now())
+                       AND EXISTS (SELECT 1 FROM {{s}}.workers w WHERE w.id = $1 AND w.expires_at > statement_timestamp())
                     RETURNING j.id, j.state, j.queue, j.cancel_requested
                  ), {}
                  SELECT moved.id, moved.state, moved.queue, moved.cancel_requested FROM moved CROSS JOIN notes",
@@ -262,7 +275,7 @@ impl Sql {
             stage: fill(&format!(
                 "WITH due AS (
                     SELECT id FROM {{s}}.jobs WHERE state = 'scheduled' AND run_at <= now()
-                     ORDER BY run_at LIMIT 10000 FOR UPDATE SKIP LOCKED
+                     ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED
                  ), moved AS (
                     UPDATE {{s}}.jobs j SET state = 'available' FROM due WHERE j.id = due.id
                     RETURNING j.id, j.state, j.queue
@@ -276,9 +289,19 @@ impl Sql {
             // the row it changes (a row finished and claimed again meanwhile
             // holds a live lease and is left alone), and an expired lease
             // never comes back.
+            //
+            // The dead leases are marked (`-infinity`) by an update, not
+            // just read: that locks their rows, so a heartbeat racing this
+            // rescue either committed first (and its lease is not dead
+            // here) or waits and then finds its lease ended: a heartbeat
+            // that began before the expiry cannot revive a lease whose
+            // jobs this rescue moved. Rows already at `-infinity` (retired
+            // or rescued leases) are included: their running rows, if any,
+            // are rescued too.
             rescue: fill(&format!(
                 "WITH dead AS (
-                    SELECT id FROM {{s}}.workers WHERE expires_at <= now()
+                    UPDATE {{s}}.workers SET expires_at = '-infinity' WHERE expires_at <= now()
+                    RETURNING id
                  ), moved AS (
                     UPDATE {{s}}.jobs j SET
                         lost = j.lost + 1,
