@@ -366,6 +366,18 @@ async fn burn_down(ctx: &Ctx, n: usize, schema: &str, held: bool, s: &Sizes) -> 
     r.check(completed as usize == n, || {
         format!("{completed} of {n} rows completed")
     });
+    // Both sides stamp `attempted_at` and `finished_at` with now(), the
+    // transaction's start: distinct values count claims and completions.
+    let row = c
+        .query_one(
+            &format!("SELECT count(DISTINCT attempted_at), count(DISTINCT finished_at) FROM {schema}.jobs"),
+            &[],
+        )
+        .await
+        .map_err(e)?;
+    let (claims, dones): (i64, i64) = (row.get(0), row.get(1));
+    r.set("rows_per_claim", n as f64 / claims.max(1) as f64);
+    r.set("rows_per_done", n as f64 / dones.max(1) as f64);
     drop(hold);
     Ok(r)
 }

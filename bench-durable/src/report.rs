@@ -134,6 +134,8 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             ("statements", "D1 statements per job (wire)"),
             ("commits", "D1 commits per job (xact_commit delta)"),
             ("wire_commits", "D1 transactions per job (wire)"),
+            ("rows_per_claim", "D1 rows per claim statement"),
+            ("rows_per_done", "D1 rows per completion statement"),
         ] {
             let (c, f) = (med(r, c1, field), med(r, f1, field));
             push(
@@ -278,6 +280,20 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             "(info)",
             None,
         );
+        for (field, label) in [
+            ("rows_per_claim", "D5 rows per claim statement"),
+            ("rows_per_done", "D5 rows per completion statement"),
+        ] {
+            push(
+                label.into(),
+                med(r, c5, field),
+                med(r, f5, field),
+                "",
+                ratio(r, (c5, field), (f5, field)),
+                "(info)",
+                None,
+            );
+        }
         let vs_clean = |side: &str| -> Option<f64> {
             Some(
                 med(r, &format!("D5/{side}/-"), "rate")? / med(r, &format!("D1/{side}/-"), "rate")?,
