@@ -76,23 +76,7 @@ fn child_worker() {
             .start()
             .await
             .unwrap();
-        // The leading newline ends the test harness's own "test child_worker ... " line.
-        println!("\nREADY {}", worker.lease_id());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
-                if line.trim() == "stop" {
-                    break;
-                }
-                line.clear();
-            }
-            let _ = tx.send(());
-        });
-        let _ = rx.await;
-        worker.stop(Duration::from_secs(10)).await;
-        let s = worker.stats();
-        println!("STATS {} {} {}", s.finalized, s.lost, s.leases_lost);
+        common::serve_until_stop(worker).await;
     });
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use corral_durable::{Backend, Ending, Job, JobContext, JobResult, MemoryStore, PgStore};
+use corral_durable::{Backend, Ending, Job, JobContext, JobResult, MemoryStore, PgStore, Worker};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -265,4 +265,28 @@ pub async fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The child worker process's protocol, shared by the crash and restart
+/// suites: prints `READY <lease>`, runs until a `stop` line (or the end of
+/// standard input), stops the worker and prints `STATS <finalized> <lost>
+/// <leases_lost>` for the parent.
+pub async fn serve_until_stop(worker: Worker) {
+    // The leading newline ends the test harness's own "test ... " line.
+    println!("\nREADY {}", worker.lease_id());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            if line.trim() == "stop" {
+                break;
+            }
+            line.clear();
+        }
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+    worker.stop(Duration::from_secs(10)).await;
+    let s = worker.stats();
+    println!("STATS {} {} {}", s.finalized, s.lost, s.leases_lost);
 }
