@@ -85,6 +85,16 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self.extras.get_or_insert_with(Box::default)
     }
 
+    /// Sets the crate's own completion hook (a batch's, see `crate::batch`),
+    /// which the user's `on_complete` does not replace.
+    pub(crate) fn settled(
+        mut self,
+        hook: impl Fn(&TaskId, &Outcome<T, E>) + Send + Sync + 'static,
+    ) -> Self {
+        self.extras().settled = Some(Box::new(hook));
+        self
+    }
+
     pub(crate) fn new(cluster: &'c Cluster, body: B, blocking: bool) -> Self {
         TaskBuilder {
             cluster,

@@ -492,6 +492,28 @@ impl Cluster {
         TaskBuilder::new(self, BlockingBody(Arc::new(body)), true)
     }
 
+    /// Starts a [`Batch`](crate::Batch): a group of tasks with callbacks
+    /// when all have finished and on the first failure, and an await for
+    /// the whole group. Open until sealed.
+    ///
+    /// ```
+    /// # use corral::Cluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(2).unwrap();
+    /// let batch = cluster.batch();
+    /// for n in 0..4u64 {
+    ///     batch.task(move |_ctx| async move { Ok::<_, String>(n) }).submit().unwrap();
+    /// }
+    /// let summary = batch.seal().wait().await;
+    /// assert_eq!(summary.succeeded, 4);
+    /// assert!(summary.all_succeeded());
+    /// # }
+    /// ```
+    pub fn batch(&self) -> crate::batch::Batch {
+        crate::batch::Batch::new(self.clone())
+    }
+
     /// Subscribes to the outcome of the task `id`: pending, running, or
     /// finished with a cached outcome. Any number of subscribers may
     /// subscribe at any time; each gets its own copy, once.

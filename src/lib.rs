@@ -119,6 +119,7 @@
 )]
 
 mod backoff;
+mod batch;
 mod body;
 mod builder;
 mod cache;
@@ -139,6 +140,7 @@ mod task;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
+pub use crate::batch::{Batch, BatchSummary, OutcomeKind, SealedBatch};
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};

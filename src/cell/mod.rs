@@ -77,6 +77,9 @@ pub(crate) struct Extras<T, E> {
     pub(crate) retry_with: Option<RetryWith<E>>,
     pub(crate) on_failure: Option<OnFailure<E>>,
     pub(crate) on_complete: Option<OnComplete<T, E>>,
+    /// A crate feature's completion hook (a batch's, `crate::batch`), run
+    /// after the user's callbacks, with the same guard and rules.
+    pub(crate) settled: Option<OnComplete<T, E>>,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -89,6 +92,7 @@ impl<T, E> Default for Extras<T, E> {
             retry_with: None,
             on_failure: None,
             on_complete: None,
+            settled: None,
         }
     }
 }

@@ -29,7 +29,10 @@ where
             && st.rare.is_none()
             && !std::mem::needs_drop::<B>()
             && self.extras.as_deref().is_none_or(|x| {
-                x.on_failure.is_none() && x.on_complete.is_none() && x.retention.is_none()
+                x.on_failure.is_none()
+                    && x.on_complete.is_none()
+                    && x.settled.is_none()
+                    && x.retention.is_none()
             });
         if plain {
             st.body = None;
@@ -65,7 +68,7 @@ where
         let hooks = self
             .extras
             .as_deref()
-            .filter(|x| x.on_failure.is_some() || x.on_complete.is_some());
+            .filter(|x| x.on_failure.is_some() || x.on_complete.is_some() || x.settled.is_some());
         // The cache keeps a copy of its own unless it already let go of the
         // task (a sweep between the registry's finalize and this delivery).
         let cloner = st.cloner().filter(|_| retain && !st.expired);
@@ -285,6 +288,11 @@ where
         if let Some(cb) = &x.on_complete {
             if let Err(msg) = guard(|| cb(&id, outcome)) {
                 tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
+            }
+        }
+        if let Some(cb) = &x.settled {
+            if let Err(msg) = guard(|| cb(&id, outcome)) {
+                tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
             }
         }
     }
