@@ -348,7 +348,7 @@ impl Batch {
     /// batch
     ///     .task(|_ctx| async {
     ///         tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-    ///         Ok(())
+    ///         Ok::<(), &str>(())
     ///     })
     ///     .id("slow")
     ///     .submit()
