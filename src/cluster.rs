@@ -258,7 +258,23 @@ pub struct Cluster {
     owner: Arc<Owner>,
 }
 
+/// A reference to a cluster that does not keep it alive: periodic
+/// schedules hold one, so that dropping the user's last clone still
+/// cancels the cluster (shutdown protocol step 5).
+#[derive(Clone)]
+pub(crate) struct WeakCluster(std::sync::Weak<Owner>);
+
+impl WeakCluster {
+    pub(crate) fn upgrade(&self) -> Option<Cluster> {
+        self.0.upgrade().map(|owner| Cluster { owner })
+    }
+}
+
 impl Cluster {
+    pub(crate) fn downgrade(&self) -> WeakCluster {
+        WeakCluster(Arc::downgrade(&self.owner))
+    }
+
     /// A cluster with `workers` workers and default settings.
     ///
     /// # Errors

@@ -133,6 +133,7 @@ mod idle;
 mod inside;
 mod job;
 mod panic;
+mod periodic;
 mod queue;
 mod shared;
 mod signal;
@@ -147,6 +148,12 @@ pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTI
 pub use crate::engine::ClusterStats;
 pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
 pub use crate::handle::{Subscription, TaskHandle};
+#[cfg(feature = "cron")]
+pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
+pub use crate::periodic::{
+    Firing, FiringBody, FiringFuture, FiringTime, Missed, Overlap, ScheduleBuilder, ScheduleError,
+    ScheduleHandle, ScheduleStats, Trigger, MAX_SCHEDULE_NAME_LEN,
+};
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
 /// Re-exported from `tokio_util`: the type of
