@@ -139,8 +139,10 @@ impl CronSchedule {
     /// The zone's local time of `at`, with its UTC offset, as in firing ids
     /// (`2026-03-29T03:00:00+02:00`).
     pub fn label(&self, at: SystemTime) -> String {
-        self.local(secs(at))
-            .map_or_else(|| format!("{}s", secs(at)), |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string())
+        self.local(secs(at)).map_or_else(
+            || format!("{}s", secs(at)),
+            |t| t.format("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+        )
     }
 
     fn local(&self, key: i64) -> Option<DateTime<Tz>> {

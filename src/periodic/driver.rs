@@ -84,7 +84,11 @@ where
                     continue;
                 }
             }
-            let next = if paused { None } else { self.timeline.next_after(cursor) };
+            let next = if paused {
+                None
+            } else {
+                self.timeline.next_after(cursor)
+            };
             let sleep = match next {
                 Some(key) => match self.timeline.until(key) {
                     None => {
@@ -111,7 +115,9 @@ where
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
             }
         }
-        let Driver { body, configure, .. } = self;
+        let Driver {
+            body, configure, ..
+        } = self;
         drop_guarded((body, configure, run.active), "a schedule's body");
         control.done.cancel();
     }
@@ -130,10 +136,7 @@ where
             (Missed::Skip, true) => Vec::new(),
             (Missed::Skip | Missed::RunOnce, false) => vec![(last, false)],
             (Missed::RunOnce, true) => vec![(last, true)],
-            (Missed::RunAll(_), _) => due
-                .iter()
-                .map(|&k| (k, catching_up || k != last))
-                .collect(),
+            (Missed::RunAll(_), _) => due.iter().map(|&k| (k, catching_up || k != last)).collect(),
         };
         for (k, catch_up) in chosen {
             self.offer(run, k, catch_up);

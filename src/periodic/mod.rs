@@ -17,12 +17,12 @@
 //!   task does). A schedule is also ended by [`ScheduleHandle::cancel`];
 //!   dropping the handle leaves it running.
 //! - Firings missed while a schedule could not fire them (paused, or a
-//!   cron schedule started with [`ScheduleBuilder::catch_up_from`] after a
+//!   cron schedule started with `ScheduleBuilder::catch_up_from` after a
 //!   restart, or a runtime so late that several firings came due at once)
 //!   are handled by the [`Missed`] policy, then offered in order to the
 //!   [`Overlap`] policy like any firing.
 //! - Intervals run on the engine's clock (tokio's: a paused test clock
-//!   drives them). Cron runs on a [`WallClock`] (the system's unless
+//!   drives them). Cron runs on a `WallClock` (the system's unless
 //!   another is given), looked at again at least every minute.
 
 use std::fmt;
@@ -84,7 +84,7 @@ pub enum ScheduleError {
 }
 
 /// When a schedule fires: [`every`](Trigger::every) fixed interval, or
-/// (feature `cron`) on a [`CronSchedule`].
+/// (feature `cron`) on a cron expression (`CronSchedule`).
 #[derive(Clone)]
 pub struct Trigger(Kind);
 
@@ -157,7 +157,7 @@ pub enum Overlap {
 
 /// What happens to firings missed while the schedule could not fire them:
 /// paused ([`ScheduleHandle::pause`] until [`resume`](ScheduleHandle::resume)),
-/// before a restart (a cron schedule's [`catch_up_from`](ScheduleBuilder::catch_up_from)),
+/// before a restart (a cron schedule's `ScheduleBuilder::catch_up_from`),
 /// or past because the runtime was late by more than one firing.
 ///
 /// # Default
@@ -229,7 +229,9 @@ type SharedBody<T, E> = Arc<dyn Fn(TaskContext, Firing) -> FiringFuture<T, E> + 
 
 /// Sets a firing task's options (`for<'c>`: any builder lifetime).
 type Configure<T, E> = Arc<
-    dyn for<'c> Fn(TaskBuilder<'c, FiringBody<T, E>, T, E>) -> TaskBuilder<'c, FiringBody<T, E>, T, E>
+    dyn for<'c> Fn(
+            TaskBuilder<'c, FiringBody<T, E>, T, E>,
+        ) -> TaskBuilder<'c, FiringBody<T, E>, T, E>
         + Send
         + Sync,
 >;
@@ -243,7 +245,7 @@ type Configure<T, E> = Arc<
 /// | `overlap` | [`Overlap::Skip`] |
 /// | `missed` | [`Missed::Skip`] |
 /// | `each_task` | plain tasks (priority 0, no timeout, no retry) |
-/// | `wall_clock` (cron) | [`SystemClock`] |
+/// | `wall_clock` (feature `cron`) | `SystemClock` |
 #[must_use = "a schedule does nothing until `start` is called"]
 pub struct ScheduleBuilder<'c, T, E> {
     cluster: &'c Cluster,
@@ -359,7 +361,8 @@ where
     /// stopping or stopped, [`ScheduleError::NoRuntime`] outside a runtime.
     pub fn start(self) -> Result<ScheduleHandle, ScheduleError> {
         validate_name(&self.name)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ScheduleError::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ScheduleError::NoRuntime)?;
         let shared = self.cluster.shared();
         if shared.stopping.is_cancelled() || shared.closing.is_cancelled() {
             return Err(ScheduleError::ShuttingDown);
@@ -446,12 +449,12 @@ impl Cluster {
     /// With feature `cron`:
     ///
     /// ```
-    /// # #[cfg(feature = "cron")] {
     /// use corral::{Cluster, Trigger};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let cluster = Cluster::new(1).unwrap();
+    /// // Every night at 02:30, Berlin time (ids: "backup@2026-03-30T02:30:00+02:00").
     /// let nightly = cluster
     ///     .schedule("backup", Trigger::cron("30 2 * * *", "Europe/Berlin").unwrap(), |_ctx, _firing| async {
     ///         Ok::<_, String>(())
@@ -459,8 +462,6 @@ impl Cluster {
     ///     .start()
     ///     .unwrap();
     /// nightly.cancel();
-    /// # }
-    /// # main();
     /// # }
     /// ```
     pub fn schedule<F, Fut, T, E>(
@@ -484,13 +485,19 @@ fn validate_name(name: &str) -> Result<(), ScheduleError> {
         return Err(ScheduleError::InvalidName("the name is empty"));
     }
     if name.starts_with('#') {
-        return Err(ScheduleError::InvalidName("names starting with '#' are reserved"));
+        return Err(ScheduleError::InvalidName(
+            "names starting with '#' are reserved",
+        ));
     }
     if name.contains('@') {
-        return Err(ScheduleError::InvalidName("'@' separates the name from the firing in task ids"));
+        return Err(ScheduleError::InvalidName(
+            "'@' separates the name from the firing in task ids",
+        ));
     }
     if name.len() > MAX_SCHEDULE_NAME_LEN {
-        return Err(ScheduleError::InvalidName("the name is longer than MAX_SCHEDULE_NAME_LEN"));
+        return Err(ScheduleError::InvalidName(
+            "the name is longer than MAX_SCHEDULE_NAME_LEN",
+        ));
     }
     Ok(())
 }
