@@ -135,7 +135,7 @@ async fn overlap_allow_runs_firings_side_by_side() {
     let log: Log = Default::default();
     let t0 = tokio::time::Instant::now();
     let h = every_10s(&cluster, "a", 25 * SEC, Overlap::Allow, Missed::Skip, &log);
-    at(t0, 55).await;
+    at(t0, 52).await;
     assert_eq!(ids(&log), ["a@1", "a@2", "a@3", "a@4", "a@5"]);
     assert_eq!(cluster.stats().running, 3, "3, 4 and 5 run at once");
     assert_eq!(h.stats().skipped, 0);

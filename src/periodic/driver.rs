@@ -36,6 +36,15 @@ pub(crate) struct Driver<T, E> {
     pub(crate) timeline: Box<dyn Timeline>,
 }
 
+/// Cancels `done` when dropped.
+struct Finished(Arc<Control>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.done.cancel();
+    }
+}
+
 /// What a submit came to.
 enum Submitted<T, E> {
     Running(TaskId, TaskHandle<T, E>),
@@ -72,6 +81,9 @@ where
             ended: false,
         };
         let control = self.control.clone();
+        // Marks the schedule finished however the driver goes, its
+        // runtime's shutdown (which drops it mid-await) included.
+        let _finished = Finished(control.clone());
         while !run.ended {
             let paused = control.paused.load(Relaxed);
             if was_paused && !paused {
@@ -119,7 +131,6 @@ where
             body, configure, ..
         } = self;
         drop_guarded((body, configure, run.active), "a schedule's body");
-        control.done.cancel();
     }
 
     /// Firing `key` is due: decides every due firing after `cursor` by the
