@@ -347,3 +347,31 @@ async fn shutdown_counts_members_as_shut_down() {
     assert_eq!(summary.shutdown, 3);
     assert_eq!(summary.failures.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_racing_with_many_members_finishing_fires_once() {
+    let cluster = Cluster::new(4).unwrap();
+    for round in 0..20 {
+        let seen = Arc::new(Seen::default());
+        let batch = watched(&cluster, &seen);
+        for n in 0..50u32 {
+            let _member = batch
+                .task(move |_| async move {
+                    tokio::task::yield_now().await;
+                    if n % 7 == 0 {
+                        Err(n)
+                    } else {
+                        Ok(n)
+                    }
+                })
+                .submit()
+                .unwrap();
+        }
+        // Sealed while members finish on other threads.
+        let summary = batch.seal().wait().await;
+        assert_eq!(summary.total(), 50, "round {round}");
+        assert_eq!(summary.failed, 8);
+        assert_eq!(seen.done.load(SeqCst), 1);
+        assert_eq!(seen.first.load(SeqCst), 1);
+    }
+}

@@ -326,6 +326,38 @@ async fn a_taken_firing_id_is_skipped_not_run_twice() {
     assert_eq!(squatter.await, Err(TaskError::Cancelled));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_each_task_drops_that_firing_only() {
+    let cluster = Cluster::new(1).unwrap();
+    let log: Log = Default::default();
+    let l = log.clone();
+    let t0 = tokio::time::Instant::now();
+    let h = cluster
+        .schedule("e", Trigger::every(10 * SEC), move |_ctx, f: Firing| {
+            l.lock().unwrap().push(f.id.to_string());
+            async { Ok::<_, String>(()) }
+        })
+        .each_task(|task| {
+            if task_is_second() {
+                panic!("configure panics");
+            }
+            task
+        })
+        .start()
+        .unwrap();
+    at(t0, 35).await;
+    assert_eq!(ids(&log), ["e@1", "e@3"]);
+    assert_eq!((h.stats().fired, h.stats().skipped), (2, 1));
+    assert!(!h.is_finished(), "the schedule goes on");
+}
+
+/// `true` on the second call (in the test that uses it).
+fn task_is_second() -> bool {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    CALLS.fetch_add(1, SeqCst) == 1
+}
+
 #[cfg(feature = "cron")]
 mod cron {
     use std::time::{Duration, SystemTime};
