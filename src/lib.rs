@@ -19,6 +19,12 @@
 //!   cancel and a shutdown.
 //! - **Cost**: a task is one allocation while it waits; bodies run inline on
 //!   the workers, so there is no tokio task, timer or thread per task.
+//! - **Periodic tasks**: [`Cluster::schedule`] fires a task on a fixed
+//!   interval or (feature `cron`) a cron expression in a time zone, with
+//!   policies for overlapping and missed runs; one small driver per
+//!   schedule, never a queue entry per future firing.
+//! - **Batches**: [`Cluster::batch`] groups tasks, with callbacks when all
+//!   have finished and on the first failure, and an await for the group.
 //!
 //! ## Example
 //!

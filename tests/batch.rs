@@ -375,3 +375,26 @@ async fn seal_racing_with_many_members_finishing_fires_once() {
         assert_eq!(seen.first.load(SeqCst), 1);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn blocking_members_count_too() {
+    let cluster = Cluster::new(2).unwrap();
+    let batch = cluster.batch();
+    let a = batch
+        .blocking_task(|_| Ok::<_, String>(1))
+        .submit()
+        .unwrap();
+    let b = batch
+        .blocking_task(|_| Err::<i32, _>("no".to_string()))
+        .id("blocking-bad")
+        .submit()
+        .unwrap();
+    let summary = batch.seal().wait().await;
+    assert_eq!((summary.succeeded, summary.failed), (1, 1));
+    assert_eq!(
+        summary.failures,
+        [(TaskId::from("blocking-bad"), OutcomeKind::Failed)]
+    );
+    assert_eq!(a.await, Ok(1));
+    assert!(b.await.is_err());
+}

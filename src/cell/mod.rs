@@ -16,7 +16,9 @@
 //!      future it returns, polled and dropped by the worker;
 //!    - the `retry_with` function (or `retry_if` predicate) and the backoff
 //!      strategy ([`Job::retry_delay`]), with the pending error lent out;
-//!    - `on_failure` and `on_complete`, in [`Job::complete`];
+//!    - `on_failure` and `on_complete`, in [`Job::complete`], and after
+//!      them a crate feature's completion hook (`Extras::settled`, a
+//!      batch's: `crate::batch`);
 //!    - `Clone` of the outcome: for the cache and for subscribers in
 //!      `complete`, and for a late subscriber by the subscriber itself, on
 //!      the retained outcome lent out of the lock (`Answer::Lent`; whoever

@@ -23,7 +23,9 @@
 //!   [`Overlap`] policy like any firing.
 //! - Intervals run on the engine's clock (tokio's: a paused test clock
 //!   drives them). Cron runs on a `WallClock` (the system's unless
-//!   another is given), looked at again at least every minute.
+//!   another is given), looked at again at least every minute. A wall
+//!   clock set back fires nothing twice (the driver's firing keys only
+//!   grow); set forward, the firings it jumped over count as missed.
 
 use std::fmt;
 use std::future::Future;
