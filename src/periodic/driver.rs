@@ -196,6 +196,10 @@ where
     }
 
     fn submit(&self, run: &mut Run<T, E>, key: i64, catch_up: bool) -> Submitted<T, E> {
+        if self.control.cancel.is_cancelled() {
+            run.ended = true;
+            return Submitted::End;
+        }
         let Some(cluster) = self.cluster.upgrade() else {
             run.ended = true;
             return Submitted::End;

@@ -564,9 +564,10 @@ impl ScheduleHandle {
         &self.name
     }
 
-    /// Ends the schedule: no firing is submitted after this returns
-    /// (firings already submitted run on; cancel them by id if need be).
-    /// Idempotent.
+    /// Ends the schedule: it submits no firing once this has returned
+    /// (the driver checks before each submit; only a submit already past
+    /// that check on another thread can still land). Firings already
+    /// submitted run on; cancel them by id if need be. Idempotent.
     pub fn cancel(&self) {
         self.control.cancel.cancel();
     }
