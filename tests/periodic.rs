@@ -240,6 +240,42 @@ async fn missed_run_all_is_bounded_and_runs_in_order() {
     assert_eq!(log, ["p@1@10s", "p@4@55s", "p@5@55s", "p@6@60s"]);
 }
 
+/// The runtime is late: the clock jumps 35 s at once (no timer runs in
+/// between), so firings 1 to 3 are all due when the driver wakes.
+async fn late_runtime(missed: Missed) -> Vec<String> {
+    let cluster = Cluster::new(2).unwrap();
+    let log: Log = Default::default();
+    let l = log.clone();
+    let t0 = tokio::time::Instant::now();
+    let h = cluster
+        .schedule("l", Trigger::every(10 * SEC), move |_ctx, f: Firing| {
+            l.lock()
+                .unwrap()
+                .push(format!("{}{}", f.id, if f.catch_up { " late" } else { "" }));
+            async { Ok::<_, String>(()) }
+        })
+        .missed(missed)
+        .overlap(Overlap::Allow)
+        .start()
+        .unwrap();
+    tokio::task::yield_now().await; // the driver is asleep until 10 s
+    tokio::time::advance(35 * SEC).await;
+    at(t0, 36).await;
+    h.cancel();
+    ids(&log)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_runtime_runs_the_on_time_firing_and_applies_the_missed_policy() {
+    assert_eq!(late_runtime(Missed::Skip).await, ["l@3"]);
+    assert_eq!(late_runtime(Missed::RunOnce).await, ["l@3"]);
+    assert_eq!(late_runtime(Missed::RunAll(2)).await, ["l@2 late", "l@3"]);
+    assert_eq!(
+        late_runtime(Missed::RunAll(5)).await,
+        ["l@1 late", "l@2 late", "l@3"]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_ends_the_schedule_and_leaves_the_running_firing() {
     let cluster = Cluster::new(2).unwrap();
