@@ -187,7 +187,10 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         l
                     }
                 };
-                let claimed = store.claim(lease, "q", &kinds, n).await.map_err(err)?;
+                let claimed = store
+                    .claim(lease, "q", &kinds, n, None)
+                    .await
+                    .map_err(err)?;
                 let available = jobs
                     .values()
                     .filter(|j| j.state == MState::Available)
@@ -312,7 +315,7 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 workers[w].held.clear();
             }
             Op::Rescue => {
-                let (n, _) = store.rescue().await.map_err(err)?;
+                let (n, _) = store.rescue(0).await.map_err(err)?;
                 let mut expected = 0;
                 for j in jobs.values_mut() {
                     if let MState::Running(l) = j.state {
@@ -473,7 +476,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
             .unwrap();
         let kinds = vec!["k".to_owned()];
         let old = store.register(TTL).await.unwrap();
-        let claimed = store.claim(old, "q", &kinds, N).await.unwrap();
+        let claimed = store.claim(old, "q", &kinds, N, None).await.unwrap();
         assert_eq!(claimed.len(), N);
         store.expire(old).await;
         let new = store.register(TTL).await.unwrap();
@@ -484,7 +487,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
                 tokio::spawn(async move {
                     let mut total = 0;
                     for _ in 0..20 {
-                        total += s.rescue().await.unwrap().0;
+                        total += s.rescue(0).await.unwrap().0;
                         tokio::task::yield_now().await;
                     }
                     total
@@ -497,7 +500,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
                 let mut done = 0;
                 let mut refused = 0;
                 while done < N {
-                    let got = s.claim(new, "q", &kinds, 16).await.unwrap();
+                    let got = s.claim(new, "q", &kinds, 16, None).await.unwrap();
                     let batch: Vec<Finish> = got
                         .iter()
                         .map(|c| Finish {
@@ -566,7 +569,14 @@ fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
         store.insert(vec![new_job()]).await.unwrap();
         let lease = store.register(Duration::from_millis(300)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        assert_eq!(store.claim(lease, "q", &kinds, 1).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .claim(lease, "q", &kinds, 1, None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // The heartbeat's transaction starts while the lease is alive (its
         // `now()` is fixed then)...
         let (mut beat, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -577,7 +587,7 @@ fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
         tx.batch_execute("SELECT 1").await.unwrap();
         // ...the lease expires, and a rescue moves its job...
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(store.rescue().await.unwrap().0, 1);
+        assert_eq!(store.rescue(0).await.unwrap().0, 1);
         // ...then the heartbeat's statement runs and commits.
         let ttl_ms: i64 = 60_000;
         let row = tx
@@ -611,7 +621,7 @@ fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres()
         store.insert(vec![new_job()]).await.unwrap();
         let lease = store.register(Duration::from_millis(300)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        let claimed = store.claim(lease, "q", &kinds, 1).await.unwrap();
+        let claimed = store.claim(lease, "q", &kinds, 1, None).await.unwrap();
         let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();

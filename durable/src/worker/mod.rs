@@ -11,10 +11,12 @@
 //! - the **finalizer** (`finalize.rs`): writes every finished attempt that
 //!   is waiting in one fenced statement;
 //! - the **heartbeat** (`lease.rs`): renews the lease every third of its
-//!   TTL, learns leadership and cancel requests; a lost lease cuts local
-//!   attempts short and registers a new one;
+//!   TTL while the worker holds claimed rows, every two thirds while it
+//!   holds none; learns leadership and cancel requests; a lost lease cuts
+//!   local attempts short and registers a new one;
 //! - the **leader** duties (`lease.rs`), while this worker holds the leader
-//!   row: stage scheduled rows at their time, rescue expired leases, prune.
+//!   row: stage scheduled rows at their time, rescue expired leases, prune,
+//!   each only when it can have work.
 //!
 //! Stop protocol: claim loops end first; then the engine's `stop(timeout)`
 //! lets running attempts finish and cuts the rest short at the timeout,
@@ -28,7 +30,7 @@ mod lease;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// |---|---|
 /// | job types | none (at least one is required) |
 /// | queues | none (at least one is required) |
-/// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s) |
+/// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s while running jobs, every 20 s when idle) |
 /// | `prune_interval` | 60 s |
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct WorkerBuilder {
@@ -102,7 +104,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// The lease TTL (at least 300 ms). Heartbeats go every third of it.
+    /// The lease TTL (at least 300 ms). Heartbeats go every third of it
+    /// while the worker holds claimed jobs, every two thirds while it holds
+    /// none (an idle worker's lease guards nothing; losing it would only
+    /// mean registering again).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -179,6 +184,9 @@ impl WorkerBuilder {
             halt: CancellationToken::new(),
             attempts: TaskTracker::new(),
             counters: Counters::default(),
+            held: AtomicUsize::new(0),
+            busy: tokio::sync::Notify::new(),
+            hints: tokio::sync::watch::Sender::new(lease::Hints::default()),
         });
         let loops = TaskTracker::new();
         for (queue, n) in self.queues {
@@ -256,11 +264,36 @@ pub(crate) struct Shared {
     halt: CancellationToken,
     attempts: TaskTracker,
     counters: Counters,
+    /// Rows claimed and not yet written back (running, or waiting for the
+    /// finalizer): while none, the lease guards nothing and heartbeats are
+    /// rarer.
+    held: AtomicUsize,
+    /// The heartbeat's wake-up when `held` leaves zero.
+    busy: tokio::sync::Notify,
+    /// What the leader's last heartbeat learned (when a rescue or a prune
+    /// can have work), for the leader's duties.
+    hints: tokio::sync::watch::Sender<lease::Hints>,
 }
 
 impl Shared {
     fn lease(&self) -> LeaseId {
         self.lease.load(Ordering::Acquire)
+    }
+
+    /// `n` rows were claimed.
+    fn hold(&self, n: usize) {
+        if n > 0 && self.held.fetch_add(n, Ordering::AcqRel) == 0 {
+            self.busy.notify_one();
+        }
+    }
+
+    /// One claimed row was written back (or given up).
+    fn unhold(&self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn is_busy(&self) -> bool {
+        self.held.load(Ordering::Acquire) > 0
     }
 
     /// Cuts a local attempt short (a cancel from another process, or a

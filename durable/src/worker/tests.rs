@@ -12,8 +12,8 @@ use crate::client::Backend;
 use crate::id::JobId;
 use crate::store::signals::Signals;
 use crate::store::{
-    Beat, BoxFut, CancelResult, Claimed, Fate, Finish, LeaseId, Lookup, NewJob, RawStats, Store,
-    StoreResult,
+    Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup, NewJob,
+    RawStats, Store, StoreResult,
 };
 use crate::{Client, Job, JobContext, JobResult, MemoryStore, Worker};
 
@@ -46,9 +46,10 @@ impl Store for Gated {
         queue: &'a str,
         kinds: &'a [String],
         limit: usize,
+        after: Option<ClaimCursor>,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         Box::pin(async move {
-            let claimed = self.inner.claim(lease, queue, kinds, limit).await;
+            let claimed = self.inner.claim(lease, queue, kinds, limit, after).await;
             if self.armed.swap(false, Ordering::AcqRel) {
                 self.entered.notify_one();
                 self.release.notified().await;
@@ -74,8 +75,8 @@ impl Store for Gated {
     fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         self.inner.stage(limit)
     }
-    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
-        self.inner.rescue()
+    fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+        self.inner.rescue(own)
     }
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>> {
         self.inner.prune(limit)
