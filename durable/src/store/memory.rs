@@ -54,6 +54,8 @@ struct Row {
     attempt: i32,
     lost: i32,
     lease: Option<LeaseId>,
+    /// The number of the claim that made it running.
+    claim: i64,
     cancel_requested: bool,
     output: Option<String>,
     error: Option<String>,
@@ -190,6 +192,7 @@ impl Store for MemoryStore {
                     attempt: 0,
                     lost: 0,
                     lease: None,
+                    claim: 0,
                     cancel_requested: false,
                     output: None,
                     error: None,
@@ -214,7 +217,13 @@ impl Store for MemoryStore {
         ready(Ok(lease))
     }
 
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
         if !t.lease_alive(lease, now) {
@@ -234,6 +243,17 @@ impl Store for MemoryStore {
             .filter(|(_, r)| r.state == State::Running && r.lease == Some(lease))
             .filter(|(_, r)| r.cancel_requested)
             .map(|(id, _)| JobId(*id))
+            .collect();
+        let unknown = t
+            .rows
+            .iter()
+            .filter(|(id, r)| {
+                r.state == State::Running
+                    && r.lease == Some(lease)
+                    && r.claim < settled_below
+                    && !held.contains(id)
+            })
+            .map(|(id, r)| (JobId(*id), r.attempt))
             .collect();
         let until = |at: Instant| at.saturating_duration_since(now);
         let (leader_expires_in, rescue_in, prune_in) = if leader {
@@ -263,6 +283,7 @@ impl Store for MemoryStore {
             leader_expires_in,
             rescue_in,
             prune_in,
+            unknown,
         }))
     }
 
@@ -285,6 +306,7 @@ impl Store for MemoryStore {
         limit: usize,
         // A hint only: this table is small and has no dead entries to skip.
         _after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         let now = Instant::now();
         let wall = SystemTime::now();
@@ -310,6 +332,7 @@ impl Store for MemoryStore {
             r.state = State::Running;
             r.attempt += 1;
             r.lease = Some(lease);
+            r.claim = claim_no;
             out.push(Claimed {
                 id: JobId(id),
                 key: r.job.key.clone(),

@@ -189,6 +189,10 @@ pub(crate) struct Beat {
     /// This lease leads: how long until the earliest finished row is due
     /// for pruning (zero: some are due now).
     pub(crate) prune_in: Option<Duration>,
+    /// Running rows of this lease the worker does not hold, with their
+    /// attempt: a claim committed but its answer never arrived. The worker
+    /// gives them back.
+    pub(crate) unknown: Vec<(JobId, i32)>,
 }
 
 /// Counts of jobs by queue and state.
@@ -205,13 +209,22 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn insert(&self, jobs: Vec<NewJob>) -> BoxFut<'_, StoreResult<Vec<JobId>>>;
     /// Registers a new lease that expires after `ttl` unless renewed.
     fn register(&self, ttl: Duration) -> BoxFut<'_, StoreResult<LeaseId>>;
-    /// Renews a lease (only if still alive), contends for the leader row, and
-    /// reports cancel requests for the lease's running jobs.
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>>;
+    /// Renews a lease (only if still alive), contends for the leader row,
+    /// reports cancel requests for the lease's running jobs, and the
+    /// lease's running rows the worker does not know: claimed by a claim
+    /// numbered below `settled_below` (all of which have answered) and not
+    /// among `held` (a claim whose answer was lost).
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>>;
     /// Ends a lease at a clean stop (its running rows, if any, are rescued later).
     fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>>;
-    /// Claims up to `limit` due rows of `queue` whose kind is in `kinds`.
-    /// With `after`, only rows of the cursor's priority past it in claim
+    /// Claims up to `limit` due rows of `queue` whose kind is in `kinds`,
+    /// stamping them with the caller's claim number `claim_no`. With `after`, only rows of the cursor's priority past it in claim
     /// order (a hint: a store may ignore it; the caller makes a claim
     /// without it whenever one with it comes back short).
     fn claim<'a>(
@@ -221,6 +234,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         kinds: &'a [String],
         limit: usize,
         after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>>;
     /// Applies fenced writes in one statement; the fate of each, in order.
     fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>>;

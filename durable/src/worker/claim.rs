@@ -76,9 +76,10 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
             // meanwhile comes back empty, and the renewal wakes this loop.
             renewed.borrow_and_update();
             let lease = shared.lease();
+            let no = shared.begin_claim();
             let claim = shared
                 .store
-                .claim(lease, &queue, &shared.kinds, free, cursor);
+                .claim(lease, &queue, &shared.kinds, free, cursor, no);
             tokio::pin!(claim);
             let claimed = tokio::select! {
                 r = &mut claim => r,
@@ -88,10 +89,12 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     // given back at once, else they are rescued with the
                     // retired lease.
                     if let Ok(Ok(jobs)) = tokio::time::timeout(STOP_GRACE, claim).await {
-                        shared.hold(jobs.len());
+                        shared.end_claim(no, &jobs);
                         for job in &jobs {
                             let _ = shared.finish_tx.send(Item::release(lease, job));
                         }
+                    } else {
+                        shared.end_claim(no, &[]);
                     }
                     return;
                 }
@@ -112,7 +115,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                         maybe_more = cursor.is_some();
                         cursor = None;
                     }
-                    shared.hold(jobs.len());
+                    shared.end_claim(no, &jobs);
                     slots.free.fetch_sub(jobs.len(), Ordering::AcqRel);
                     for job in jobs {
                         start_attempt(&shared, &slots, lease, job);
@@ -120,6 +123,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     continue;
                 }
                 Err(e) => {
+                    shared.end_claim(no, &[]);
                     tracing::warn!(error = %e, queue, retry_in = ?backoff, "corral-durable claim failed");
                     tokio::select! {
                         () = shared.claiming.cancelled() => return,
@@ -137,12 +141,14 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     return;
                 }
                 maybe_more = true;
+                cursor = None;
             }
             r = renewed.changed() => {
                 if r.is_err() {
                     return;
                 }
                 maybe_more = true;
+                cursor = None;
             }
             () = slots.freed.notified() => {}
         }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use crate::id::JobId;
-use crate::store::Beat;
+use crate::store::{Action, Beat, Finish, LeaseId};
 
 /// Prune statements per round at most (bounded work per round).
 const PRUNE_ROUNDS: usize = 10;
@@ -97,10 +97,11 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
             // round trip, so local attempts are cut short at once.
             Ok(Beat::default())
         } else {
+            let (held, settled_below) = shared.held_and_settled();
             // A stop never waits on a statement (the store may hang).
             tokio::select! {
                 () = shared.halt.cancelled() => return,
-                beat = shared.store.heartbeat(lease, shared.ttl) => beat,
+                beat = shared.store.heartbeat(lease, shared.ttl, held, settled_below) => beat,
             }
         };
         match beat {
@@ -123,6 +124,9 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 beat.cancels
                     .into_iter()
                     .for_each(|id| shared.cancel_local(id));
+                if !beat.unknown.is_empty() {
+                    give_back_unknown(&shared, lease, beat.unknown).await;
+                }
             }
             Ok(_) => {
                 shared.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +169,33 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Gives back rows claimed under `lease` whose claim's answer never
+/// arrived (the worker does not know them; renewing the lease would keep
+/// them running for good). Fenced like any write: the attempt given back
+/// is the unknown one.
+async fn give_back_unknown(shared: &Shared, lease: LeaseId, unknown: Vec<(JobId, i32)>) {
+    tracing::warn!(
+        jobs = unknown.len(),
+        "corral-durable worker gives back rows of a claim whose answer was lost"
+    );
+    let batch = unknown
+        .into_iter()
+        .map(|(id, attempt)| Finish {
+            id,
+            attempt,
+            action: Action::Release,
+        })
+        .collect();
+    let given = tokio::select! {
+        () = shared.halt.cancelled() => return,
+        r = shared.store.finish(lease, batch) => r,
+    };
+    if let Err(e) = given {
+        // The next heartbeat reports them again.
+        tracing::warn!(error = %e, "corral-durable worker could not give back unknown rows");
     }
 }
 

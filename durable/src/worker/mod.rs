@@ -28,9 +28,9 @@ mod claim;
 mod finalize;
 mod lease;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use crate::client::Backend;
 use crate::error::WorkerError;
 use crate::id::JobId;
 use crate::job::Job;
-use crate::store::{LeaseId, Store};
+use crate::store::{Claimed, LeaseId, Store};
 
 /// The default lease TTL: a worker silent this long is presumed dead and its
 /// jobs are rescued.
@@ -184,7 +184,7 @@ impl WorkerBuilder {
             halt: CancellationToken::new(),
             attempts: TaskTracker::new(),
             counters: Counters::default(),
-            held: AtomicUsize::new(0),
+            book: Mutex::default(),
             busy: tokio::sync::Notify::new(),
             hints: tokio::sync::watch::Sender::new(lease::Hints::default()),
         });
@@ -217,6 +217,17 @@ fn start_cluster(slots: usize) -> Result<Cluster, WorkerError> {
         Ok(()) => Ok(cluster),
         Err(_) => Err(WorkerError::Start("the engine needs a tokio runtime")),
     }
+}
+
+/// The claims of one worker and the rows they gave it.
+#[derive(Debug, Default)]
+struct ClaimBook {
+    /// The next claim's number.
+    next: i64,
+    /// Claims sent and not answered yet.
+    in_flight: BTreeSet<i64>,
+    /// Rows claimed and not yet written back: (job, attempt).
+    held: HashSet<(JobId, i32)>,
 }
 
 #[derive(Debug, Default)]
@@ -264,11 +275,9 @@ pub(crate) struct Shared {
     halt: CancellationToken,
     attempts: TaskTracker,
     counters: Counters,
-    /// Rows claimed and not yet written back (running, or waiting for the
-    /// finalizer): while none, the lease guards nothing and heartbeats are
-    /// rarer.
-    held: AtomicUsize,
-    /// The heartbeat's wake-up when `held` leaves zero.
+    /// Claims in flight and the rows claimed and not yet written back.
+    book: Mutex<ClaimBook>,
+    /// The heartbeat's wake-up when the worker starts holding rows.
     busy: tokio::sync::Notify,
     /// What the leader's last heartbeat learned (when a rescue or a prune
     /// can have work), for the leader's duties.
@@ -280,20 +289,45 @@ impl Shared {
         self.lease.load(Ordering::Acquire)
     }
 
-    /// `n` rows were claimed.
-    fn hold(&self, n: usize) {
-        if n > 0 && self.held.fetch_add(n, Ordering::AcqRel) == 0 {
+    /// A claim is about to be sent: its number.
+    fn begin_claim(&self) -> i64 {
+        let mut book = self.book.lock();
+        let no = book.next;
+        book.next += 1;
+        book.in_flight.insert(no);
+        no
+    }
+
+    /// Claim `no` answered with `rows` (none if it failed: rows it may
+    /// have claimed anyway are unknown to this worker, and the heartbeat
+    /// gives them back). The rows are held before the claim stops being in
+    /// flight, so a heartbeat never sees them as neither.
+    fn end_claim(&self, no: i64, rows: &[Claimed]) {
+        let mut book = self.book.lock();
+        let was_idle = book.held.is_empty();
+        book.held.extend(rows.iter().map(|r| (r.id, r.attempt)));
+        book.in_flight.remove(&no);
+        if was_idle && !book.held.is_empty() {
             self.busy.notify_one();
         }
     }
 
-    /// One claimed row was written back (or given up).
-    fn unhold(&self) {
-        self.held.fetch_sub(1, Ordering::AcqRel);
+    /// A claimed row was written back (or given up).
+    fn unhold(&self, id: JobId, attempt: i32) {
+        self.book.lock().held.remove(&(id, attempt));
     }
 
+    /// Whether the worker holds claimed rows (then its lease guards them).
     fn is_busy(&self) -> bool {
-        self.held.load(Ordering::Acquire) > 0
+        !self.book.lock().held.is_empty()
+    }
+
+    /// For a heartbeat: the ids held, and the number below which every
+    /// claim has answered (read together, under the lock).
+    fn held_and_settled(&self) -> (Vec<i64>, i64) {
+        let book = self.book.lock();
+        let below = book.in_flight.first().copied().unwrap_or(book.next);
+        (book.held.iter().map(|(id, _)| id.0).collect(), below)
     }
 
     /// Cuts a local attempt short (a cancel from another process, or a

@@ -478,22 +478,33 @@ impl Store for PgStore {
         })
     }
 
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>> {
         Box::pin(async move {
             let client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.heartbeat).await?;
-            let row = client.query_one(&stmt, &[&lease, &ms(ttl)]).await?;
+            let row = client
+                .query_one(&stmt, &[&lease, &ms(ttl), &held, &settled_below])
+                .await?;
             let alive: i64 = row.get(0);
             let leader = row.get::<_, i64>(1) > 0;
             let cancels: Vec<i64> = row.get(2);
+            let unknown: Vec<i64> = row.get(3);
+            let attempts: Vec<i32> = row.get(4);
             let lead = |i: usize| if leader { from_ms(row.get(i)) } else { None };
             Ok(Beat {
                 alive: alive > 0,
                 leader,
                 cancels: cancels.into_iter().map(JobId).collect(),
-                leader_expires_in: if leader { None } else { from_ms(row.get(3)) },
-                rescue_in: lead(4),
-                prune_in: lead(5),
+                leader_expires_in: if leader { None } else { from_ms(row.get(5)) },
+                rescue_in: lead(6),
+                prune_in: lead(7),
+                unknown: unknown.into_iter().map(JobId).zip(attempts).collect(),
             })
         })
     }
@@ -513,6 +524,7 @@ impl Store for PgStore {
         kinds: &'a [String],
         limit: usize,
         after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         Box::pin(async move {
             let client = self.conn().await?;
@@ -522,7 +534,7 @@ impl Store for PgStore {
                 None => {
                     let stmt = client.prepare_cached(&sql.claim).await?;
                     client
-                        .query(&stmt, &[&lease, &queue, &kinds, &limit])
+                        .query(&stmt, &[&lease, &queue, &kinds, &limit, &claim_no])
                         .await?
                 }
                 Some(c) => {
@@ -538,6 +550,7 @@ impl Store for PgStore {
                                 &c.priority,
                                 &c.run_at,
                                 &c.id.0,
+                                &claim_no,
                             ],
                         )
                         .await?

@@ -97,6 +97,15 @@ UPDATE {s}.jobs SET jitter = 0 WHERE NOT (jitter >= 0 AND jitter <= 1);
 ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_jitter_ratio CHECK (jitter >= 0 AND jitter <= 1);
 "#,
     ),
+    (
+        3,
+        r#"
+-- The worker's number of the claim that made a row running: a heartbeat
+-- tells rows of a claim whose answer was lost (settled, yet not held by the
+-- worker) from rows of a claim still in flight.
+ALTER TABLE {s}.jobs ADD COLUMN claim bigint;
+"#,
+    ),
 ];
 
 /// Notices for rows an update moved: finished ids (chunked under the
@@ -119,7 +128,8 @@ notes AS (
 /// The end of both claims: `picked` rows move to `running` under a live lease.
 const CLAIMED: &str = "), claimed AS (
                     UPDATE {s}.jobs j
-                       SET state = 'running', attempt = j.attempt + 1, lease = $1, attempted_at = now()
+                       SET state = 'running', attempt = j.attempt + 1, lease = $1, attempted_at = now(),
+                           claim = {claim_no}
                       FROM picked
                      WHERE j.id = picked.id
                        AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > now())
@@ -212,6 +222,14 @@ impl Sql {
                  SELECT (SELECT count(*) FROM w) AS alive, (SELECT count(*) FROM l) AS leader,
                         ARRAY(SELECT id FROM {s}.jobs
                                WHERE state = 'running' AND lease = $1 AND cancel_requested) AS cancels,
+                        -- Rows of claims that answered (numbered below $4) the worker
+                        -- does not hold: their answer was lost.
+                        ARRAY(SELECT id FROM {s}.jobs
+                               WHERE state = 'running' AND lease = $1 AND claim < $4
+                                 AND id <> ALL($3) ORDER BY id) AS unknown,
+                        ARRAY(SELECT attempt FROM {s}.jobs
+                               WHERE state = 'running' AND lease = $1 AND claim < $4
+                                 AND id <> ALL($3) ORDER BY id) AS unknown_attempts,
                         -- The holder's expiry as it was before this statement (for a
                         -- worker that did not take the row: when to contend again).
                         (SELECT (extract(epoch FROM expires_at - now()) * 1000)::bigint
@@ -241,7 +259,8 @@ impl Sql {
                      ORDER BY priority DESC, run_at, id
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
-                 {CLAIMED}"
+                 {}",
+                CLAIMED.replace("{claim_no}", "$5")
             )),
             // The same past a cursor: a range scan of the claim index from
             // the cursor on (within its priority), not from the front, where
@@ -255,7 +274,8 @@ impl Sql {
                      ORDER BY priority DESC, run_at, id
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
-                 {CLAIMED}"
+                 {}",
+                CLAIMED.replace("{claim_no}", "$8")
             )),
             // Fenced on job, attempt, running state, lease, and the lease
             // being alive when the statement runs (`statement_timestamp()`,
