@@ -116,6 +116,8 @@ impl WorkerBuilder {
     /// How often the leader deletes finished rows past their retention (in
     /// batches of 1,000, at most 10 batches a round; a round that deleted
     /// all it could is followed by the next at once, until none is left).
+    /// Rounds run only while rows finish or some are due (the leader's
+    /// heartbeat reports the earliest): an idle leader does not prune.
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_every = every;
         self
