@@ -42,7 +42,7 @@ async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
         .await
         .unwrap()
         .get::<_, i64>(0);
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
     drop(store);
     drop_schema(&schema).await;
 }

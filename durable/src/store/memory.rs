@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::signals::Signals;
 use super::{
-    Action, Beat, BoxFut, CancelResult, Claimed, Fate, Finish, LeaseId, Lookup, NewJob, RawOutcome,
-    RawStats, Start, Store, StoreResult,
+    Action, Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup,
+    NewJob, RawOutcome, RawStats, Start, Store, StoreResult,
 };
 use crate::error::StoreError;
 use crate::id::JobId;
@@ -54,6 +54,8 @@ struct Row {
     attempt: i32,
     lost: i32,
     lease: Option<LeaseId>,
+    /// The number of the claim that made it running.
+    claim: i64,
     cancel_requested: bool,
     output: Option<String>,
     error: Option<String>,
@@ -190,6 +192,7 @@ impl Store for MemoryStore {
                     attempt: 0,
                     lost: 0,
                     lease: None,
+                    claim: 0,
                     cancel_requested: false,
                     output: None,
                     error: None,
@@ -214,7 +217,13 @@ impl Store for MemoryStore {
         ready(Ok(lease))
     }
 
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
         if !t.lease_alive(lease, now) {
@@ -235,10 +244,46 @@ impl Store for MemoryStore {
             .filter(|(_, r)| r.cancel_requested)
             .map(|(id, _)| JobId(*id))
             .collect();
+        let unknown = t
+            .rows
+            .iter()
+            .filter(|(id, r)| {
+                r.state == State::Running
+                    && r.lease == Some(lease)
+                    && r.claim < settled_below
+                    && !held.contains(id)
+            })
+            .map(|(id, r)| (JobId(*id), r.attempt))
+            .collect();
+        let until = |at: Instant| at.saturating_duration_since(now);
+        let (leader_expires_in, rescue_in, prune_in) = if leader {
+            // Rows running under a lease no longer alive (expired or
+            // retired) need a rescue now; else the next other expiry.
+            let stranded = t.rows.values().any(|r| {
+                r.state == State::Running && !r.lease.is_some_and(|l| t.lease_alive(l, now))
+            });
+            let rescue = if stranded {
+                Some(Duration::ZERO)
+            } else {
+                t.leases
+                    .iter()
+                    .filter(|&(&l, &e)| l != lease && e > now)
+                    .map(|(_, &e)| until(e))
+                    .min()
+            };
+            let prune = t.rows.values().filter_map(|r| r.prune_at).min().map(until);
+            (None, rescue, prune)
+        } else {
+            (t.leader.map(|(_, e)| until(e)), None, None)
+        };
         ready(Ok(Beat {
             alive: true,
             leader,
             cancels,
+            leader_expires_in,
+            rescue_in,
+            prune_in,
+            unknown,
         }))
     }
 
@@ -247,6 +292,8 @@ impl Store for MemoryStore {
         t.leases.remove(&lease);
         if t.leader.is_some_and(|(l, _)| l == lease) {
             t.leader = None;
+            drop(t);
+            self.inner.signals.wake_leader_vacant();
         }
         ready(Ok(()))
     }
@@ -257,8 +304,12 @@ impl Store for MemoryStore {
         queue: &'a str,
         kinds: &'a [String],
         limit: usize,
+        // A hint only: this table is small and has no dead entries to skip.
+        _after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         let now = Instant::now();
+        let wall = SystemTime::now();
         let mut t = self.inner.table.lock();
         if !t.lease_alive(lease, now) {
             return ready(Ok(Vec::new()));
@@ -281,6 +332,7 @@ impl Store for MemoryStore {
             r.state = State::Running;
             r.attempt += 1;
             r.lease = Some(lease);
+            r.claim = claim_no;
             out.push(Claimed {
                 id: JobId(id),
                 key: r.job.key.clone(),
@@ -294,6 +346,11 @@ impl Store for MemoryStore {
                 backoff: r.job.backoff.clone(),
                 jitter: r.job.jitter,
                 immediate: r.job.immediate,
+                cursor: ClaimCursor {
+                    priority: r.job.priority,
+                    run_at: wall - now.saturating_duration_since(r.run_at),
+                    id: JobId(id),
+                },
             });
         }
         ready(Ok(out))
@@ -377,6 +434,9 @@ impl Store for MemoryStore {
         drop(guard);
         let s = &self.inner.signals;
         woken.iter().for_each(|q| s.wake_queue(q));
+        if !done.is_empty() {
+            s.rows_finished();
+        }
         done.into_iter().for_each(|id| s.job_done(id));
         if scheduled {
             s.wake_scheduled();
@@ -446,7 +506,10 @@ impl Store for MemoryStore {
         };
         drop(t);
         match result {
-            CancelResult::Cancelled => self.inner.signals.job_done(id),
+            CancelResult::Cancelled => {
+                self.inner.signals.job_done(id);
+                self.inner.signals.rows_finished();
+            }
             CancelResult::Requested => self.inner.signals.cancel_requested(id),
             _ => {}
         }
@@ -492,7 +555,7 @@ impl Store for MemoryStore {
         ready(Ok((staged, next.map(|n| n - now))))
     }
 
-    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
         let dead: Vec<i64> = t
@@ -531,12 +594,15 @@ impl Store for MemoryStore {
         }
         let next = t
             .leases
-            .values()
-            .filter(|&&e| e > now)
-            .min()
-            .map(|&e| e - now);
+            .iter()
+            .filter(|&(&l, &e)| l != own && e > now)
+            .map(|(_, &e)| e - now)
+            .min();
         drop(t);
         woken.iter().for_each(|q| self.inner.signals.wake_queue(q));
+        if !done.is_empty() {
+            self.inner.signals.rows_finished();
+        }
         done.into_iter()
             .for_each(|id| self.inner.signals.job_done(id));
         ready(Ok((dead.len() as u64, next)))

@@ -88,6 +88,20 @@ pub(crate) struct Claimed {
     pub(crate) backoff: String,
     pub(crate) jitter: f32,
     pub(crate) immediate: bool,
+    /// Where this row sits in the claim order.
+    pub(crate) cursor: ClaimCursor,
+}
+
+/// A position in a queue's claim order (priority descending, then start
+/// time, then id): the last row of a full claim. The next claim may start
+/// past it instead of walking again, from the front of the claim index,
+/// the entries of rows claimed meanwhile (dead entries, while an open
+/// snapshot holds back vacuum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClaimCursor {
+    pub(crate) priority: i32,
+    pub(crate) run_at: SystemTime,
+    pub(crate) id: JobId,
 }
 
 /// How a running attempt's row is written.
@@ -166,6 +180,19 @@ pub(crate) struct Beat {
     pub(crate) leader: bool,
     /// Running jobs of this lease that someone asked to cancel.
     pub(crate) cancels: Vec<JobId>,
+    /// Another lease holds the leader row: how long until it expires (this
+    /// worker contends again then, so a dead leader is replaced at once).
+    pub(crate) leader_expires_in: Option<Duration>,
+    /// This lease leads: how long until another lease expires (zero: one
+    /// already has, its running rows may need a rescue).
+    pub(crate) rescue_in: Option<Duration>,
+    /// This lease leads: how long until the earliest finished row is due
+    /// for pruning (zero: some are due now).
+    pub(crate) prune_in: Option<Duration>,
+    /// Running rows of this lease the worker does not hold, with their
+    /// attempt: a claim committed but its answer never arrived. The worker
+    /// gives them back.
+    pub(crate) unknown: Vec<(JobId, i32)>,
 }
 
 /// Counts of jobs by queue and state.
@@ -182,18 +209,32 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn insert(&self, jobs: Vec<NewJob>) -> BoxFut<'_, StoreResult<Vec<JobId>>>;
     /// Registers a new lease that expires after `ttl` unless renewed.
     fn register(&self, ttl: Duration) -> BoxFut<'_, StoreResult<LeaseId>>;
-    /// Renews a lease (only if still alive), contends for the leader row, and
-    /// reports cancel requests for the lease's running jobs.
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>>;
+    /// Renews a lease (only if still alive), contends for the leader row,
+    /// reports cancel requests for the lease's running jobs, and the
+    /// lease's running rows the worker does not know: claimed by a claim
+    /// numbered below `settled_below` (all of which have answered) and not
+    /// among `held` (a claim whose answer was lost).
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>>;
     /// Ends a lease at a clean stop (its running rows, if any, are rescued later).
     fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>>;
-    /// Claims up to `limit` due rows of `queue` whose kind is in `kinds`.
+    /// Claims up to `limit` due rows of `queue` whose kind is in `kinds`,
+    /// stamping them with the caller's claim number `claim_no`. With `after`, only rows of the cursor's priority past it in claim
+    /// order (a hint: a store may ignore it; the caller makes a claim
+    /// without it whenever one with it comes back short).
     fn claim<'a>(
         &'a self,
         lease: LeaseId,
         queue: &'a str,
         kinds: &'a [String],
         limit: usize,
+        after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>>;
     /// Applies fenced writes in one statement; the fate of each, in order.
     fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>>;
@@ -210,9 +251,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// (`limit` staged: more may be due now).
     fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
     /// Requeues running rows of expired leases; returns how many, and how
-    /// long until the next live lease expires (when the next rescue may
-    /// have work).
-    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
+    /// long until the next live lease other than `own` (the caller's,
+    /// which it keeps renewing) expires: when the next rescue may have work.
+    fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
     /// Deletes up to `limit` finished rows past their retention.
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>>;
     /// The wake-up signals of this store (work per queue, finished ids,

@@ -187,7 +187,10 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         l
                     }
                 };
-                let claimed = store.claim(lease, "q", &kinds, n).await.map_err(err)?;
+                let claimed = store
+                    .claim(lease, "q", &kinds, n, None, 1)
+                    .await
+                    .map_err(err)?;
                 let available = jobs
                     .values()
                     .filter(|j| j.state == MState::Available)
@@ -270,7 +273,10 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let Some(lease) = workers[w].lease else {
                     continue;
                 };
-                let beat = store.heartbeat(lease, TTL).await.map_err(err)?;
+                let beat = store
+                    .heartbeat(lease, TTL, Vec::new(), 0)
+                    .await
+                    .map_err(err)?;
                 check!(
                     beat.alive == alive[&lease],
                     "step {step}: heartbeat of {lease} said alive={}",
@@ -312,7 +318,7 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 workers[w].held.clear();
             }
             Op::Rescue => {
-                let (n, _) = store.rescue().await.map_err(err)?;
+                let (n, _) = store.rescue(0).await.map_err(err)?;
                 let mut expected = 0;
                 for j in jobs.values_mut() {
                     if let MState::Running(l) = j.state {
@@ -473,7 +479,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
             .unwrap();
         let kinds = vec!["k".to_owned()];
         let old = store.register(TTL).await.unwrap();
-        let claimed = store.claim(old, "q", &kinds, N).await.unwrap();
+        let claimed = store.claim(old, "q", &kinds, N, None, 1).await.unwrap();
         assert_eq!(claimed.len(), N);
         store.expire(old).await;
         let new = store.register(TTL).await.unwrap();
@@ -484,7 +490,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
                 tokio::spawn(async move {
                     let mut total = 0;
                     for _ in 0..20 {
-                        total += s.rescue().await.unwrap().0;
+                        total += s.rescue(0).await.unwrap().0;
                         tokio::task::yield_now().await;
                     }
                     total
@@ -497,7 +503,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
                 let mut done = 0;
                 let mut refused = 0;
                 while done < N {
-                    let got = s.claim(new, "q", &kinds, 16).await.unwrap();
+                    let got = s.claim(new, "q", &kinds, 16, None, 1).await.unwrap();
                     let batch: Vec<Finish> = got
                         .iter()
                         .map(|c| Finish {
@@ -566,7 +572,14 @@ fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
         store.insert(vec![new_job()]).await.unwrap();
         let lease = store.register(Duration::from_millis(300)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        assert_eq!(store.claim(lease, "q", &kinds, 1).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .claim(lease, "q", &kinds, 1, None, 1)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // The heartbeat's transaction starts while the lease is alive (its
         // `now()` is fixed then)...
         let (mut beat, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -577,11 +590,14 @@ fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
         tx.batch_execute("SELECT 1").await.unwrap();
         // ...the lease expires, and a rescue moves its job...
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(store.rescue().await.unwrap().0, 1);
+        assert_eq!(store.rescue(0).await.unwrap().0, 1);
         // ...then the heartbeat's statement runs and commits.
         let ttl_ms: i64 = 60_000;
         let row = tx
-            .query_one(store.heartbeat_sql(), &[&lease, &ttl_ms])
+            .query_one(
+                store.heartbeat_sql(),
+                &[&lease, &ttl_ms, &Vec::<i64>::new(), &0i64],
+            )
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -611,7 +627,7 @@ fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres()
         store.insert(vec![new_job()]).await.unwrap();
         let lease = store.register(Duration::from_millis(300)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        let claimed = store.claim(lease, "q", &kinds, 1).await.unwrap();
+        let claimed = store.claim(lease, "q", &kinds, 1, None, 1).await.unwrap();
         let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -629,6 +645,111 @@ fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres()
             Fate::Refused,
             "a write of an expired lease was accepted"
         );
+        store.drop_schema().await;
+    });
+}
+
+/// A claim past a cursor starts after it, within the cursor's priority:
+/// rows before it (a released row, a higher priority) are left to a claim
+/// from the front, which the worker makes whenever one past a cursor comes
+/// back short.
+#[test]
+fn a_claim_past_a_cursor_starts_after_it_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_cursor_{}", std::process::id());
+    runtime().block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        let ids = store.insert(vec![new_job(); 6]).await.unwrap();
+        let lease = store.register(Duration::from_secs(60)).await.unwrap();
+        let kinds = vec!["k".to_owned()];
+        let claim = |n: usize, after| {
+            let store = store.clone();
+            let kinds = kinds.clone();
+            async move {
+                let rows = store.claim(lease, "q", &kinds, n, after, 1).await.unwrap();
+                rows
+            }
+        };
+        let ids_of = |rows: &[super::Claimed]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        let first = claim(2, None).await;
+        assert_eq!(ids_of(&first), ids[0..2]);
+        let second = claim(2, Some(first[1].cursor)).await;
+        assert_eq!(ids_of(&second), ids[2..4], "starts past the cursor");
+        // The first row back in the queue (before the cursor), and a row of
+        // a higher priority (before it too).
+        let release = Finish {
+            id: first[0].id,
+            attempt: first[0].attempt,
+            action: Action::Release,
+        };
+        assert_eq!(
+            store.finish(lease, vec![release]).await.unwrap(),
+            vec![Fate::Applied]
+        );
+        let urgent = store
+            .insert(vec![NewJob {
+                priority: 5,
+                ..new_job()
+            }])
+            .await
+            .unwrap()[0];
+        let third = claim(4, Some(second[1].cursor)).await;
+        assert_eq!(
+            ids_of(&third),
+            ids[4..6],
+            "only rows past the cursor, of its priority"
+        );
+        let front = claim(4, None).await;
+        assert_eq!(
+            ids_of(&front),
+            vec![urgent, ids[0]],
+            "a claim from the front finds what the cursor passed"
+        );
+        store.drop_schema().await;
+    });
+}
+
+/// A heartbeat reports the lease's running rows the worker does not know:
+/// claimed by a claim that has answered (numbered below the bound) and not
+/// among the held ids. Rows of a claim still in flight, or held, are not.
+#[test]
+fn a_heartbeat_reports_rows_of_a_lost_claim_answer_postgres() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_unknown_{}", std::process::id());
+    runtime().block_on(async {
+        let store = PgStore::builder(&url)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e})"));
+        store.insert(vec![new_job(); 2]).await.unwrap();
+        let lease = store.register(Duration::from_secs(60)).await.unwrap();
+        let kinds = vec!["k".to_owned()];
+        let lost = store.claim(lease, "q", &kinds, 1, None, 7).await.unwrap();
+        let held = store.claim(lease, "q", &kinds, 1, None, 8).await.unwrap();
+        let ttl = Duration::from_secs(60);
+        let beat = |held: Vec<i64>, below: i64| {
+            let store = store.clone();
+            async move { store.heartbeat(lease, ttl, held, below).await.unwrap() }
+        };
+        // Claim 7 answered (8 in flight): its row is unknown.
+        let b = beat(vec![], 8).await;
+        assert!(b.alive);
+        assert_eq!(b.unknown, vec![(lost[0].id, 1)]);
+        // Both answered, the second row held.
+        let b = beat(vec![held[0].id.0], 9).await;
+        assert_eq!(b.unknown, vec![(lost[0].id, 1)]);
+        // Both held, or both still in flight: nothing.
+        let b = beat(vec![lost[0].id.0, held[0].id.0], 9).await;
+        assert_eq!(b.unknown, vec![]);
+        let b = beat(vec![], 7).await;
+        assert_eq!(b.unknown, vec![]);
         store.drop_schema().await;
     });
 }

@@ -21,6 +21,8 @@ pub(crate) struct Signals {
     queues: Mutex<HashMap<String, watch::Sender<u64>>>,
     done: Mutex<HashMap<JobId, (watch::Sender<u64>, usize)>>,
     scheduled: watch::Sender<u64>,
+    leader_vacant: watch::Sender<u64>,
+    finished: watch::Sender<u64>,
     cancels: broadcast::Sender<JobId>,
 }
 
@@ -30,6 +32,8 @@ impl Default for Signals {
             queues: Mutex::default(),
             done: Mutex::default(),
             scheduled: watch::Sender::new(0),
+            leader_vacant: watch::Sender::new(0),
+            finished: watch::Sender::new(0),
             cancels: broadcast::Sender::new(1024),
         }
     }
@@ -96,6 +100,27 @@ impl Signals {
     /// The leader's signal.
     pub(crate) fn scheduled(&self) -> watch::Receiver<u64> {
         self.scheduled.subscribe()
+    }
+
+    /// Rows reached a final state (once per batch, not per row): the
+    /// leader's pruner may have work once their retention passes.
+    pub(crate) fn rows_finished(&self) {
+        bump(&self.finished);
+    }
+
+    /// The pruner's signal.
+    pub(crate) fn finished(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    /// The leader retired: every worker contends for the row at once.
+    pub(crate) fn wake_leader_vacant(&self) {
+        bump(&self.leader_vacant);
+    }
+
+    /// The heartbeat's signal of a vacant leader row.
+    pub(crate) fn leader_vacant(&self) -> watch::Receiver<u64> {
+        self.leader_vacant.subscribe()
     }
 
     /// Notices may have been missed (the listener reconnected): every waiter

@@ -6,6 +6,13 @@
 //! back short, and a freed slot claims again while it is set. Likewise the
 //! lease generation: a claim made with a lease that expired comes back
 //! empty, and the new lease's registration wakes every claim loop.
+//!
+//! While a backlog lasts (each claim full, no notice between), the next
+//! claim starts past the last row claimed (a cursor), not from the front of
+//! the claim index: with vacuum held back by an open snapshot, the front is
+//! the dead entries of every row claimed so far, and walking them each time
+//! made a burn-down quadratic. Any notice, a new lease, or a short claim
+//! past the cursor sends the next claim to the front again.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +29,7 @@ use super::finalize::Item;
 use super::Shared;
 use crate::error::JobError;
 use crate::job::{InBody, StoredError};
-use crate::store::{Action, Claimed, Finish};
+use crate::store::{Action, ClaimCursor, Claimed, Finish};
 
 /// How long a stop waits for a claim in flight to answer.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -50,6 +57,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
     let mut wake = shared.store.signals().queue(&queue);
     let mut renewed = shared.lease_renewed.subscribe();
     let mut maybe_more = true;
+    let mut cursor: Option<ClaimCursor> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         if shared.claiming.is_cancelled() {
@@ -57,12 +65,21 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
         }
         let free = slots.free.load(Ordering::Acquire);
         if free > 0 && maybe_more {
+            // Any notice (an insert, a staged, retried, released or rescued
+            // row, a listener reconnect) or a new lease may have put rows
+            // before the cursor: look from the front.
+            if wake.has_changed().unwrap_or(true) || renewed.has_changed().unwrap_or(true) {
+                cursor = None;
+            }
             wake.borrow_and_update();
             // Seen before the lease is read: a claim with a lease lost
             // meanwhile comes back empty, and the renewal wakes this loop.
             renewed.borrow_and_update();
             let lease = shared.lease();
-            let claim = shared.store.claim(lease, &queue, &shared.kinds, free);
+            let no = shared.begin_claim();
+            let claim = shared
+                .store
+                .claim(lease, &queue, &shared.kinds, free, cursor, no);
             tokio::pin!(claim);
             let claimed = tokio::select! {
                 r = &mut claim => r,
@@ -72,9 +89,12 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     // given back at once, else they are rescued with the
                     // retired lease.
                     if let Ok(Ok(jobs)) = tokio::time::timeout(STOP_GRACE, claim).await {
+                        shared.end_claim(no, &jobs);
                         for job in &jobs {
                             let _ = shared.finish_tx.send(Item::release(lease, job));
                         }
+                    } else {
+                        shared.end_claim(no, &[]);
                     }
                     return;
                 }
@@ -82,7 +102,20 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
             match claimed {
                 Ok(jobs) => {
                     backoff = Duration::from_millis(50);
-                    maybe_more = jobs.len() == free;
+                    // A full claim: a backlog, whose next claim starts past
+                    // this one's last row. A short claim past a cursor may
+                    // have missed rows before it (a claim of another worker
+                    // that rolled back, rows that came without a notice
+                    // yet): the next claim looks from the front, and only a
+                    // short claim from the front ends the backlog.
+                    if jobs.len() == free {
+                        maybe_more = true;
+                        cursor = jobs.last().map(|j| j.cursor);
+                    } else {
+                        maybe_more = cursor.is_some();
+                        cursor = None;
+                    }
+                    shared.end_claim(no, &jobs);
                     slots.free.fetch_sub(jobs.len(), Ordering::AcqRel);
                     for job in jobs {
                         start_attempt(&shared, &slots, lease, job);
@@ -90,6 +123,7 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     continue;
                 }
                 Err(e) => {
+                    shared.end_claim(no, &[]);
                     tracing::warn!(error = %e, queue, retry_in = ?backoff, "corral-durable claim failed");
                     tokio::select! {
                         () = shared.claiming.cancelled() => return,
@@ -107,12 +141,14 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     return;
                 }
                 maybe_more = true;
+                cursor = None;
             }
             r = renewed.changed() => {
                 if r.is_err() {
                     return;
                 }
                 maybe_more = true;
+                cursor = None;
             }
             () = slots.freed.notified() => {}
         }

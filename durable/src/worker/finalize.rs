@@ -133,6 +133,7 @@ async fn write(shared: &Shared, batch: Vec<Item>) {
         let finishes: Vec<Finish> = items.iter().map(|i| i.finish.clone()).collect();
         let fates = write_group(shared, lease, finishes).await;
         for (item, fate) in items.into_iter().zip(fates) {
+            shared.unhold(item.finish.id, item.finish.attempt);
             let id = item.finish.id;
             match fate {
                 Fate::Refused if item.completed_in_body => {

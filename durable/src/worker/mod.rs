@@ -11,10 +11,12 @@
 //! - the **finalizer** (`finalize.rs`): writes every finished attempt that
 //!   is waiting in one fenced statement;
 //! - the **heartbeat** (`lease.rs`): renews the lease every third of its
-//!   TTL, learns leadership and cancel requests; a lost lease cuts local
-//!   attempts short and registers a new one;
+//!   TTL while the worker holds claimed rows, every two thirds while it
+//!   holds none; learns leadership and cancel requests; a lost lease cuts
+//!   local attempts short and registers a new one;
 //! - the **leader** duties (`lease.rs`), while this worker holds the leader
-//!   row: stage scheduled rows at their time, rescue expired leases, prune.
+//!   row: stage scheduled rows at their time, rescue expired leases, prune,
+//!   each only when it can have work.
 //!
 //! Stop protocol: claim loops end first; then the engine's `stop(timeout)`
 //! lets running attempts finish and cuts the rest short at the timeout,
@@ -26,7 +28,7 @@ mod claim;
 mod finalize;
 mod lease;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,7 +45,7 @@ use crate::client::Backend;
 use crate::error::WorkerError;
 use crate::id::JobId;
 use crate::job::Job;
-use crate::store::{LeaseId, Store};
+use crate::store::{Claimed, LeaseId, Store};
 
 /// The default lease TTL: a worker silent this long is presumed dead and its
 /// jobs are rescued.
@@ -56,7 +58,7 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// |---|---|
 /// | job types | none (at least one is required) |
 /// | queues | none (at least one is required) |
-/// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s) |
+/// | `lease_ttl` | [`DEFAULT_LEASE_TTL`] (30 s; heartbeats every 10 s while running jobs, every 20 s when idle) |
 /// | `prune_interval` | 60 s |
 #[must_use = "a builder does nothing until `start` is called"]
 pub struct WorkerBuilder {
@@ -102,7 +104,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// The lease TTL (at least 300 ms). Heartbeats go every third of it.
+    /// The lease TTL (at least 300 ms). Heartbeats go every third of it
+    /// while the worker holds claimed jobs, every two thirds while it holds
+    /// none (an idle worker's lease guards nothing; losing it would only
+    /// mean registering again).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -111,6 +116,8 @@ impl WorkerBuilder {
     /// How often the leader deletes finished rows past their retention (in
     /// batches of 1,000, at most 10 batches a round; a round that deleted
     /// all it could is followed by the next at once, until none is left).
+    /// Rounds run only while rows finish or some are due (the leader's
+    /// heartbeat reports the earliest): an idle leader does not prune.
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_every = every;
         self
@@ -179,6 +186,9 @@ impl WorkerBuilder {
             halt: CancellationToken::new(),
             attempts: TaskTracker::new(),
             counters: Counters::default(),
+            book: Mutex::default(),
+            busy: tokio::sync::Notify::new(),
+            hints: tokio::sync::watch::Sender::new(lease::Hints::default()),
         });
         let loops = TaskTracker::new();
         for (queue, n) in self.queues {
@@ -209,6 +219,17 @@ fn start_cluster(slots: usize) -> Result<Cluster, WorkerError> {
         Ok(()) => Ok(cluster),
         Err(_) => Err(WorkerError::Start("the engine needs a tokio runtime")),
     }
+}
+
+/// The claims of one worker and the rows they gave it.
+#[derive(Debug, Default)]
+struct ClaimBook {
+    /// The next claim's number.
+    next: i64,
+    /// Claims sent and not answered yet.
+    in_flight: BTreeSet<i64>,
+    /// Rows claimed and not yet written back: (job, attempt).
+    held: HashSet<(JobId, i32)>,
 }
 
 #[derive(Debug, Default)]
@@ -256,11 +277,59 @@ pub(crate) struct Shared {
     halt: CancellationToken,
     attempts: TaskTracker,
     counters: Counters,
+    /// Claims in flight and the rows claimed and not yet written back.
+    book: Mutex<ClaimBook>,
+    /// The heartbeat's wake-up when the worker starts holding rows.
+    busy: tokio::sync::Notify,
+    /// What the leader's last heartbeat learned (when a rescue or a prune
+    /// can have work), for the leader's duties.
+    hints: tokio::sync::watch::Sender<lease::Hints>,
 }
 
 impl Shared {
     fn lease(&self) -> LeaseId {
         self.lease.load(Ordering::Acquire)
+    }
+
+    /// A claim is about to be sent: its number.
+    fn begin_claim(&self) -> i64 {
+        let mut book = self.book.lock();
+        let no = book.next;
+        book.next += 1;
+        book.in_flight.insert(no);
+        no
+    }
+
+    /// Claim `no` answered with `rows` (none if it failed: rows it may
+    /// have claimed anyway are unknown to this worker, and the heartbeat
+    /// gives them back). The rows are held before the claim stops being in
+    /// flight, so a heartbeat never sees them as neither.
+    fn end_claim(&self, no: i64, rows: &[Claimed]) {
+        let mut book = self.book.lock();
+        let was_idle = book.held.is_empty();
+        book.held.extend(rows.iter().map(|r| (r.id, r.attempt)));
+        book.in_flight.remove(&no);
+        if was_idle && !book.held.is_empty() {
+            self.busy.notify_one();
+        }
+    }
+
+    /// A claimed row was written back (or given up).
+    fn unhold(&self, id: JobId, attempt: i32) {
+        self.book.lock().held.remove(&(id, attempt));
+    }
+
+    /// Whether the worker holds claimed rows (then its lease guards them).
+    fn is_busy(&self) -> bool {
+        !self.book.lock().held.is_empty()
+    }
+
+    /// For a heartbeat: the ids held, and the number below which every
+    /// claim has answered (read together, under the lock).
+    fn held_and_settled(&self) -> (Vec<i64>, i64) {
+        let book = self.book.lock();
+        let below = book.in_flight.first().copied().unwrap_or(book.next);
+        (book.held.iter().map(|(id, _)| id.0).collect(), below)
     }
 
     /// Cuts a local attempt short (a cancel from another process, or a

@@ -1,7 +1,7 @@
 //! The claim loop's no-lost-wake-up rule, with a notice injected while a
 //! claim is in flight (a store that holds a claim at a gate).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use crate::client::Backend;
 use crate::id::JobId;
 use crate::store::signals::Signals;
 use crate::store::{
-    Beat, BoxFut, CancelResult, Claimed, Fate, Finish, LeaseId, Lookup, NewJob, RawStats, Store,
-    StoreResult,
+    Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup, NewJob,
+    RawStats, Store, StoreResult,
 };
 use crate::{Client, Job, JobContext, JobResult, MemoryStore, Worker};
 
@@ -25,6 +25,13 @@ struct Gated {
     armed: AtomicBool,
     entered: Notify,
     release: Notify,
+    /// The next claim commits, but its caller gets an error.
+    lose_reply: AtomicBool,
+    /// Statements of the lease and the leader's duties, by kind.
+    beats: AtomicUsize,
+    stages: AtomicUsize,
+    rescues: AtomicUsize,
+    prunes: AtomicUsize,
 }
 
 impl Store for Gated {
@@ -34,8 +41,15 @@ impl Store for Gated {
     fn register(&self, ttl: Duration) -> BoxFut<'_, StoreResult<LeaseId>> {
         self.inner.register(ttl)
     }
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
-        self.inner.heartbeat(lease, ttl)
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>> {
+        self.beats.fetch_add(1, Ordering::Relaxed);
+        self.inner.heartbeat(lease, ttl, held, settled_below)
     }
     fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>> {
         self.inner.retire(lease)
@@ -46,9 +60,18 @@ impl Store for Gated {
         queue: &'a str,
         kinds: &'a [String],
         limit: usize,
+        after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         Box::pin(async move {
-            let claimed = self.inner.claim(lease, queue, kinds, limit).await;
+            let claimed = self
+                .inner
+                .claim(lease, queue, kinds, limit, after, claim_no)
+                .await;
+            if self.lose_reply.swap(false, Ordering::AcqRel) {
+                // Committed, but the answer never arrives.
+                return Err(crate::StoreError::Pool("the connection dropped".into()));
+            }
             if self.armed.swap(false, Ordering::AcqRel) {
                 self.entered.notify_one();
                 self.release.notified().await;
@@ -72,12 +95,15 @@ impl Store for Gated {
         self.inner.stats()
     }
     fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+        self.stages.fetch_add(1, Ordering::Relaxed);
         self.inner.stage(limit)
     }
-    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
-        self.inner.rescue()
+    fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+        self.rescues.fetch_add(1, Ordering::Relaxed);
+        self.inner.rescue(own)
     }
     fn prune(&self, limit: i64) -> BoxFut<'_, StoreResult<u64>> {
+        self.prunes.fetch_add(1, Ordering::Relaxed);
         self.inner.prune(limit)
     }
     fn signals(&self) -> &Arc<Signals> {
@@ -151,5 +177,104 @@ async fn a_notice_during_a_claim_in_flight_is_not_lost() {
         .expect("the notice that came during the claim was lost")
         .unwrap();
     a.await.unwrap();
+    w.stop(Duration::from_secs(10)).await;
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sleepy {
+    secs: u64,
+}
+
+impl Job for Sleepy {
+    const KIND: &'static str = "sleepy";
+    type Output = ();
+    type Error = ();
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<(), ()> {
+        tokio::time::sleep(Duration::from_secs(self.secs)).await;
+        Ok(())
+    }
+}
+
+impl Gated {
+    /// Heartbeats, stages, rescues and prunes so far.
+    fn counts(&self) -> [usize; 4] {
+        [&self.beats, &self.stages, &self.rescues, &self.prunes].map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// An idle worker (alone, so it leads) sends a heartbeat every two thirds
+/// of its TTL and nothing else: no rescue (no other lease can expire), no
+/// prune (no row finished), no staging (none scheduled). While it holds a
+/// job it beats every third of the TTL.
+#[tokio::test(start_paused = true)]
+async fn an_idle_worker_only_beats_every_two_thirds_of_its_ttl() {
+    let gated = Arc::new(Gated::default());
+    let backend = Backend(gated.clone());
+    let w = Worker::builder(backend.clone())
+        .register::<Sleepy>()
+        .queue("q", 1)
+        .lease_ttl(Duration::from_secs(30))
+        .prune_interval(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    // The start: one beat (leadership), one stage and one rescue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(gated.counts(), [1, 1, 1, 0]);
+    // Beats at 20, 40, ... 120 s.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(gated.counts(), [7, 1, 1, 0], "idle: beats every 20 s only");
+    let client = Client::new(backend);
+    let h = client
+        .enqueue(Sleepy { secs: 55 })
+        .queue("q")
+        .submit()
+        .await
+        .unwrap();
+    h.await.unwrap();
+    // Held from about 121 s to 176 s: the last idle beat (120 s) is a
+    // third of the TTL old at 130 s, then every 10 s: 130, ..., 170.
+    let [beats, stages, rescues, _] = gated.counts();
+    assert_eq!(beats - 7, 5, "busy: beats every 10 s");
+    assert_eq!((stages, rescues), (1, 1));
+    w.stop(Duration::from_secs(10)).await;
+}
+
+/// A claim that committed but whose answer never arrived leaves its row
+/// running under the worker's live lease: renewed by every heartbeat, it
+/// would never be rescued. The heartbeat reports it (claimed by a claim
+/// that has answered, not held), the worker gives it back, claims it again
+/// and runs it.
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_answer_was_lost_is_given_back() {
+    let gated = Arc::new(Gated::default());
+    let backend = Backend(gated.clone());
+    let w = Worker::builder(backend.clone())
+        .register::<Sleepy>()
+        .queue("q", 1)
+        .lease_ttl(Duration::from_secs(3))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gated.lose_reply.store(true, Ordering::Release);
+    let client = Client::new(backend);
+    let h = client
+        .enqueue(Sleepy { secs: 0 })
+        .queue("q")
+        .submit()
+        .await
+        .unwrap();
+    // Idle heartbeats go every 2 s; the lease would be renewed for ever.
+    tokio::time::timeout(Duration::from_secs(10), h)
+        .await
+        .expect("the row of the lost answer was never given back")
+        .unwrap();
+    assert!(
+        !gated.lose_reply.load(Ordering::Acquire),
+        "a claim's answer was lost"
+    );
+    assert_eq!(w.stats().lost, 0);
     w.stop(Duration::from_secs(10)).await;
 }

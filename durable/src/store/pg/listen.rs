@@ -26,12 +26,15 @@ pub(crate) fn dispatch(signals: &Signals, payload: &str) {
         ids.split(',')
             .filter_map(|id| id.parse().ok())
             .for_each(|id| signals.job_done(JobId(id)));
+        signals.rows_finished();
     } else if let Some(id) = payload.strip_prefix("c:") {
         if let Ok(id) = id.parse() {
             signals.cancel_requested(JobId(id));
         }
     } else if payload == "s" {
         signals.wake_scheduled();
+    } else if payload == "l" {
+        signals.wake_leader_vacant();
     }
 }
 

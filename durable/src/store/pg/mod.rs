@@ -16,8 +16,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use self::sql::Sql;
 use super::signals::Signals;
 use super::{
-    Action, Beat, BoxFut, CancelResult, Claimed, Fate, Finish, LeaseId, Lookup, NewJob, RawOutcome,
-    RawStats, Start, Store, StoreResult,
+    Action, Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup,
+    NewJob, RawOutcome, RawStats, Start, Store, StoreResult,
 };
 use crate::error::StoreError;
 use crate::id::JobId;
@@ -280,6 +280,35 @@ impl PgStore {
         prepared: Option<tokio_postgres::Statement>,
         jobs: &[NewJob],
     ) -> StoreResult<Vec<JobId>> {
+        if let [job] = jobs {
+            let stmt = match prepared {
+                Some(stmt) => stmt,
+                None => client.prepare(&self.inner.sql.insert_one).await?,
+            };
+            let (start, delay) = split_start(job.start);
+            let row = client
+                .query_one(
+                    &stmt,
+                    &[
+                        &job.key,
+                        &job.queue,
+                        &job.kind,
+                        &job.args,
+                        &job.priority,
+                        &start,
+                        &delay,
+                        &job.max_attempts,
+                        &job.timeout_ms,
+                        &job.backoff,
+                        &job.jitter,
+                        &job.retention_ms,
+                        &job.immediate,
+                    ],
+                )
+                .await
+                .map_err(insert_error)?;
+            return Ok(vec![JobId(row.get(0))]);
+        }
         let mut keys = Vec::with_capacity(jobs.len());
         let mut queues = Vec::with_capacity(jobs.len());
         let mut kinds = Vec::with_capacity(jobs.len());
@@ -299,11 +328,7 @@ impl PgStore {
             kinds.push(j.kind.as_str());
             args.push(j.args.as_str());
             priorities.push(j.priority);
-            let (start, delay) = match j.start {
-                Start::Now => (None, 0i64),
-                Start::At(at) => (Some(at), 0),
-                Start::After(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            };
+            let (start, delay) = split_start(j.start);
             starts.push(start);
             delays.push(delay);
             max_attempts.push(j.max_attempts);
@@ -337,20 +362,7 @@ impl PgStore {
                 ],
             )
             .await
-            .map_err(|e| {
-                if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                    let key = e
-                        .as_db_error()
-                        .and_then(|d| d.detail())
-                        .and_then(|d| d.split("=(").nth(1))
-                        .and_then(|d| d.split(')').next())
-                        .unwrap_or_default()
-                        .to_owned();
-                    StoreError::DuplicateKey(key)
-                } else {
-                    StoreError::Db(e)
-                }
-            })?;
+            .map_err(insert_error)?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
     }
 
@@ -358,13 +370,20 @@ impl PgStore {
     /// signalled at once, without waiting for the notice's round trip.
     fn signal_moved(&self, rows: &[tokio_postgres::Row]) {
         let s = &self.inner.signals;
+        let mut finished = false;
         for r in rows {
             let state: &str = r.get(1);
             match state {
                 "available" => s.wake_queue(r.get(2)),
                 "scheduled" => s.wake_scheduled(),
-                _ => s.job_done(JobId(r.get(0))),
+                _ => {
+                    finished = true;
+                    s.job_done(JobId(r.get(0)));
+                }
             }
+        }
+        if finished {
+            s.rows_finished();
         }
     }
 }
@@ -400,6 +419,36 @@ impl PgStore {
     }
 }
 
+/// A start as the insert's `(start_at, delay_ms)` parameters.
+fn split_start(start: Start) -> (Option<SystemTime>, i64) {
+    match start {
+        Start::Now => (None, 0),
+        Start::At(at) => (Some(at), 0),
+        Start::After(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    }
+}
+
+/// A live key already present is `DuplicateKey`, naming it.
+fn insert_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        let key = e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .and_then(|d| d.split("=(").nth(1))
+            .and_then(|d| d.split(')').next())
+            .unwrap_or_default()
+            .to_owned();
+        StoreError::DuplicateKey(key)
+    } else {
+        StoreError::Db(e)
+    }
+}
+
+/// Milliseconds from now as a duration (a past instant is zero).
+fn from_ms(ms: Option<i64>) -> Option<Duration> {
+    ms.map(|ms| Duration::from_millis(ms.max(0) as u64))
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -408,7 +457,13 @@ impl Store for PgStore {
     fn insert(&self, jobs: Vec<NewJob>) -> BoxFut<'_, StoreResult<Vec<JobId>>> {
         Box::pin(async move {
             let client = self.conn().await?;
-            let stmt = client.prepare_cached(&self.inner.sql.insert).await?;
+            let sql = &self.inner.sql;
+            let text = if jobs.len() == 1 {
+                &sql.insert_one
+            } else {
+                &sql.insert
+            };
+            let stmt = client.prepare_cached(text).await?;
             self.insert_with(&**client, Some(stmt), &jobs).await
         })
     }
@@ -423,18 +478,33 @@ impl Store for PgStore {
         })
     }
 
-    fn heartbeat(&self, lease: LeaseId, ttl: Duration) -> BoxFut<'_, StoreResult<Beat>> {
+    fn heartbeat(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        held: Vec<i64>,
+        settled_below: i64,
+    ) -> BoxFut<'_, StoreResult<Beat>> {
         Box::pin(async move {
             let client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.heartbeat).await?;
-            let row = client.query_one(&stmt, &[&lease, &ms(ttl)]).await?;
+            let row = client
+                .query_one(&stmt, &[&lease, &ms(ttl), &held, &settled_below])
+                .await?;
             let alive: i64 = row.get(0);
-            let leader: i64 = row.get(1);
+            let leader = row.get::<_, i64>(1) > 0;
             let cancels: Vec<i64> = row.get(2);
+            let unknown: Vec<i64> = row.get(3);
+            let attempts: Vec<i32> = row.get(4);
+            let lead = |i: usize| if leader { from_ms(row.get(i)) } else { None };
             Ok(Beat {
                 alive: alive > 0,
-                leader: leader > 0,
+                leader,
                 cancels: cancels.into_iter().map(JobId).collect(),
+                leader_expires_in: if leader { None } else { from_ms(row.get(5)) },
+                rescue_in: lead(6),
+                prune_in: lead(7),
+                unknown: unknown.into_iter().map(JobId).zip(attempts).collect(),
             })
         })
     }
@@ -442,7 +512,7 @@ impl Store for PgStore {
     fn retire(&self, lease: LeaseId) -> BoxFut<'_, StoreResult<()>> {
         Box::pin(async move {
             let client = self.control().await?;
-            client.execute(&self.inner.sql.retire, &[&lease]).await?;
+            client.query(&self.inner.sql.retire, &[&lease]).await?;
             Ok(())
         })
     }
@@ -453,14 +523,39 @@ impl Store for PgStore {
         queue: &'a str,
         kinds: &'a [String],
         limit: usize,
+        after: Option<ClaimCursor>,
+        claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
         Box::pin(async move {
             let client = self.conn().await?;
-            let stmt = client.prepare_cached(&self.inner.sql.claim).await?;
+            let sql = &self.inner.sql;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = client
-                .query(&stmt, &[&lease, &queue, &kinds, &limit])
-                .await?;
+            let rows = match after {
+                None => {
+                    let stmt = client.prepare_cached(&sql.claim).await?;
+                    client
+                        .query(&stmt, &[&lease, &queue, &kinds, &limit, &claim_no])
+                        .await?
+                }
+                Some(c) => {
+                    let stmt = client.prepare_cached(&sql.claim_after).await?;
+                    client
+                        .query(
+                            &stmt,
+                            &[
+                                &lease,
+                                &queue,
+                                &kinds,
+                                &limit,
+                                &c.priority,
+                                &c.run_at,
+                                &c.id.0,
+                                &claim_no,
+                            ],
+                        )
+                        .await?
+                }
+            };
             Ok(rows
                 .iter()
                 .map(|r| Claimed {
@@ -476,6 +571,11 @@ impl Store for PgStore {
                     backoff: r.get(9),
                     jitter: r.get(10),
                     immediate: r.get(11),
+                    cursor: ClaimCursor {
+                        priority: r.get(12),
+                        run_at: r.get(13),
+                        id: JobId(r.get(0)),
+                    },
                 })
                 .collect())
         })
@@ -603,7 +703,10 @@ impl Store for PgStore {
             };
             tx.commit().await?;
             match result {
-                CancelResult::Cancelled => self.inner.signals.job_done(id),
+                CancelResult::Cancelled => {
+                    self.inner.signals.job_done(id);
+                    self.inner.signals.rows_finished();
+                }
                 CancelResult::Requested => self.inner.signals.cancel_requested(id),
                 _ => {}
             }
@@ -638,7 +741,7 @@ impl Store for PgStore {
         })
     }
 
-    fn rescue(&self) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
         Box::pin(async move {
             let mut client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.rescue).await?;
@@ -652,7 +755,7 @@ impl Store for PgStore {
                 &[&self.inner.sql.schema],
             )
             .await?;
-            let row = tx.query_one(&stmt, &[]).await?;
+            let row = tx.query_one(&stmt, &[&own]).await?;
             tx.commit().await?;
             let next: Option<i64> = row.get(1);
             Ok((

@@ -97,6 +97,15 @@ UPDATE {s}.jobs SET jitter = 0 WHERE NOT (jitter >= 0 AND jitter <= 1);
 ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_jitter_ratio CHECK (jitter >= 0 AND jitter <= 1);
 "#,
     ),
+    (
+        3,
+        r#"
+-- The worker's number of the claim that made a row running: a heartbeat
+-- tells rows of a claim whose answer was lost (settled, yet not held by the
+-- worker) from rows of a claim still in flight.
+ALTER TABLE {s}.jobs ADD COLUMN claim bigint;
+"#,
+    ),
 ];
 
 /// Notices for rows an update moved: finished ids (chunked under the
@@ -116,6 +125,22 @@ notes AS (
     ) m
 )"#;
 
+/// The end of both claims: `picked` rows move to `running` under a live lease.
+const CLAIMED: &str = "), claimed AS (
+                    UPDATE {s}.jobs j
+                       SET state = 'running', attempt = j.attempt + 1, lease = $1, attempted_at = now(),
+                           claim = {claim_no}
+                      FROM picked
+                     WHERE j.id = picked.id
+                       AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > now())
+                    RETURNING j.id, j.key, j.queue, j.kind, j.args::text AS args, j.attempt, j.lost,
+                              j.max_attempts, j.timeout_ms, j.backoff::text AS backoff, j.jitter,
+                              j.immediate, j.priority, j.run_at
+                 )
+                 SELECT id, key, queue, kind, args, attempt, lost, max_attempts, timeout_ms, backoff, jitter,
+                        immediate, priority, run_at
+                   FROM claimed ORDER BY priority DESC, run_at, id";
+
 /// The statements of one schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -126,6 +151,8 @@ pub(crate) struct Sql {
     pub(crate) heartbeat: String,
     pub(crate) retire: String,
     pub(crate) claim: String,
+    pub(crate) claim_after: String,
+    pub(crate) insert_one: String,
     pub(crate) finish: String,
     pub(crate) lookup: String,
     pub(crate) find_key: String,
@@ -165,6 +192,16 @@ impl Sql {
                   ORDER BY ord
                  RETURNING id",
             ),
+            // One job: scalars, not arrays (`submit` is one job at a time).
+            insert_one: fill(
+                "INSERT INTO {s}.jobs (key, queue, kind, args, priority, run_at, state, max_attempts,
+                                       timeout_ms, backoff, jitter, retention_ms, immediate)
+                 SELECT $1::text, $2::text, $3::text, $4::text::jsonb, $5::int, r,
+                        CASE WHEN r <= now() THEN 'available' ELSE 'scheduled' END,
+                        $8::int, $9::bigint, $10::text::jsonb, $11::real, $12::bigint, $13::bool
+                   FROM (SELECT COALESCE($6::timestamptz, now() + $7::bigint * interval '1 millisecond') AS r) x
+                 RETURNING id",
+            ),
             register: fill(
                 "INSERT INTO {s}.workers (expires_at, info)
                  VALUES (now() + $1::bigint * interval '1 millisecond', $2) RETURNING id",
@@ -184,34 +221,62 @@ impl Sql {
                  )
                  SELECT (SELECT count(*) FROM w) AS alive, (SELECT count(*) FROM l) AS leader,
                         ARRAY(SELECT id FROM {s}.jobs
-                               WHERE state = 'running' AND lease = $1 AND cancel_requested) AS cancels",
+                               WHERE state = 'running' AND lease = $1 AND cancel_requested) AS cancels,
+                        -- Rows of claims that answered (numbered below $4) the worker
+                        -- does not hold: their answer was lost.
+                        ARRAY(SELECT id FROM {s}.jobs
+                               WHERE state = 'running' AND lease = $1 AND claim < $4
+                                 AND id <> ALL($3) ORDER BY id) AS unknown,
+                        ARRAY(SELECT attempt FROM {s}.jobs
+                               WHERE state = 'running' AND lease = $1 AND claim < $4
+                                 AND id <> ALL($3) ORDER BY id) AS unknown_attempts,
+                        -- The holder's expiry as it was before this statement (for a
+                        -- worker that did not take the row: when to contend again).
+                        (SELECT (extract(epoch FROM expires_at - now()) * 1000)::bigint
+                           FROM {s}.leader WHERE name = 'leader') AS leader_ms,
+                        -- For the leader: when another lease expires (past: one did and
+                        -- was not rescued yet; retired leases are expired, not -infinity),
+                        -- and when the first finished row is due for pruning. So an
+                        -- idle leader sends no rescue or prune that cannot have work.
+                        (SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::bigint
+                           FROM {s}.workers WHERE id <> $1 AND expires_at > '-infinity') AS rescue_ms,
+                        (SELECT (extract(epoch FROM min(prune_at) - now()) * 1000)::bigint
+                           FROM {s}.jobs WHERE prune_at IS NOT NULL) AS prune_ms",
             ),
-            // Expiring (not deleting) keeps the row for the rescuer to find.
+            // Expiring (not deleting) keeps the row for the rescuer to find;
+            // expired now (not `-infinity`), the leader's next heartbeat sees
+            // it and rescues its running rows, if any. A retiring leader
+            // tells the others, which contend for the row at once.
             retire: fill(
-                "WITH w AS (UPDATE {s}.workers SET expires_at = '-infinity' WHERE id = $1)
-                 DELETE FROM {s}.leader WHERE lease = $1",
+                "WITH w AS (UPDATE {s}.workers SET expires_at = now() WHERE id = $1),
+                      l AS (DELETE FROM {s}.leader WHERE lease = $1 RETURNING lease)
+                 SELECT pg_notify('{chan}', 'l') FROM l",
             ),
-            claim: fill(
+            claim: fill(&format!(
                 "WITH picked AS (
-                    SELECT id FROM {s}.jobs
+                    SELECT id FROM {{s}}.jobs
                      WHERE state = 'available' AND queue = $2 AND kind = ANY($3) AND run_at <= now()
                      ORDER BY priority DESC, run_at, id
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
-                 ), claimed AS (
-                    UPDATE {s}.jobs j
-                       SET state = 'running', attempt = j.attempt + 1, lease = $1, attempted_at = now()
-                      FROM picked
-                     WHERE j.id = picked.id
-                       AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > now())
-                    RETURNING j.id, j.key, j.queue, j.kind, j.args::text AS args, j.attempt, j.lost,
-                              j.max_attempts, j.timeout_ms, j.backoff::text AS backoff, j.jitter,
-                              j.immediate, j.priority, j.run_at
-                 )
-                 SELECT id, key, queue, kind, args, attempt, lost, max_attempts, timeout_ms, backoff, jitter,
-                        immediate
-                   FROM claimed ORDER BY priority DESC, run_at, id",
-            ),
+                 {}",
+                CLAIMED.replace("{claim_no}", "$5")
+            )),
+            // The same past a cursor: a range scan of the claim index from
+            // the cursor on (within its priority), not from the front, where
+            // the entries of rows claimed since the last vacuum lie (dead,
+            // and not removable while an open snapshot holds back vacuum).
+            claim_after: fill(&format!(
+                "WITH picked AS (
+                    SELECT id FROM {{s}}.jobs
+                     WHERE state = 'available' AND queue = $2 AND kind = ANY($3) AND run_at <= now()
+                       AND priority = $5 AND (run_at, id) > ($6, $7)
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED
+                 {}",
+                CLAIMED.replace("{claim_no}", "$8")
+            )),
             // Fenced on job, attempt, running state, lease, and the lease
             // being alive when the statement runs (`statement_timestamp()`,
             // not `now()`: inside a body's long transaction `now()` is when
@@ -295,9 +360,10 @@ impl Sql {
             // rescue either committed first (and its lease is not dead
             // here) or waits and then finds its lease ended: a heartbeat
             // that began before the expiry cannot revive a lease whose
-            // jobs this rescue moved. Rows already at `-infinity` (retired
-            // or rescued leases) are included: their running rows, if any,
-            // are rescued too.
+            // jobs this rescue moved. Rows already at `-infinity` (rescued
+            // leases, or retired by an older version) are included: their
+            // running rows, if any, are rescued too. `$1` is the caller's
+            // own lease, left out of the next expiry (it keeps renewing it).
             rescue: fill(&format!(
                 "WITH dead AS (
                     UPDATE {{s}}.workers SET expires_at = '-infinity' WHERE expires_at <= now()
@@ -321,7 +387,7 @@ impl Sql {
                  ), {}
                  SELECT (SELECT count(*) FROM moved CROSS JOIN notes) AS rescued,
                         (SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::bigint
-                           FROM {{s}}.workers WHERE expires_at > now()) AS next_expiry_ms",
+                           FROM {{s}}.workers WHERE expires_at > now() AND id <> $1) AS next_expiry_ms",
                 notify("moved")
             )),
             prune: fill(
