@@ -11,7 +11,8 @@ use crate::body::Body;
 use crate::cell::{Extras, TaskCell};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
-use crate::engine::Phase;
+use crate::deps::After;
+use crate::engine::{NewTask, Phase};
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Cloner, Job, Outcome, Policy};
@@ -345,6 +346,51 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self.extras().on_failure = Some(Box::new(callback));
         self
     }
+
+    /// Starts the task only after `parent` has finished (call it once per
+    /// parent). Until then the task is in no queue and holds no worker.
+    /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
+    /// reads with [`TaskContext::parent`](crate::TaskContext::parent)), an
+    /// [`After`] (by id, typed or not, with an [`OnParentFailure`](crate::OnParentFailure)
+    /// policy), or a node of the same [`Graph`](crate::Graph).
+    ///
+    /// A parent that failed (error, panic, timeout, cancel, shutdown, or a
+    /// failure of its own parents) resolves the task at once as
+    /// [`TaskError::Dependency`] by default, naming the parent and how it
+    /// ended; see [`OnParentFailure`](crate::OnParentFailure) for running
+    /// it anyway or skipping it. A parent that already finished and is still
+    /// cached counts as it stands. A start time or delay still applies: the
+    /// task is due at the later of its start time and its last parent's end.
+    ///
+    /// A task still waiting for its parents is cancelled by
+    /// [`cancel_task`](Cluster::cancel_task) at once; [`stop`](Cluster::stop)
+    /// and [`cancel`](Cluster::cancel) shut it down at once;
+    /// [`drain`](Cluster::drain) lets it run if its parents finish during the
+    /// drain and it is due by then (else it is shut down).
+    ///
+    /// ```
+    /// use corral::{Cluster, DependencyCause, DependencyError, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let fetch = cluster.task(|_| async { Err::<u32, _>("404".to_string()) }).id("fetch").submit().unwrap();
+    /// let parse = cluster
+    ///     .task(|ctx| async move { ctx.parent::<u32, String>("fetch").await.map(|n| n + 1) })
+    ///     .after(&fetch)
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(fetch.await, Err(TaskError::Failed("404".to_string())));
+    /// assert_eq!(
+    ///     parse.await,
+    ///     Err(DependencyError::new("fetch", DependencyCause::Failed).into())
+    /// );
+    /// # }
+    /// ```
+    pub fn after(mut self, parent: impl Into<After>) -> Self {
+        self.extras().parents.push(parent.into());
+        self
+    }
 }
 
 impl<B, T, E> TaskBuilder<'_, B, T, E>
@@ -393,7 +439,7 @@ where
     }
 }
 
-impl<B, T, E> TaskBuilder<'_, B, T, E>
+impl<'c, B, T, E> TaskBuilder<'c, B, T, E>
 where
     B: Body<T, E>,
     T: Send + 'static,
@@ -416,6 +462,47 @@ where
     ///
     /// On error the body is dropped without running and nothing queued is touched.
     pub fn submit(self) -> Result<TaskHandle<T, E>, SubmitError> {
+        let cluster = self.cluster;
+        let (cell, task, dependent) = self.prepare_inner()?;
+        if dependent {
+            return submit_dependent(cluster, cell, task);
+        }
+        let shared = cluster.shared();
+        let mut core = shared.lock();
+        let unstarted = core.phase == Phase::Idle;
+        let admitted = core.submit(
+            task.job,
+            cell.name(),
+            |seq, slot| cell.assign(seq, slot),
+            task.priority,
+            task.start,
+            task.now,
+        );
+        shared.unlock(core);
+        // On error the body (in `cell`) is dropped here, after the unlock.
+        let replaced = admitted?;
+        if let Some(old) = replaced {
+            old.release();
+        }
+        if unstarted {
+            cluster.watch_unstarted();
+        }
+        Ok(TaskHandle::new(cell))
+    }
+
+    /// The cluster the task is built for.
+    pub(crate) fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    /// Validates the options and makes the task's cell, not yet admitted
+    /// (for a [`Graph`](crate::Graph)).
+    pub(crate) fn prepare(self) -> Result<(Arc<TaskCell<B, T, E>>, NewTask), SubmitError> {
+        self.prepare_inner().map(|(cell, task, _)| (cell, task))
+    }
+
+    #[inline]
+    fn prepare_inner(self) -> Result<(Arc<TaskCell<B, T, E>>, NewTask, bool), SubmitError> {
         let TaskBuilder {
             cluster,
             body,
@@ -449,6 +536,7 @@ where
                 reason: "must be a ratio between 0.0 and 1.0",
             });
         }
+        let dependent = extras.as_ref().is_some_and(|x| !x.parents.is_empty());
         let shared = cluster.shared();
         let policy = Policy::new(timeout, retries, mode, blocking);
         let retention = cache.map(|r| r.unwrap_or(shared.retention));
@@ -472,27 +560,44 @@ where
             Start::At(at) => shared.clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
-        let mut core = shared.lock();
-        let unstarted = core.phase == Phase::Idle;
-        let admitted = core.submit(
-            job,
-            cell.name(),
-            |seq, slot| cell.assign(seq, slot),
-            priority,
-            start,
-            now,
-        );
-        shared.unlock(core);
-        // On error the body (in `cell`) is dropped here, after the unlock.
-        let replaced = admitted?;
-        if let Some(old) = replaced {
-            old.release();
-        }
-        if unstarted {
-            cluster.watch_unstarted();
-        }
-        Ok(TaskHandle::new(cell))
+        Ok((
+            cell,
+            NewTask {
+                job,
+                priority,
+                start,
+                now,
+            },
+            dependent,
+        ))
     }
+}
+
+/// Submits a task with parents (see `crate::deps`), out of the hot path.
+#[cold]
+fn submit_dependent<B, T, E>(
+    cluster: &Cluster,
+    cell: Arc<TaskCell<B, T, E>>,
+    task: NewTask,
+) -> Result<TaskHandle<T, E>, SubmitError>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if task
+        .job
+        .parents()
+        .iter()
+        .any(|a| matches!(a.target, crate::deps::Target::Node { .. }))
+    {
+        return Err(SubmitError::InvalidOption {
+            option: "after",
+            reason: "a graph node can only be a parent within its graph (Graph::add)",
+        });
+    }
+    crate::deps::admit(cluster, vec![task])?;
+    Ok(TaskHandle::new(cell))
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

@@ -719,7 +719,7 @@ impl Cluster {
             Phase::Running => {
                 core.phase = Phase::Draining;
                 let d = core.shut_down_queued(Some(now));
-                (Some(d), core.queue.len() == 0 && core.running() == 0)
+                (Some(d), core.drained())
             }
             Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
         });

@@ -26,13 +26,20 @@
 //! - **forced**: an outcome the cluster imposes on a running task (cancel,
 //!   shutdown), honoured by its settle whatever the attempt returned.
 //!
+//! - **waiting**: a dependent task whose parents have not all finished
+//!   (`deps`): in no queue, on no worker. The **cascade** tells children
+//!   when a parent's outcome is decided; outcomes it decides (a failed
+//!   parent's children) go to the **outbox**, delivered by `Shared::unlock`.
+//!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
-//!    immediate retry waiting), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running` only through [`Engine::finalize`],
-//!    which returns a [`Delivery`]; the caller runs it after unlocking. So
-//!    each task's outcome is delivered exactly once.
+//!    immediate retry waiting), `Waiting` (for its parents, in `deps`), or
+//!    `Retained` (finished, outcome cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting` only through
+//!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
+//!    after unlocking (or puts it in the outbox, which `Shared::unlock`
+//!    empties). So each task's outcome is delivered exactly once.
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
 //!    `cancel_task` returning `CancelOutcome::Requested` guarantees a
@@ -50,6 +57,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
+
+mod deps;
+
+use self::deps::Deps;
+pub(crate) use self::deps::NewTask;
 
 use crate::cache::Expiries;
 use crate::clock::{duration_ticks, Clock, NEVER};
@@ -78,6 +90,8 @@ pub(crate) enum Phase {
 enum State {
     Queued,
     Running,
+    /// A dependent waiting for its parents (see `deps`).
+    Waiting,
     Retained,
 }
 
@@ -157,7 +171,11 @@ pub struct ClusterStats {
     pub running: usize,
     /// Finished tasks whose outcome is cached.
     pub cached: usize,
-    /// Every task the cluster holds state for (`queued + running + cached`).
+    /// Tasks waiting for their parents ([`TaskBuilder::after`](crate::TaskBuilder::after))
+    /// and attempts parked in a [`TaskContext::wait_for`](crate::TaskContext::wait_for):
+    /// in no queue, on no worker.
+    pub waiting: usize,
+    /// Every task the cluster holds state for (`queued + running + waiting + cached`).
     pub held: usize,
 }
 
@@ -184,6 +202,11 @@ pub(crate) struct Engine {
     wake_timer: bool,
     /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
+    /// Dependencies, made by the first dependent task (`deps`).
+    deps: Option<Box<Deps>>,
+    /// Outcomes decided under the lock besides the caller's own (a failed
+    /// parent's children), delivered by `Shared::unlock`.
+    outbox: Vec<Delivery>,
 }
 
 /// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
@@ -220,6 +243,18 @@ impl Engine {
             timer_at: i64::MAX,
             wake_timer: false,
             shrink_mark: 0,
+            deps: None,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// The outcomes decided besides the caller's own, to deliver after
+    /// unlocking (engine invariant 2). `None` in the usual case, cheaply.
+    pub(crate) fn take_outbox(&mut self) -> Option<Vec<Delivery>> {
+        if self.outbox.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.outbox))
         }
     }
 
@@ -363,7 +398,7 @@ impl Engine {
             }
             return Next::Run(claim);
         }
-        if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+        if self.phase == Phase::Draining && self.drained() {
             return Next::ExitAll;
         }
         self.idle.park(worker);
@@ -409,14 +444,26 @@ impl Engine {
         }
     }
 
-    /// Ends a queued or running task (invariant 2): retains it if its outcome
-    /// is cached, else removes it from the registry.
+    /// Ends a queued, running or waiting task (invariant 2): retains it if
+    /// its outcome is cached, else removes it from the registry. Its
+    /// dependents, if any, hear of it (the cascade).
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        let cascade = self.deps.is_some() && self.note_final(slot, forced);
+        let d = self.finalize_entry(slot, forced);
+        if cascade {
+            self.cascade();
+        }
+        d
+    }
+
+    fn finalize_entry(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
         let e = &mut self.entries[slot as usize];
         let retention = e.job.retention();
         match retention {
             Some(r) => {
                 e.state = State::Retained;
+                // How it ended, for dependents submitted later.
+                e.forced = forced;
                 let until = self.clock.now().saturating_add(duration_ticks(r));
                 let seq = e.job.seq();
                 let job = e.job.clone();
@@ -480,7 +527,7 @@ impl Engine {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 let entries = &self.entries;
                 self.queue.forget(|i| is_live(entries, i));
-                if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+                if self.phase == Phase::Draining && self.drained() {
                     // The drain just ran out of work: wake a parked worker so
                     // that its claim returns `ExitAll`.
                     self.note_ready(1);
@@ -496,6 +543,10 @@ impl Engine {
                 // A shutdown decided the outcome first.
                 Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
             },
+            State::Waiting => {
+                let d = self.finalize(slot, Some(Forced::Cancelled));
+                (CancelOutcome::Cancelled, Some(d), None)
+            }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
@@ -514,7 +565,13 @@ impl Engine {
 
     /// Shuts down every queued task (all of them, or only scheduled first
     /// attempts after `cutoff` for a drain).
+    /// A stop or cancel also shuts down every task waiting for its parents;
+    /// a drain leaves them to run if their parents finish meanwhile.
     pub(crate) fn shut_down_queued(&mut self, drain_cutoff: Option<i64>) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        if drain_cutoff.is_none() {
+            self.shut_down_waiting(&mut out);
+        }
         let items = match drain_cutoff {
             None => self.queue.drain(),
             Some(cutoff) => {
@@ -532,7 +589,6 @@ impl Engine {
                 )
             }
         };
-        let mut out = Vec::new();
         for item in items {
             if is_live(&self.entries, &item) {
                 out.push(self.finalize(item.slot, Some(Forced::Shutdown)));
@@ -605,11 +661,17 @@ impl Engine {
         self.running
     }
 
+    /// Nothing left for a drain to run: nothing queued, running or waiting.
+    pub(crate) fn drained(&self) -> bool {
+        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0
+    }
+
     pub(crate) fn stats(&self) -> ClusterStats {
         ClusterStats {
             queued: self.queue.len(),
             running: self.running,
             cached: self.cached,
+            waiting: self.waiting(),
             held: self.entries.len(),
         }
     }

@@ -125,6 +125,7 @@ mod cache;
 mod cell;
 mod clock;
 mod cluster;
+mod deps;
 mod engine;
 mod error;
 mod handle;
@@ -142,8 +143,12 @@ pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackof
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::deps::{After, Graph, GraphHandles, Node, OnParentFailure};
 pub use crate::engine::ClusterStats;
-pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
+pub use crate::error::{
+    BuildError, DependencyCause, DependencyError, RunError, StopError, SubmitError, SubscribeError,
+    TaskError, WaitError,
+};
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};

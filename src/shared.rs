@@ -63,6 +63,7 @@ impl Shared {
     /// whether it woke a worker.
     pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Engine>) -> bool {
         let (picked, timer) = core.take_wakeups();
+        let outbox = core.take_outbox();
         drop(core);
         let woke = picked.is_some();
         if let Some(picked) = picked {
@@ -72,6 +73,9 @@ impl Shared {
         }
         if timer {
             self.timer.notify_one();
+        }
+        if let Some(outbox) = outbox {
+            outbox.into_iter().for_each(Delivery::deliver);
         }
         woke
     }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::deps::TypedParent;
+use crate::error::{DependencyCause, DependencyError, TaskError};
 use crate::job::Job;
 use crate::signal::CancelReason;
 
@@ -329,6 +331,73 @@ impl TaskContext {
         token.cancelled().await;
         // A token is only cancelled after its reason is set.
         self.cancel_reason().unwrap_or(CancelReason::Cancelled)
+    }
+
+    /// The outcome of the parent `id` of this task (see
+    /// [`TaskBuilder::after`](crate::TaskBuilder::after)), as its handle
+    /// sees it: a copy, for each call and each attempt.
+    ///
+    /// With the default [`OnParentFailure::Propagate`](crate::OnParentFailure::Propagate)
+    /// a body only runs once every parent succeeded, so this is `Ok`; with
+    /// [`Run`](crate::OnParentFailure::Run) it may be the parent's error.
+    /// The value may still be on its way when the body starts (the parent's
+    /// delivery follows its end at once), hence the `await`.
+    ///
+    /// # Errors
+    /// The parent's own error, or [`TaskError::Dependency`](crate::TaskError::Dependency)
+    /// with [`DependencyCause::Unknown`](crate::DependencyCause::Unknown) if
+    /// `id` is not a parent of this task,
+    /// [`Untyped`](crate::DependencyCause::Untyped) for an edge made with
+    /// [`After::any`](crate::After::any), or
+    /// [`TypeMismatch`](crate::DependencyCause::TypeMismatch) if `T, E` are
+    /// not the edge's types.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let words = cluster
+    ///     .task(|_| async { Ok::<_, String>(vec!["a".to_string(), "b".to_string()]) })
+    ///     .submit()
+    ///     .unwrap();
+    /// let id = words.id();
+    /// let count = cluster
+    ///     .task(move |ctx| {
+    ///         let id = id.clone();
+    ///         async move { ctx.parent::<Vec<String>, String>(id).await.map(|w| w.len()) }
+    ///     })
+    ///     .after(&words)
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(count.await, Ok(2));
+    /// # }
+    /// ```
+    pub async fn parent<T, E>(&self, id: impl Into<TaskId>) -> Result<T, TaskError<E>>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        let id = id.into();
+        let fail = |cause| Err(DependencyError::new(id.clone(), cause).into());
+        let parents = self.job.parents();
+        let Some(edge) = parents.iter().find(|a| a.id_now() == Some(&id)) else {
+            return fail(DependencyCause::Unknown);
+        };
+        let Some(typed) = &edge.typed else {
+            return fail(DependencyCause::Untyped);
+        };
+        let Some(slot) = typed.as_any().downcast_ref::<TypedParent<T, E>>() else {
+            tracing::warn!(
+                parent = %id,
+                expected = std::any::type_name::<Result<T, E>>(),
+                found = typed.expected().1,
+                "TaskContext::parent asked for the wrong types"
+            );
+            return fail(DependencyCause::TypeMismatch);
+        };
+        slot.read(&id).await
     }
 
     /// A token cancelled when this attempt is asked to stop; hand it to work
