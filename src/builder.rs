@@ -497,12 +497,12 @@ where
 
     /// Validates the options and makes the task's cell, not yet admitted
     /// (for a [`Graph`](crate::Graph)).
-    pub(crate) fn prepare(self) -> Result<(Arc<TaskCell<B, T, E>>, NewTask), SubmitError> {
+    pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
         self.prepare_inner().map(|(cell, task, _)| (cell, task))
     }
 
     #[inline]
-    fn prepare_inner(self) -> Result<(Arc<TaskCell<B, T, E>>, NewTask, bool), SubmitError> {
+    fn prepare_inner(self) -> Result<Prepared<B, T, E>, SubmitError> {
         let TaskBuilder {
             cluster,
             body,
@@ -572,6 +572,12 @@ where
         ))
     }
 }
+
+/// A task's cell, typed.
+type Cell<B, T, E> = Arc<TaskCell<B, T, E>>;
+
+/// A task ready to admit, and whether it has parents.
+type Prepared<B, T, E> = (Cell<B, T, E>, NewTask, bool);
 
 /// Submits a task with parents (see `crate::deps`), out of the hot path.
 #[cold]

@@ -120,7 +120,7 @@ impl After {
         T: Clone + Send + 'static,
         E: Clone + Send + 'static,
     {
-        After::new(Target::Id(id.into()), Some(TypedParent::<T, E>::new()))
+        After::new(Target::Id(id.into()), Some(TypedParent::<T, E>::new_slot()))
     }
 
     /// An ordering-only edge to the task `id`: the dependent starts after
@@ -182,7 +182,7 @@ where
                 graph: node.graph,
                 index: node.index,
             },
-            Some(TypedParent::<T, E>::new()),
+            Some(TypedParent::<T, E>::new_slot()),
         );
         if let Some(id) = &node.id {
             after.resolve(id.clone());
@@ -224,7 +224,7 @@ where
     T: Clone + Send + 'static,
     E: Clone + Send + 'static,
 {
-    fn new() -> Arc<dyn ParentValue> {
+    fn new_slot() -> Arc<dyn ParentValue> {
         Arc::new(TypedParent::<T, E> {
             rx: Mutex::new(None),
             value: tokio::sync::Mutex::new(None),

@@ -69,8 +69,11 @@ pub(crate) struct Admitted {
     /// Cached tasks whose ids the new ones took (to release).
     pub(crate) replaced: Vec<Arc<dyn Job>>,
     /// Lent parent outcomes to copy; then `Engine::copied` with `(slot, seq)`.
-    pub(crate) later: Vec<(Slot, u64, Box<dyn FnOnce() + Send>)>,
+    pub(crate) later: Vec<(Slot, u64, CopyLater)>,
 }
+
+/// Copies a lent parent outcome into a child's slot (after unlocking).
+pub(crate) type CopyLater = Box<dyn FnOnce() + Send>;
 
 /// A parent as found at submit.
 enum ParentRef {
@@ -327,7 +330,7 @@ impl Engine {
             replaced: Vec::new(),
             later: Vec::new(),
         };
-        let mut holds: Vec<Vec<Box<dyn FnOnce() + Send>>> = Vec::with_capacity(tasks.len());
+        let mut holds: Vec<Vec<CopyLater>> = Vec::with_capacity(tasks.len());
         for (t, refs) in tasks.iter().zip(&found) {
             let mut mine = Vec::new();
             for (a, r) in t.job.parents().iter().zip(refs) {
