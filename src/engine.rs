@@ -59,9 +59,12 @@ use std::time::Duration;
 use slab::Slab;
 
 mod deps;
+mod watch;
 
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
+pub(crate) use self::watch::PendingWatch;
+use self::watch::Watchers;
 
 use crate::cache::Expiries;
 use crate::clock::{duration_ticks, Clock, NEVER};
@@ -177,6 +180,8 @@ pub struct ClusterStats {
     pub waiting: usize,
     /// Every task the cluster holds state for (`queued + running + waiting + cached`).
     pub held: usize,
+    /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
+    pub watchers: usize,
 }
 
 pub(crate) struct Engine {
@@ -207,6 +212,8 @@ pub(crate) struct Engine {
     /// Outcomes decided under the lock besides the caller's own (a failed
     /// parent's children), delivered by `Shared::unlock`.
     outbox: Vec<Delivery>,
+    /// Watches for ids not yet submitted, made by the first (`watch`).
+    watchers: Option<Box<Watchers>>,
 }
 
 /// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
@@ -245,6 +252,7 @@ impl Engine {
             shrink_mark: 0,
             deps: None,
             outbox: Vec::new(),
+            watchers: None,
         }
     }
 
@@ -354,6 +362,11 @@ impl Engine {
             forced: None,
             worker: 0,
         });
+        if let Some(name) = name {
+            if self.watchers.is_some() {
+                self.attach_watchers(name, slot);
+            }
+        }
         self.push(
             Item {
                 slot,
@@ -569,6 +582,8 @@ impl Engine {
     /// a drain leaves them to run if their parents finish meanwhile.
     pub(crate) fn shut_down_queued(&mut self, drain_cutoff: Option<i64>) -> Vec<Delivery> {
         let mut out = Vec::new();
+        // No task can come any more: watches for ids not yet submitted end.
+        drop(self.close_watchers());
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);
         }
@@ -673,6 +688,7 @@ impl Engine {
             cached: self.cached,
             waiting: self.waiting(),
             held: self.entries.len(),
+            watchers: self.watchers(),
         }
     }
 }

@@ -303,7 +303,7 @@ pub enum SubmitError {
     },
 }
 
-/// Why a [`Cluster::wait_for`](crate::Cluster::wait_for) watch ended
+/// Why a [`Cluster::watch`](crate::Cluster::watch) ended
 /// without the task's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -137,6 +137,7 @@ mod queue;
 mod shared;
 mod signal;
 mod task;
+mod wait;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
@@ -152,6 +153,7 @@ pub use crate::error::{
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
+pub use crate::wait::Watch;
 /// Re-exported from `tokio_util`: the type of
 /// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so
 /// a user needs no `tokio-util` dependency of their own.

@@ -375,6 +375,9 @@ impl Engine {
                 forced: None,
                 worker: 0,
             });
+            if let Some(name) = t.job.name() {
+                self.attach_watchers(name, slot);
+            }
             let mut left = 0u32;
             let mut my_dones = Vec::new();
             for (a, r) in t.job.parents().iter().zip(refs) {
