@@ -20,9 +20,12 @@ pub(crate) trait PendingWatch: Send {
     fn attach(self: Box<Self>, job: Arc<dyn Job>);
 }
 
+/// A watch and its key.
+type Keyed = (u64, Box<dyn PendingWatch>);
+
 #[derive(Default)]
 pub(super) struct Watchers {
-    by_name: HashMap<Arc<str>, Vec<(u64, Box<dyn PendingWatch>)>>,
+    by_name: HashMap<Arc<str>, Vec<Keyed>>,
     next_key: u64,
     count: usize,
 }
