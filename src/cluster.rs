@@ -333,10 +333,9 @@ impl Cluster {
             core.phase = Phase::Running;
         }
         // `build` caps `workers` at u16::MAX, so every index fits.
-        let key = inside::key(shared);
         for index in (0..=u16::MAX).take(shared.workers) {
             let worker = worker(shared.clone(), index);
-            shared.tracker.spawn(inside::worker(key, worker));
+            shared.tracker.spawn(inside::worker(shared, worker));
         }
         shared.tracker.spawn(timekeeper(shared.clone()));
         Ok(())

@@ -59,10 +59,12 @@ use std::time::Duration;
 use slab::Slab;
 
 mod deps;
+mod park;
 mod watch;
 
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
+use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
 use self::watch::Watchers;
 
@@ -150,12 +152,17 @@ impl Delivery {
     }
 }
 
+/// Outcomes to deliver and things to drop, once the lock is released.
+pub(crate) type Outbox = (Vec<Delivery>, Vec<Box<dyn Send>>);
+
 /// A running task to signal, and the worker that runs it.
 pub(crate) type Running = (Arc<dyn Job>, u16);
 
 /// What a worker does next.
 pub(crate) enum Next {
     Run(Claim),
+    /// Resume a parked attempt whose wait is over (`crate::park`).
+    Resume(Arc<crate::park::ParkSlot>),
     /// Nothing due: wait for work.
     Idle,
     /// Leave the loop.
@@ -214,6 +221,12 @@ pub(crate) struct Engine {
     outbox: Vec<Delivery>,
     /// Watches for ids not yet submitted, made by the first (`watch`).
     watchers: Option<Box<Watchers>>,
+    /// Parked attempts, made by the first park (`park`).
+    parking: Option<Box<Parking>>,
+    /// What was let go of under the lock and may wake a future when dropped
+    /// (closed watches): dropped by `Shared::unlock`, after unlocking,
+    /// since a woken parked attempt takes the lock.
+    trash: Vec<Box<dyn Send>>,
 }
 
 /// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
@@ -253,16 +266,22 @@ impl Engine {
             deps: None,
             outbox: Vec::new(),
             watchers: None,
+            parking: None,
+            trash: Vec::new(),
         }
     }
 
     /// The outcomes decided besides the caller's own, to deliver after
-    /// unlocking (engine invariant 2). `None` in the usual case, cheaply.
-    pub(crate) fn take_outbox(&mut self) -> Option<Vec<Delivery>> {
-        if self.outbox.is_empty() {
+    /// unlocking (engine invariant 2), and what to drop then. `None` in the
+    /// usual case, cheaply.
+    pub(crate) fn take_outbox(&mut self) -> Option<Outbox> {
+        if self.outbox.is_empty() && self.trash.is_empty() {
             None
         } else {
-            Some(std::mem::take(&mut self.outbox))
+            Some((
+                std::mem::take(&mut self.outbox),
+                std::mem::take(&mut self.trash),
+            ))
         }
     }
 
@@ -381,6 +400,11 @@ impl Engine {
 
     /// The next due task for worker `worker`.
     pub(crate) fn claim(&mut self, worker: u16) -> Next {
+        if self.parking.is_some() {
+            if let Some(next) = self.claim_parked(worker) {
+                return next;
+            }
+        }
         match self.phase {
             Phase::Stopping | Phase::Cancelled => return Next::Exit,
             Phase::Idle | Phase::Running | Phase::Draining => {}
@@ -583,7 +607,9 @@ impl Engine {
     pub(crate) fn shut_down_queued(&mut self, drain_cutoff: Option<i64>) -> Vec<Delivery> {
         let mut out = Vec::new();
         // No task can come any more: watches for ids not yet submitted end.
-        drop(self.close_watchers());
+        if let Some(w) = self.close_watchers() {
+            self.trash.push(w);
+        }
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);
         }
@@ -702,6 +728,7 @@ impl Drop for Engine {
                 e.job.complete(Some(Forced::Shutdown), false);
             }
         }
+        self.abandon_parked();
     }
 }
 

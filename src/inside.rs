@@ -9,13 +9,20 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::shared::Shared;
 
+/// What a worker's future knows of its cluster.
+struct WorkerOf {
+    key: usize,
+    /// For waits inside a body (`crate::wait`), which talk to the engine.
+    shared: Weak<Shared>,
+}
+
 tokio::task_local! {
     /// Set for the whole future of each worker.
-    static WORKER_OF: usize;
+    static WORKER_OF: WorkerOf;
 }
 
 thread_local! {
@@ -29,14 +36,23 @@ pub(crate) fn key(shared: &Arc<Shared>) -> usize {
 }
 
 /// Runs a worker's future with its cluster's name in scope.
-pub(crate) fn worker<F: Future>(key: usize, fut: F) -> impl Future<Output = F::Output> {
-    WORKER_OF.scope(key, fut)
+pub(crate) fn worker<F: Future>(shared: &Arc<Shared>, fut: F) -> impl Future<Output = F::Output> {
+    let of = WorkerOf {
+        key: key(shared),
+        shared: Arc::downgrade(shared),
+    };
+    WORKER_OF.scope(of, fut)
 }
 
 /// The cluster whose worker is polling the caller, if any: read where a
 /// blocking body is started, to hand the name on to its thread.
 pub(crate) fn current_worker() -> Option<usize> {
-    WORKER_OF.try_with(|k| *k).ok()
+    WORKER_OF.try_with(|w| w.key).ok()
+}
+
+/// The cluster whose worker is polling the caller, if any (and alive).
+pub(crate) fn current_cluster() -> Option<Arc<Shared>> {
+    WORKER_OF.try_with(|w| w.shared.upgrade()).ok().flatten()
 }
 
 /// Runs a blocking body with its cluster's name (from [`current_worker`]) set.

@@ -133,6 +133,7 @@ mod idle;
 mod inside;
 mod job;
 mod panic;
+mod park;
 mod queue;
 mod shared;
 mod signal;

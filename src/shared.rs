@@ -74,8 +74,9 @@ impl Shared {
         if timer {
             self.timer.notify_one();
         }
-        if let Some(outbox) = outbox {
-            outbox.into_iter().for_each(Delivery::deliver);
+        if let Some((deliveries, trash)) = outbox {
+            deliveries.into_iter().for_each(Delivery::deliver);
+            drop(trash);
         }
         woke
     }

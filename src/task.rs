@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deps::TypedParent;
 use crate::error::{DependencyCause, DependencyError, TaskError};
+use crate::handle::TaskHandle;
 use crate::job::Job;
 use crate::signal::CancelReason;
 
@@ -398,6 +399,93 @@ impl TaskContext {
             return fail(DependencyCause::TypeMismatch);
         };
         slot.read(&id).await
+    }
+
+    /// Waits for the outcome of the task `id` (pending, running or cached)
+    /// **without holding this task's worker**: while it waits, the attempt
+    /// is parked and the worker runs other tasks; when the outcome comes, a
+    /// worker resumes the attempt. So a body may wait for another task even
+    /// on a one-worker cluster. The attempt's timeout and a cancel still
+    /// apply while it waits (the attempt ends as `TimedOut` or `Cancelled`).
+    ///
+    /// Await it in the body itself (in an async task body): awaited
+    /// elsewhere it returns [`DependencyCause::NotInBody`](crate::DependencyCause::NotInBody).
+    /// A parked attempt counts in [`ClusterStats::waiting`](crate::ClusterStats::waiting),
+    /// not in `running`. A graceful stop lets it finish (the workers stay
+    /// until it has).
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap(); // one worker
+    /// let price = cluster
+    ///     .task(|_| async { Ok::<u32, String>(21) })
+    ///     .id("price")
+    ///     .delay(std::time::Duration::from_millis(10))
+    ///     .submit()
+    ///     .unwrap();
+    /// let waiter = cluster
+    ///     .task(|ctx| async move {
+    ///         // Runs first; the only worker is freed while it waits, so "price" can run.
+    ///         let price = ctx.wait_for::<u32, String>("price").await.map_err(|e| e.to_string())?;
+    ///         Ok::<_, String>(price * 2)
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(waiter.await, Ok(42));
+    /// assert_eq!(price.await, Ok(21));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The task's own outcome, or [`TaskError::Dependency`](crate::TaskError::Dependency)
+    /// naming `id` with [`DependencyCause::Cycle`](crate::DependencyCause::Cycle)
+    /// if `id` is this task, or waits (through waits and dependencies) for
+    /// this task: an error instead of a deadlock;
+    /// [`Unknown`](crate::DependencyCause::Unknown) if no such task is known;
+    /// [`TypeMismatch`](crate::DependencyCause::TypeMismatch) for other types.
+    pub async fn wait_for<T, E>(&self, id: impl Into<TaskId>) -> Result<T, TaskError<E>>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        crate::wait::wait_for(self.job.seq(), &self.id, id.into()).await
+    }
+
+    /// Awaits `handle` as [`wait_for`](Self::wait_for) waits for an id:
+    /// without holding this task's worker. No `Clone` is needed (the handle
+    /// is the task's own copy of the outcome). Awaited outside a body, it is
+    /// an ordinary await.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let c = cluster.clone();
+    /// let outer = cluster
+    ///     .task(move |ctx| {
+    ///         let c = c.clone();
+    ///         async move {
+    ///             let inner = c.task(|_| async { Ok::<_, String>(5) }).submit().map_err(|e| e.to_string())?;
+    ///             ctx.wait(inner).await.map_err(|e| e.to_string())
+    ///         }
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(outer.await, Ok(5));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The task's own outcome, or [`DependencyCause::Cycle`](crate::DependencyCause::Cycle)
+    /// (in a [`TaskError::Dependency`](crate::TaskError::Dependency)) if
+    /// the task waits, transitively, for this one.
+    pub async fn wait<T, E>(&self, handle: TaskHandle<T, E>) -> Result<T, TaskError<E>> {
+        crate::wait::wait_handle(self.job.seq(), handle).await
     }
 
     /// A token cancelled when this attempt is asked to stop; hand it to work

@@ -1,6 +1,7 @@
 //! Waiting for a task's outcome by id from outside the pool, even before
 //! the task is submitted: [`Cluster::watch`] and its future, [`Watch`].
-//! (Waits inside a body that free the worker are `crate::park`.)
+//! Also the waits inside a body that free the worker while they wait
+//! (`TaskContext::wait_for` and `wait`; the mechanism is `crate::park`).
 
 use std::any::type_name;
 use std::fmt;
@@ -16,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::cell::copy_for_subscriber;
 use crate::cluster::Cluster;
 use crate::engine::{PendingWatch, Phase};
-use crate::error::{TaskError, WaitError};
+use crate::error::{DependencyCause, DependencyError, TaskError, WaitError};
 use crate::job::{Answer, Job, Outcome, SubscribeRequest};
 use crate::panic::drop_guarded;
 use crate::shared::Shared;
@@ -277,4 +278,124 @@ impl Cluster {
             registered,
         }
     }
+}
+
+/// Awaits `F`, asking the worker to park the attempt whenever it is
+/// pending (`crate::park`): the worker is free while it waits.
+struct ParkWhilePending<F>(F);
+
+impl<F: Future + Unpin> Future for ParkWhilePending<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let r = Pin::new(&mut self.0).poll(cx);
+        if r.is_pending() {
+            crate::park::request();
+        }
+        r
+    }
+}
+
+/// A wait edge (for the cycle check), removed when the wait ends.
+struct WaitEdge {
+    shared: Weak<Shared>,
+    waiter: u64,
+    target: u64,
+}
+
+impl Drop for WaitEdge {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.locked(|core| core.unwait(self.waiter, self.target));
+        }
+    }
+}
+
+fn failed<T, E>(id: &TaskId, cause: DependencyCause) -> Outcome<T, E> {
+    Err(DependencyError::new(id.clone(), cause).into())
+}
+
+/// [`TaskContext::wait_for`](crate::TaskContext::wait_for).
+pub(crate) async fn wait_for<T, E>(waiter: u64, waiter_id: &TaskId, id: TaskId) -> Outcome<T, E>
+where
+    T: Clone + Send + 'static,
+    E: Clone + Send + 'static,
+{
+    if id == *waiter_id {
+        return failed(&id, DependencyCause::Cycle);
+    }
+    let Some(shared) = crate::inside::current_cluster() else {
+        return failed(&id, DependencyCause::NotInBody);
+    };
+    let cloner = <Outcome<T, E> as Clone>::clone;
+    let mut req = SubscribeRequest::<T, E> {
+        cloner,
+        answer: None,
+    };
+    let found = shared.locked(|core| {
+        let target = core.add_wait(waiter, &id)?;
+        match core.subscribe(&id, &mut req) {
+            Some(Err(found)) => {
+                core.unwait(waiter, target);
+                tracing::warn!(
+                    task = %id,
+                    expected = type_name::<Result<T, E>>(),
+                    found,
+                    "TaskContext::wait_for asked for the wrong types"
+                );
+                Err(DependencyCause::TypeMismatch)
+            }
+            _ => Ok(target),
+        }
+    });
+    let target = match found {
+        Ok(t) => t,
+        Err(cause) => return failed(&id, cause),
+    };
+    let edge = WaitEdge {
+        shared: Arc::downgrade(&shared),
+        waiter,
+        target,
+    };
+    drop(shared);
+    let rx = match req.answer {
+        Some(Answer::Pending(rx)) => rx,
+        Some(Answer::Lent(cached, cell)) => {
+            // Finished and cached: copied here, with no lock held.
+            let copy = copy_for_subscriber(cloner, &cached);
+            cell.give_back(cached);
+            drop_guarded(cell, "a finished task");
+            return copy;
+        }
+        _ => return failed(&id, DependencyCause::Unknown),
+    };
+    let out = ParkWhilePending(rx).await;
+    drop(edge);
+    out.unwrap_or(Err(TaskError::Shutdown))
+}
+
+/// [`TaskContext::wait`](crate::TaskContext::wait).
+pub(crate) async fn wait_handle<T, E>(
+    waiter: u64,
+    handle: crate::handle::TaskHandle<T, E>,
+) -> Outcome<T, E> {
+    let id = handle.id();
+    let Some(shared) = crate::inside::current_cluster() else {
+        // Not in a body: nothing to free, an ordinary await.
+        return handle.await;
+    };
+    let edge = match shared.locked(|core| core.add_wait(waiter, &id)) {
+        Ok(target) => Some(WaitEdge {
+            shared: Arc::downgrade(&shared),
+            waiter,
+            target,
+        }),
+        Err(DependencyCause::Cycle) => return failed(&id, DependencyCause::Cycle),
+        // Finished already (or of another cluster): it resolves by itself.
+        Err(_) => None,
+    };
+    drop(shared);
+    let out = ParkWhilePending(handle).await;
+    drop(edge);
+    out
 }

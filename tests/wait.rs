@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use corral::{Cluster, TaskError, WaitError};
+use corral::{Cluster, DependencyCause, TaskError, WaitError};
 
 use common::{HOUR, SEC};
 
@@ -113,4 +113,314 @@ async fn a_watch_of_an_unknown_generated_id_fails_at_once() {
     assert_eq!(out, Err(WaitError::UnknownGenerated(id)));
     let _ = Duration::ZERO;
     let _ = TaskError::<String>::Shutdown;
+}
+
+// ---- waits inside a body that free the worker ----
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_inside_a_body_frees_the_only_worker() {
+    let cluster = Cluster::new(1).unwrap();
+    let target = cluster
+        .task(|_| async {
+            tokio::time::sleep(SEC).await;
+            Ok::<u32, String>(20)
+        })
+        .id("target")
+        .delay(SEC)
+        .submit()
+        .unwrap();
+    let waiter = cluster
+        .task(|ctx| async move {
+            let v = ctx
+                .wait_for::<u32, String>("target")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<u32, String>(v + 1)
+        })
+        .submit()
+        .unwrap();
+    common::yield_until("the waiter parks", || cluster.stats().waiting == 1).await;
+    let stats = cluster.stats();
+    assert_eq!((stats.running, stats.waiting), (0, 1));
+    // The worker is free: an independent task runs while the waiter waits.
+    let free = cluster
+        .task(|_| async { Ok::<_, String>("free") })
+        .submit()
+        .unwrap();
+    assert_eq!(common::resolve(SEC / 2, "free", free).await, Ok("free"));
+    assert_eq!(common::resolve(HOUR, "waiter", waiter).await, Ok(21));
+    assert_eq!(target.await, Ok(20));
+    assert_eq!(cluster.stats().held, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_of_waits_runs_on_one_worker() {
+    let cluster = Cluster::new(1).unwrap();
+    let n = 20u32;
+    // Task i waits for task i+1; the last one is delayed so every waiter
+    // starts (and parks) first.
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let h = if i == n - 1 {
+            cluster
+                .task(|_| async { Ok::<u32, String>(1) })
+                .id(format!("w{i}"))
+                .delay(SEC)
+                .submit()
+                .unwrap()
+        } else {
+            cluster
+                .task(move |ctx| async move {
+                    let v = ctx
+                        .wait_for::<u32, String>(format!("w{}", i + 1))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<u32, String>(v + 1)
+                })
+                .id(format!("w{i}"))
+                .delay(SEC * (n - 1 - i) / (2 * n))
+                .submit()
+                .unwrap()
+        };
+        handles.push(h);
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(common::resolve(HOUR, "link", h).await, Ok(n - i as u32));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_past_its_timeout_times_out() {
+    let cluster = Cluster::new(1).unwrap();
+    let slow = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("slow")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let waiter = cluster
+        .task(|ctx| async move {
+            ctx.wait_for::<u32, String>("slow")
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .timeout(2 * SEC)
+        .submit()
+        .unwrap();
+    assert_eq!(
+        common::resolve(HOUR, "waiter", waiter).await,
+        Err(TaskError::TimedOut { limit: 2 * SEC })
+    );
+    assert_eq!(started.elapsed(), 2 * SEC);
+    assert_eq!(cluster.stats().waiting, 0);
+    cluster.cancel_task("slow");
+    let _ = slow.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_task_cancelled_resolves_cancelled_at_once() {
+    let cluster = Cluster::new(1).unwrap();
+    let _slow = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("slow")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let waiter = cluster
+        .task(|ctx| async move {
+            ctx.wait_for::<u32, String>("slow")
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .id("waiter")
+        .submit()
+        .unwrap();
+    common::yield_until("the waiter parks", || cluster.stats().waiting == 1).await;
+    assert_eq!(
+        cluster.cancel_task("waiter"),
+        corral::CancelOutcome::Requested
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        common::resolve(SEC, "waiter", waiter).await,
+        Err(TaskError::Cancelled)
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(cluster.stats().waiting, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn self_waits_and_cycles_are_errors_not_hangs() {
+    let cluster = Cluster::new(1).unwrap();
+    let me = cluster
+        .task(|ctx| async move {
+            ctx.wait_for::<u32, String>(ctx.id())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .id("me")
+        .submit()
+        .unwrap();
+    let err = common::resolve(SEC, "self wait", me).await.unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+
+    // a waits for b, b waits for a: the second wait is refused.
+    let a = cluster
+        .task(|ctx| async move {
+            tokio::time::sleep(SEC).await;
+            ctx.wait_for::<String, String>("b").await
+        })
+        .id("a")
+        .submit()
+        .unwrap();
+    let b = cluster
+        .task(|ctx| async move {
+            tokio::time::sleep(2 * SEC).await;
+            match ctx.wait_for::<String, String>("a").await {
+                Err(e) if e.dependency().map(|d| d.cause) == Some(DependencyCause::Cycle) => {
+                    Ok("b saw the cycle".to_string())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .id("b")
+        .submit()
+        .unwrap();
+    assert_eq!(
+        common::resolve(HOUR, "b", b).await,
+        Ok("b saw the cycle".to_string())
+    );
+    assert_eq!(
+        common::resolve(HOUR, "a", a).await,
+        Ok("b saw the cycle".to_string())
+    );
+
+    // Waiting for one's own dependent would deadlock too.
+    let c = cluster.clone();
+    let parent = cluster
+        .task(move |ctx| {
+            let c = c.clone();
+            async move {
+                let child = c
+                    .task(|_| async { Ok::<u32, String>(0) })
+                    .id("child")
+                    .after(corral::After::any(ctx.id()))
+                    .submit()
+                    .map_err(|e| e.to_string())?;
+                drop(child);
+                ctx.wait_for::<u32, String>("child")
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .id("parent")
+        .submit()
+        .unwrap();
+    let err = common::resolve(SEC, "parent", parent).await.unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_while_tasks_wait_lets_them_finish() {
+    let cluster = Cluster::new(1).unwrap();
+    let _later = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("later")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let waiter = cluster
+        .task(|ctx| async move {
+            match ctx.wait_for::<u32, String>("later").await {
+                Err(TaskError::Shutdown) => Ok::<_, String>("saw the shutdown"),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .submit()
+        .unwrap();
+    common::yield_until("the waiter parks", || cluster.stats().waiting == 1).await;
+    cluster.stop(SEC).await.unwrap();
+    assert_eq!(waiter.await, Ok("saw the shutdown"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_while_tasks_wait_shuts_them_down() {
+    let cluster = Cluster::new(1).unwrap();
+    let _later = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("later")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let waiter = cluster
+        .task(|ctx| async move {
+            ctx.wait_for::<u32, String>("later")
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .submit()
+        .unwrap();
+    common::yield_until("the waiter parks", || cluster.stats().waiting == 1).await;
+    cluster.cancel();
+    assert_eq!(
+        common::resolve(SEC, "waiter", waiter).await,
+        Err(TaskError::Shutdown)
+    );
+    cluster.stop(SEC).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_on_a_handle_frees_the_worker_too() {
+    let cluster = Cluster::new(1).unwrap();
+    let c = cluster.clone();
+    let outer = cluster
+        .task(move |ctx| {
+            let c = c.clone();
+            async move {
+                let mut total = 0;
+                for i in 0..5u32 {
+                    let inner = c
+                        .task(move |_| async move {
+                            tokio::time::sleep(SEC).await;
+                            Ok::<u32, String>(i)
+                        })
+                        .submit()
+                        .map_err(|e| e.to_string())?;
+                    total += ctx.wait(inner).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<u32, String>(total)
+            }
+        })
+        .submit()
+        .unwrap();
+    assert_eq!(common::resolve(HOUR, "outer", outer).await, Ok(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_and_mistyped_waits_are_errors() {
+    let cluster = Cluster::new(1).unwrap();
+    let _t = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("t")
+        .delay(HOUR)
+        .submit()
+        .unwrap();
+    let h = cluster
+        .task(|ctx| async move {
+            let unknown = ctx.wait_for::<u32, String>("nobody").await;
+            let wrong = ctx.wait_for::<String, String>("t").await;
+            Ok::<_, String>((unknown, wrong))
+        })
+        .submit()
+        .unwrap();
+    let (unknown, wrong) = h.await.unwrap();
+    assert_eq!(
+        unknown.unwrap_err().dependency().map(|d| d.cause),
+        Some(DependencyCause::Unknown)
+    );
+    assert_eq!(
+        wrong.unwrap_err().dependency().map(|d| d.cause),
+        Some(DependencyCause::TypeMismatch)
+    );
 }

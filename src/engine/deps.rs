@@ -52,6 +52,8 @@ struct Edge {
 
 struct Waiter {
     slot: Slot,
+    /// Its parents still running or waiting (for the cycle check of waits).
+    parents: Vec<u64>,
     /// Parents not yet finished, plus lent outcomes not yet copied.
     left: u32,
     start: i64,
@@ -104,9 +106,18 @@ fn forced_cause(f: Forced) -> DependencyCause {
 }
 
 impl Engine {
-    /// Dependents waiting for their parents.
+    /// Dependents waiting for their parents, and parked attempts.
     pub(crate) fn waiting(&self) -> usize {
-        self.deps.as_ref().map_or(0, |d| d.waiting.len())
+        self.deps.as_ref().map_or(0, |d| d.waiting.len()) + self.parked()
+    }
+
+    /// The parents the waiting dependent `seq` still waits for.
+    pub(super) fn parents_of(&self, seq: u64) -> Vec<u64> {
+        self.deps
+            .as_ref()
+            .and_then(|d| d.waiting.get(&seq))
+            .map(|w| w.parents.clone())
+            .unwrap_or_default()
     }
 
     fn deps_mut(&mut self) -> &mut Deps {
@@ -380,6 +391,7 @@ impl Engine {
             }
             let mut left = 0u32;
             let mut my_dones = Vec::new();
+            let mut parents = Vec::new();
             for (a, r) in t.job.parents().iter().zip(refs) {
                 let edge = Edge {
                     child_slot: slot,
@@ -389,6 +401,7 @@ impl Engine {
                 left += 1;
                 match r {
                     ParentRef::Live { seq: p } => {
+                        parents.push(p);
                         self.deps_mut().children.entry(p).or_default().push(edge);
                     }
                     ParentRef::Done { id, cause } => my_dones.push((id, cause, a.policy)),
@@ -396,6 +409,7 @@ impl Engine {
                         let (ps, pseq) = placed[j];
                         let parent = self.entries[ps as usize].job.clone();
                         a.resolve(id_of(&*parent, ps));
+                        parents.push(pseq);
                         self.deps_mut().children.entry(pseq).or_default().push(edge);
                         if let Some(typed) = &a.typed {
                             // Not finished (every node waits until the end
@@ -413,6 +427,7 @@ impl Engine {
                 seq,
                 Waiter {
                     slot,
+                    parents,
                     left,
                     start: t.start,
                 },
