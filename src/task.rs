@@ -261,10 +261,11 @@ impl From<&TaskId> for TaskId {
 /// poll [`is_cancelled`](Self::is_cancelled) to stop early.
 ///
 /// # Waiting for another task inside a body
-/// Awaiting another task's handle or subscription inside a body holds this
-/// body's worker, and can deadlock a busy or one-worker pool: see
-/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
-/// and `examples/dependent.rs`.
+/// Awaiting another task's handle or subscription directly inside a body
+/// holds this body's worker, and can deadlock a busy or one-worker pool:
+/// wait through [`wait_for`](Self::wait_for) or [`wait`](Self::wait),
+/// which free the worker while they wait (see "Waiting for another task
+/// inside a body" on [`Cluster::task`](crate::Cluster::task)).
 pub struct TaskContext {
     id: TaskId,
     attempt: u32,
