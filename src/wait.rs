@@ -36,7 +36,7 @@ where
     T: Clone + Send + 'static,
     E: Clone + Send + 'static,
 {
-    fn attach(self: Box<Self>, job: Arc<dyn Job>) {
+    fn attach(self: Box<Self>, job: Arc<dyn Job>) -> Box<dyn Send> {
         let mut req = SubscribeRequest::<T, E> {
             cloner: <Outcome<T, E> as Clone>::clone,
             answer: None,
@@ -53,9 +53,23 @@ where
                 _ => Err(WaitError::ShutDown(self.id)),
             },
         };
-        // A watch dropped meanwhile is not an error; what comes back holds
-        // no user value.
-        let _ = self.tx.send(attached);
+        // Sent after the engine's lock is released (`SendLater`): the
+        // watch may be awaited by a parked attempt, whose wake takes the lock.
+        Box::new(SendLater(Some((self.tx, attached))))
+    }
+}
+
+/// Sends its value when dropped: put in the engine's trash, which
+/// `Shared::unlock` drops after unlocking.
+struct SendLater<T>(Option<(oneshot::Sender<T>, T)>);
+
+impl<T> Drop for SendLater<T> {
+    fn drop(&mut self) {
+        if let Some((tx, v)) = self.0.take() {
+            // A watch dropped meanwhile is not an error; what comes back
+            // holds no user value.
+            let _ = tx.send(v);
+        }
     }
 }
 

@@ -15,9 +15,11 @@ use crate::job::Job;
 
 /// A watch's typed end, erased: subscribes it to the task when it comes.
 pub(crate) trait PendingWatch: Send {
-    /// Subscribes to `job` (under the engine's lock: no user code) and
-    /// hands the subscription, or a type mismatch, to the watch.
-    fn attach(self: Box<Self>, job: Arc<dyn Job>);
+    /// Subscribes to `job` (under the engine's lock: no user code).
+    /// Returns what hands the subscription, or a type mismatch, to the
+    /// watch when dropped, after unlocking (it may wake a parked attempt,
+    /// which takes the lock).
+    fn attach(self: Box<Self>, job: Arc<dyn Job>) -> Box<dyn Send>;
 }
 
 /// A watch and its key.
@@ -71,7 +73,8 @@ impl Engine {
         ws.count -= list.len();
         let job = &self.entries[slot as usize].job;
         for (_, w) in list {
-            w.attach(job.clone());
+            let send = w.attach(job.clone());
+            self.trash.push(send);
         }
     }
 
