@@ -462,47 +462,9 @@ where
     ///
     /// On error the body is dropped without running and nothing queued is touched.
     pub fn submit(self) -> Result<TaskHandle<T, E>, SubmitError> {
-        let cluster = self.cluster;
-        let (cell, task, dependent) = self.prepare_inner()?;
-        if dependent {
-            return submit_dependent(cluster, cell, task);
+        if self.extras.as_ref().is_some_and(|x| !x.parents.is_empty()) {
+            return submit_dependent(self);
         }
-        let shared = cluster.shared();
-        let mut core = shared.lock();
-        let unstarted = core.phase == Phase::Idle;
-        let admitted = core.submit(
-            task.job,
-            cell.name(),
-            |seq, slot| cell.assign(seq, slot),
-            task.priority,
-            task.start,
-            task.now,
-        );
-        shared.unlock(core);
-        // On error the body (in `cell`) is dropped here, after the unlock.
-        let replaced = admitted?;
-        if let Some(old) = replaced {
-            old.release();
-        }
-        if unstarted {
-            cluster.watch_unstarted();
-        }
-        Ok(TaskHandle::new(cell))
-    }
-
-    /// The cluster the task is built for.
-    pub(crate) fn cluster(&self) -> &'c Cluster {
-        self.cluster
-    }
-
-    /// Validates the options and makes the task's cell, not yet admitted
-    /// (for a [`Graph`](crate::Graph)).
-    pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
-        self.prepare_inner().map(|(cell, task, _)| (cell, task))
-    }
-
-    #[inline]
-    fn prepare_inner(self) -> Result<Prepared<B, T, E>, SubmitError> {
         let TaskBuilder {
             cluster,
             body,
@@ -521,22 +483,7 @@ where
             None => None,
             Some(id) => Some(validate_id(&id)?.clone()),
         };
-        if timeout == Some(Duration::ZERO) {
-            return Err(SubmitError::InvalidOption {
-                option: "timeout",
-                reason: "must be greater than zero",
-            });
-        }
-        if extras
-            .as_ref()
-            .is_some_and(|x| !(0.0..=1.0).contains(&x.jitter))
-        {
-            return Err(SubmitError::InvalidOption {
-                option: "jitter",
-                reason: "must be a ratio between 0.0 and 1.0",
-            });
-        }
-        let dependent = extras.as_ref().is_some_and(|x| !x.parents.is_empty());
+        validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
         let policy = Policy::new(timeout, retries, mode, blocking);
         let retention = cache.map(|r| r.unwrap_or(shared.retention));
@@ -560,37 +507,114 @@ where
             Start::At(at) => shared.clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
-        Ok((
-            cell,
-            NewTask {
-                job,
-                priority,
-                start,
-                now,
-            },
-            dependent,
-        ))
+        let mut core = shared.lock();
+        let unstarted = core.phase == Phase::Idle;
+        let admitted = core.submit(
+            job,
+            cell.name(),
+            |seq, slot| cell.assign(seq, slot),
+            priority,
+            start,
+            now,
+        );
+        shared.unlock(core);
+        // On error the body (in `cell`) is dropped here, after the unlock.
+        let replaced = admitted?;
+        if let Some(old) = replaced {
+            old.release();
+        }
+        if unstarted {
+            cluster.watch_unstarted();
+        }
+        Ok(TaskHandle::new(cell))
     }
+
+    /// The cluster the task is built for.
+    pub(crate) fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    /// Validates the options and makes the task's cell, not yet admitted
+    /// (for a task with parents, and for a [`Graph`](crate::Graph)).
+    pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
+        let TaskBuilder {
+            cluster,
+            body,
+            blocking,
+            id,
+            priority,
+            start,
+            timeout,
+            retries,
+            mode,
+            cache,
+            extras,
+            cloner,
+        } = self;
+        let name = match id {
+            None => None,
+            Some(id) => Some(validate_id(&id)?.clone()),
+        };
+        validate(timeout, extras.as_deref())?;
+        let shared = cluster.shared();
+        let policy = Policy::new(timeout, retries, mode, blocking);
+        let retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let extras = if name.is_some() || retention.is_some() {
+            let mut x = extras.unwrap_or_default();
+            x.name = name;
+            x.retention = retention;
+            Some(x)
+        } else {
+            extras
+        };
+        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
+        let job: Arc<dyn Job> = cell.clone();
+        let now = shared.clock.now();
+        let start = match start {
+            Start::Now => now,
+            Start::At(at) => shared.clock.tick(at),
+            Start::After(d) => now.saturating_add(duration_ticks(d)),
+        };
+        Ok((cell, NewTask { job, start }))
+    }
+}
+
+/// The checks of the options that do not depend on the cluster.
+#[inline(always)]
+fn validate<T, E>(
+    timeout: Option<Duration>,
+    extras: Option<&Extras<T, E>>,
+) -> Result<(), SubmitError> {
+    if timeout == Some(Duration::ZERO) {
+        return Err(SubmitError::InvalidOption {
+            option: "timeout",
+            reason: "must be greater than zero",
+        });
+    }
+    if extras.is_some_and(|x| !(0.0..=1.0).contains(&x.jitter)) {
+        return Err(SubmitError::InvalidOption {
+            option: "jitter",
+            reason: "must be a ratio between 0.0 and 1.0",
+        });
+    }
+    Ok(())
 }
 
 /// A task's cell, typed.
 type Cell<B, T, E> = Arc<TaskCell<B, T, E>>;
 
-/// A task ready to admit, and whether it has parents.
-type Prepared<B, T, E> = (Cell<B, T, E>, NewTask, bool);
-
 /// Submits a task with parents (see `crate::deps`), out of the hot path.
 #[cold]
 fn submit_dependent<B, T, E>(
-    cluster: &Cluster,
-    cell: Arc<TaskCell<B, T, E>>,
-    task: NewTask,
+    builder: TaskBuilder<'_, B, T, E>,
 ) -> Result<TaskHandle<T, E>, SubmitError>
 where
     B: Body<T, E>,
     T: Send + 'static,
     E: Send + 'static,
 {
+    let cluster = builder.cluster;
+    let (cell, task) = builder.prepare()?;
     if task
         .job
         .parents()

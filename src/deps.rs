@@ -238,7 +238,7 @@ where
         if value.is_none() {
             let rx = self.rx.lock().take();
             let got = match rx {
-                Some(rx) => rx.await.unwrap_or(Err(TaskError::Shutdown)),
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(TaskError::Shutdown)),
                 None => Err(DependencyError::new(id.clone(), DependencyCause::Unknown).into()),
             };
             *value = Some(got);

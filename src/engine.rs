@@ -227,6 +227,9 @@ pub(crate) struct Engine {
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
     trash: Vec<Box<dyn Send>>,
+    /// `outbox` or `trash` holds something: one flag for `Shared::unlock`
+    /// to test on the hot path.
+    has_outbox: bool,
 }
 
 /// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
@@ -268,21 +271,37 @@ impl Engine {
             watchers: None,
             parking: None,
             trash: Vec::new(),
+            has_outbox: false,
         }
     }
 
     /// The outcomes decided besides the caller's own, to deliver after
-    /// unlocking (engine invariant 2), and what to drop then. `None` in the
-    /// usual case, cheaply.
-    pub(crate) fn take_outbox(&mut self) -> Option<Outbox> {
-        if self.outbox.is_empty() && self.trash.is_empty() {
-            None
-        } else {
-            Some((
-                std::mem::take(&mut self.outbox),
-                std::mem::take(&mut self.trash),
-            ))
-        }
+    /// unlocking (engine invariant 2), and what to drop then.
+    pub(crate) fn take_outbox(&mut self) -> Outbox {
+        self.has_outbox = false;
+        (
+            std::mem::take(&mut self.outbox),
+            std::mem::take(&mut self.trash),
+        )
+    }
+
+    /// Whether [`take_outbox`](Self::take_outbox) has anything: one flag,
+    /// tested by every unlock.
+    #[inline]
+    pub(crate) fn has_outbox(&self) -> bool {
+        self.has_outbox
+    }
+
+    /// Queues a delivery for `Shared::unlock` (engine invariant 2).
+    fn send_later(&mut self, d: Delivery) {
+        self.outbox.push(d);
+        self.has_outbox = true;
+    }
+
+    /// Queues something to drop after unlocking (see `trash`).
+    fn drop_later(&mut self, x: Box<dyn Send>) {
+        self.trash.push(x);
+        self.has_outbox = true;
     }
 
     /// The wake-ups decided under the lock, to send after it is released:
@@ -484,8 +503,18 @@ impl Engine {
     /// Ends a queued, running or waiting task (invariant 2): retains it if
     /// its outcome is cached, else removes it from the registry. Its
     /// dependents, if any, hear of it (the cascade).
+    #[inline]
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
-        let cascade = self.deps.is_some() && self.note_final(slot, forced);
+        if self.deps.is_some() {
+            return self.finalize_with_deps(slot, forced);
+        }
+        self.finalize_entry(slot, forced)
+    }
+
+    /// `finalize` once any dependent was seen: out of the plain path.
+    #[inline(never)]
+    fn finalize_with_deps(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        let cascade = self.note_final(slot, forced);
         let d = self.finalize_entry(slot, forced);
         if cascade {
             self.cascade();
@@ -493,6 +522,7 @@ impl Engine {
         d
     }
 
+    #[inline(always)]
     fn finalize_entry(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
         let e = &mut self.entries[slot as usize];
         let retention = e.job.retention();
@@ -608,7 +638,7 @@ impl Engine {
         let mut out = Vec::new();
         // No task can come any more: watches for ids not yet submitted end.
         if let Some(w) = self.close_watchers() {
-            self.trash.push(w);
+            self.drop_later(w);
         }
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);

@@ -70,7 +70,7 @@ impl<T, E> Future for TaskHandle<T, E> {
         // down" rather than panic if it ever did.
         self.slot
             .poll_outcome(cx)
-            .map(|outcome| outcome.unwrap_or(Err(TaskError::Shutdown)))
+            .map(|outcome| outcome.unwrap_or_else(|| Err(TaskError::Shutdown)))
     }
 }
 
@@ -144,7 +144,7 @@ impl<T, E> Future for Subscription<T, E> {
             .poll(cx)
             // The sender is only dropped unanswered if the cluster itself is
             // torn down without settling the task.
-            .map(|r| r.unwrap_or(Err(TaskError::Shutdown)))
+            .map(|r| r.unwrap_or_else(|_| Err(TaskError::Shutdown)))
     }
 }
 

@@ -138,7 +138,7 @@ impl<T, E> Future for Watch<T, E> {
                 }
                 State::Subscribed(rx) => {
                     if let Poll::Ready(r) = Pin::new(rx).poll(cx) {
-                        return Poll::Ready(Ok(r.unwrap_or(Err(TaskError::Shutdown))));
+                        return Poll::Ready(Ok(r.unwrap_or_else(|_| Err(TaskError::Shutdown))));
                     }
                     break;
                 }
@@ -385,7 +385,7 @@ where
     };
     let out = ParkWhilePending(rx).await;
     drop(edge);
-    out.unwrap_or(Err(TaskError::Shutdown))
+    out.unwrap_or_else(|_| Err(TaskError::Shutdown))
 }
 
 /// [`TaskContext::wait`](crate::TaskContext::wait).

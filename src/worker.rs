@@ -124,11 +124,15 @@ async fn interrupted(job: &dyn Job, wake: &WorkerWake) -> Forced {
     poll_fn(|cx| job.signal().poll_final(cx, wake)).await
 }
 
+/// An attempt to park, with its deadline (boxed: the plain path moves
+/// `ClaimEnd`s, and this keeps them small).
+type ToPark = Box<(AttemptFuture, Option<Instant>)>;
+
 /// How the attempts of one claim ended.
 struct ClaimEnd {
-    /// The attempt asked to park (`crate::park`): it is here, with its
-    /// deadline, and `plan` means nothing.
-    park: Option<(AttemptFuture, Option<Instant>)>,
+    /// The attempt asked to park (`crate::park`): it is here, and `plan`
+    /// means nothing.
+    park: Option<ToPark>,
     plan: Plan,
     /// A blocking body still running after a timeout or cancel: the worker
     /// keeps its slot until it returns.
@@ -211,114 +215,78 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
         if let Some(d) = delivery {
             d.deliver();
         }
-        let (claim, mut resumed) = match next {
-            Next::Run(claim) => (claim, None),
-            Next::Resume(slot) => {
-                // Only a worker that popped a slot from the ready list takes
-                // its attempt, so it is there.
-                let Some(parked) = slot.take() else { continue };
-                match drive(&shared, slot, parked) {
-                    Some((parked, end)) => {
-                        let Parked { claim, attempt, .. } = *parked;
-                        (claim, Some((end, attempt)))
+        match next {
+            Next::Run(claim) => {
+                let mut guard = ClaimGuard {
+                    shared: &shared,
+                    claim: Some(claim),
+                };
+                // A worker woken from this thread waits in the thread's LIFO
+                // slot, which other threads cannot steal from, and a busy
+                // worker never waits, so it would never give way: the cluster
+                // would run on one thread (`bench/README.md#w8-retries`; measured: W8 at 0.4M/s instead of
+                // 0.9M/s in half the runs). So a worker that woke another
+                // yields at once (after arming its guard: the runtime may
+                // drop it here): it moves to the run queue, where an idle
+                // thread takes it. (Yielding every 128 tasks through tokio's
+                // coop budget instead fixed fewer runs and cost 12% on W1
+                // with one worker.)
+                if woke {
+                    tokio::task::yield_now().await;
+                    turns.reset();
+                }
+                let end = run_claim(&shared, wake, guard.claim(), &mut turns).await;
+                guard.claim().attempts = end.attempts;
+                if let Some(to_park) = end.park {
+                    // The attempt waits for another task: park it and go
+                    // back to claiming (`crate::park`).
+                    let (attempt, deadline) = *to_park;
+                    let parked = Box::new(Parked::new(guard.take(), attempt, deadline));
+                    let slot = ParkSlot::new(&shared);
+                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
+                    continue;
+                }
+                // The guard keeps the claim until it is settled or handed
+                // to the next settle.
+                match (end.leftover, end.plan) {
+                    (None, plan) => done = Some((guard.take(), plan)),
+                    // A requeued task must not start again while its old
+                    // blocking attempt still runs; a cancel meanwhile ends it.
+                    (Some(mut leftover), plan @ Plan::Requeue(_)) => {
+                        let job = guard.claim().job.clone();
+                        tokio::select! {
+                            _ = &mut leftover => done = Some((guard.take(), plan)),
+                            forced = interrupted(job.as_ref(), wake) => {
+                                settle_now(&shared, guard.take(), Plan::Final(Some(forced)));
+                                leftover.await;
+                            }
+                        }
                     }
-                    None => continue, // parked again
+                    // A final outcome goes out at once; the slot is kept until
+                    // the blocking body returns.
+                    (Some(leftover), plan) => {
+                        settle_now(&shared, guard.take(), plan);
+                        leftover.await;
+                    }
+                }
+            }
+            Next::Resume(slot) => {
+                // Only the worker that popped the slot from the ready list
+                // takes its attempt, so it is there.
+                if let Some(parked) = slot.take() {
+                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
             Next::Idle => {
                 poll_fn(|cx| wake.poll_work(cx)).await;
                 turns.reset();
-                continue;
             }
             Next::Exit => return,
             Next::ExitAll => {
                 shared.close();
                 return;
             }
-        };
-        let mut guard = ClaimGuard {
-            shared: &shared,
-            claim: Some(claim),
-        };
-        // A worker woken from this thread waits in the thread's LIFO
-        // slot, which other threads cannot steal from, and a busy
-        // worker never waits, so it would never give way: the cluster
-        // would run on one thread (`bench/README.md#w8-retries`; measured: W8 at 0.4M/s instead of
-        // 0.9M/s in half the runs). So a worker that woke another
-        // yields at once (after arming its guard: the runtime may
-        // drop it here): it moves to the run queue, where an idle
-        // thread takes it. (Yielding every 128 tasks through tokio's
-        // coop budget instead fixed fewer runs and cost 12% on W1
-        // with one worker.)
-        if woke {
-            tokio::task::yield_now().await;
-            turns.reset();
-        }
-        let end = loop {
-            let end = run_claim(&shared, wake, guard.claim(), &mut turns, resumed.take()).await;
-            guard.claim().attempts = end.attempts;
-            let Some((attempt, deadline)) = end.park else {
-                break Some(end);
-            };
-            // The attempt waits for another task: park it and go back to
-            // claiming (`crate::park`), unless it is ready at once.
-            let claim = guard.claim.take().expect("claim is present until taken");
-            let parked = Box::new(Parked::new(claim, attempt, deadline));
-            match drive(&shared, ParkSlot::new(&shared), parked) {
-                None => break None,
-                Some((parked, end)) => {
-                    let Parked { claim, attempt, .. } = *parked;
-                    guard.claim = Some(claim);
-                    resumed = Some((end, attempt));
-                }
-            }
-        };
-        let Some(end) = end else { continue };
-        // The guard keeps the claim until it is settled or handed
-        // to the next settle.
-        match (end.leftover, end.plan) {
-            (None, plan) => done = Some((guard.take(), plan)),
-            // A requeued task must not start again while its old
-            // blocking attempt still runs; a cancel meanwhile ends it.
-            (Some(mut leftover), plan @ Plan::Requeue(_)) => {
-                let job = guard.claim().job.clone();
-                tokio::select! {
-                    _ = &mut leftover => done = Some((guard.take(), plan)),
-                    forced = interrupted(job.as_ref(), wake) => {
-                        settle_now(&shared, guard.take(), Plan::Final(Some(forced)));
-                        leftover.await;
-                    }
-                }
-            }
-            // A final outcome goes out at once; the slot is kept until
-            // the blocking body returns.
-            (Some(leftover), plan) => {
-                settle_now(&shared, guard.take(), plan);
-                leftover.await;
-            }
-        }
-    }
-}
-
-/// Polls a parked (or parking) attempt once with its slot's waker. Ready:
-/// returns it, with how it ended, for the worker to finish the claim.
-/// Pending: it waits in its slot, no longer counted as running.
-fn drive(
-    shared: &Arc<Shared>,
-    slot: Arc<ParkSlot>,
-    mut parked: Box<Parked>,
-) -> Option<(Box<Parked>, ParkEnd)> {
-    let waker = Waker::from(slot.clone());
-    let mut cx = Context::from_waker(&waker);
-    match parked.poll_end(&mut cx) {
-        Poll::Ready(end) => Some((parked, end)),
-        Poll::Pending => {
-            let mut core = shared.lock();
-            core.park();
-            shared.unlock(core);
-            slot.put(parked);
-            None
         }
     }
 }
@@ -330,7 +298,6 @@ async fn run_claim(
     wake: &WorkerWake,
     claim: &Claim,
     turns: &mut Turns,
-    mut resumed: Option<(ParkEnd, AttemptFuture)>,
 ) -> ClaimEnd {
     let job = &claim.job;
     let policy = job.policy();
@@ -341,53 +308,42 @@ async fn run_claim(
         leftover,
         attempts,
     };
-    enum End {
-        Done(AttemptStatus),
-        Interrupted(Forced),
-        TimedOut,
-        /// Pending, and it asked to be parked.
-        Park,
-    }
     loop {
-        let (end, attempt, deadline) = if let Some((end, attempt)) = resumed.take() {
-            // An attempt that was parked has ended (its deadline was its own).
-            let end = match end {
-                ParkEnd::Done(status) => End::Done(status),
-                ParkEnd::Interrupted(forced) => End::Interrupted(forced),
-                ParkEnd::TimedOut => End::TimedOut,
-            };
-            (end, attempt, None)
-        } else {
-            if turns.tick() {
-                tokio::task::yield_now().await;
-            }
-            // A cancel that already landed spares the body a run (best effort:
-            // the outcome is `Cancelled` either way, see engine invariant 3).
-            if let Some(forced) = job.signal().final_forced() {
-                return finish(Plan::Final(Some(forced)), None, attempts);
-            }
-            attempts = attempts.saturating_add(1);
-            let deadline = policy.timeout().and_then(|t| Instant::now().checked_add(t));
-            let mut attempt = job.clone().start_attempt(attempts, deadline);
-            // Most short bodies finish on their first poll: try that before
-            // arming the cancel and timeout branches.
-            let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
-            let end = match first {
-                Poll::Ready(status) => End::Done(status),
-                // Blocking bodies never park (they hold their worker).
-                Poll::Pending if !policy.blocking && park::take_request() => End::Park,
-                Poll::Pending => tokio::select! {
-                    biased;
-                    status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
-                        Poll::Ready(s) => Poll::Ready(Some(s)),
-                        Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    }) => status.map_or(End::Park, End::Done),
-                    forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
-                    _ = sleep_until_opt(deadline) => End::TimedOut,
-                },
-            };
-            (end, attempt, deadline)
+        if turns.tick() {
+            tokio::task::yield_now().await;
+        }
+        // A cancel that already landed spares the body a run (best effort:
+        // the outcome is `Cancelled` either way, see engine invariant 3).
+        if let Some(forced) = job.signal().final_forced() {
+            return finish(Plan::Final(Some(forced)), None, attempts);
+        }
+        attempts = attempts.saturating_add(1);
+        let deadline = policy.timeout().and_then(|t| Instant::now().checked_add(t));
+        let mut attempt = job.clone().start_attempt(attempts, deadline);
+        enum End {
+            Done(AttemptStatus),
+            Interrupted(Forced),
+            TimedOut,
+            /// Pending, and it asked to be parked (`crate::park`).
+            Park,
+        }
+        // Most short bodies finish on their first poll: try that before
+        // arming the cancel and timeout branches.
+        let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let end = match first {
+            Poll::Ready(status) => End::Done(status),
+            // Blocking bodies never park (they hold their worker).
+            Poll::Pending if !policy.blocking && park::take_request() => End::Park,
+            Poll::Pending => tokio::select! {
+                biased;
+                status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                    Poll::Ready(s) => Poll::Ready(Some(s)),
+                    Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }) => status.map_or(End::Park, End::Done),
+                forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
+                _ = sleep_until_opt(deadline) => End::TimedOut,
+            },
         };
         // An async attempt is dropped here; a blocking one is waited for.
         let leftover = |attempt: AttemptFuture| {
@@ -401,7 +357,7 @@ async fn run_claim(
         let leftover = match end {
             End::Park => {
                 return ClaimEnd {
-                    park: Some((attempt, deadline)),
+                    park: Some(Box::new((attempt, deadline))),
                     plan: Plan::Final(None),
                     leftover: None,
                     attempts,
@@ -445,6 +401,105 @@ async fn run_claim(
                     _ = sleep_ticks(&shared.clock, delay) => {}
                 }
             }
+        }
+    }
+}
+
+/// Drives a parked attempt (`crate::park`) held by this worker: polls it
+/// once with its slot's waker; if it is still waiting it stays in the slot
+/// (no longer running) and the worker moves on; if it ended, the worker
+/// finishes its claim (later attempts included, which may park again) and
+/// hands it to the next settle through `done`.
+async fn run_parked(
+    shared: &Arc<Shared>,
+    wake: &WorkerWake,
+    mut slot: Arc<ParkSlot>,
+    mut parked: Box<Parked>,
+    turns: &mut Turns,
+    done: &mut Option<(Claim, Plan)>,
+) {
+    loop {
+        let waker = Waker::from(slot.clone());
+        let polled = parked.poll_end(&mut Context::from_waker(&waker));
+        let Poll::Ready(end) = polled else {
+            let mut core = shared.lock();
+            core.park();
+            shared.unlock(core);
+            slot.put(parked);
+            return;
+        };
+        let Parked { claim, attempt, .. } = *parked;
+        let mut guard = ClaimGuard {
+            shared,
+            claim: Some(claim),
+        };
+        let end = resume_claim(shared, wake, guard.claim(), turns, end, attempt).await;
+        guard.claim().attempts = end.attempts;
+        match end.park {
+            Some(to_park) => {
+                let (attempt, deadline) = *to_park;
+                parked = Box::new(Parked::new(guard.take(), attempt, deadline));
+                slot = ParkSlot::new(shared);
+            }
+            None => {
+                // Async attempts leave nothing running behind them.
+                *done = Some((guard.take(), end.plan));
+                return;
+            }
+        }
+    }
+}
+
+/// `run_claim` for a claim whose parked attempt ended as `end`: decides
+/// about it as `run_claim` decides about an attempt, then runs any
+/// immediate retry.
+async fn resume_claim(
+    shared: &Shared,
+    wake: &WorkerWake,
+    claim: &Claim,
+    turns: &mut Turns,
+    end: ParkEnd,
+    attempt: AttemptFuture,
+) -> ClaimEnd {
+    let job = &claim.job;
+    let policy = job.policy();
+    let attempts = claim.attempts;
+    let finish = |plan| ClaimEnd {
+        park: None,
+        plan,
+        leftover: None,
+        attempts,
+    };
+    match end {
+        ParkEnd::Done(AttemptStatus::Succeeded) => return finish(Plan::Final(None)),
+        ParkEnd::Done(AttemptStatus::Failed) => drop_guarded(attempt, "a finished attempt"),
+        ParkEnd::Interrupted(forced) => {
+            drop_guarded(attempt, "an interrupted attempt");
+            return finish(Plan::Final(Some(forced)));
+        }
+        ParkEnd::TimedOut => {
+            job.raise(CancelReason::TimedOut);
+            job.record_timeout(policy.timeout().unwrap_or_default());
+            drop_guarded(attempt, "an interrupted attempt");
+        }
+    }
+    let retries_used = attempts.saturating_sub(1);
+    if retries_used >= policy.retries {
+        return finish(Plan::Final(None));
+    }
+    let Some(delay) = job.retry_delay(retries_used) else {
+        return finish(Plan::Final(None));
+    };
+    match policy.mode {
+        RetryMode::Requeue => finish(Plan::Requeue(delay)),
+        RetryMode::Immediate => {
+            tokio::select! {
+                biased;
+                forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced))),
+                _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown))),
+                _ = sleep_ticks(&shared.clock, delay) => {}
+            }
+            Box::pin(run_claim(shared, wake, claim, turns)).await
         }
     }
 }

@@ -21,12 +21,10 @@ use crate::job::{Forced, Job};
 use crate::queue::{Item, Slot};
 use crate::task::TaskId;
 
-/// A task ready to be admitted: its cell, and its start read before locking.
+/// A task ready to be admitted: its cell, and its start (read before locking).
 pub(crate) struct NewTask {
     pub(crate) job: Arc<dyn Job>,
-    pub(crate) priority: i32,
     pub(crate) start: i64,
-    pub(crate) now: i64,
 }
 
 #[derive(Default)]
@@ -178,7 +176,7 @@ impl Engine {
                     .impose(parent.clone(), cause, skipped);
                 // Removes the `Waiter` (`note_final`) and tells its children.
                 let d = self.finalize(edge.child_slot, None);
-                self.outbox.push(d);
+                self.send_later(d);
             }
             _ => {
                 w.left -= 1;
@@ -213,7 +211,7 @@ impl Engine {
             self.push(item, now);
         } else {
             let d = self.finalize(w.slot, Some(Forced::Shutdown));
-            self.outbox.push(d);
+            self.send_later(d);
         }
     }
 

@@ -71,10 +71,10 @@ impl Engine {
             return;
         };
         ws.count -= list.len();
-        let job = &self.entries[slot as usize].job;
+        let job = self.entries[slot as usize].job.clone();
         for (_, w) in list {
             let send = w.attach(job.clone());
-            self.trash.push(send);
+            self.drop_later(send);
         }
     }
 
