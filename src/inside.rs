@@ -13,16 +13,12 @@ use std::sync::{Arc, Weak};
 
 use crate::shared::Shared;
 
-/// What a worker's future knows of its cluster.
-struct WorkerOf {
-    key: usize,
-    /// For waits inside a body (`crate::wait`), which talk to the engine.
-    shared: Weak<Shared>,
-}
-
 tokio::task_local! {
-    /// Set for the whole future of each worker.
-    static WORKER_OF: WorkerOf;
+    /// Set for the whole future of each worker: its cluster, which names it
+    /// (by address, see [`key`]) and which waits inside a body
+    /// (`crate::wait`) talk to. One word, as the scope swaps it in and out
+    /// at every poll of the worker.
+    static WORKER_OF: Weak<Shared>;
 }
 
 thread_local! {
@@ -37,22 +33,18 @@ pub(crate) fn key(shared: &Arc<Shared>) -> usize {
 
 /// Runs a worker's future with its cluster's name in scope.
 pub(crate) fn worker<F: Future>(shared: &Arc<Shared>, fut: F) -> impl Future<Output = F::Output> {
-    let of = WorkerOf {
-        key: key(shared),
-        shared: Arc::downgrade(shared),
-    };
-    WORKER_OF.scope(of, fut)
+    WORKER_OF.scope(Arc::downgrade(shared), fut)
 }
 
 /// The cluster whose worker is polling the caller, if any: read where a
 /// blocking body is started, to hand the name on to its thread.
 pub(crate) fn current_worker() -> Option<usize> {
-    WORKER_OF.try_with(|w| w.key).ok()
+    WORKER_OF.try_with(|w| Weak::as_ptr(w) as usize).ok()
 }
 
 /// The cluster whose worker is polling the caller, if any (and alive).
 pub(crate) fn current_cluster() -> Option<Arc<Shared>> {
-    WORKER_OF.try_with(|w| w.shared.upgrade()).ok().flatten()
+    WORKER_OF.try_with(Weak::upgrade).ok().flatten()
 }
 
 /// Runs a blocking body with its cluster's name (from [`current_worker`]) set.
