@@ -109,6 +109,17 @@
 //!   blocking bodies see [`TaskContext::is_cancelled`].
 //! - A worker gives the runtime a turn at least every 1,024 attempts, so
 //!   bodies that never wait cannot starve a `current_thread` runtime.
+//! - Dependencies ([`TaskBuilder::after`], [`Graph`]): a dependent waits in no
+//!   queue and on no worker; a failed parent resolves it at once as
+//!   [`TaskError::Dependency`] unless its edge says [`OnParentFailure::Run`]
+//!   or [`Skip`](OnParentFailure::Skip); a cached parent counts as it stands.
+//!   `stop` and `cancel` shut waiting dependents down at once; `drain` runs
+//!   those whose parents finish during it (if due by then).
+//! - A body waits for another task with [`TaskContext::wait_for`] or
+//!   [`TaskContext::wait`], which park the attempt and free its worker; a
+//!   wait that would close a cycle of waits and dependencies is an error.
+//!   [`Cluster::watch`] waits from outside for an id that may not be
+//!   submitted yet.
 
 #![forbid(unsafe_code)]
 #![warn(

@@ -5,6 +5,10 @@
 //! claiming the next take one lock acquisition. Bodies run inline on the
 //! worker, so a task costs no tokio task of its own.
 //!
+//! An async attempt that waits for another task (`TaskContext::wait_for`)
+//! is parked instead (`crate::park`): the worker claims other work, and a
+//! worker resumes the attempt once its wait is over (`run_parked`).
+//!
 //! The timekeeper sleeps until the earliest scheduled start or cache expiry,
 //! promotes due tasks (waking idle workers) and sweeps expired outcomes. It
 //! is the only timer for pending tasks, however many there are.
