@@ -424,3 +424,88 @@ async fn unknown_and_mistyped_waits_are_errors() {
         Some(DependencyCause::TypeMismatch)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_attempt_can_await_a_watch_that_a_submit_answers() {
+    // The watch is answered by a submit, under the engine's lock; the
+    // parked attempt's wake takes that lock, so the answer must go out after
+    // it is released (no deadlock).
+    let cluster = Cluster::new(1).unwrap();
+    let _gate = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("gate")
+        .delay(SEC)
+        .submit()
+        .unwrap();
+    let c = cluster.clone();
+    let waiter = cluster
+        .task(move |ctx| {
+            let c = c.clone();
+            async move {
+                // Parks (and stays in park mode for the rest of the attempt).
+                let g = ctx
+                    .wait_for::<u32, String>("gate")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let w = c
+                    .watch::<u32, String>("late", HOUR)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<u32, String>(g + w.map_err(|e| e.to_string())?)
+            }
+        })
+        .submit()
+        .unwrap();
+    tokio::time::sleep(2 * SEC).await;
+    let late = cluster
+        .task(|_| async { Ok::<u32, String>(10) })
+        .id("late")
+        .submit()
+        .unwrap();
+    assert_eq!(common::resolve(HOUR, "waiter", waiter).await, Ok(11));
+    assert_eq!(late.await, Ok(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_and_dependencies_on_threads_all_resolve_once() {
+    // Real threads, no timing: every task resolves, exactly once, whatever
+    // the interleaving of parks, resumes and cascades.
+    let cluster = Cluster::new(2).unwrap();
+    let completions = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut handles = Vec::new();
+    for i in 0..400u32 {
+        let done = completions.clone();
+        let mut b = cluster
+            .task(move |ctx| async move {
+                if i % 3 == 1 {
+                    // Waits for an earlier task, freeing its worker.
+                    let _ = ctx.wait_for::<u32, String>(format!("t{}", i - 1)).await;
+                }
+                if i % 7 == 0 {
+                    return Err(format!("t{i} fails"));
+                }
+                Ok::<u32, String>(i)
+            })
+            .id(format!("t{i}"))
+            .cacheable(true)
+            .on_complete(move |_, _| {
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        if i % 3 == 2 {
+            b = b.after(corral::After::id::<u32, String>(format!("t{}", i - 2)));
+        }
+        handles.push(b.submit().unwrap());
+    }
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(120), h)
+            .await
+            .expect("every task resolves");
+    }
+    common::yield_until("every completion counted", || {
+        completions.load(std::sync::atomic::Ordering::SeqCst) == 400
+    })
+    .await;
+    assert_eq!(completions.load(std::sync::atomic::Ordering::SeqCst), 400);
+    let stats = cluster.stats();
+    assert_eq!((stats.running, stats.waiting, stats.queued), (0, 0, 0));
+}
