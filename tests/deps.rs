@@ -635,3 +635,180 @@ async fn many_dependents_of_one_parent_each_resolve_once() {
     yield_until("every completion counted", || count.load(SeqCst) == 300).await;
     assert_eq!(cluster.stats().held, 0);
 }
+
+mod model {
+    //! Random graphs of dependencies against the rules: every task resolves
+    //! exactly once, and its outcome follows from its parents' outcomes and
+    //! its edges' policies (whichever failing parent the engine heard of
+    //! first, when there are several).
+
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    use corral::{After, Cluster, DependencyCause, Graph, OnParentFailure, TaskError};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Node {
+        fails: bool,
+        /// (earlier node, policy 0..3)
+        parents: Vec<(usize, u8)>,
+        delay_ms: u64,
+        cancel: bool,
+    }
+
+    fn policy(p: u8) -> OnParentFailure {
+        match p {
+            0 => OnParentFailure::Propagate,
+            1 => OnParentFailure::Run,
+            _ => OnParentFailure::Skip,
+        }
+    }
+
+    fn graph() -> impl Strategy<Value = (Vec<Node>, bool, usize)> {
+        let node = (
+            any::<bool>().prop_map(|b| b),
+            prop::collection::vec((any::<prop::sample::Index>(), 0u8..3), 0..4),
+            0u64..3,
+            prop::bool::weighted(0.1),
+        );
+        (prop::collection::vec(node, 1..30), any::<bool>(), 1usize..3).prop_map(
+            |(raw, as_graph, workers)| {
+                let nodes = raw
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (fails, ps, delay_ms, cancel))| Node {
+                        fails,
+                        parents: if i == 0 {
+                            Vec::new()
+                        } else {
+                            let mut v: Vec<(usize, u8)> =
+                                ps.into_iter().map(|(ix, p)| (ix.index(i), p)).collect();
+                            v.sort();
+                            v.dedup_by_key(|(j, _)| *j);
+                            v
+                        },
+                        delay_ms,
+                        cancel,
+                    })
+                    .collect();
+                (nodes, as_graph, workers)
+            },
+        )
+    }
+
+    fn cause_of(e: &TaskError<String>) -> DependencyCause {
+        match e {
+            TaskError::Failed(_) => DependencyCause::Failed,
+            TaskError::Cancelled => DependencyCause::Cancelled,
+            TaskError::Dependency(_) => DependencyCause::Dependency,
+            TaskError::Skipped(_) => DependencyCause::Skipped,
+            TaskError::Shutdown => DependencyCause::Shutdown,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 96,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0xde95),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn outcomes_follow_from_parents_and_policies((nodes, as_graph, workers) in graph()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let cluster = Cluster::new(workers).unwrap();
+                let counts: Vec<Arc<AtomicU32>> = nodes.iter().map(|_| Arc::new(AtomicU32::new(0))).collect();
+                let build = |i: usize, n: &Node| {
+                    let fails = n.fails;
+                    let delay = std::time::Duration::from_millis(n.delay_ms);
+                    let count = counts[i].clone();
+                    let mut b = cluster
+                        .task(move |_| async move {
+                            tokio::time::sleep(delay).await;
+                            if fails { Err(format!("n{i}")) } else { Ok::<usize, String>(i) }
+                        })
+                        .id(format!("n{i}"))
+                        .on_complete(move |_, _| {
+                            count.fetch_add(1, SeqCst);
+                        });
+                    for &(j, p) in &n.parents {
+                        let a = if p == 1 {
+                            After::id::<usize, String>(format!("n{j}"))
+                        } else {
+                            After::any(format!("n{j}"))
+                        };
+                        b = b.after(a.on_failure(policy(p)));
+                    }
+                    b
+                };
+                let mut handles = Vec::new();
+                if as_graph {
+                    let mut g = Graph::new(&cluster);
+                    let mut ns = Vec::new();
+                    for (i, n) in nodes.iter().enumerate() {
+                        ns.push(g.add(build(i, n)).unwrap());
+                    }
+                    let mut hs = g.submit().unwrap();
+                    for n in &ns {
+                        handles.push(hs.take(n).unwrap());
+                    }
+                } else {
+                    for (i, n) in nodes.iter().enumerate() {
+                        handles.push(build(i, n).submit().unwrap());
+                    }
+                }
+                for (i, n) in nodes.iter().enumerate() {
+                    if n.cancel {
+                        cluster.cancel_task(format!("n{i}"));
+                    }
+                }
+                let mut outs: Vec<Result<usize, TaskError<String>>> = Vec::new();
+                for h in handles {
+                    outs.push(tokio::time::timeout(std::time::Duration::from_secs(3600), h).await.expect("resolves"));
+                }
+                tokio::task::yield_now().await;
+                for (i, n) in nodes.iter().enumerate() {
+                    assert_eq!(counts[i].load(SeqCst), 1, "n{i} completed once");
+                    let out = &outs[i];
+                    if n.cancel && matches!(out, Err(TaskError::Cancelled)) {
+                        continue;
+                    }
+                    let blocking: Vec<(usize, u8)> = n
+                        .parents
+                        .iter()
+                        .copied()
+                        .filter(|&(j, p)| p != 1 && outs[j].is_err())
+                        .collect();
+                    match out {
+                        Err(TaskError::Dependency(d)) | Err(TaskError::Skipped(d)) => {
+                            let j: usize = d.task.as_str().unwrap()[1..].parse().unwrap();
+                            let edge = blocking.iter().find(|&&(k, _)| k == j);
+                            assert!(edge.is_some(), "n{i}: {out:?} names a parent that does not block it");
+                            let (_, p) = *edge.unwrap();
+                            assert_eq!(matches!(out, Err(TaskError::Skipped(_))), p == 2, "n{i}: policy");
+                            assert_eq!(d.cause, cause_of(outs[j].as_ref().unwrap_err()), "n{i}: cause");
+                        }
+                        other => {
+                            assert!(blocking.is_empty(), "n{i} ran although {blocking:?} failed: {other:?}");
+                            if n.fails {
+                                assert_eq!(other, &Err(TaskError::Failed(format!("n{i}"))));
+                            } else {
+                                assert_eq!(other, &Ok(i));
+                            }
+                        }
+                    }
+                }
+                let stats = cluster.stats();
+                assert_eq!((stats.held, stats.waiting), (0, 0));
+            });
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! it first (its last parent, a failed parent, a cancel, a shutdown)
 //! removes the record, and every later event for it finds none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{current, Delivery, Engine, Entry, Phase, State, NEXT_SEQ_BLOCK, SEQ_BLOCK};
@@ -262,14 +262,16 @@ impl Engine {
         if self.entries.len().saturating_add(tasks.len()) >= u32::MAX as usize {
             return Err(SubmitError::TooManyTasks);
         }
-        let mut names = HashSet::new();
-        for t in tasks {
+        // The group's own ids: an edge by id to an earlier task of the group
+        // is an edge to that task (it is not in the cluster yet).
+        let mut names: HashMap<Arc<str>, usize> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
             if let Some(name) = t.job.name() {
                 let taken = self
                     .names
                     .get(name)
                     .is_some_and(|&old| self.entries[old as usize].state != State::Retained);
-                if taken || !names.insert(name.clone()) {
+                if taken || names.insert(name.clone(), i).is_some() {
                     return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
             }
@@ -279,7 +281,15 @@ impl Engine {
         for (i, t) in tasks.iter().enumerate() {
             let mut refs = Vec::new();
             for a in t.job.parents() {
+                let in_group = match &a.target {
+                    Target::Id(id) => id.name().and_then(|n| names.get(n)).copied(),
+                    Target::Node { .. } => None,
+                };
                 let (job, r) = match &a.target {
+                    Target::Id(_) if in_group.is_some_and(|j| j < i) => {
+                        let j = in_group.unwrap_or_default();
+                        (&tasks[j].job, ParentRef::Node(j))
+                    }
                     Target::Id(id) => {
                         let slot = self
                             .lookup(id)
