@@ -34,8 +34,9 @@
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
-//!    immediate retry waiting), `Waiting` (for its parents, in `deps`), or
-//!    `Retained` (finished, outcome cached).
+//!    immediate retry waiting; or its attempt parked in a wait, held by no
+//!    worker until one resumes it, see `park`), `Waiting` (for its
+//!    parents, in `deps`), or `Retained` (finished, outcome cached).
 //! 2. A task leaves `Queued`/`Running`/`Waiting` only through
 //!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
 //!    after unlocking (or puts it in the outbox, which `Shared::unlock`
