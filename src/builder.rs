@@ -11,7 +11,8 @@ use crate::body::Body;
 use crate::cell::{Extras, TaskCell};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
-use crate::engine::Phase;
+use crate::deps::After;
+use crate::engine::{NewTask, Phase};
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Cloner, Job, Outcome, Policy};
@@ -355,6 +356,51 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self.extras().on_failure = Some(Box::new(callback));
         self
     }
+
+    /// Starts the task only after `parent` has finished (call it once per
+    /// parent). Until then the task is in no queue and holds no worker.
+    /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
+    /// reads with [`TaskContext::parent`](crate::TaskContext::parent)), an
+    /// [`After`] (by id, typed or not, with an [`OnParentFailure`](crate::OnParentFailure)
+    /// policy), or a node of the same [`Graph`](crate::Graph).
+    ///
+    /// A parent that failed (error, panic, timeout, cancel, shutdown, or a
+    /// failure of its own parents) resolves the task at once as
+    /// [`TaskError::Dependency`] by default, naming the parent and how it
+    /// ended; see [`OnParentFailure`](crate::OnParentFailure) for running
+    /// it anyway or skipping it. A parent that already finished and is still
+    /// cached counts as it stands. A start time or delay still applies: the
+    /// task is due at the later of its start time and its last parent's end.
+    ///
+    /// A task still waiting for its parents is cancelled by
+    /// [`cancel_task`](Cluster::cancel_task) at once; [`stop`](Cluster::stop)
+    /// and [`cancel`](Cluster::cancel) shut it down at once;
+    /// [`drain`](Cluster::drain) lets it run if its parents finish during the
+    /// drain and it is due by then (else it is shut down).
+    ///
+    /// ```
+    /// use corral::{Cluster, DependencyCause, DependencyError, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let fetch = cluster.task(|_| async { Err::<u32, _>("404".to_string()) }).id("fetch").submit().unwrap();
+    /// let parse = cluster
+    ///     .task(|ctx| async move { ctx.parent::<u32, String>("fetch").await.map(|n| n + 1) })
+    ///     .after(&fetch)
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(fetch.await, Err(TaskError::Failed("404".to_string())));
+    /// assert_eq!(
+    ///     parse.await,
+    ///     Err(DependencyError::new("fetch", DependencyCause::Failed).into())
+    /// );
+    /// # }
+    /// ```
+    pub fn after(mut self, parent: impl Into<After>) -> Self {
+        self.extras().parents.push(parent.into());
+        self
+    }
 }
 
 impl<B, T, E> TaskBuilder<'_, B, T, E>
@@ -403,7 +449,7 @@ where
     }
 }
 
-impl<B, T, E> TaskBuilder<'_, B, T, E>
+impl<'c, B, T, E> TaskBuilder<'c, B, T, E>
 where
     B: Body<T, E>,
     T: Send + 'static,
@@ -426,6 +472,9 @@ where
     ///
     /// On error the body is dropped without running and nothing queued is touched.
     pub fn submit(self) -> Result<TaskHandle<T, E>, SubmitError> {
+        if self.extras.as_ref().is_some_and(|x| !x.parents.is_empty()) {
+            return submit_dependent(self);
+        }
         let TaskBuilder {
             cluster,
             body,
@@ -444,21 +493,7 @@ where
             None => None,
             Some(id) => Some(validate_id(&id)?.clone()),
         };
-        if timeout == Some(Duration::ZERO) {
-            return Err(SubmitError::InvalidOption {
-                option: "timeout",
-                reason: "must be greater than zero",
-            });
-        }
-        if extras
-            .as_ref()
-            .is_some_and(|x| !(0.0..=1.0).contains(&x.jitter))
-        {
-            return Err(SubmitError::InvalidOption {
-                option: "jitter",
-                reason: "must be a ratio between 0.0 and 1.0",
-            });
-        }
+        validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
         let policy = Policy::new(timeout, retries, mode, blocking);
         let retention = cache.map(|r| r.unwrap_or(shared.retention));
@@ -503,6 +538,106 @@ where
         }
         Ok(TaskHandle::new(cell))
     }
+
+    /// The cluster the task is built for.
+    pub(crate) fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    /// Validates the options and makes the task's cell, not yet admitted
+    /// (for a task with parents, and for a [`Graph`](crate::Graph)).
+    pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
+        let TaskBuilder {
+            cluster,
+            body,
+            blocking,
+            id,
+            priority,
+            start,
+            timeout,
+            retries,
+            mode,
+            cache,
+            extras,
+            cloner,
+        } = self;
+        let name = match id {
+            None => None,
+            Some(id) => Some(validate_id(&id)?.clone()),
+        };
+        validate(timeout, extras.as_deref())?;
+        let shared = cluster.shared();
+        let policy = Policy::new(timeout, retries, mode, blocking);
+        let retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let extras = if name.is_some() || retention.is_some() {
+            let mut x = extras.unwrap_or_default();
+            x.name = name;
+            x.retention = retention;
+            Some(x)
+        } else {
+            extras
+        };
+        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
+        let job: Arc<dyn Job> = cell.clone();
+        let now = shared.clock.now();
+        let start = match start {
+            Start::Now => now,
+            Start::At(at) => shared.clock.tick(at),
+            Start::After(d) => now.saturating_add(duration_ticks(d)),
+        };
+        Ok((cell, NewTask { job, start }))
+    }
+}
+
+/// The checks of the options that do not depend on the cluster.
+#[inline(always)]
+fn validate<T, E>(
+    timeout: Option<Duration>,
+    extras: Option<&Extras<T, E>>,
+) -> Result<(), SubmitError> {
+    if timeout == Some(Duration::ZERO) {
+        return Err(SubmitError::InvalidOption {
+            option: "timeout",
+            reason: "must be greater than zero",
+        });
+    }
+    if extras.is_some_and(|x| !(0.0..=1.0).contains(&x.jitter)) {
+        return Err(SubmitError::InvalidOption {
+            option: "jitter",
+            reason: "must be a ratio between 0.0 and 1.0",
+        });
+    }
+    Ok(())
+}
+
+/// A task's cell, typed.
+type Cell<B, T, E> = Arc<TaskCell<B, T, E>>;
+
+/// Submits a task with parents (see `crate::deps`), out of the hot path.
+#[cold]
+fn submit_dependent<B, T, E>(
+    builder: TaskBuilder<'_, B, T, E>,
+) -> Result<TaskHandle<T, E>, SubmitError>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let cluster = builder.cluster;
+    let (cell, task) = builder.prepare()?;
+    if task
+        .job
+        .parents()
+        .iter()
+        .any(|a| matches!(a.target, crate::deps::Target::Node { .. }))
+    {
+        return Err(SubmitError::InvalidOption {
+            option: "after",
+            reason: "a graph node can only be a parent within its graph (Graph::add)",
+        });
+    }
+    crate::deps::admit(cluster, vec![task])?;
+    Ok(TaskHandle::new(cell))
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

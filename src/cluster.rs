@@ -349,10 +349,9 @@ impl Cluster {
             core.phase = Phase::Running;
         }
         // `build` caps `workers` at u16::MAX, so every index fits.
-        let key = inside::key(shared);
         for index in (0..=u16::MAX).take(shared.workers) {
             let worker = worker(shared.clone(), index);
-            shared.tracker.spawn(inside::worker(key, worker));
+            shared.tracker.spawn(inside::worker(shared, worker));
         }
         shared.tracker.spawn(timekeeper(shared.clone()));
         Ok(())
@@ -449,12 +448,15 @@ impl Cluster {
     ///
     /// # Waiting for another task inside a body
     /// A body that awaits another task's [`TaskHandle`](crate::TaskHandle) or
-    /// [`Subscription`] holds its worker while it waits. If every worker is
-    /// held that way (with one worker, a single such wait), the awaited task
-    /// can never run: the pool deadlocks. Until the engine offers waits that
-    /// free the worker, wait outside the pool: await the first task (or
-    /// subscribe to it) from your own code, and submit the dependent task
-    /// when its input is in (see `examples/dependent.rs`).
+    /// [`Subscription`] directly holds its worker while it waits. If every
+    /// worker is held that way (with one worker, a single such wait), the
+    /// awaited task can never run: the pool deadlocks. So wait through the
+    /// context instead: [`TaskContext::wait_for`] (by id) and
+    /// [`TaskContext::wait`] (a handle) park the attempt and free the worker
+    /// while they wait (a wait that would close a cycle is an error). Or
+    /// declare the dependency up front with
+    /// [`TaskBuilder::after`](crate::TaskBuilder::after): the dependent then
+    /// waits in no queue and on no worker. `examples/dependent.rs` shows both.
     pub fn task<F, Fut, T, E>(&self, body: F) -> TaskBuilder<'_, AsyncBody<F>, T, E>
     where
         F: Fn(TaskContext) -> Fut + Send + 'static,
@@ -546,8 +548,10 @@ impl Cluster {
     /// a subscriber for each copy it makes: a loop of its own making.)
     ///
     /// Awaiting a subscription inside another task's body holds that body's
-    /// worker, and can deadlock a busy pool; see
-    /// "Waiting for another task inside a body" on [`task`](Self::task).
+    /// worker, and can deadlock a busy pool; use
+    /// [`TaskContext::wait_for`] there (see "Waiting for another task inside
+    /// a body" on [`task`](Self::task)). To wait for an id that may not be
+    /// submitted yet, see [`watch`](Self::watch).
     ///
     /// ```
     /// use std::time::Duration;
@@ -757,7 +761,7 @@ impl Cluster {
             Phase::Running => {
                 core.phase = Phase::Draining;
                 let d = core.shut_down_queued(Some(now));
-                (Some(d), core.queue.len() == 0 && core.running() == 0)
+                (Some(d), core.drained())
             }
             Phase::Draining | Phase::Stopping | Phase::Cancelled => (Some(Vec::new()), false),
         });

@@ -26,13 +26,21 @@
 //! - **forced**: an outcome the cluster imposes on a running task (cancel,
 //!   shutdown), honoured by its settle whatever the attempt returned.
 //!
+//! - **waiting**: a dependent task whose parents have not all finished
+//!   (`deps`): in no queue, on no worker. The **cascade** tells children
+//!   when a parent's outcome is decided; outcomes it decides (a failed
+//!   parent's children) go to the **outbox**, delivered by `Shared::unlock`.
+//!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
-//!    immediate retry waiting), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running` only through [`Engine::finalize`],
-//!    which returns a [`Delivery`]; the caller runs it after unlocking. So
-//!    each task's outcome is delivered exactly once.
+//!    immediate retry waiting; or its attempt parked in a wait, held by no
+//!    worker until one resumes it, see `park`), `Waiting` (for its
+//!    parents, in `deps`), or `Retained` (finished, outcome cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting` only through
+//!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
+//!    after unlocking (or puts it in the outbox, which `Shared::unlock`
+//!    empties). So each task's outcome is delivered exactly once.
 //! 3. A cancel or shutdown that reaches a running task sets `forced`; the
 //!    worker's later `settle` honours it, whatever the attempt returned. So
 //!    `cancel_task` returning `CancelOutcome::Requested` guarantees a
@@ -50,6 +58,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
+
+mod deps;
+mod park;
+mod watch;
+
+use self::deps::Deps;
+pub(crate) use self::deps::NewTask;
+use self::park::Parking;
+pub(crate) use self::watch::PendingWatch;
+use self::watch::Watchers;
 
 use crate::cache::Expiries;
 use crate::clock::{duration_ticks, Clock, NEVER};
@@ -78,6 +96,8 @@ pub(crate) enum Phase {
 enum State {
     Queued,
     Running,
+    /// A dependent waiting for its parents (see `deps`).
+    Waiting,
     Retained,
 }
 
@@ -133,12 +153,17 @@ impl Delivery {
     }
 }
 
+/// Outcomes to deliver and things to drop, once the lock is released.
+pub(crate) type Outbox = (Vec<Delivery>, Vec<Box<dyn Send>>);
+
 /// A running task to signal, and the worker that runs it.
 pub(crate) type Running = (Arc<dyn Job>, u16);
 
 /// What a worker does next.
 pub(crate) enum Next {
     Run(Claim),
+    /// Resume a parked attempt whose wait is over (`crate::park`).
+    Resume(Arc<crate::park::ParkSlot>),
     /// Nothing due: wait for work.
     Idle,
     /// Leave the loop.
@@ -157,8 +182,14 @@ pub struct ClusterStats {
     pub running: usize,
     /// Finished tasks whose outcome is cached.
     pub cached: usize,
-    /// Every task the cluster holds state for (`queued + running + cached`).
+    /// Tasks waiting for their parents ([`TaskBuilder::after`](crate::TaskBuilder::after))
+    /// and attempts parked in a [`TaskContext::wait_for`](crate::TaskContext::wait_for):
+    /// in no queue, on no worker.
+    pub waiting: usize,
+    /// Every task the cluster holds state for (`queued + running + waiting + cached`).
     pub held: usize,
+    /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
+    pub watchers: usize,
 }
 
 pub(crate) struct Engine {
@@ -184,6 +215,22 @@ pub(crate) struct Engine {
     wake_timer: bool,
     /// Registry size at its peak since shrinking was last tried.
     shrink_mark: usize,
+    /// Dependencies, made by the first dependent task (`deps`).
+    deps: Option<Box<Deps>>,
+    /// Outcomes decided under the lock besides the caller's own (a failed
+    /// parent's children), delivered by `Shared::unlock`.
+    outbox: Vec<Delivery>,
+    /// Watches for ids not yet submitted, made by the first (`watch`).
+    watchers: Option<Box<Watchers>>,
+    /// Parked attempts, made by the first park (`park`).
+    parking: Option<Box<Parking>>,
+    /// What was let go of under the lock and may wake a future when dropped
+    /// (closed watches): dropped by `Shared::unlock`, after unlocking,
+    /// since a woken parked attempt takes the lock.
+    trash: Vec<Box<dyn Send>>,
+    /// `outbox` or `trash` holds something: one flag for `Shared::unlock`
+    /// to test on the hot path.
+    has_outbox: bool,
 }
 
 /// Sequence numbers order equal-priority tasks (FIFO) and make generated ids
@@ -220,7 +267,42 @@ impl Engine {
             timer_at: i64::MAX,
             wake_timer: false,
             shrink_mark: 0,
+            deps: None,
+            outbox: Vec::new(),
+            watchers: None,
+            parking: None,
+            trash: Vec::new(),
+            has_outbox: false,
         }
+    }
+
+    /// The outcomes decided besides the caller's own, to deliver after
+    /// unlocking (engine invariant 2), and what to drop then.
+    pub(crate) fn take_outbox(&mut self) -> Outbox {
+        self.has_outbox = false;
+        (
+            std::mem::take(&mut self.outbox),
+            std::mem::take(&mut self.trash),
+        )
+    }
+
+    /// Whether [`take_outbox`](Self::take_outbox) has anything: one flag,
+    /// tested by every unlock.
+    #[inline]
+    pub(crate) fn has_outbox(&self) -> bool {
+        self.has_outbox
+    }
+
+    /// Queues a delivery for `Shared::unlock` (engine invariant 2).
+    fn send_later(&mut self, d: Delivery) {
+        self.outbox.push(d);
+        self.has_outbox = true;
+    }
+
+    /// Queues something to drop after unlocking (see `trash`).
+    fn drop_later(&mut self, x: Box<dyn Send>) {
+        self.trash.push(x);
+        self.has_outbox = true;
     }
 
     /// The wake-ups decided under the lock, to send after it is released:
@@ -319,6 +401,11 @@ impl Engine {
             forced: None,
             worker: 0,
         });
+        if let Some(name) = name {
+            if self.watchers.is_some() {
+                self.attach_watchers(name, slot);
+            }
+        }
         self.push(
             Item {
                 slot,
@@ -333,6 +420,11 @@ impl Engine {
 
     /// The next due task for worker `worker`.
     pub(crate) fn claim(&mut self, worker: u16) -> Next {
+        if self.parking.is_some() {
+            if let Some(next) = self.claim_parked(worker) {
+                return next;
+            }
+        }
         match self.phase {
             Phase::Stopping | Phase::Cancelled => return Next::Exit,
             Phase::Idle | Phase::Running | Phase::Draining => {}
@@ -363,7 +455,7 @@ impl Engine {
             }
             return Next::Run(claim);
         }
-        if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+        if self.phase == Phase::Draining && self.drained() {
             return Next::ExitAll;
         }
         self.idle.park(worker);
@@ -409,14 +501,37 @@ impl Engine {
         }
     }
 
-    /// Ends a queued or running task (invariant 2): retains it if its outcome
-    /// is cached, else removes it from the registry.
+    /// Ends a queued, running or waiting task (invariant 2): retains it if
+    /// its outcome is cached, else removes it from the registry. Its
+    /// dependents, if any, hear of it (the cascade).
+    #[inline]
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        if self.deps.is_some() {
+            return self.finalize_with_deps(slot, forced);
+        }
+        self.finalize_entry(slot, forced)
+    }
+
+    /// `finalize` once any dependent was seen: out of the plain path.
+    #[inline(never)]
+    fn finalize_with_deps(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        let cascade = self.note_final(slot, forced);
+        let d = self.finalize_entry(slot, forced);
+        if cascade {
+            self.cascade();
+        }
+        d
+    }
+
+    #[inline(always)]
+    fn finalize_entry(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
         let e = &mut self.entries[slot as usize];
         let retention = e.job.retention();
         match retention {
             Some(r) => {
                 e.state = State::Retained;
+                // How it ended, for dependents submitted later.
+                e.forced = forced;
                 let until = self.clock.now().saturating_add(duration_ticks(r));
                 let seq = e.job.seq();
                 let job = e.job.clone();
@@ -480,7 +595,7 @@ impl Engine {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 let entries = &self.entries;
                 self.queue.forget(|i| is_live(entries, i));
-                if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+                if self.phase == Phase::Draining && self.drained() {
                     // The drain just ran out of work: wake a parked worker so
                     // that its claim returns `ExitAll`.
                     self.note_ready(1);
@@ -496,6 +611,10 @@ impl Engine {
                 // A shutdown decided the outcome first.
                 Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
             },
+            State::Waiting => {
+                let d = self.finalize(slot, Some(Forced::Cancelled));
+                (CancelOutcome::Cancelled, Some(d), None)
+            }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
@@ -514,7 +633,17 @@ impl Engine {
 
     /// Shuts down every queued task (all of them, or only scheduled first
     /// attempts after `cutoff` for a drain).
+    /// A stop or cancel also shuts down every task waiting for its parents;
+    /// a drain leaves them to run if their parents finish meanwhile.
     pub(crate) fn shut_down_queued(&mut self, drain_cutoff: Option<i64>) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        // No task can come any more: watches for ids not yet submitted end.
+        if let Some(w) = self.close_watchers() {
+            self.drop_later(w);
+        }
+        if drain_cutoff.is_none() {
+            self.shut_down_waiting(&mut out);
+        }
         let items = match drain_cutoff {
             None => self.queue.drain(),
             Some(cutoff) => {
@@ -532,7 +661,6 @@ impl Engine {
                 )
             }
         };
-        let mut out = Vec::new();
         for item in items {
             if is_live(&self.entries, &item) {
                 out.push(self.finalize(item.slot, Some(Forced::Shutdown)));
@@ -605,12 +733,19 @@ impl Engine {
         self.running
     }
 
+    /// Nothing left for a drain to run: nothing queued, running or waiting.
+    pub(crate) fn drained(&self) -> bool {
+        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0
+    }
+
     pub(crate) fn stats(&self) -> ClusterStats {
         ClusterStats {
             queued: self.queue.len(),
             running: self.running,
             cached: self.cached,
+            waiting: self.waiting(),
             held: self.entries.len(),
+            watchers: self.watchers(),
         }
     }
 }
@@ -624,6 +759,7 @@ impl Drop for Engine {
                 e.job.complete(Some(Forced::Shutdown), false);
             }
         }
+        self.abandon_parked();
     }
 }
 

@@ -71,6 +71,110 @@ pub enum TaskError<E> {
     /// The cluster was stopped or cancelled before the task could finish.
     #[error("cluster shut down before the task finished")]
     Shutdown,
+    /// A task this one depends on ended without a value, so this one did
+    /// not run (the default [`OnParentFailure::Propagate`](crate::OnParentFailure::Propagate));
+    /// or, read through [`TaskContext::parent`](crate::TaskContext::parent)
+    /// or [`TaskContext::wait_for`](crate::TaskContext::wait_for), the task
+    /// depended on could not be read (see [`DependencyCause`]). Boxed, so
+    /// that every `TaskError` stays small.
+    #[error("{0}")]
+    Dependency(Box<DependencyError>),
+    /// A parent ended without a value and the edge said
+    /// [`OnParentFailure::Skip`](crate::OnParentFailure::Skip): this task was
+    /// skipped, never run.
+    #[error("skipped: {0}")]
+    Skipped(Box<DependencyError>),
+}
+
+/// Which task a task depended on and how it ended: the payload of
+/// [`TaskError::Dependency`] and [`TaskError::Skipped`].
+///
+/// ```
+/// use corral::{DependencyCause, DependencyError, TaskError};
+///
+/// let err: TaskError<String> = DependencyError::new("fetch", DependencyCause::Failed).into();
+/// assert_eq!(err.to_string(), "dependency fetch failed");
+/// assert_eq!(err.dependency().map(|d| d.cause), Some(DependencyCause::Failed));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("dependency {task} {cause}")]
+pub struct DependencyError {
+    /// The task depended on (the direct parent, or the task waited for).
+    pub task: TaskId,
+    /// How it ended, or why it could not be read.
+    pub cause: DependencyCause,
+}
+
+impl DependencyError {
+    /// The error for `task`, which ended (or could not be read) as `cause`.
+    pub fn new(task: impl Into<TaskId>, cause: DependencyCause) -> Self {
+        DependencyError {
+            task: task.into(),
+            cause,
+        }
+    }
+
+    /// This error as [`TaskError::Skipped`].
+    pub fn skipped<E>(self) -> TaskError<E> {
+        TaskError::Skipped(Box::new(self))
+    }
+}
+
+/// As [`TaskError::Dependency`].
+impl<E> From<DependencyError> for TaskError<E> {
+    fn from(e: DependencyError) -> Self {
+        TaskError::Dependency(Box::new(e))
+    }
+}
+
+/// How a task depended on (a parent, or a task waited for) ended without a
+/// value, or why it could not be read. Carried by [`TaskError::Dependency`]
+/// and [`TaskError::Skipped`]; it names the kind of the other task's error
+/// (whose own error type may differ from this task's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum DependencyCause {
+    /// It failed ([`TaskError::Failed`]).
+    #[error("failed")]
+    Failed,
+    /// It panicked ([`TaskError::Panicked`]).
+    #[error("panicked")]
+    Panicked,
+    /// It timed out ([`TaskError::TimedOut`]).
+    #[error("timed out")]
+    TimedOut,
+    /// It was cancelled ([`TaskError::Cancelled`]).
+    #[error("was cancelled")]
+    Cancelled,
+    /// The cluster shut down before it finished ([`TaskError::Shutdown`]).
+    #[error("was shut down")]
+    Shutdown,
+    /// It did not run because one of its own parents failed ([`TaskError::Dependency`]).
+    #[error("failed through one of its own dependencies")]
+    Dependency,
+    /// It was skipped ([`TaskError::Skipped`]).
+    #[error("was skipped")]
+    Skipped,
+    /// Waiting for it would wait for the waiter itself (directly, or through
+    /// a cycle of waits and dependencies): an error instead of a hang.
+    #[error("cannot be waited for: the wait would close a cycle")]
+    Cycle,
+    /// No such task is pending, running or cached (for `wait_for`), or it
+    /// is not a parent of this task (for `parent`).
+    #[error("is not known here")]
+    Unknown,
+    /// The edge to this parent was declared without types
+    /// ([`After::any`](crate::After::any)): it orders, but carries no value.
+    #[error("is an untyped parent: declare the edge with types to read it")]
+    Untyped,
+    /// The task's outcome is not the `Result<T, E>` asked for (the types
+    /// are logged with `tracing::warn!`).
+    #[error("produces another type than the one asked for")]
+    TypeMismatch,
+    /// `wait_for` was awaited outside the body of one of its cluster's tasks
+    /// (a task spawned from the body, say), where nothing can free a worker.
+    #[error("cannot be waited for outside the waiting task's own body")]
+    NotInBody,
 }
 
 impl<E> TaskError<E> {
@@ -97,6 +201,39 @@ impl<E> TaskError<E> {
     /// `true` if the cluster shut down before the task finished.
     pub fn is_shutdown(&self) -> bool {
         matches!(self, TaskError::Shutdown)
+    }
+
+    /// `true` if a task this one depended on ended without a value (or
+    /// could not be read): see [`TaskError::Dependency`].
+    pub fn is_dependency(&self) -> bool {
+        matches!(self, TaskError::Dependency(_))
+    }
+
+    /// Which task this one depended on and how it ended, for
+    /// [`TaskError::Dependency`] and [`TaskError::Skipped`].
+    pub fn dependency(&self) -> Option<&DependencyError> {
+        match self {
+            TaskError::Dependency(d) | TaskError::Skipped(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// `true` if the task was skipped because a parent failed.
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, TaskError::Skipped(_))
+    }
+
+    /// The kind of this error, as a dependent task sees its parent's.
+    pub(crate) fn cause(&self) -> DependencyCause {
+        match self {
+            TaskError::Failed(_) => DependencyCause::Failed,
+            TaskError::Panicked { .. } => DependencyCause::Panicked,
+            TaskError::TimedOut { .. } => DependencyCause::TimedOut,
+            TaskError::Cancelled => DependencyCause::Cancelled,
+            TaskError::Shutdown => DependencyCause::Shutdown,
+            TaskError::Dependency(_) => DependencyCause::Dependency,
+            TaskError::Skipped(_) => DependencyCause::Skipped,
+        }
     }
 
     /// The task's own error, if that is what this is.
@@ -145,6 +282,62 @@ pub enum SubmitError {
     /// running and cached together).
     #[error("the cluster holds too many tasks (2^32 - 1 at most)")]
     TooManyTasks,
+    /// A parent given to [`TaskBuilder::after`](crate::TaskBuilder::after) is
+    /// not pending, running or cached in this cluster (nor an earlier node of
+    /// the same [`Graph`](crate::Graph)).
+    #[error("unknown parent task {0}")]
+    UnknownParent(TaskId),
+    /// A typed parent does not produce the `Result<T, E>` its edge names.
+    #[error(
+        "parent {id} produces {}, not {}",
+        short_type_name(found),
+        short_type_name(expected)
+    )]
+    ParentTypeMismatch {
+        /// The parent.
+        id: TaskId,
+        /// The type the edge names, as the body's `Result<T, E>`.
+        expected: &'static str,
+        /// The parent's real type.
+        found: &'static str,
+    },
+}
+
+/// Why a [`Cluster::watch`](crate::Cluster::watch) ended
+/// without the task's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The timeout passed before the task finished (or was even submitted).
+    #[error("no outcome for task {id} within {timeout:?}")]
+    TimedOut {
+        /// The id watched.
+        id: TaskId,
+        /// The watch's timeout.
+        timeout: Duration,
+    },
+    /// The task exists but does not produce the `Result<T, E>` asked for.
+    #[error(
+        "task {id} produces {}, not {}",
+        short_type_name(found),
+        short_type_name(expected)
+    )]
+    TypeMismatch {
+        /// The id watched.
+        id: TaskId,
+        /// The type asked for, as the body's `Result<T, E>`.
+        expected: &'static str,
+        /// The task's real type.
+        found: &'static str,
+    },
+    /// The cluster shut down before a task with this id was submitted (a
+    /// task that was submitted answers with its own outcome, `Shutdown` included).
+    #[error("the cluster shut down before task {0} was submitted")]
+    ShutDown(TaskId),
+    /// A generated id that is not (or no longer) known: no task can ever
+    /// take it, so waiting for it would only wait for the timeout.
+    #[error("task {0} is not known, and a generated id is never submitted later")]
+    UnknownGenerated(TaskId),
 }
 
 /// Why [`ClusterBuilder::build`](crate::ClusterBuilder::build) refused a configuration.

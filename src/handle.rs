@@ -23,11 +23,11 @@ use crate::task::TaskId;
 /// this handle's copy of the outcome. Polling it again after it resolved panics,
 /// as for any future.
 ///
-/// Awaiting a handle inside another task's body holds that body's worker
-/// while it waits, and can deadlock a busy or one-worker pool: submit the
-/// dependent task from outside the pool once this one is done instead (see
-/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
-/// and `examples/dependent.rs`).
+/// Awaiting a handle directly inside another task's body holds that body's
+/// worker while it waits, and can deadlock a busy or one-worker pool: await
+/// it through [`TaskContext::wait`](crate::TaskContext::wait) there, which
+/// frees the worker (see "Waiting for another task inside a body" on
+/// [`Cluster::task`](crate::Cluster::task)).
 ///
 /// ```
 /// use corral::{Cluster, TaskError};
@@ -70,7 +70,7 @@ impl<T, E> Future for TaskHandle<T, E> {
         // down" rather than panic if it ever did.
         self.slot
             .poll_outcome(cx)
-            .map(|outcome| outcome.unwrap_or(Err(TaskError::Shutdown)))
+            .map(|outcome| outcome.unwrap_or_else(|| Err(TaskError::Shutdown)))
     }
 }
 
@@ -94,7 +94,8 @@ impl<T, E> fmt::Debug for TaskHandle<T, E> {
 /// dropped before it resolves loses nothing but its own copy.
 ///
 /// As for a [`TaskHandle`], awaiting it inside another task's body holds
-/// that body's worker (see [`TaskHandle`]).
+/// that body's worker (see [`TaskHandle`]); use
+/// [`TaskContext::wait_for`](crate::TaskContext::wait_for) there.
 ///
 /// ```
 /// use corral::Cluster;
@@ -143,7 +144,7 @@ impl<T, E> Future for Subscription<T, E> {
             .poll(cx)
             // The sender is only dropped unanswered if the cluster itself is
             // torn down without settling the task.
-            .map(|r| r.unwrap_or(Err(TaskError::Shutdown)))
+            .map(|r| r.unwrap_or_else(|_| Err(TaskError::Shutdown)))
     }
 }
 

@@ -9,13 +9,16 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::shared::Shared;
 
 tokio::task_local! {
-    /// Set for the whole future of each worker.
-    static WORKER_OF: usize;
+    /// Set for the whole future of each worker: its cluster, which names it
+    /// (by address, see [`key`]) and which waits inside a body
+    /// (`crate::wait`) talk to. One word, as the scope swaps it in and out
+    /// at every poll of the worker.
+    static WORKER_OF: Weak<Shared>;
 }
 
 thread_local! {
@@ -29,14 +32,19 @@ pub(crate) fn key(shared: &Arc<Shared>) -> usize {
 }
 
 /// Runs a worker's future with its cluster's name in scope.
-pub(crate) fn worker<F: Future>(key: usize, fut: F) -> impl Future<Output = F::Output> {
-    WORKER_OF.scope(key, fut)
+pub(crate) fn worker<F: Future>(shared: &Arc<Shared>, fut: F) -> impl Future<Output = F::Output> {
+    WORKER_OF.scope(Arc::downgrade(shared), fut)
 }
 
 /// The cluster whose worker is polling the caller, if any: read where a
 /// blocking body is started, to hand the name on to its thread.
 pub(crate) fn current_worker() -> Option<usize> {
-    WORKER_OF.try_with(|k| *k).ok()
+    WORKER_OF.try_with(|w| Weak::as_ptr(w) as usize).ok()
+}
+
+/// The cluster whose worker is polling the caller, if any (and alive).
+pub(crate) fn current_cluster() -> Option<Arc<Shared>> {
+    WORKER_OF.try_with(Weak::upgrade).ok().flatten()
 }
 
 /// Runs a blocking body with its cluster's name (from [`current_worker`]) set.

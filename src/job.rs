@@ -8,7 +8,7 @@
 //!
 //! [`TaskHandle`]: crate::TaskHandle
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::builder::RetryMode;
-use crate::error::TaskError;
+use crate::deps::After;
+use crate::error::{DependencyCause, TaskError};
 use crate::signal::{CancelReason, Signal};
 use crate::task::TaskId;
 
@@ -118,6 +119,24 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// `req` is a `SubscribeRequest<T, E>`. If the types do not match,
     /// returns the name of the task's `Result<T, E>`.
     fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> Result<(), &'static str>;
+
+    // Dependencies and waits (`crate::deps`, `crate::wait`): called only
+    // for tasks that use them, never on the plain path.
+
+    /// [`TaskCell::assign`](crate::cell::TaskCell::assign), for a task
+    /// admitted through the engine's group path.
+    fn assign(&self, seq: u64, slot: u32);
+    /// The `TypeId` and name of the task's `Outcome<T, E>`.
+    fn result_type(&self) -> (TypeId, &'static str);
+    /// How the task's outcome ended, as its dependents see it: `None` for a
+    /// value. Reads the last attempt's result (before delivery) or the
+    /// delivered outcome (of a retained task).
+    fn outcome_cause(&self) -> Option<DependencyCause>;
+    /// Decides the outcome of a task that never ran because of a parent:
+    /// [`TaskError::Dependency`], or [`TaskError::Skipped`] if `skipped`.
+    fn impose(&self, parent: TaskId, cause: DependencyCause, skipped: bool);
+    /// The task's parent edges (empty for most tasks).
+    fn parents(&self) -> &[After];
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).

@@ -115,6 +115,17 @@
 //!   blocking bodies see [`TaskContext::is_cancelled`].
 //! - A worker gives the runtime a turn at least every 1,024 attempts, so
 //!   bodies that never wait cannot starve a `current_thread` runtime.
+//! - Dependencies ([`TaskBuilder::after`], [`Graph`]): a dependent waits in no
+//!   queue and on no worker; a failed parent resolves it at once as
+//!   [`TaskError::Dependency`] unless its edge says [`OnParentFailure::Run`]
+//!   or [`Skip`](OnParentFailure::Skip); a cached parent counts as it stands.
+//!   `stop` and `cancel` shut waiting dependents down at once; `drain` runs
+//!   those whose parents finish during it (if due by then).
+//! - A body waits for another task with [`TaskContext::wait_for`] or
+//!   [`TaskContext::wait`], which park the attempt and free its worker; a
+//!   wait that would close a cycle of waits and dependencies is an error.
+//!   [`Cluster::watch`] waits from outside for an id that may not be
+//!   submitted yet.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -132,6 +143,7 @@ mod cache;
 mod cell;
 mod clock;
 mod cluster;
+mod deps;
 mod engine;
 mod error;
 mod handle;
@@ -139,11 +151,13 @@ mod idle;
 mod inside;
 mod job;
 mod panic;
+mod park;
 mod periodic;
 mod queue;
 mod shared;
 mod signal;
 mod task;
+mod wait;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
@@ -151,8 +165,12 @@ pub use crate::batch::{Batch, BatchSummary, OutcomeKind, SealedBatch};
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::deps::{After, Graph, GraphHandles, Node, OnParentFailure};
 pub use crate::engine::ClusterStats;
-pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
+pub use crate::error::{
+    BuildError, DependencyCause, DependencyError, RunError, StopError, SubmitError, SubscribeError,
+    TaskError, WaitError,
+};
 pub use crate::handle::{Subscription, TaskHandle};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
@@ -162,6 +180,7 @@ pub use crate::periodic::{
 };
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
+pub use crate::wait::Watch;
 /// Re-exported from `tokio_util`: the type of
 /// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so
 /// a user needs no `tokio-util` dependency of their own.

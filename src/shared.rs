@@ -61,7 +61,15 @@ impl Shared {
 
     /// Releases the lock, then sends the wake-ups decided under it. Returns
     /// whether it woke a worker.
-    pub(crate) fn unlock(&self, mut core: MutexGuard<'_, Engine>) -> bool {
+    pub(crate) fn unlock(&self, core: MutexGuard<'_, Engine>) -> bool {
+        if core.has_outbox() {
+            return self.unlock_with_outbox(core);
+        }
+        self.unlock_plain(core)
+    }
+
+    #[inline(always)]
+    fn unlock_plain(&self, mut core: MutexGuard<'_, Engine>) -> bool {
         let (picked, timer) = core.take_wakeups();
         drop(core);
         let woke = picked.is_some();
@@ -73,6 +81,17 @@ impl Shared {
         if timer {
             self.timer.notify_one();
         }
+        woke
+    }
+
+    /// `unlock`, then the deliveries and drops the engine left for after
+    /// it (engine invariant 2): out of the plain path.
+    #[cold]
+    fn unlock_with_outbox(&self, mut core: MutexGuard<'_, Engine>) -> bool {
+        let (deliveries, trash) = core.take_outbox();
+        let woke = self.unlock_plain(core);
+        deliveries.into_iter().for_each(Delivery::deliver);
+        drop(trash);
         woke
     }
 

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::deps::TypedParent;
+use crate::error::{DependencyCause, DependencyError, TaskError};
+use crate::handle::TaskHandle;
 use crate::job::Job;
 use crate::signal::CancelReason;
 
@@ -258,10 +261,11 @@ impl From<&TaskId> for TaskId {
 /// poll [`is_cancelled`](Self::is_cancelled) to stop early.
 ///
 /// # Waiting for another task inside a body
-/// Awaiting another task's handle or subscription inside a body holds this
-/// body's worker, and can deadlock a busy or one-worker pool: see
-/// "Waiting for another task inside a body" on [`Cluster::task`](crate::Cluster::task)
-/// and `examples/dependent.rs`.
+/// Awaiting another task's handle or subscription directly inside a body
+/// holds this body's worker, and can deadlock a busy or one-worker pool:
+/// wait through [`wait_for`](Self::wait_for) or [`wait`](Self::wait),
+/// which free the worker while they wait (see "Waiting for another task
+/// inside a body" on [`Cluster::task`](crate::Cluster::task)).
 pub struct TaskContext {
     id: TaskId,
     attempt: u32,
@@ -329,6 +333,160 @@ impl TaskContext {
         token.cancelled().await;
         // A token is only cancelled after its reason is set.
         self.cancel_reason().unwrap_or(CancelReason::Cancelled)
+    }
+
+    /// The outcome of the parent `id` of this task (see
+    /// [`TaskBuilder::after`](crate::TaskBuilder::after)), as its handle
+    /// sees it: a copy, for each call and each attempt.
+    ///
+    /// With the default [`OnParentFailure::Propagate`](crate::OnParentFailure::Propagate)
+    /// a body only runs once every parent succeeded, so this is `Ok`; with
+    /// [`Run`](crate::OnParentFailure::Run) it may be the parent's error.
+    /// The value may still be on its way when the body starts (the parent's
+    /// delivery follows its end at once), hence the `await`.
+    ///
+    /// # Errors
+    /// The parent's own error, or [`TaskError::Dependency`](crate::TaskError::Dependency)
+    /// with [`DependencyCause::Unknown`](crate::DependencyCause::Unknown) if
+    /// `id` is not a parent of this task,
+    /// [`Untyped`](crate::DependencyCause::Untyped) for an edge made with
+    /// [`After::any`](crate::After::any), or
+    /// [`TypeMismatch`](crate::DependencyCause::TypeMismatch) if `T, E` are
+    /// not the edge's types.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let words = cluster
+    ///     .task(|_| async { Ok::<_, String>(vec!["a".to_string(), "b".to_string()]) })
+    ///     .submit()
+    ///     .unwrap();
+    /// let id = words.id();
+    /// let count = cluster
+    ///     .task(move |ctx| {
+    ///         let id = id.clone();
+    ///         async move { ctx.parent::<Vec<String>, String>(id).await.map(|w| w.len()) }
+    ///     })
+    ///     .after(&words)
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(count.await, Ok(2));
+    /// # }
+    /// ```
+    pub async fn parent<T, E>(&self, id: impl Into<TaskId>) -> Result<T, TaskError<E>>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        let id = id.into();
+        let fail = |cause| Err(DependencyError::new(id.clone(), cause).into());
+        let parents = self.job.parents();
+        let Some(edge) = parents.iter().find(|a| a.id_now() == Some(&id)) else {
+            return fail(DependencyCause::Unknown);
+        };
+        let Some(typed) = &edge.typed else {
+            return fail(DependencyCause::Untyped);
+        };
+        let Some(slot) = typed.as_any().downcast_ref::<TypedParent<T, E>>() else {
+            tracing::warn!(
+                parent = %id,
+                expected = std::any::type_name::<Result<T, E>>(),
+                found = typed.expected().1,
+                "TaskContext::parent asked for the wrong types"
+            );
+            return fail(DependencyCause::TypeMismatch);
+        };
+        slot.read(&id).await
+    }
+
+    /// Waits for the outcome of the task `id` (pending, running or cached)
+    /// **without holding this task's worker**: while it waits, the attempt
+    /// is parked and the worker runs other tasks; when the outcome comes, a
+    /// worker resumes the attempt. So a body may wait for another task even
+    /// on a one-worker cluster. The attempt's timeout and a cancel still
+    /// apply while it waits (the attempt ends as `TimedOut` or `Cancelled`).
+    ///
+    /// Await it in the body itself (in an async task body): awaited
+    /// elsewhere it returns [`DependencyCause::NotInBody`](crate::DependencyCause::NotInBody).
+    /// A parked attempt counts in [`ClusterStats::waiting`](crate::ClusterStats::waiting),
+    /// not in `running`. A graceful stop lets it finish (the workers stay
+    /// until it has).
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap(); // one worker
+    /// let price = cluster
+    ///     .task(|_| async { Ok::<u32, String>(21) })
+    ///     .id("price")
+    ///     .delay(std::time::Duration::from_millis(10))
+    ///     .submit()
+    ///     .unwrap();
+    /// let waiter = cluster
+    ///     .task(|ctx| async move {
+    ///         // Runs first; the only worker is freed while it waits, so "price" can run.
+    ///         let price = ctx.wait_for::<u32, String>("price").await.map_err(|e| e.to_string())?;
+    ///         Ok::<_, String>(price * 2)
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(waiter.await, Ok(42));
+    /// assert_eq!(price.await, Ok(21));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The task's own outcome, or [`TaskError::Dependency`](crate::TaskError::Dependency)
+    /// naming `id` with [`DependencyCause::Cycle`](crate::DependencyCause::Cycle)
+    /// if `id` is this task, or waits (through waits and dependencies) for
+    /// this task: an error instead of a deadlock;
+    /// [`Unknown`](crate::DependencyCause::Unknown) if no such task is known;
+    /// [`TypeMismatch`](crate::DependencyCause::TypeMismatch) for other types.
+    pub async fn wait_for<T, E>(&self, id: impl Into<TaskId>) -> Result<T, TaskError<E>>
+    where
+        T: Clone + Send + 'static,
+        E: Clone + Send + 'static,
+    {
+        crate::wait::wait_for(self.job.seq(), &self.id, id.into()).await
+    }
+
+    /// Awaits `handle` as [`wait_for`](Self::wait_for) waits for an id:
+    /// without holding this task's worker. No `Clone` is needed (the handle
+    /// is the task's own copy of the outcome). Awaited outside a body, it is
+    /// an ordinary await.
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let c = cluster.clone();
+    /// let outer = cluster
+    ///     .task(move |ctx| {
+    ///         let c = c.clone();
+    ///         async move {
+    ///             let inner = c.task(|_| async { Ok::<_, String>(5) }).submit().map_err(|e| e.to_string())?;
+    ///             ctx.wait(inner).await.map_err(|e| e.to_string())
+    ///         }
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(outer.await, Ok(5));
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The task's own outcome, or [`DependencyCause::Cycle`](crate::DependencyCause::Cycle)
+    /// (in a [`TaskError::Dependency`](crate::TaskError::Dependency)) if
+    /// the task waits, transitively, for this one.
+    pub async fn wait<T, E>(&self, handle: TaskHandle<T, E>) -> Result<T, TaskError<E>> {
+        crate::wait::wait_handle(self.job.seq(), handle).await
     }
 
     /// A token cancelled when this attempt is asked to stop; hand it to work

@@ -5,13 +5,17 @@
 //! claiming the next take one lock acquisition. Bodies run inline on the
 //! worker, so a task costs no tokio task of its own.
 //!
+//! An async attempt that waits for another task (`TaskContext::wait_for`)
+//! is parked instead (`crate::park`): the worker claims other work, and a
+//! worker resumes the attempt once its wait is over (`run_parked`).
+//!
 //! The timekeeper sleeps until the earliest scheduled start or cache expiry,
 //! promotes due tasks (waking idle workers) and sweeps expired outcomes. It
 //! is the only timer for pending tasks, however many there are.
 
 use std::future::{pending, poll_fn, Future};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
@@ -22,6 +26,7 @@ use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::engine::{Claim, Next, Plan};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::panic::drop_guarded;
+use crate::park::{self, ParkEnd, ParkSlot, Parked};
 use crate::shared::Shared;
 use crate::signal::{CancelReason, WorkerWake};
 
@@ -123,8 +128,15 @@ async fn interrupted(job: &dyn Job, wake: &WorkerWake) -> Forced {
     poll_fn(|cx| job.signal().poll_final(cx, wake)).await
 }
 
+/// An attempt to park, with its deadline (boxed: the plain path moves
+/// `ClaimEnd`s, and this keeps them small).
+type ToPark = Box<(AttemptFuture, Option<Instant>)>;
+
 /// How the attempts of one claim ended.
 struct ClaimEnd {
+    /// The attempt asked to park (`crate::park`): it is here, and `plan`
+    /// means nothing.
+    park: Option<ToPark>,
     plan: Plan,
     /// A blocking body still running after a timeout or cancel: the worker
     /// keeps its slot until it returns.
@@ -229,6 +241,15 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
                 }
                 let end = run_claim(&shared, wake, guard.claim(), &mut turns).await;
                 guard.claim().attempts = end.attempts;
+                if let Some(to_park) = end.park {
+                    // The attempt waits for another task: park it and go
+                    // back to claiming (`crate::park`).
+                    let (attempt, deadline) = *to_park;
+                    let parked = Box::new(Parked::new(guard.take(), attempt, deadline));
+                    let slot = ParkSlot::new(&shared);
+                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
+                    continue;
+                }
                 // The guard keeps the claim until it is settled or handed
                 // to the next settle.
                 match (end.leftover, end.plan) {
@@ -251,6 +272,13 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
                         settle_now(&shared, guard.take(), plan);
                         leftover.await;
                     }
+                }
+            }
+            Next::Resume(slot) => {
+                // Only the worker that popped the slot from the ready list
+                // takes its attempt, so it is there.
+                if let Some(parked) = slot.take() {
+                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
@@ -279,6 +307,7 @@ async fn run_claim(
     let policy = job.policy();
     let mut attempts = claim.attempts;
     let finish = |plan, leftover, attempts| ClaimEnd {
+        park: None,
         plan,
         leftover,
         attempts,
@@ -299,15 +328,23 @@ async fn run_claim(
             Done(AttemptStatus),
             Interrupted(Forced),
             TimedOut,
+            /// Pending, and it asked to be parked (`crate::park`).
+            Park,
         }
         // Most short bodies finish on their first poll: try that before
         // arming the cancel and timeout branches.
         let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
         let end = match first {
             Poll::Ready(status) => End::Done(status),
+            // Blocking bodies never park (they hold their worker).
+            Poll::Pending if !policy.blocking && park::take_request() => End::Park,
             Poll::Pending => tokio::select! {
                 biased;
-                status = &mut attempt => End::Done(status),
+                status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                    Poll::Ready(s) => Poll::Ready(Some(s)),
+                    Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }) => status.map_or(End::Park, End::Done),
                 forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
                 _ = sleep_until_opt(deadline) => End::TimedOut,
             },
@@ -322,6 +359,14 @@ async fn run_claim(
             }
         };
         let leftover = match end {
+            End::Park => {
+                return ClaimEnd {
+                    park: Some(Box::new((attempt, deadline))),
+                    plan: Plan::Final(None),
+                    leftover: None,
+                    attempts,
+                }
+            }
             End::Done(AttemptStatus::Succeeded) => {
                 return finish(Plan::Final(None), None, attempts)
             }
@@ -360,6 +405,105 @@ async fn run_claim(
                     _ = sleep_ticks(&shared.clock, delay) => {}
                 }
             }
+        }
+    }
+}
+
+/// Drives a parked attempt (`crate::park`) held by this worker: polls it
+/// once with its slot's waker; if it is still waiting it stays in the slot
+/// (no longer running) and the worker moves on; if it ended, the worker
+/// finishes its claim (later attempts included, which may park again) and
+/// hands it to the next settle through `done`.
+async fn run_parked(
+    shared: &Arc<Shared>,
+    wake: &WorkerWake,
+    mut slot: Arc<ParkSlot>,
+    mut parked: Box<Parked>,
+    turns: &mut Turns,
+    done: &mut Option<(Claim, Plan)>,
+) {
+    loop {
+        let waker = Waker::from(slot.clone());
+        let polled = parked.poll_end(&mut Context::from_waker(&waker));
+        let Poll::Ready(end) = polled else {
+            let mut core = shared.lock();
+            core.park();
+            shared.unlock(core);
+            slot.put(parked);
+            return;
+        };
+        let Parked { claim, attempt, .. } = *parked;
+        let mut guard = ClaimGuard {
+            shared,
+            claim: Some(claim),
+        };
+        let end = resume_claim(shared, wake, guard.claim(), turns, end, attempt).await;
+        guard.claim().attempts = end.attempts;
+        match end.park {
+            Some(to_park) => {
+                let (attempt, deadline) = *to_park;
+                parked = Box::new(Parked::new(guard.take(), attempt, deadline));
+                slot = ParkSlot::new(shared);
+            }
+            None => {
+                // Async attempts leave nothing running behind them.
+                *done = Some((guard.take(), end.plan));
+                return;
+            }
+        }
+    }
+}
+
+/// `run_claim` for a claim whose parked attempt ended as `end`: decides
+/// about it as `run_claim` decides about an attempt, then runs any
+/// immediate retry.
+async fn resume_claim(
+    shared: &Shared,
+    wake: &WorkerWake,
+    claim: &Claim,
+    turns: &mut Turns,
+    end: ParkEnd,
+    attempt: AttemptFuture,
+) -> ClaimEnd {
+    let job = &claim.job;
+    let policy = job.policy();
+    let attempts = claim.attempts;
+    let finish = |plan| ClaimEnd {
+        park: None,
+        plan,
+        leftover: None,
+        attempts,
+    };
+    match end {
+        ParkEnd::Done(AttemptStatus::Succeeded) => return finish(Plan::Final(None)),
+        ParkEnd::Done(AttemptStatus::Failed) => drop_guarded(attempt, "a finished attempt"),
+        ParkEnd::Interrupted(forced) => {
+            drop_guarded(attempt, "an interrupted attempt");
+            return finish(Plan::Final(Some(forced)));
+        }
+        ParkEnd::TimedOut => {
+            job.raise(CancelReason::TimedOut);
+            job.record_timeout(policy.timeout().unwrap_or_default());
+            drop_guarded(attempt, "an interrupted attempt");
+        }
+    }
+    let retries_used = attempts.saturating_sub(1);
+    if retries_used >= policy.retries {
+        return finish(Plan::Final(None));
+    }
+    let Some(delay) = job.retry_delay(retries_used) else {
+        return finish(Plan::Final(None));
+    };
+    match policy.mode {
+        RetryMode::Requeue => finish(Plan::Requeue(delay)),
+        RetryMode::Immediate => {
+            tokio::select! {
+                biased;
+                forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced))),
+                _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown))),
+                _ = sleep_ticks(&shared.clock, delay) => {}
+            }
+            Box::pin(run_claim(shared, wake, claim, turns)).await
         }
     }
 }

@@ -40,7 +40,7 @@
 //! This file holds the cell and its attempts; `outcome` holds how the final
 //! outcome reaches the handle, the subscribers, the callbacks and the cache.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -57,7 +57,8 @@ pub(crate) use self::outcome::copy_for_subscriber;
 use crate::backoff::{jittered, Backoff, RetryDecision};
 use crate::body::Body;
 use crate::builder::RetryMode;
-use crate::error::TaskError;
+use crate::deps::After;
+use crate::error::{DependencyCause, DependencyError, TaskError};
 use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
 use crate::panic::{drop_guarded, guard};
 use crate::signal::{CancelReason, Signal};
@@ -82,6 +83,8 @@ pub(crate) struct Extras<T, E> {
     /// A crate feature's completion hook (a batch's, `crate::batch`), run
     /// after the user's callbacks, with the same guard and rules.
     pub(crate) settled: Option<OnComplete<T, E>>,
+    /// The task's parents (`crate::deps`).
+    pub(crate) parents: Vec<After>,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -95,6 +98,7 @@ impl<T, E> Default for Extras<T, E> {
             on_failure: None,
             on_complete: None,
             settled: None,
+            parents: Vec::new(),
         }
     }
 }
@@ -132,6 +136,9 @@ struct Rare<T, E> {
     /// (Sharing it instead would need `T: Sync`.)
     cached: Option<Outcome<T, E>>,
     lent: bool,
+    /// How the retained outcome ended, for dependents submitted later
+    /// (`Job::outcome_cause`) while the cached copy is lent out.
+    final_cause: Option<Option<DependencyCause>>,
 }
 
 impl<T, E> Rare<T, E> {
@@ -142,6 +149,7 @@ impl<T, E> Rare<T, E> {
             token: None,
             cached: None,
             lent: false,
+            final_cause: None,
         })
     }
 
@@ -463,6 +471,52 @@ where
 
     fn subscribe(self: Arc<Self>, req: &mut dyn Any) -> Result<(), &'static str> {
         self.subscribe_or_lend(req)
+    }
+
+    fn assign(&self, seq: u64, slot: u32) {
+        TaskCell::assign(self, seq, slot);
+    }
+
+    fn result_type(&self) -> (TypeId, &'static str) {
+        (
+            TypeId::of::<Outcome<T, E>>(),
+            std::any::type_name::<Result<T, E>>(),
+        )
+    }
+
+    fn outcome_cause(&self) -> Option<DependencyCause> {
+        let cause = |o: &Outcome<T, E>| o.as_ref().err().map(TaskError::cause);
+        let st = self.state.lock();
+        if let Some(r) = &st.result {
+            return cause(r);
+        }
+        match st.rare.as_deref() {
+            Some(Rare {
+                final_cause: Some(c),
+                ..
+            }) => *c,
+            Some(Rare {
+                cached: Some(c), ..
+            }) => cause(c),
+            // Unreachable by construction: a finished task read here is
+            // retained, and its cause recorded.
+            _ => Some(DependencyCause::Shutdown),
+        }
+    }
+
+    fn impose(&self, parent: TaskId, cause: DependencyCause, skipped: bool) {
+        let err = DependencyError::new(parent, cause);
+        let err = if skipped { err.skipped() } else { err.into() };
+        // A task that never ran has no result to replace (so nothing of the
+        // user's is dropped here, under the engine's lock).
+        let old = self.state.lock().result.replace(Err(err));
+        if let Some(old) = old {
+            drop_guarded(old, "a result replaced by a dependency's failure");
+        }
+    }
+
+    fn parents(&self) -> &[After] {
+        self.extras.as_deref().map_or(&[], |x| &x.parents)
     }
 }
 

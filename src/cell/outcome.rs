@@ -65,6 +65,8 @@ where
             // Unreachable by construction; never invent a value.
             (None, None) => (Err(TaskError::Shutdown), None),
         };
+        // Kept for dependents submitted after the end (`Job::outcome_cause`).
+        let final_cause = retain.then(|| outcome.as_ref().err().map(TaskError::cause));
         let hooks = self
             .extras
             .as_deref()
@@ -142,7 +144,9 @@ where
             if st.expired {
                 stale = Some(copy);
             } else {
-                st.rare().cached = Some(copy);
+                let rare = st.rare();
+                rare.cached = Some(copy);
+                rare.final_cause = final_cause;
             }
         }
         let unread = match handle_copy {
