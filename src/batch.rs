@@ -46,6 +46,11 @@ pub enum OutcomeKind {
     Cancelled,
     /// [`TaskError::Shutdown`].
     Shutdown,
+    /// [`TaskError::Dependency`]: a task it depended on did not succeed.
+    Dependency,
+    /// [`TaskError::Skipped`]: skipped by its dependency policy. It did not
+    /// succeed, so it counts among the failures.
+    Skipped,
 }
 
 impl OutcomeKind {
@@ -64,6 +69,8 @@ impl OutcomeKind {
             Err(TaskError::TimedOut { .. }) => OutcomeKind::TimedOut,
             Err(TaskError::Cancelled) => OutcomeKind::Cancelled,
             Err(TaskError::Shutdown) => OutcomeKind::Shutdown,
+            Err(TaskError::Dependency(_)) => OutcomeKind::Dependency,
+            Err(TaskError::Skipped(_)) => OutcomeKind::Skipped,
         }
     }
 
@@ -90,6 +97,10 @@ pub struct BatchSummary {
     pub cancelled: usize,
     /// Members ended by a shutdown of the cluster.
     pub shutdown: usize,
+    /// Members resolved by a parent that did not succeed.
+    pub dependency: usize,
+    /// Members skipped by their dependency policy.
+    pub skipped: usize,
     /// Every member that did not succeed, with how it ended, in the order
     /// the members finished.
     pub failures: Vec<(TaskId, OutcomeKind)>,
@@ -104,6 +115,8 @@ impl BatchSummary {
             + self.timed_out
             + self.cancelled
             + self.shutdown
+            + self.dependency
+            + self.skipped
     }
 
     /// `true` if no member failed (also for an empty batch).
@@ -120,6 +133,8 @@ impl BatchSummary {
             OutcomeKind::TimedOut => self.timed_out,
             OutcomeKind::Cancelled => self.cancelled,
             OutcomeKind::Shutdown => self.shutdown,
+            OutcomeKind::Dependency => self.dependency,
+            OutcomeKind::Skipped => self.skipped,
         }
     }
 
@@ -131,6 +146,8 @@ impl BatchSummary {
             OutcomeKind::TimedOut => self.timed_out += 1,
             OutcomeKind::Cancelled => self.cancelled += 1,
             OutcomeKind::Shutdown => self.shutdown += 1,
+            OutcomeKind::Dependency => self.dependency += 1,
+            OutcomeKind::Skipped => self.skipped += 1,
         }
         if kind.is_failure() {
             self.failures.push((id.clone(), kind));

@@ -398,3 +398,32 @@ async fn blocking_members_count_too() {
     assert_eq!(a.await, Ok(1));
     assert!(b.await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn members_resolved_by_their_parents_are_counted_by_kind() {
+    let cluster = Cluster::new(1).unwrap();
+    let parent = cluster
+        .task(|_ctx| async { Err::<u8, _>("no".to_string()) })
+        .submit()
+        .unwrap();
+    let batch = cluster.batch();
+    batch
+        .task(|_ctx| async { Ok::<u8, String>(1) })
+        .after(&parent)
+        .submit()
+        .unwrap();
+    batch
+        .task(|_ctx| async { Ok::<u8, String>(2) })
+        .after(
+            corral::After::id::<u8, String>(parent.id()).on_failure(corral::OnParentFailure::Skip),
+        )
+        .submit()
+        .unwrap();
+    let summary = tokio::time::timeout(SEC, batch.seal().wait())
+        .await
+        .unwrap();
+    assert_eq!(summary.count(OutcomeKind::Dependency), 1);
+    assert_eq!(summary.count(OutcomeKind::Skipped), 1);
+    assert_eq!(summary.total(), 2);
+    assert_eq!(summary.failures.len(), 2);
+}
