@@ -55,6 +55,7 @@ use crate::cache::Expiries;
 use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::cluster::CancelOutcome;
 use crate::error::SubmitError;
+use crate::flow::Flow;
 use crate::idle::{IdleWorkers, Picked};
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
@@ -159,6 +160,16 @@ pub struct ClusterStats {
     pub cached: usize,
     /// Every task the cluster holds state for (`queued + running + cached`).
     pub held: usize,
+    /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
+    /// no new attempt starts.
+    pub paused: bool,
+    /// The worker target ([`Cluster::workers`](crate::Cluster::workers)).
+    pub workers: usize,
+    /// Workers running now: below `workers` just after a grow (they are
+    /// being spawned) or before [`Cluster::run`]; above it after a shrink,
+    /// until the surplus workers finish their current task; 0 once the
+    /// cluster has stopped.
+    pub live_workers: usize,
 }
 
 pub(crate) struct Engine {
@@ -177,7 +188,9 @@ pub(crate) struct Engine {
     running: usize,
     cached: usize,
     /// Waiting workers, and those picked to wake (sent after unlocking).
-    idle: IdleWorkers,
+    pub(crate) idle: IdleWorkers,
+    /// Pause and worker target (`crate::flow`).
+    pub(crate) flow: Flow,
     /// When the timekeeper wakes next (`i64::MAX`: not armed).
     timer_at: i64,
     /// A timekeeper wake-up decided under the lock, sent after it is released.
@@ -217,6 +230,7 @@ impl Engine {
             running: 0,
             cached: 0,
             idle: IdleWorkers::new(workers),
+            flow: Flow::new(workers),
             timer_at: i64::MAX,
             wake_timer: false,
             shrink_mark: 0,
@@ -237,12 +251,12 @@ impl Engine {
     }
 
     /// Wakes idle workers for `n` newly due tasks.
-    fn note_ready(&mut self, n: usize) {
+    pub(crate) fn note_ready(&mut self, n: usize) {
         self.idle.pick(n);
     }
 
     /// Re-arms the timekeeper if `tick` is earlier than its wake-up.
-    fn note_timer(&mut self, tick: i64) {
+    pub(crate) fn note_timer(&mut self, tick: i64) {
         if tick < self.timer_at && self.accepts_workers() {
             self.timer_at = tick;
             self.wake_timer = true;
@@ -334,8 +348,15 @@ impl Engine {
     /// The next due task for worker `worker`.
     pub(crate) fn claim(&mut self, worker: u16) -> Next {
         match self.phase {
-            Phase::Stopping | Phase::Cancelled => return Next::Exit,
+            Phase::Stopping | Phase::Cancelled => {
+                self.flow.left(worker);
+                return Next::Exit;
+            }
             Phase::Idle | Phase::Running | Phase::Draining => {}
+        }
+        // Paused, or a surplus worker after a shrink (`crate::flow`).
+        if usize::from(worker) >= self.flow.open {
+            return self.gate(worker);
         }
         let entries = &self.entries;
         let promoted = if self.queue.has_scheduled() {
@@ -364,6 +385,7 @@ impl Engine {
             return Next::Run(claim);
         }
         if self.phase == Phase::Draining && self.queue.len() == 0 && self.running == 0 {
+            self.flow.left(worker);
             return Next::ExitAll;
         }
         self.idle.park(worker);
@@ -581,10 +603,10 @@ impl Engine {
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
-        let next = match (next_start, next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [next_start, next_expiry, self.flow.resume_at()]
+            .into_iter()
+            .flatten()
+            .min();
         self.timer_at = next.unwrap_or(i64::MAX);
         next
     }
@@ -611,6 +633,9 @@ impl Engine {
             running: self.running,
             cached: self.cached,
             held: self.entries.len(),
+            paused: self.flow.paused(),
+            workers: self.flow.target(),
+            live_workers: self.flow.live(),
         }
     }
 }

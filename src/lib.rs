@@ -134,6 +134,7 @@ mod clock;
 mod cluster;
 mod engine;
 mod error;
+mod flow;
 mod handle;
 mod idle;
 mod inside;
@@ -144,6 +145,7 @@ mod queue;
 mod shared;
 mod signal;
 mod task;
+mod wakes;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
@@ -153,6 +155,7 @@ pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::engine::ClusterStats;
 pub use crate::error::{BuildError, RunError, StopError, SubmitError, SubscribeError, TaskError};
+pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
