@@ -296,7 +296,7 @@ impl Cluster {
     /// The number of workers (attempts that may run at once): the target
     /// set by the builder or the last [`resize`](Self::resize). Just after a
     /// shrink, surplus workers may still finish their current task
-    /// ([`ClusterStats::live_workers`](crate::ClusterStats::live_workers) counts those running).
+    /// ([`live_workers`](Self::live_workers) counts those running).
     pub fn workers(&self) -> usize {
         self.shared().lock().flow.target()
     }
@@ -821,12 +821,12 @@ impl Cluster {
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.shared();
-        let (phase, stats) = {
+        let (phase, stats, workers) = {
             let core = shared.lock();
-            (core.phase, core.stats())
+            (core.phase, core.stats(), core.flow.target())
         };
         f.debug_struct("Cluster")
-            .field("workers", &stats.workers)
+            .field("workers", &workers)
             .field("phase", &phase)
             .field("stats", &stats)
             .finish()

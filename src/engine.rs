@@ -163,13 +163,6 @@ pub struct ClusterStats {
     /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
     /// no new attempt starts.
     pub paused: bool,
-    /// The worker target ([`Cluster::workers`](crate::Cluster::workers)).
-    pub workers: usize,
-    /// Workers running now: below `workers` just after a grow (they are
-    /// being spawned) or before [`Cluster::run`]; above it after a shrink,
-    /// until the surplus workers finish their current task; 0 once the
-    /// cluster has stopped.
-    pub live_workers: usize,
 }
 
 pub(crate) struct Engine {
@@ -634,8 +627,6 @@ impl Engine {
             cached: self.cached,
             held: self.entries.len(),
             paused: self.flow.paused(),
-            workers: self.flow.target(),
-            live_workers: self.flow.live(),
         }
     }
 }

@@ -398,6 +398,29 @@ impl Cluster {
         resumed
     }
 
+    /// Workers running now. Below [`workers`](Self::workers) before
+    /// [`run`](Self::run) (0) and for the moment a grow spawns them; above
+    /// it after a shrink, until the surplus workers finish their current
+    /// task; 0 once a stop, drain or cancel has sent them all home.
+    ///
+    /// (Not in [`ClusterStats`](crate::ClusterStats), which counts tasks: a
+    /// settled cluster's stats equal `ClusterStats::default()`.)
+    ///
+    /// ```
+    /// use corral::Cluster;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(3).paused().build().unwrap();
+    /// assert_eq!((cluster.workers(), cluster.live_workers()), (3, 0));
+    /// cluster.run().unwrap();
+    /// assert_eq!(cluster.live_workers(), 3);
+    /// # }
+    /// ```
+    pub fn live_workers(&self) -> usize {
+        self.shared().lock().flow.live()
+    }
+
     /// Whether the cluster is paused ([`pause`](Self::pause),
     /// [`pause_for`](Self::pause_for)). Not about a cluster built
     /// [not started](crate::ClusterBuilder::paused).
@@ -412,7 +435,7 @@ impl Cluster {
     ///   workers were started on; they claim due work immediately.
     /// - Shrinking cancels nothing: a surplus worker finishes its current
     ///   task (its immediate retries included), then leaves; a waiting one
-    ///   leaves at once. Until then [`ClusterStats::live_workers`](crate::ClusterStats::live_workers) counts
+    ///   leaves at once. Until then [`live_workers`](Self::live_workers) counts
     ///   them, and more attempts than the new target may still run.
     /// - During a [`drain`](Self::drain) it works the same (more workers
     ///   finish the drain sooner); once a stop or cancel has begun it is

@@ -218,7 +218,7 @@ async fn stop_and_cancel_work_while_paused() {
     assert_eq!(running.await, Ok(()));
     assert_eq!(queued.await, Err(TaskError::Shutdown));
     assert_eq!(g.started(), 1);
-    assert_eq!(c.stats().live_workers, 0);
+    assert_eq!(c.live_workers(), 0);
 
     // Cancel: queued tasks resolve as shut down, `cancel_task` as cancelled.
     let c = Cluster::new(1).unwrap();
@@ -264,7 +264,7 @@ async fn grow_starts_work_at_once() {
     assert_eq!(c.workers(), 4);
     yield_until("all started", || g.started() == 4).await;
     assert_eq!(Instant::now(), t0, "no time passed");
-    assert_eq!(c.stats().live_workers, 4);
+    assert_eq!(c.live_workers(), 4);
     for h in hs {
         assert_eq!(h.await, Ok(()));
     }
@@ -280,12 +280,11 @@ async fn shrink_during_running_attempts_cancels_nothing() {
     yield_until("four running", || g.now() == 4).await;
     c.resize(1).unwrap();
     assert_eq!(c.workers(), 1);
-    let s = c.stats();
-    assert_eq!((s.workers, s.live_workers, s.running), (1, 4, 4));
+    assert_eq!((c.live_workers(), c.stats().running), (4, 4));
     for h in first {
         assert_eq!(h.await, Ok(()), "nothing was cancelled");
     }
-    yield_until("surplus workers left", || c.stats().live_workers == 1).await;
+    yield_until("surplus workers left", || c.live_workers() == 1).await;
     let g2 = Gauge::default();
     let next: Vec<_> = (0..4).map(|_| timed(&c, &g2, 10 * MS)).collect();
     for h in next {
@@ -298,9 +297,9 @@ async fn shrink_during_running_attempts_cancels_nothing() {
 #[tokio::test(start_paused = true)]
 async fn idle_surplus_workers_leave_at_once_and_a_regrow_reuses_nothing_twice() {
     let c = Cluster::new(3).unwrap();
-    yield_until("started", || c.stats().live_workers == 3).await;
+    yield_until("started", || c.live_workers() == 3).await;
     c.resize(1).unwrap();
-    yield_until("idle surplus left", || c.stats().live_workers == 1).await;
+    yield_until("idle surplus left", || c.live_workers() == 1).await;
     let g = Gauge::default();
     // Shrink and grow again while the surplus is still busy.
     c.resize(3).unwrap();
@@ -308,11 +307,7 @@ async fn idle_surplus_workers_leave_at_once_and_a_regrow_reuses_nothing_twice() 
     yield_until("three running", || g.now() == 3).await;
     c.resize(1).unwrap();
     c.resize(3).unwrap();
-    assert_eq!(
-        c.stats().live_workers,
-        3,
-        "busy workers were kept, none added"
-    );
+    assert_eq!(c.live_workers(), 3, "busy workers were kept, none added");
     let more: Vec<_> = (0..3).map(|_| timed(&c, &g, 10 * MS)).collect();
     for h in hs.into_iter().chain(more) {
         assert_eq!(h.await, Ok(()));
@@ -333,7 +328,7 @@ async fn resize_to_zero_or_too_many_is_an_error() {
     c.resize(2).unwrap();
     c.run().unwrap();
     assert_eq!(c.resize(0), Err(ResizeError::ZeroWorkers));
-    assert_eq!(c.stats().live_workers, 2);
+    assert_eq!(c.live_workers(), 2);
     c.stop(SEC).await.unwrap();
     assert_eq!(c.resize(3), Err(ResizeError::ShutDown));
 }
@@ -344,14 +339,14 @@ async fn resize_before_run_sets_how_many_start() {
     c.resize(3).unwrap();
     let g = Gauge::default();
     let hs: Vec<_> = (0..3).map(|_| timed(&c, &g, MS)).collect();
-    assert_eq!(c.stats().live_workers, 0, "not started");
+    assert_eq!(c.live_workers(), 0, "not started");
     assert!(!c.is_paused(), "not started is not paused");
     c.run().unwrap();
     for h in hs {
         assert_eq!(h.await, Ok(()));
     }
     assert_eq!(g.max(), 3);
-    assert_eq!(c.stats().live_workers, 3);
+    assert_eq!(c.live_workers(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,7 +359,7 @@ async fn resize_then_pause_mixes() {
     c.resize(4).unwrap();
     sleep(SEC).await;
     assert_eq!(g.started(), 0, "new workers wait for the resume too");
-    assert_eq!(c.stats().live_workers, 4);
+    assert_eq!(c.live_workers(), 4);
     c.resume();
     yield_until("four started", || g.started() == 4).await;
     // Shrink while paused: the surplus leaves, the rest resume with one.
@@ -373,7 +368,7 @@ async fn resize_then_pause_mixes() {
     for h in hs.into_iter().take(4) {
         assert_eq!(h.await, Ok(()));
     }
-    yield_until("surplus left", || c.stats().live_workers == 1).await;
+    yield_until("surplus left", || c.live_workers() == 1).await;
     assert_eq!(g.started(), 4);
     c.resume();
     c.drain(SEC).await.unwrap();
