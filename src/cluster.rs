@@ -144,7 +144,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Builds a cluster whose workers wait for [`Cluster::run`]: tasks
+    /// Builds a cluster whose workers wait for [`Cluster::run`] (they are
+    /// not started; not to be confused with [`Cluster::pause`], which holds
+    /// the workers of a running cluster until [`Cluster::resume`]): tasks
     /// submitted before it queue up and then start in their exact order
     /// (priority, start time, submission), as if all had arrived at once.
     ///

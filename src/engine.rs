@@ -13,7 +13,8 @@
 //! - **submit**: admit a task: check the phase and id, give it a sequence
 //!   number and a registry slot, queue it.
 //! - **claim**: a worker takes the best due task; it is `Running` under that
-//!   worker until settled.
+//!   worker until settled. None while paused, and a surplus worker after a
+//!   shrink leaves instead (`crate::flow`).
 //! - **settle**: a worker reports how the attempts of its claim ended (a
 //!   [`Plan`]): requeue for a retry, or finalize.
 //! - **finalize**: decide a task's outcome under the lock; the task leaves

@@ -11,8 +11,10 @@
 //! cancel that ends a drain) picks it, or until its own next claim finds
 //! work. Picking happens under the cluster's lock, in the same critical
 //! section that made the work due, so no due task is left while a worker
-//! sleeps. (A worker that left for good may stay in the set; the phase
-//! keeps anything from waiting on it.)
+//! sleeps. (A worker that left for good at a shutdown may stay in the set;
+//! the phase keeps anything from waiting on it. One sent home by a shrink,
+//! and every worker while the cluster is paused, is kept out of it: see
+//! `crate::flow`.)
 
 /// See the module docs. Lives in [`Engine`](crate::engine::Engine), under its lock.
 #[derive(Debug)]
