@@ -115,6 +115,11 @@
 //!   blocking bodies see [`TaskContext::is_cancelled`].
 //! - A worker gives the runtime a turn at least every 1,024 attempts, so
 //!   bodies that never wait cannot starve a `current_thread` runtime.
+//! - [`Cluster::pause`] holds a running cluster (running attempts finish,
+//!   nothing new starts, submits queue; an immediate retry keeps its worker
+//!   and waits); [`Cluster::resize`] changes the worker count while it runs
+//!   (a shrink cancels nothing: surplus workers leave after their current
+//!   task). `drain` ends a pause; `resize` is refused after a stop or cancel.
 
 #![forbid(unsafe_code)]
 #![warn(
