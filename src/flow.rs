@@ -135,7 +135,8 @@ pub enum ResizeError {
     /// Workers are numbered by u16: 65,535 at most.
     #[error("a cluster supports at most 65535 workers")]
     TooManyWorkers,
-    /// The cluster is stopping or was cancelled: its workers are leaving.
+    /// The cluster is stopping, was cancelled, or finished a drain: its
+    /// workers are leaving or gone.
     #[error("the cluster has been shut down")]
     ShutDown,
 }
@@ -424,6 +425,9 @@ impl Cluster {
     /// Whether the cluster is paused ([`pause`](Self::pause),
     /// [`pause_for`](Self::pause_for)). Not about a cluster built
     /// [not started](crate::ClusterBuilder::paused).
+    ///
+    /// A pause outlives a stop or cancel (it no longer matters then: nothing
+    /// starts either way); a drain ends it.
     pub fn is_paused(&self) -> bool {
         self.shared().flow.is_paused()
     }
@@ -438,8 +442,9 @@ impl Cluster {
     ///   leaves at once. Until then [`live_workers`](Self::live_workers) counts
     ///   them, and more attempts than the new target may still run.
     /// - During a [`drain`](Self::drain) it works the same (more workers
-    ///   finish the drain sooner); once a stop or cancel has begun it is
-    ///   refused. While paused, new workers wait for the resume.
+    ///   finish the drain sooner); once a stop or cancel has begun, or a
+    ///   drain has finished, it is refused. While paused, new workers wait
+    ///   for the resume.
     ///
     /// ```
     /// use corral::Cluster;
@@ -458,8 +463,8 @@ impl Cluster {
     /// # Errors
     /// [`ResizeError::ZeroWorkers`] for 0, [`ResizeError::TooManyWorkers`]
     /// over 65,535 (as [`ClusterBuilder::build`](crate::ClusterBuilder::build)),
-    /// [`ResizeError::ShutDown`] once a stop or cancel has begun. A refused
-    /// resize changes nothing.
+    /// [`ResizeError::ShutDown`] once a stop or cancel has begun or a drain
+    /// has finished. A refused resize changes nothing.
     pub fn resize(&self, workers: usize) -> Result<(), ResizeError> {
         if workers == 0 {
             return Err(ResizeError::ZeroWorkers);
@@ -468,6 +473,10 @@ impl Cluster {
             return Err(ResizeError::TooManyWorkers);
         }
         let shared = self.shared();
+        if shared.closing.is_cancelled() {
+            // A finished drain (or a stop): the workers went home for good.
+            return Err(ResizeError::ShutDown);
+        }
         // Slots first (invariant of `crate::wakes`); outside the lock.
         shared.wakes.ensure(workers);
         let resized = shared.locked(|core| core.resize(workers))?;

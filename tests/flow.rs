@@ -388,3 +388,27 @@ async fn pause_before_run_starts_workers_paused() {
     c.resume();
     assert_eq!(h.await, Ok(()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn resize_during_a_drain_helps_finish_it() {
+    let c = Cluster::new(1).unwrap();
+    let g = Gauge::default();
+    let hs: Vec<_> = (0..4).map(|_| timed(&c, &g, 10 * MS)).collect();
+    yield_until("one started", || g.started() == 1).await;
+    let t0 = Instant::now();
+    let drain = tokio::spawn({
+        let c = c.clone();
+        async move { c.drain(SEC).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!c.pause(), "draining: a pause does nothing");
+    c.resize(4).unwrap();
+    drain.await.unwrap().unwrap();
+    for h in hs {
+        assert_eq!(h.await, Ok(()));
+    }
+    assert_eq!(g.max(), 4, "the new workers ran the rest at once");
+    assert_eq!(Instant::now(), t0 + 10 * MS);
+    assert_eq!(c.live_workers(), 0, "all went home with the drain");
+    assert_eq!(c.resize(2), Err(ResizeError::ShutDown));
+}
