@@ -144,7 +144,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Builds a cluster whose workers wait for [`Cluster::run`]: tasks
+    /// Builds a cluster whose workers wait for [`Cluster::run`] (they are
+    /// not started; not to be confused with [`Cluster::pause`], which holds
+    /// the workers of a running cluster until [`Cluster::resume`]): tasks
     /// submitted before it queue up and then start in their exact order
     /// (priority, start time, submission), as if all had arrived at once.
     ///
@@ -293,9 +295,12 @@ impl Cluster {
         &self.owner.shared
     }
 
-    /// The number of workers (attempts that may run at once).
+    /// The number of workers (attempts that may run at once): the target
+    /// set by the builder or the last [`resize`](Self::resize). Just after a
+    /// shrink, surplus workers may still finish their current task
+    /// ([`live_workers`](Self::live_workers) counts those running).
     pub fn workers(&self) -> usize {
-        self.shared().workers
+        self.shared().lock().flow.target()
     }
 
     /// Starts the workers of a cluster that has not started them yet: one
@@ -334,7 +339,7 @@ impl Cluster {
         {
             shared.cancel_all();
         }
-        {
+        let (runtime, indices) = {
             let mut core = shared.lock();
             match core.phase {
                 Phase::Idle => {}
@@ -343,15 +348,16 @@ impl Cluster {
                     return Err(RunError::ShutDown)
                 }
             }
-            if tokio::runtime::Handle::try_current().is_err() {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return Err(RunError::NoRuntime);
-            }
+            };
             core.phase = Phase::Running;
-        }
-        // `build` caps `workers` at u16::MAX, so every index fits.
-        for index in (0..=u16::MAX).take(shared.workers) {
-            let worker = worker(shared.clone(), index);
-            shared.tracker.spawn(inside::worker(shared, worker));
+            // Set under the lock: a grow after it spawns on this runtime.
+            let runtime = shared.flow.runtime.get_or_init(|| runtime).clone();
+            (runtime, core.flow.start())
+        };
+        for index in indices {
+            spawn_worker(shared, index, &runtime);
         }
         shared.tracker.spawn(timekeeper(shared.clone()));
         Ok(())
@@ -724,6 +730,9 @@ impl Cluster {
     /// the call, with its retries; tasks scheduled for later resolve as
     /// [`TaskError::Shutdown`](crate::TaskError::Shutdown) at once. On a cluster that never ran it is `stop`.
     ///
+    /// A drain ends a [pause](Self::pause) (it could not finish otherwise),
+    /// and a pause called during a drain does nothing.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use corral::{Cluster, TaskError};
@@ -756,9 +765,12 @@ impl Cluster {
     pub async fn drain(&self, timeout: Duration) -> Result<(), StopError> {
         let shared = self.shared();
         let now = shared.clock.now();
+        let mut resumed = false;
         let (deliveries, finished) = shared.locked(|core| match core.phase {
             Phase::Idle => (None, false),
             Phase::Running => {
+                // A drain runs what is due to the end: it ends a pause.
+                resumed = shared.resume_locked(core);
                 core.phase = Phase::Draining;
                 let d = core.shut_down_queued(Some(now));
                 (Some(d), core.drained())
@@ -769,6 +781,9 @@ impl Cluster {
             // Never ran: nothing is due on any worker.
             return self.stop(timeout).await;
         };
+        if resumed {
+            shared.flow.wake_resumed();
+        }
         if finished {
             shared.close();
         }
@@ -813,14 +828,22 @@ impl Cluster {
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shared = self.shared();
-        let (phase, stats) = {
+        let (phase, stats, workers) = {
             let core = shared.lock();
-            (core.phase, core.stats())
+            (core.phase, core.stats(), core.flow.target())
         };
         f.debug_struct("Cluster")
-            .field("workers", &shared.workers)
+            .field("workers", &workers)
             .field("phase", &phase)
             .field("stats", &stats)
             .finish()
     }
+}
+
+/// Spawns worker `index` on `runtime`, under the cluster's tracker.
+pub(crate) fn spawn_worker(shared: &Arc<Shared>, index: u16, runtime: &tokio::runtime::Handle) {
+    let worker = worker(shared.clone(), index);
+    shared
+        .tracker
+        .spawn_on(inside::worker(shared, worker), runtime);
 }

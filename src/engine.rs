@@ -13,7 +13,8 @@
 //! - **submit**: admit a task: check the phase and id, give it a sequence
 //!   number and a registry slot, queue it.
 //! - **claim**: a worker takes the best due task; it is `Running` under that
-//!   worker until settled.
+//!   worker until settled. None while paused, and a surplus worker after a
+//!   shrink leaves instead (`crate::flow`).
 //! - **settle**: a worker reports how the attempts of its claim ended (a
 //!   [`Plan`]): requeue for a retry, or finalize.
 //! - **finalize**: decide a task's outcome under the lock; the task leaves
@@ -73,6 +74,7 @@ use crate::cache::Expiries;
 use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::cluster::CancelOutcome;
 use crate::error::SubmitError;
+use crate::flow::Flow;
 use crate::idle::{IdleWorkers, Picked};
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
@@ -190,6 +192,9 @@ pub struct ClusterStats {
     pub held: usize,
     /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
     pub watchers: usize,
+    /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
+    /// no new attempt starts.
+    pub paused: bool,
 }
 
 pub(crate) struct Engine {
@@ -208,7 +213,9 @@ pub(crate) struct Engine {
     running: usize,
     cached: usize,
     /// Waiting workers, and those picked to wake (sent after unlocking).
-    idle: IdleWorkers,
+    pub(crate) idle: IdleWorkers,
+    /// Pause and worker target (`crate::flow`).
+    pub(crate) flow: Flow,
     /// When the timekeeper wakes next (`i64::MAX`: not armed).
     timer_at: i64,
     /// A timekeeper wake-up decided under the lock, sent after it is released.
@@ -264,6 +271,7 @@ impl Engine {
             running: 0,
             cached: 0,
             idle: IdleWorkers::new(workers),
+            flow: Flow::new(workers),
             timer_at: i64::MAX,
             wake_timer: false,
             shrink_mark: 0,
@@ -319,12 +327,12 @@ impl Engine {
     }
 
     /// Wakes idle workers for `n` newly due tasks.
-    fn note_ready(&mut self, n: usize) {
+    pub(crate) fn note_ready(&mut self, n: usize) {
         self.idle.pick(n);
     }
 
     /// Re-arms the timekeeper if `tick` is earlier than its wake-up.
-    fn note_timer(&mut self, tick: i64) {
+    pub(crate) fn note_timer(&mut self, tick: i64) {
         if tick < self.timer_at && self.accepts_workers() {
             self.timer_at = tick;
             self.wake_timer = true;
@@ -426,8 +434,15 @@ impl Engine {
             }
         }
         match self.phase {
-            Phase::Stopping | Phase::Cancelled => return Next::Exit,
+            Phase::Stopping | Phase::Cancelled => {
+                self.flow.left(worker);
+                return Next::Exit;
+            }
             Phase::Idle | Phase::Running | Phase::Draining => {}
+        }
+        // Paused, or a surplus worker after a shrink (`crate::flow`).
+        if usize::from(worker) >= self.flow.open {
+            return self.gate(worker);
         }
         let entries = &self.entries;
         let promoted = if self.queue.has_scheduled() {
@@ -456,6 +471,7 @@ impl Engine {
             return Next::Run(claim);
         }
         if self.phase == Phase::Draining && self.drained() {
+            self.flow.left(worker);
             return Next::ExitAll;
         }
         self.idle.park(worker);
@@ -709,10 +725,10 @@ impl Engine {
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
-        let next = match (next_start, next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [next_start, next_expiry, self.flow.resume_at()]
+            .into_iter()
+            .flatten()
+            .min();
         self.timer_at = next.unwrap_or(i64::MAX);
         next
     }
@@ -746,6 +762,7 @@ impl Engine {
             waiting: self.waiting(),
             held: self.entries.len(),
             watchers: self.watchers(),
+            paused: self.flow.paused(),
         }
     }
 }

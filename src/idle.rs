@@ -11,8 +11,10 @@
 //! cancel that ends a drain) picks it, or until its own next claim finds
 //! work. Picking happens under the cluster's lock, in the same critical
 //! section that made the work due, so no due task is left while a worker
-//! sleeps. (A worker that left for good may stay in the set; the phase
-//! keeps anything from waiting on it.)
+//! sleeps. (A worker that left for good at a shutdown may stay in the set;
+//! the phase keeps anything from waiting on it. One sent home by a shrink,
+//! and every worker while the cluster is paused, is kept out of it: see
+//! `crate::flow`.)
 
 /// See the module docs. Lives in [`Engine`](crate::engine::Engine), under its lock.
 #[derive(Debug)]
@@ -102,6 +104,44 @@ impl IdleWorkers {
         }
     }
 
+    /// Makes room for workers numbered below `workers` (a grown pool).
+    pub(crate) fn ensure(&mut self, workers: usize) {
+        let words = workers.div_ceil(64);
+        if self.bits.len() < words {
+            self.bits.resize(words, 0);
+        }
+    }
+
+    /// Takes worker `w` out of the set; `true` if it was waiting there.
+    pub(crate) fn remove(&mut self, w: u16) -> bool {
+        let (i, b) = Self::word_bit(w);
+        match self.bits.get_mut(i) {
+            Some(word) if *word & b != 0 => {
+                *word &= !b;
+                self.count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves every worker waiting in `other` into this set.
+    pub(crate) fn absorb(&mut self, other: &mut IdleWorkers) {
+        self.ensure(other.bits.len() * 64);
+        for (mine, theirs) in self.bits.iter_mut().zip(other.bits.iter_mut()) {
+            let new = *theirs & !*mine;
+            self.count += new.count_ones() as usize;
+            *mine |= std::mem::take(theirs);
+        }
+        other.count = 0;
+    }
+
+    /// How many workers wait in the set.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
     /// Takes the workers picked since the last call, to wake after
     /// unlocking; `None` (the common case, and cheap) if there are none.
     pub(crate) fn take_picked(&mut self) -> Option<Picked> {
@@ -143,6 +183,22 @@ mod tests {
         idle.unpark(0);
         idle.unpark(0);
         idle.pick(2);
+        assert_eq!(picked(&mut idle), vec![1]);
+    }
+
+    #[test]
+    fn absorb_moves_waiting_workers_and_remove_takes_one_out() {
+        let mut held = IdleWorkers::new(200);
+        let mut idle = IdleWorkers::new(2);
+        held.park(150);
+        held.park(1);
+        idle.park(1);
+        idle.absorb(&mut held);
+        assert_eq!((idle.len(), held.len()), (2, 0));
+        assert!(idle.remove(150));
+        assert!(!idle.remove(150));
+        assert!(!idle.remove(9999));
+        idle.pick(5);
         assert_eq!(picked(&mut idle), vec![1]);
     }
 }

@@ -126,6 +126,11 @@
 //!   wait that would close a cycle of waits and dependencies is an error.
 //!   [`Cluster::watch`] waits from outside for an id that may not be
 //!   submitted yet.
+//! - [`Cluster::pause`] holds a running cluster (running attempts finish,
+//!   nothing new starts, submits queue; an immediate retry keeps its worker
+//!   and waits); [`Cluster::resize`] changes the worker count while it runs
+//!   (a shrink cancels nothing: surplus workers leave after their current
+//!   task). `drain` ends a pause; `resize` is refused after a stop or cancel.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -146,6 +151,7 @@ mod cluster;
 mod deps;
 mod engine;
 mod error;
+mod flow;
 mod handle;
 mod idle;
 mod inside;
@@ -158,6 +164,7 @@ mod shared;
 mod signal;
 mod task;
 mod wait;
+mod wakes;
 mod worker;
 
 pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff, RetryDecision};
@@ -171,6 +178,7 @@ pub use crate::error::{
     BuildError, DependencyCause, DependencyError, RunError, StopError, SubmitError, SubscribeError,
     TaskError, WaitError,
 };
+pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};

@@ -12,7 +12,9 @@ use tokio_util::task::TaskTracker;
 use crate::cache::release;
 use crate::clock::Clock;
 use crate::engine::{Delivery, Engine, Phase, Running};
-use crate::signal::{CancelReason, WorkerWake};
+use crate::flow::FlowShared;
+use crate::signal::CancelReason;
+use crate::wakes::WakeTable;
 
 /// Everything the workers, the timekeeper and the user's handles share.
 pub(crate) struct Shared {
@@ -21,7 +23,7 @@ pub(crate) struct Shared {
     pub(crate) timer: Notify,
     /// Per worker: woken for work while idle, or when the task it runs is
     /// cancelled or shut down.
-    pub(crate) wakes: Box<[WorkerWake]>,
+    pub(crate) wakes: WakeTable,
     /// Cancelled by `stop`: interrupts immediate-retry waits.
     pub(crate) stopping: CancellationToken,
     /// Cancelled when the timekeeper must leave (idle workers are sent home
@@ -29,7 +31,8 @@ pub(crate) struct Shared {
     pub(crate) closing: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) clock: Clock,
-    pub(crate) workers: usize,
+    /// Pause and resize state read without the lock (`crate::flow`).
+    pub(crate) flow: FlowShared,
     pub(crate) retention: Duration,
     pub(crate) parent: Option<CancellationToken>,
 }
@@ -44,12 +47,12 @@ impl Shared {
         Shared {
             engine: Mutex::new(Engine::new(clock, workers)),
             timer: Notify::new(),
-            wakes: (0..workers).map(|_| WorkerWake::default()).collect(),
+            wakes: WakeTable::new(workers),
             stopping: CancellationToken::new(),
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
             clock,
-            workers,
+            flow: FlowShared::default(),
             retention,
             parent,
         }

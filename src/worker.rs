@@ -402,7 +402,11 @@ async fn run_claim(
                     biased;
                     forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), None, attempts),
                     _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts),
-                    _ = sleep_ticks(&shared.clock, delay) => {}
+                    // A pause holds the next attempt (and the worker) until resumed.
+                    _ = async {
+                        sleep_ticks(&shared.clock, delay).await;
+                        shared.flow.until_resumed().await;
+                    } => {}
                 }
             }
         }
@@ -514,9 +518,13 @@ async fn run_timekeeper(shared: Arc<Shared>) {
         let (deadline, expired) = {
             let mut core = shared.lock();
             core.promote();
+            let resumed = shared.resume_if_due(&mut core);
             let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);
+            if resumed {
+                shared.flow.wake_resumed();
+            }
             (next.and_then(|t| shared.clock.instant(t)), expired)
         };
         release(expired);

@@ -407,12 +407,12 @@ async fn members_resolved_by_their_parents_are_counted_by_kind() {
         .submit()
         .unwrap();
     let batch = cluster.batch();
-    batch
+    let _dependent = batch
         .task(|_ctx| async { Ok::<u8, String>(1) })
         .after(&parent)
         .submit()
         .unwrap();
-    batch
+    let _skipped = batch
         .task(|_ctx| async { Ok::<u8, String>(2) })
         .after(
             corral::After::id::<u8, String>(parent.id()).on_failure(corral::OnParentFailure::Skip),

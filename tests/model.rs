@@ -74,6 +74,9 @@ enum Op {
     DropHandle(usize),
     /// Drops the n-th subscription taken so far, unanswered or not.
     DropSub(usize),
+    /// `Cluster::pause` / `Cluster::resume`.
+    Pause,
+    Resume,
     /// Drops the runtime that runs the workers, the cluster living on: the
     /// case ends there (later operations are ignored); what was pending
     /// must resolve `Shutdown` and submits must be refused.
@@ -139,6 +142,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..12).prop_map(Op::DropHandle),
         1 => (0usize..8).prop_map(Op::DropSub),
         1 => Just(Op::DropRuntime),
+        1 => Just(Op::Pause),
+        1 => Just(Op::Resume),
     ]
 }
 
@@ -190,6 +195,11 @@ enum Worker {
         i: usize,
         at: u64,
     },
+    /// Task `i`'s immediate retry is due, but the cluster is paused: it
+    /// keeps the worker until the resume.
+    Held {
+        i: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +225,7 @@ struct Model {
     worker: Worker,
     starts: Vec<(usize, u32, u64)>,
     next_seq: u64,
+    paused: bool,
 }
 
 impl Model {
@@ -226,6 +237,7 @@ impl Model {
             worker: Worker::Idle,
             starts: Vec::new(),
             next_seq: 0,
+            paused: false,
         }
     }
 
@@ -303,7 +315,7 @@ impl Model {
     /// The worker is free at `now`: take the best due task, if any.
     fn claim(&mut self) {
         self.worker = Worker::Idle;
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.paused {
             return;
         }
         if let Some(i) = self.best_due() {
@@ -356,15 +368,21 @@ impl Model {
                 }
                 Worker::Waiting { i, at } if at < until => {
                     self.now = at;
-                    self.start_attempt(i);
-                }
-                Worker::Idle if self.phase == Phase::Running => match self.next_start() {
-                    Some(s) if s < until => {
-                        self.now = self.now.max(s);
-                        self.claim();
+                    if self.paused {
+                        self.worker = Worker::Held { i };
+                    } else {
+                        self.start_attempt(i);
                     }
-                    _ => break,
-                },
+                }
+                Worker::Idle if self.phase == Phase::Running && !self.paused => {
+                    match self.next_start() {
+                        Some(s) if s < until => {
+                            self.now = self.now.max(s);
+                            self.claim();
+                        }
+                        _ => break,
+                    }
+                }
                 _ => break,
             }
         }
@@ -391,7 +409,9 @@ impl Model {
         self.phase = Phase::Stopped;
         self.shut_down_queued();
         match self.worker {
-            Worker::Running { i, .. } | Worker::Waiting { i, .. } => self.finish(i, Fate::Shutdown),
+            Worker::Running { i, .. } | Worker::Waiting { i, .. } | Worker::Held { i } => {
+                self.finish(i, Fate::Shutdown)
+            }
             Worker::Idle => {}
         }
         self.worker = Worker::Idle;
@@ -406,7 +426,7 @@ impl Model {
         self.phase = Phase::Stopped;
         self.shut_down_queued();
         match self.worker {
-            Worker::Waiting { i, .. } => {
+            Worker::Waiting { i, .. } | Worker::Held { i } => {
                 self.finish(i, Fate::Shutdown);
                 self.worker = Worker::Idle;
                 true
@@ -430,6 +450,29 @@ impl Model {
     fn run(&mut self) {
         self.phase = Phase::Running;
         self.claim();
+    }
+
+    /// `pause`: refused once stopped; returns what `Cluster::pause` returns.
+    fn pause(&mut self) -> bool {
+        if self.phase == Phase::Stopped {
+            return false;
+        }
+        self.paused = true;
+        true
+    }
+
+    /// `resume`: a held retry starts its next attempt, an idle worker
+    /// claims. Returns what `Cluster::resume` returns.
+    fn resume(&mut self) -> bool {
+        let was = std::mem::take(&mut self.paused);
+        if was && self.phase == Phase::Running {
+            match self.worker {
+                Worker::Held { i } => self.start_attempt(i),
+                Worker::Idle => self.claim(),
+                Worker::Running { .. } | Worker::Waiting { .. } => {}
+            }
+        }
+        was
     }
 
     fn cancel(&mut self, i: usize) -> bool {
@@ -683,10 +726,21 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 // A cluster that never ran has no workers to lose.
+                Op::Pause => {
+                    let expected = model.pause();
+                    prop_assert_eq!(real.cluster.pause(), expected, "pause");
+                }
+                Op::Resume => {
+                    let expected = model.resume();
+                    prop_assert_eq!(real.cluster.resume(), expected, "resume");
+                }
                 Op::DropRuntime if model.phase == Phase::Idle => {}
                 Op::DropRuntime => return Ok(Some((real, model))),
             }
         }
+        // A pause left on would hold everything: end it (at the last
+        // operation's instant, which no engine event shares).
+        prop_assert_eq!(real.cluster.resume(), model.resume(), "final resume");
         // Let everything settle: run if never run, then wait out the schedule.
         // Offsets 998 and 999 are never an operation's, nor an event's.
         let end = op_time(model.now / SEC, 998, model.now);
