@@ -636,6 +636,8 @@ async fn d3(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
     r.check(start.len() == n, || {
         format!("{} of {n} resolved", start.len())
     });
+    r.set("measured", start.len() as f64);
+    r.set("stalled", 0.0);
     for (name, v) in [("start", &mut start), ("done", &mut done)] {
         r.set(&format!("{name}_p50"), pct(v, 0.5));
         r.set(&format!("{name}_p99"), pct(v, 0.99));

@@ -280,6 +280,24 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     }
     let (c3, f3) = ("D3/corral/-", "D3/floor/-");
     if r.contains_key(c3) {
+        for (field, label) in [
+            ("measured", "D3 jobs measured (a peer: for 100 s at most)"),
+            (
+                "stalled",
+                "D3 jobs not finished within 65 s (lost wake-up; ends a peer's run)",
+            ),
+        ] {
+            push_k(
+                label.into(),
+                Some((c3, field)),
+                med(r, c3, field),
+                med(r, f3, field),
+                "",
+                None,
+                "(info)",
+                None,
+            );
+        }
         for (what, name) in [
             ("start", "enqueue -> start"),
             ("done", "enqueue -> resolved"),

@@ -44,6 +44,8 @@ async fn pool(url: &str, max: u32) -> Res<PgPool> {
 pub struct Peer {
     pool: PgPool,
     store: QueueStorage,
+    /// The id of the last job inserted with [`Peer::one`].
+    last: std::sync::Mutex<Option<i64>>,
 }
 
 impl Peer {
@@ -61,7 +63,11 @@ impl Peer {
                 .await
                 .map_err(|x| format!("awa: QueueStorage::install: {}", e(x)))?;
         }
-        Ok(Peer { pool, store })
+        Ok(Peer {
+            pool,
+            store,
+            last: std::sync::Mutex::new(None),
+        })
     }
 
     /// Bulk insert of jobs `lo..hi` in one call (COPY).
@@ -78,10 +84,26 @@ impl Peer {
 
     /// One job, one insert.
     pub async fn one(&self, i: u32) -> Res<()> {
-        awa::insert_with(&self.pool, &PeerNoop { i }, opts())
+        let row = awa::insert_with(&self.pool, &PeerNoop { i }, opts())
             .await
             .map_err(|x| format!("awa: insert_with: {}", e(x)))?;
+        *self.last.lock().unwrap() = Some(row.id);
         Ok(())
+    }
+
+    /// Whether the last job inserted with [`Peer::one`] has completed
+    /// (`load_job`: `queue_counts` is exact but lags behind receipt-plane
+    /// completions here by a second or more).
+    pub async fn last_done(&self) -> Res<bool> {
+        let Some(id) = *self.last.lock().unwrap() else {
+            return Ok(false);
+        };
+        let job = self
+            .store
+            .load_job(&self.pool, id)
+            .await
+            .map_err(|x| format!("awa: load_job: {}", e(x)))?;
+        Ok(job.is_some_and(|j| j.state == awa::JobState::Completed))
     }
 
     /// Jobs finished (any terminal state) and jobs queued or running.
