@@ -177,7 +177,8 @@ impl Peer {
 
 /// A peer's running worker.
 enum Runner {
-    Awa(awa::Runner),
+    /// Boxed: awa's client is large.
+    Awa(Box<awa::Runner>),
     Apalis(apalis::Runner),
     Underway(underway::Runner),
 }
@@ -185,7 +186,7 @@ enum Runner {
 impl Runner {
     async fn start(side: &str, url: &str, slots: usize, on_run: fn(u32)) -> Res<Runner> {
         Ok(match side {
-            "awa" => Runner::Awa(awa::Runner::start(url, slots, on_run).await?),
+            "awa" => Runner::Awa(Box::new(awa::Runner::start(url, slots, on_run).await?)),
             "apalis" => Runner::Apalis(apalis::Runner::start(url, slots, on_run).await?),
             "underway" => Runner::Underway(underway::Runner::start(url, slots, on_run).await?),
             other => return Err(format!("no peer {other}")),
