@@ -443,12 +443,16 @@ pub fn main(args: &[String]) -> i32 {
     let table = crate::report::render(&rows);
     println!("\n{}\n\n{table}", header.replace('\n', "\n\n"));
     println!("{}", crate::report::LEGEND);
+    #[cfg(feature = "peers")]
+    println!("{}", crate::peers::LEGEND);
     if let Some(path) = &o.markdown {
         let md = format!(
             "{}\n\n{table}\n{}\n",
             header.replace('\n', "\n\n"),
             crate::report::LEGEND
         );
+        #[cfg(feature = "peers")]
+        let md = format!("{md}\n{}\n", crate::peers::LEGEND);
         if let Err(e) = std::fs::write(path, md) {
             eprintln!("cannot write {path}: {e}");
             return 1;

@@ -196,15 +196,21 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             &target,
             ok,
         );
-        for (field, label) in [
-            ("drained", "D1 jobs drained (a peer: in 90 s at most)"),
+        // Rows that only matter beside a peer (the table without peers is
+        // unchanged).
+        let extra: &[(&str, &str)] = if peers.is_empty() {
+            &[]
+        } else {
+            &[("drained", "D1 jobs drained (a peer: in 90 s at most)")]
+        };
+        for &(field, label) in extra.iter().chain(&[
             ("round_trips", "D1 round trips per job (wire)"),
             ("statements", "D1 statements per job (wire)"),
             ("commits", "D1 commits per job (xact_commit delta)"),
             ("wire_commits", "D1 transactions per job (wire)"),
             ("rows_per_claim", "D1 rows per claim statement"),
             ("rows_per_done", "D1 rows per completion statement"),
-        ] {
+        ]) {
             let (c, f) = (med(r, c1, field), med(r, f1, field));
             push_k(
                 label.into(),
@@ -280,13 +286,18 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     }
     let (c3, f3) = ("D3/corral/-", "D3/floor/-");
     if r.contains_key(c3) {
-        for (field, label) in [
-            ("measured", "D3 jobs measured (a peer: for 100 s at most)"),
-            (
-                "stalled",
-                "D3 jobs not finished within 65 s (lost wake-up; ends a peer's run)",
-            ),
-        ] {
+        let extra: &[(&str, &str)] = if peers.is_empty() {
+            &[]
+        } else {
+            &[
+                ("measured", "D3 jobs measured (a peer: for 100 s at most)"),
+                (
+                    "stalled",
+                    "D3 jobs not finished within 65 s (lost wake-up; ends a peer's run)",
+                ),
+            ]
+        };
+        for &(field, label) in extra {
             push_k(
                 label.into(),
                 Some((c3, field)),

@@ -44,6 +44,15 @@ pub const CONFIG: &str = "peers: awa 0.6.9 (queue storage installed, max_workers
 claim batch <= 512, 200 ms poll + LISTEN/NOTIFY), apalis-postgres 1.0.0 (with_pubsub, batch_size = slots), \
 underway 0.2.0 (Task + Queue API, concurrency min(slots, 16) on a pool of that + 4); each in a database of its own";
 
+/// What the peers' columns mean, after the table.
+pub const LEGEND: &str = "\
+Peers: each run in a database of its own; corral/peer = median of the run-by-run ratios (repetition i of \
+corral against repetition i of the peer). A peer's D1 rate covers the first 90 s of its drain of 100,000 jobs \
+(the whole drain if shorter: see 'jobs drained'), its CPU and wire counts are per job drained. A peer's D3 \
+'resolved' is when the enqueuer sees the job finished in the peer's tables (polled every 1 ms; no peer has a \
+handle to await from another process); its run stops after 100 s or at the first job not finished within 65 s \
+(a lost wake-up, recorded at 65 s).";
+
 /// Time limits of the peers' open-ended workloads.
 struct Budget {
     /// D1: stop measuring the drain after this long.
