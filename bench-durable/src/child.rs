@@ -100,10 +100,10 @@ pub struct Report {
 }
 
 impl Report {
-    fn set(&mut self, k: &str, v: f64) {
+    pub(crate) fn set(&mut self, k: &str, v: f64) {
         self.values.insert(k.to_owned(), v);
     }
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if !ok {
             self.failures.push(what());
         }
@@ -158,6 +158,10 @@ pub fn main(ctx: Ctx) -> i32 {
 
 async fn run(ctx: &Ctx, s: &Sizes, schema: &str) -> Res<Report> {
     let corral = ctx.side == "corral";
+    #[cfg(feature = "peers")]
+    if crate::peers::is_peer(&ctx.side) {
+        return crate::peers::run(ctx, s).await;
+    }
     match ctx.workload.as_str() {
         "D1" => burn_down(ctx, s.d1, schema, false, s).await,
         "D5" => burn_down(ctx, s.d1, schema, true, s).await,
@@ -179,7 +183,7 @@ fn d2_n(ctx: &Ctx, s: &Sizes) -> usize {
     }
 }
 
-fn app(ctx: &Ctx, role: char) -> String {
+pub(crate) fn app(ctx: &Ctx, role: char) -> String {
     format!("b{role}_{}", ctx.pid)
 }
 
@@ -220,14 +224,14 @@ async fn seed(ctx: &Ctx, n: usize, schema: &str) -> Res<()> {
 }
 
 /// What a measured window starts from.
-struct Window {
-    t: Instant,
+pub(crate) struct Window {
+    pub(crate) t: Instant,
     cpu: f64,
     backends: std::collections::HashMap<i32, f64>,
     wire: [u64; 3],
 }
 
-async fn open(ctx: &Ctx, stats: &tokio_postgres::Client) -> Res<Window> {
+pub(crate) async fn open(ctx: &Ctx, stats: &tokio_postgres::Client) -> Res<Window> {
     let me = app(ctx, 'w');
     Ok(Window {
         wire: proxy::counts(&ctx.ctl, &me).map_err(e)?,
@@ -238,7 +242,7 @@ async fn open(ctx: &Ctx, stats: &tokio_postgres::Client) -> Res<Window> {
 }
 
 /// Closes a window: seconds, worker CPU, server CPU and wire counts.
-async fn close(
+pub(crate) async fn close(
     ctx: &Ctx,
     stats: &tokio_postgres::Client,
     w: &Window,
@@ -342,6 +346,7 @@ async fn burn_down(ctx: &Ctx, n: usize, schema: &str, held: bool, s: &Sizes) -> 
     r.set("commits", (x1 - x0 - own) as f64 / n as f64);
     r.set("rate", n as f64 / secs);
     r.set("secs", secs);
+    r.set("drained", n as f64);
     r.set(
         "cpu_worker_10k",
         r.values["cpu_worker"] * 10_000.0 / n as f64,
@@ -538,7 +543,7 @@ async fn end_worker(mut child: Child) {
     }
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -631,6 +636,8 @@ async fn d3(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
     r.check(start.len() == n, || {
         format!("{} of {n} resolved", start.len())
     });
+    r.set("measured", start.len() as f64);
+    r.set("stalled", 0.0);
     for (name, v) in [("start", &mut start), ("done", &mut done)] {
         r.set(&format!("{name}_p50"), pct(v, 0.5));
         r.set(&format!("{name}_p99"), pct(v, 0.99));
@@ -847,7 +854,7 @@ async fn d6(ctx: &Ctx, idle: Duration, schema: &str) -> Res<Report> {
     Ok(r)
 }
 
-fn per_second(r: &mut Report, secs: f64) {
+pub(crate) fn per_second(r: &mut Report, secs: f64) {
     for k in ["statements", "round_trips", "wire_commits"] {
         let v = r.values[k] / secs;
         r.set(&format!("{k}_per_s"), v);

@@ -16,6 +16,8 @@
 mod child;
 mod jobs;
 mod parent;
+#[cfg(feature = "peers")]
+mod peers;
 mod pg;
 mod proxy;
 mod report;
@@ -26,6 +28,8 @@ fn main() {
     let status = match args.first().map(String::as_str) {
         Some("--child") => parent::child_main(&args),
         Some("--worker") => worker::main(&args),
+        #[cfg(feature = "peers")]
+        Some("--peer-worker") => peers::worker_main(&args),
         _ => parent::main(&args),
     };
     std::process::exit(status);

@@ -99,6 +99,23 @@ struct Group {
     reps: Option<usize>,
 }
 
+/// With the peers, D1, D2, D3 and D6 also run each peer queue.
+#[cfg(feature = "peers")]
+fn with_peers(mut g: Group) -> Group {
+    let (workload, variant) = (g.specs[0].workload, g.specs[0].variant);
+    g.specs.extend(crate::peers::SIDES.iter().map(|&side| Spec {
+        workload,
+        side,
+        variant,
+    }));
+    g
+}
+
+#[cfg(not(feature = "peers"))]
+fn with_peers(g: Group) -> Group {
+    g
+}
+
 fn plan(o: &Options) -> Vec<Group> {
     let pair = |workload, variant| Group {
         specs: vec![
@@ -117,12 +134,12 @@ fn plan(o: &Options) -> Vec<Group> {
         reps: None,
     };
     let mut g = vec![
-        pair("D1", "-"),
-        pair("D2", "single"),
-        pair("D2", "batch"),
-        pair("D3", "-"),
+        with_peers(pair("D1", "-")),
+        with_peers(pair("D2", "single")),
+        with_peers(pair("D2", "batch")),
+        with_peers(pair("D3", "-")),
     ];
-    let mut d6 = pair("D6", "-");
+    let mut d6 = with_peers(pair("D6", "-"));
     d6.together = true;
     g.push(d6);
     g.push(pair("D4", "-"));
@@ -343,6 +360,8 @@ pub fn main(args: &[String]) -> i32 {
         if o.quick { "1 s" } else { "10 s" },
         machine()
     );
+    #[cfg(feature = "peers")]
+    let header = format!("{header}\n{}", crate::peers::CONFIG);
     eprintln!("{header}");
     let (purl, proxy) = match proxied(&o.url) {
         Ok(x) => x,
@@ -387,9 +406,13 @@ pub fn main(args: &[String]) -> i32 {
                 .map(|spec| (spec.clone(), start(&exe, spec, &o, &proxy, &purl)))
                 .collect();
             for (spec, run) in running {
+                let pid = run.as_ref().map_or(0, |r| r.child.id());
                 let r = run
                     .map_err(|e| e.to_string())
                     .and_then(|r| finish(r, limit));
+                #[cfg(feature = "peers")]
+                crate::peers::cleanup(&o.url, spec.side, pid);
+                let _ = pid;
                 let v = match r {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -420,12 +443,16 @@ pub fn main(args: &[String]) -> i32 {
     let table = crate::report::render(&rows);
     println!("\n{}\n\n{table}", header.replace('\n', "\n\n"));
     println!("{}", crate::report::LEGEND);
+    #[cfg(feature = "peers")]
+    println!("{}", crate::peers::LEGEND);
     if let Some(path) = &o.markdown {
         let md = format!(
             "{}\n\n{table}\n{}\n",
             header.replace('\n', "\n\n"),
             crate::report::LEGEND
         );
+        #[cfg(feature = "peers")]
+        let md = format!("{md}\n{}\n", crate::peers::LEGEND);
         if let Err(e) = std::fs::write(path, md) {
             eprintln!("cannot write {path}: {e}");
             return 1;

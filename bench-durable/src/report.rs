@@ -14,13 +14,22 @@ pg_stat_database.xact_commit deltas of the database (other sessions on it add no
 the sum of /proc/<pid>/stat of the measured side's own backends (not the WAL writer, checkpointer or \
 autovacuum). D6's repetitions run side by side (idle). D8 runs corral only, once.";
 
+/// The peer sides that may appear as columns, in order.
+const PEERS: [&str; 3] = ["awa", "apalis", "underway"];
+
 /// One row of the table.
 #[derive(Debug)]
 pub struct Row {
     name: String,
     corral: String,
     floor: String,
+    /// The peer columns of the table.
+    peer_names: Vec<&'static str>,
+    /// One figure per peer column.
+    peers: Vec<String>,
     ratio: String,
+    /// corral/peer, one per peer column.
+    peer_ratios: Vec<String>,
     target: String,
     met: Option<bool>,
 }
@@ -95,22 +104,72 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
     }
 }
 
+/// The peers measured in this run (the table's extra columns).
+fn peers_in(r: &Results) -> Vec<&'static str> {
+    PEERS
+        .into_iter()
+        .filter(|p| r.keys().any(|k| k.split('/').nth(1) == Some(*p)))
+        .collect()
+}
+
+/// The peers' figures and corral/peer ratios of one field of one
+/// workload (`key` is corral's result key), formatted.
+fn peer_cells(
+    r: &Results,
+    peers: &[&str],
+    key: Option<(&str, &str)>,
+    unit: &str,
+) -> (Vec<String>, Vec<String>) {
+    let Some((ck, field)) = key else {
+        return (vec!["-".into(); peers.len()], vec!["-".into(); peers.len()]);
+    };
+    peers
+        .iter()
+        .map(|p| {
+            let pk = ck.replace("/corral/", &format!("/{p}/"));
+            let q = ratio(r, (ck, field), (&pk, field));
+            (
+                fmt(med(r, &pk, field), unit),
+                q.map_or("-".into(), |x| format!("{x:.2}")),
+            )
+        })
+        .unzip()
+}
+
+/// corral/peer ratios of `field` for every peer measured (for targets).
+fn peer_ratios(r: &Results, ck: &str, field: &str) -> Vec<(&'static str, Option<f64>)> {
+    peers_in(r)
+        .into_iter()
+        .map(|p| {
+            let pk = ck.replace("/corral/", &format!("/{p}/"));
+            (p, ratio(r, (ck, field), (&pk, field)))
+        })
+        .collect()
+}
+
 /// Every row, from what the children reported.
 pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     let mut out = Vec::new();
+    let peers = peers_in(r);
     let judge = |ok: Option<bool>| if quick { None } else { ok };
-    let mut push = |name: String,
-                    c: Option<f64>,
-                    f: Option<f64>,
-                    unit: &str,
-                    ratio_v: Option<f64>,
-                    target: &str,
-                    met: Option<bool>| {
+    // `key`: corral's result key and field, for the peers' columns.
+    let mut push_k = |name: String,
+                      key: Option<(&str, &str)>,
+                      c: Option<f64>,
+                      f: Option<f64>,
+                      unit: &str,
+                      ratio_v: Option<f64>,
+                      target: &str,
+                      met: Option<bool>| {
+        let (pv, pq) = peer_cells(r, &peers, key, unit);
         out.push(Row {
             name,
             corral: fmt(c, unit),
             floor: fmt(f, unit),
+            peer_names: peers.clone(),
+            peers: pv,
             ratio: ratio_v.map_or("-".into(), |x| format!("{x:.2}")),
+            peer_ratios: pq,
             target: target.into(),
             met: judge(met),
         });
@@ -119,27 +178,43 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     if r.contains_key(c1) {
         let (c, f) = (med(r, c1, "rate"), med(r, f1, "rate"));
         let q = ratio(r, (c1, "rate"), (f1, "rate"));
-        let ok = q.zip(c).map(|(q, c)| q >= 0.5 && c >= 5000.0);
-        push(
+        let mut ok = q.zip(c).map(|(q, c)| q >= 0.5 && c >= 5000.0);
+        let mut target = "ratio >= 0.5; >= 5,000/s".to_string();
+        // The spec's targets against the peers: 1.5x awa, 3x the others.
+        for (p, pq) in peer_ratios(r, c1, "rate") {
+            let need = if p == "awa" { 1.5 } else { 3.0 };
+            target.push_str(&format!("; >= {need}x {p}"));
+            ok = ok.zip(pq).map(|(ok, pq)| ok && pq >= need);
+        }
+        push_k(
             "D1 burn-down, jobs/s".into(),
+            Some((c1, "rate")),
             c,
             f,
             "/s",
             q,
-            "ratio >= 0.5; >= 5,000/s",
+            &target,
             ok,
         );
-        for (field, label) in [
+        // Rows that only matter beside a peer (the table without peers is
+        // unchanged).
+        let extra: &[(&str, &str)] = if peers.is_empty() {
+            &[]
+        } else {
+            &[("drained", "D1 jobs drained (a peer: in 90 s at most)")]
+        };
+        for &(field, label) in extra.iter().chain(&[
             ("round_trips", "D1 round trips per job (wire)"),
             ("statements", "D1 statements per job (wire)"),
             ("commits", "D1 commits per job (xact_commit delta)"),
             ("wire_commits", "D1 transactions per job (wire)"),
             ("rows_per_claim", "D1 rows per claim statement"),
             ("rows_per_done", "D1 rows per completion statement"),
-        ] {
+        ]) {
             let (c, f) = (med(r, c1, field), med(r, f1, field));
-            push(
+            push_k(
                 label.into(),
+                Some((c1, field)),
                 c,
                 f,
                 "",
@@ -153,14 +228,25 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             ("cpu_server_10k", "D7 server backends CPU per 10k jobs"),
         ] {
             let (c, f) = (med(r, c1, field), med(r, f1, field));
-            push(
+            // Lower than every peer: corral/peer below 1 for each.
+            let pr = peer_ratios(r, c1, field);
+            let (target, ok) = if pr.is_empty() {
+                ("< every peer (no peer measured)", None)
+            } else {
+                let ok = pr
+                    .iter()
+                    .try_fold(true, |acc, (_, q)| Some(acc && (*q)? < 1.0));
+                ("< every peer", ok)
+            };
+            push_k(
                 label.into(),
+                Some((c1, field)),
                 c,
                 f,
                 "s",
                 ratio(r, (c1, field), (f1, field)),
-                "< every peer (no peer measured)",
-                None,
+                target,
+                ok,
             );
         }
     }
@@ -175,8 +261,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
         let (c, f) = (med(r, &ck, "rate"), med(r, &fk, "rate"));
         let q = ratio(r, (&ck, "rate"), (&fk, "rate"));
         if v == "single" {
-            push(
+            push_k(
                 label.into(),
+                Some((&ck, "rate")),
                 c,
                 f,
                 "/s",
@@ -185,8 +272,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
                 q.map(|q| q >= 0.8),
             );
         } else {
-            push(
+            push_k(
                 label.into(),
+                Some((&ck, "rate")),
                 c,
                 f,
                 "/s",
@@ -198,6 +286,29 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     }
     let (c3, f3) = ("D3/corral/-", "D3/floor/-");
     if r.contains_key(c3) {
+        let extra: &[(&str, &str)] = if peers.is_empty() {
+            &[]
+        } else {
+            &[
+                ("measured", "D3 jobs measured (a peer: for 100 s at most)"),
+                (
+                    "stalled",
+                    "D3 jobs not finished within 65 s (lost wake-up; ends a peer's run)",
+                ),
+            ]
+        };
+        for &(field, label) in extra {
+            push_k(
+                label.into(),
+                Some((c3, field)),
+                med(r, c3, field),
+                med(r, f3, field),
+                "",
+                None,
+                "(info)",
+                None,
+            );
+        }
         for (what, name) in [
             ("start", "enqueue -> start"),
             ("done", "enqueue -> resolved"),
@@ -205,8 +316,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             for (p, limit) in [("p50", 5.0), ("p99", 20.0), ("max", 100.0)] {
                 let field = format!("{what}_{p}");
                 let (c, f) = (med(r, c3, &field), med(r, f3, &field));
-                push(
+                push_k(
                     format!("D3 {name} {p} (idle, other process)"),
+                    Some((c3, &field)),
                     c,
                     f,
                     "ms",
@@ -223,8 +335,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             med(r, c6, "statements_per_s"),
             med(r, f6, "statements_per_s"),
         );
-        push(
+        push_k(
             "D6 idle: statements per second".into(),
+            Some((c6, "statements_per_s")),
             c,
             f,
             "",
@@ -239,8 +352,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
                 "D6 idle: server backends CPU per minute",
             ),
         ] {
-            push(
+            push_k(
                 label.into(),
+                Some((c6, field)),
                 med(r, c6, field),
                 med(r, f6, field),
                 "s",
@@ -257,8 +371,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             let (c, f) = (med(r, c4, &field), med(r, f4, &field));
             let t = target.map_or("(info)".to_string(), |t| format!("<= {t} ms"));
             let ok = target.and_then(|t| c.map(|c| c <= t));
-            push(
+            push_k(
                 format!("D4 scheduled start lateness {p}"),
+                None,
                 c,
                 f,
                 "ms",
@@ -271,8 +386,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     let (c5, f5) = ("D5/corral/-", "D5/floor/-");
     if r.contains_key(c5) {
         let (c, f) = (med(r, c5, "rate"), med(r, f5, "rate"));
-        push(
+        push_k(
             "D5 burn-down beside an open transaction, jobs/s".into(),
+            None,
             c,
             f,
             "/s",
@@ -284,8 +400,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             ("rows_per_claim", "D5 rows per claim statement"),
             ("rows_per_done", "D5 rows per completion statement"),
         ] {
-            push(
+            push_k(
                 label.into(),
+                None,
                 med(r, c5, field),
                 med(r, f5, field),
                 "",
@@ -300,8 +417,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             )
         };
         let (qc, qf) = (vs_clean("corral"), vs_clean("floor"));
-        push(
+        push_k(
             "D5 jobs/s against clean D1 (x)".into(),
+            None,
             qc,
             qf,
             "",
@@ -315,8 +433,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
         let lost = med(r, c8, "lost");
         let ttl = med(r, c8, "ttl_s").unwrap_or(0.0);
         let rescue = med(r, c8, "rescue_s");
-        push(
+        push_k(
             "D8 crash: jobs lost".into(),
+            None,
             lost,
             None,
             "",
@@ -324,8 +443,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             "0",
             lost.map(|l| l == 0.0),
         );
-        push(
+        push_k(
             "D8 crash: jobs run twice".into(),
+            None,
             med(r, c8, "dups"),
             None,
             "",
@@ -333,8 +453,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             "(info)",
             None,
         );
-        push(
+        push_k(
             "D8 crash: attempts running at the kill".into(),
+            None,
             med(r, c8, "running_at_kill"),
             None,
             "",
@@ -343,8 +464,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             None,
         );
         let out_dups = med(r, c8, "dups_outside");
-        push(
+        push_k(
             "D8 crash: run twice but not running at the kill".into(),
+            None,
             out_dups,
             None,
             "",
@@ -352,8 +474,9 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
             "0",
             out_dups.map(|d| d == 0.0),
         );
-        push(
+        push_k(
             "D8 crash: time until the rescue".into(),
+            None,
             rescue,
             None,
             "s",
@@ -365,19 +488,39 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
     out
 }
 
-/// The table as markdown.
+/// The table as markdown: corral, the floor, the peers measured, corral's
+/// ratios to each, the target and whether it is met.
 pub fn render(rows: &[Row]) -> String {
-    let mut s = String::from("| workload | corral | floor | corral/floor | target | met? |\n|---|---:|---:|---:|---|---|\n");
+    let names: &[&str] = rows.first().map_or(&[], |r| &r.peer_names);
+    let n = names.len();
+    let mut s = String::from("| workload | corral | floor |");
+    for p in names.iter().take(n) {
+        s.push_str(&format!(" {p} |"));
+    }
+    s.push_str(" corral/floor |");
+    for p in names.iter().take(n) {
+        s.push_str(&format!(" corral/{p} |"));
+    }
+    s.push_str(" target | met? |\n|---|---:|---:|");
+    for _ in 0..2 * n {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|---|---|\n");
     for r in rows {
         let met = match r.met {
             Some(true) => "yes",
             Some(false) => "NO",
             None => "-",
         };
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {met} |\n",
-            r.name, r.corral, r.floor, r.ratio, r.target
-        ));
+        s.push_str(&format!("| {} | {} | {} |", r.name, r.corral, r.floor));
+        for v in &r.peers {
+            s.push_str(&format!(" {v} |"));
+        }
+        s.push_str(&format!(" {} |", r.ratio));
+        for v in &r.peer_ratios {
+            s.push_str(&format!(" {v} |"));
+        }
+        s.push_str(&format!(" {} | {met} |\n", r.target));
     }
     s
 }
