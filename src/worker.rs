@@ -22,6 +22,7 @@ use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::engine::{Claim, Next, Plan};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::panic::drop_guarded;
+use crate::progress::stalled;
 use crate::shared::Shared;
 use crate::signal::{CancelReason, WorkerWake};
 
@@ -299,18 +300,25 @@ async fn run_claim(
             Done(AttemptStatus),
             Interrupted(Forced),
             TimedOut,
+            Stalled(Duration),
         }
         // Most short bodies finish on their first poll: try that before
         // arming the cancel and timeout branches.
         let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
         let end = match first {
             Poll::Ready(status) => End::Done(status),
-            Poll::Pending => tokio::select! {
-                biased;
-                status = &mut attempt => End::Done(status),
-                forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
-                _ = sleep_until_opt(deadline) => End::TimedOut,
-            },
+            Poll::Pending => {
+                // Read only here: an attempt done on its first poll cannot stall.
+                let stall = job.stall_timeout();
+                let started = Instant::now();
+                tokio::select! {
+                    biased;
+                    status = &mut attempt => End::Done(status),
+                    forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
+                    _ = sleep_until_opt(deadline) => End::TimedOut,
+                    _ = stalled(job.as_ref(), stall, started) => End::Stalled(stall.unwrap_or_default()),
+                }
+            }
         };
         // An async attempt is dropped here; a blocking one is waited for.
         let leftover = |attempt: AttemptFuture| {
@@ -332,6 +340,12 @@ async fn run_claim(
             End::TimedOut => {
                 job.raise(CancelReason::TimedOut);
                 job.record_timeout(policy.timeout().unwrap_or_default());
+                leftover(attempt)
+            }
+            // As a timeout: a failed attempt, retried as the task says.
+            End::Stalled(limit) => {
+                job.raise(CancelReason::Stalled);
+                job.record_stall(limit);
                 leftover(attempt)
             }
         };

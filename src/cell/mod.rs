@@ -55,9 +55,12 @@ pub(crate) use self::outcome::copy_for_subscriber;
 use crate::backoff::{jittered, Backoff, RetryDecision};
 use crate::body::Body;
 use crate::builder::RetryMode;
+use crate::dedup::Window;
 use crate::error::TaskError;
+use crate::history::History;
 use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
 use crate::panic::{drop_guarded, guard};
+use crate::progress::{Progress, Reports};
 use crate::signal::{CancelReason, Signal};
 use crate::task::{TaskContext, TaskId};
 
@@ -77,6 +80,16 @@ pub(crate) struct Extras<T, E> {
     pub(crate) retry_with: Option<RetryWith<E>>,
     pub(crate) on_failure: Option<OnFailure<E>>,
     pub(crate) on_complete: Option<OnComplete<T, E>>,
+    /// How long the id stays taken after the task finished (`crate::dedup`).
+    pub(crate) window: Option<Window>,
+    /// A submit that finds its id taken joins the task holding it, and
+    /// copies its outcome with this. Read at submit only.
+    pub(crate) join: Option<Cloner<T, E>>,
+    /// Each attempt must report progress within this (`crate::progress`).
+    pub(crate) stall: Option<Duration>,
+    /// Keep the attempt count and earlier errors (`crate::history`). Read
+    /// at submit only (it makes the history in `Rare`).
+    pub(crate) history: bool,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -89,6 +102,10 @@ impl<T, E> Default for Extras<T, E> {
             retry_with: None,
             on_failure: None,
             on_complete: None,
+            window: None,
+            join: None,
+            stall: None,
+            history: false,
         }
     }
 }
@@ -126,6 +143,10 @@ struct Rare<T, E> {
     /// (Sharing it instead would need `T: Sync`.)
     cached: Option<Outcome<T, E>>,
     lent: bool,
+    /// The latest progress report (`crate::progress`).
+    reports: Reports,
+    /// Set at submit for a task that keeps its history (`crate::history`).
+    history: Option<History<E>>,
 }
 
 impl<T, E> Rare<T, E> {
@@ -136,6 +157,8 @@ impl<T, E> Rare<T, E> {
             token: None,
             cached: None,
             lent: false,
+            reports: Reports::default(),
+            history: None,
         })
     }
 
@@ -161,6 +184,22 @@ impl<B, T, E> CellState<B, T, E> {
 
     fn cloner(&self) -> Option<Cloner<T, E>> {
         self.rare.as_ref().and_then(|r| r.cloner)
+    }
+
+    /// Keeps a replaced attempt result in the history if the task keeps
+    /// one and it is an error; otherwise gives it back to be dropped
+    /// (unlocked: it is user data).
+    fn keep_in_history(&mut self, old: Outcome<T, E>) -> Option<Outcome<T, E>> {
+        match (
+            self.rare.as_deref_mut().and_then(|r| r.history.as_mut()),
+            old,
+        ) {
+            (Some(h), Err(err)) => {
+                h.push(err);
+                None
+            }
+            (_, old) => Some(old),
+        }
     }
 }
 
@@ -222,6 +261,12 @@ impl<B, T, E> TaskCell<B, T, E> {
         }
     }
 
+    /// Makes the task keep its attempt history (`crate::history`); called
+    /// at submit, before the cell is shared.
+    pub(crate) fn keep_history(&mut self) {
+        self.state.get_mut().rare().history = Some(History::recorded());
+    }
+
     fn user_id(&self) -> Option<&Arc<str>> {
         self.extras.as_ref().and_then(|x| x.name.as_ref())
     }
@@ -244,7 +289,11 @@ impl<B, T, E> TaskCell<B, T, E> {
         // A raised signal means the worker has already decided this attempt's
         // fate (a blocking body finishing after its timeout or cancel).
         if self.signal.reason().is_none() {
-            let old = self.state.lock().result.replace(outcome);
+            let old = {
+                let mut st = self.state.lock();
+                let old = st.result.replace(outcome);
+                old.and_then(|old| st.keep_in_history(old))
+            };
             if let Some(old) = old {
                 drop_guarded(old, "a previous attempt's error");
             }
@@ -254,6 +303,29 @@ impl<B, T, E> TaskCell<B, T, E> {
                 "an attempt's result overridden by a cancel or shutdown",
             );
         }
+    }
+}
+
+impl<B, T, E> TaskCell<B, T, E> {
+    /// Records a failed attempt's error that the worker decided (a timeout
+    /// or a stall), replacing what the attempt stored, if anything.
+    fn record_failure(&self, err: TaskError<E>) {
+        let old = {
+            let mut st = self.state.lock();
+            let old = st.result.replace(Err(err));
+            old.and_then(|old| st.keep_in_history(old))
+        };
+        if let Some(old) = old {
+            drop_guarded(old, "a previous attempt's error");
+        }
+    }
+
+    fn latest_progress(&self) -> Option<Progress> {
+        self.state
+            .lock()
+            .rare
+            .as_ref()
+            .and_then(|r| r.reports.latest.clone())
     }
 }
 
@@ -360,10 +432,13 @@ where
         // while it runs (user code).
         let body = {
             let mut st = self.state.lock();
-            if reset {
-                // The old token fired for the old attempt; this one gets a fresh one.
-                if let Some(rare) = st.rare.as_deref_mut() {
+            if let Some(rare) = st.rare.as_deref_mut() {
+                if reset {
+                    // The old token fired for the old attempt; this one gets a fresh one.
                     rare.token = None;
+                }
+                if let Some(h) = &mut rare.history {
+                    h.started(attempt);
                 }
             }
             st.body.take()
@@ -400,14 +475,52 @@ where
     }
 
     fn record_timeout(&self, limit: Duration) {
-        let old = self
-            .state
-            .lock()
-            .result
-            .replace(Err(TaskError::TimedOut { limit }));
-        if let Some(old) = old {
-            drop_guarded(old, "a previous attempt's error");
+        self.record_failure(TaskError::TimedOut { limit });
+    }
+
+    fn record_stall(&self, limit: Duration) {
+        self.record_failure(TaskError::Stalled { limit });
+    }
+
+    fn id(&self) -> TaskId {
+        TaskCell::id(self)
+    }
+
+    fn holds_id(&self, now: i64) -> bool {
+        self.extras
+            .as_deref()
+            .and_then(|x| x.window.as_ref())
+            .is_some_and(|w| w.holds(now))
+    }
+
+    fn start_window(&self, now: i64) {
+        if let Some(w) = self.extras.as_deref().and_then(|x| x.window.as_ref()) {
+            w.start(now);
         }
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        self.latest_progress()
+    }
+
+    fn report_progress(&self, progress: Progress) {
+        let now = tokio::time::Instant::now();
+        let old = {
+            let mut st = self.state.lock();
+            let reports = &mut st.rare().reports;
+            reports.at = Some(now);
+            reports.latest.replace(progress)
+        };
+        // Its message may be the last reference to a large string: freed unlocked.
+        drop(old);
+    }
+
+    fn last_report(&self) -> Option<tokio::time::Instant> {
+        self.state.lock().rare.as_ref().and_then(|r| r.reports.at)
+    }
+
+    fn stall_timeout(&self) -> Option<Duration> {
+        self.extras.as_deref().and_then(|x| x.stall)
     }
 
     fn retry_delay(&self, attempt: u32) -> Option<Duration> {
@@ -480,6 +593,19 @@ where
 
     fn give_back(&self, outcome: Outcome<T, E>) {
         self.take_back(outcome);
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        self.latest_progress()
+    }
+
+    fn take_history(&self) -> History<E> {
+        self.state
+            .lock()
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.history.take())
+            .unwrap_or_else(History::not_recorded)
     }
 }
 

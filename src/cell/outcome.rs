@@ -62,6 +62,8 @@ where
             // Unreachable by construction; never invent a value.
             (None, None) => (Err(TaskError::Shutdown), None),
         };
+        // An error a cancel or shutdown overrides was an earlier attempt's.
+        let overridden = overridden.and_then(|old| st.keep_in_history(old));
         let hooks = self
             .extras
             .as_deref()
