@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_is_per_attempt_like_a_timeout() {
+        let s = Signal::default();
+        assert!(s.raise(CancelReason::Stalled));
+        // The first per-attempt reason of an attempt wins.
+        assert!(!s.raise(CancelReason::TimedOut));
+        assert_eq!(s.reason(), Some(CancelReason::Stalled));
+        assert_eq!(s.final_forced(), None);
+        assert!(s.reset_timeout());
+        assert_eq!(s.reason(), None);
+        assert!(s.raise(CancelReason::Stalled));
+        assert!(s.raise(CancelReason::Shutdown));
+        assert!(!s.reset_timeout());
+        assert_eq!(s.final_forced(), Some(Forced::Shutdown));
+    }
+
+    #[test]
     fn timeout_is_reset_between_attempts() {
         let s = Signal::default();
         assert!(s.raise(CancelReason::TimedOut));
