@@ -49,15 +49,16 @@ use crate::job::Job;
 ///         Ok::<_, String>(())
 ///     })
 ///     .id("import")
+///     .cacheable(true) // so that the cluster still knows it once finished
 ///     .submit()
 ///     .unwrap();
-/// tokio::task::yield_now().await;
+/// h.await.unwrap();
 /// let p = cluster.progress("import").unwrap();
 /// assert_eq!(p.done, 4);
 /// assert_eq!(p.fraction(), Some(1.0));
 /// assert_eq!(p.message.as_deref(), Some("chunk 4"));
 /// assert_eq!(p.attempt, 1);
-/// h.await.unwrap();
+/// assert_eq!(p.to_string(), "4/4 (100%): chunk 4");
 /// # }
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, Default)]

@@ -350,10 +350,11 @@ async fn race_round(c: &Cluster, id: &str, window: bool, mode: usize, spin: usiz
                 for _ in 0..spin {
                     tokio::task::yield_now().await;
                 }
-                joiner()
+                // The handle, not awaited here: the round checks it.
+                Some(joiner())
             });
             gate.notify_one();
-            racer.await.unwrap()
+            racer.await.unwrap().expect("the racer submitted")
         }
     };
     let dedup = joined.deduplicated();
