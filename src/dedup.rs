@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use crate::cell::copy_for_subscriber;
 use crate::clock::duration_ticks;
-use crate::engine::Engine;
+use crate::engine::{Engine, Phase};
 use crate::error::SubmitError;
 use crate::history::History;
 use crate::job::{Answer, Cloner, Job, Outcome, OutcomeSlot, SubscribeRequest};
@@ -136,6 +136,11 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
+    // A stopping cluster refuses every submit, joining ones too (as the
+    // plain submit does), before it looks at the id.
+    if !matches!(core.phase, Phase::Idle | Phase::Running) {
+        return Err(SubmitError::ShuttingDown);
+    }
     let mut req = SubscribeRequest::<T, E> {
         cloner,
         answer: None,

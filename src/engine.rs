@@ -25,6 +25,11 @@
 //!   retention passes; the **sweep** then drops it (`crate::cache`).
 //! - **forced**: an outcome the cluster imposes on a running task (cancel,
 //!   shutdown), honoured by its settle whatever the attempt returned.
+//! - **join**: a submit that finds its id taken subscribes to the task
+//!   holding it instead of queueing its own (`crate::dedup`), in the same
+//!   lock section that decides whether that task finished.
+//! - **window**: how long a `Retained` task keeps its id taken after it
+//!   finished (`crate::dedup`); it starts in `finalize`.
 //!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the

@@ -292,6 +292,10 @@ async fn a_dropped_joined_handle_loses_nothing_for_the_others() {
     assert_eq!(resolve(2 * SEC, "first", first).await, Ok("v".to_string()));
 }
 
+/// A hang guard only (wall time on the multi-thread runtime): generous, so
+/// that a loaded machine never trips it.
+const HANG: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How one round of the race went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -315,7 +319,8 @@ async fn race_round(c: &Cluster, id: &str, window: bool, mode: usize, spin: usiz
             }
         })
         .id(id);
-    let first = if window {
+    let mut first_early = None;
+    let mut first = if window {
         b.dedup_window(SEC).submit().unwrap()
     } else {
         b.submit().unwrap()
@@ -339,10 +344,12 @@ async fn race_round(c: &Cluster, id: &str, window: bool, mode: usize, spin: usiz
         }
         1 => {
             gate.notify_one();
-            yield_until("the first task is gone", || {
-                c.stats().running == 0 && c.stats().queued == 0
-            })
-            .await;
+            // Resolved: the first task's outcome was decided and delivered.
+            first_early = Some(
+                tokio::time::timeout(HANG, &mut first)
+                    .await
+                    .expect("the first task resolves"),
+            );
             joiner()
         }
         _ => {
@@ -358,8 +365,11 @@ async fn race_round(c: &Cluster, id: &str, window: bool, mode: usize, spin: usiz
         }
     };
     let dedup = joined.deduplicated();
-    let first_out = resolve(SEC, "first", first).await;
-    let joined_out = resolve(SEC, "joined", joined).await;
+    let first_out = match first_early {
+        Some(out) => out,
+        None => resolve(HANG, "first", first).await,
+    };
+    let joined_out = resolve(HANG, "joined", joined).await;
     assert_eq!(first_out, Ok(1), "the first task's own outcome");
     let answer = if dedup {
         assert_eq!(joined_out, Ok(1), "a joined handle gets the real outcome");
@@ -405,4 +415,23 @@ fn a_join_racing_the_end_of_a_task_with_a_window_always_joins() {
         let answers = watchdog("dedup window race", 60 * SEC, move || race(flavor, true));
         assert!(answers.iter().all(|a| *a == Answer::Joined), "{flavor:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_cluster_refuses_a_join_too() {
+    let c = Cluster::new(1).unwrap();
+    let first = c
+        .task(|_ctx| async { Ok::<u32, String>(1) })
+        .id("job")
+        .dedup_window(HOUR)
+        .submit()
+        .unwrap();
+    assert_eq!(resolve(HANG, "first", first).await, Ok(1));
+    c.stop(SEC).await.unwrap();
+    let r = c
+        .task(|_ctx| async { Ok::<u32, String>(2) })
+        .id("job")
+        .on_duplicate(Duplicate::Join)
+        .submit();
+    assert!(matches!(r, Err(SubmitError::ShuttingDown)), "{r:?}");
 }

@@ -18,13 +18,14 @@
 //!      strategy ([`Job::retry_delay`]), with the pending error lent out;
 //!    - `on_failure` and `on_complete`, in [`Job::complete`];
 //!    - `Clone` of the outcome: for the cache and for subscribers in
-//!      `complete`, and for a late subscriber by the subscriber itself, on
+//!      `complete`, and for a late subscriber (or a submit that joins a
+//!      finished task, `crate::dedup`) by the subscriber itself, on
 //!      the retained outcome lent out of the lock (`Answer::Lent`; whoever
 //!      borrows it serves the subscribers that come meanwhile, then gives
 //!      it back);
 //!    - `Drop` of the body and what it captured (at completion), of an
-//!      attempt's result that a retry, a timeout, a cancel or a shutdown
-//!      replaces, of an outcome nobody will read, of an expired cached
+//!      attempt's result that a retry, a timeout, a stall, a cancel or a
+//!      shutdown replaces (or of the attempt history that keeps it), of an outcome nobody will read, of an expired cached
 //!      outcome, and of everything the cell holds when its last reference
 //!      goes (`impl Drop for TaskCell`), wherever that happens.
 //!
