@@ -605,11 +605,10 @@ where
         // Allocate and read the clock before locking: the lock is the
         // cluster's one contended resource, so nothing that can run outside
         // it runs inside.
-        let mut cell = TaskCell::new(body, policy, priority, extras, cloner);
+        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
         if history {
             cell.keep_history();
         }
-        let cell = Arc::new(cell);
         let job: Arc<dyn Job> = cell.clone();
         let now = shared.clock.now();
         let start = match start {

@@ -263,9 +263,10 @@ impl<B, T, E> TaskCell<B, T, E> {
     }
 
     /// Makes the task keep its attempt history (`crate::history`); called
-    /// at submit, before the cell is shared.
-    pub(crate) fn keep_history(&mut self) {
-        self.state.get_mut().rare().history = Some(History::recorded());
+    /// at submit, before the cell is shared (after it is allocated: the
+    /// plain path builds the cell in place).
+    pub(crate) fn keep_history(&self) {
+        self.state.lock().rare().history = Some(History::recorded());
     }
 
     fn user_id(&self) -> Option<&Arc<str>> {
