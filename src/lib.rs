@@ -109,6 +109,18 @@
 //!   blocking bodies see [`TaskContext::is_cancelled`].
 //! - A worker gives the runtime a turn at least every 1,024 attempts, so
 //!   bodies that never wait cannot starve a `current_thread` runtime.
+//! - A submit whose id is taken is refused by default; with
+//!   [`Duplicate::Join`] it returns a handle to the task holding the id
+//!   ([`TaskHandle::deduplicated`]). A [`dedup_window`](TaskBuilder::dedup_window)
+//!   keeps a finished task's id (and outcome) for a while. A join racing the
+//!   first task's end either joins it or queues a fresh task, never neither.
+//! - Progress is one concrete type, [`Progress`] (done, total, message),
+//!   readable by id without the task's types; the latest report wins and
+//!   outlives the task on its handle. A [`stall_timeout`](TaskBuilder::stall_timeout)
+//!   fails a silent attempt like a timeout ([`TaskError::Stalled`]).
+//! - Attempt history (count and earlier errors) is opt-in
+//!   ([`TaskBuilder::keep_history`], read by [`TaskHandle::with_history`]):
+//!   keeping retried errors is not free, and plain tasks pay nothing.
 
 #![forbid(unsafe_code)]
 #![warn(
