@@ -12,7 +12,7 @@ use crate::cell::{Extras, TaskCell};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
 use crate::dedup::{join_or_submit, Duplicate, Joined, JoinedSlot, Window};
-use crate::engine::Phase;
+use crate::engine::{Engine, Phase};
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Cloner, Job, Outcome, Policy};
@@ -569,8 +569,7 @@ where
         let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
         // The options of `crate::dedup`, `crate::progress` and
         // `crate::history` all live in `extras`: a plain task skips them.
-        let mut history = false;
-        let mut join = None;
+        let mut special = false;
         if let Some(x) = extras.as_deref() {
             if !(0.0..=1.0).contains(&x.jitter) {
                 return Err(SubmitError::InvalidOption {
@@ -589,8 +588,7 @@ where
                 // it is cached at least as long as the id is held.
                 retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
             }
-            history = x.history;
-            join = x.join.filter(|_| name.is_some());
+            special = x.history || (x.join.is_some() && name.is_some());
         }
         let policy = Policy::new(timeout, retries, mode, blocking);
         let extras = if name.is_some() || retention.is_some() {
@@ -606,9 +604,6 @@ where
         // cluster's one contended resource, so nothing that can run outside
         // it runs inside.
         let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
-        if history {
-            cell.keep_history();
-        }
         let job: Arc<dyn Job> = cell.clone();
         let now = shared.clock.now();
         let start = match start {
@@ -616,8 +611,8 @@ where
             Start::At(at) => shared.clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
-        if let Some(cloner) = join {
-            return submit_joining(cluster, cell, job, cloner, priority, start, now);
+        if special {
+            return submit_special(cluster, cell, job, priority, start, now);
         }
         let mut core = shared.lock();
         let unstarted = core.phase == Phase::Idle;
@@ -642,13 +637,16 @@ where
     }
 }
 
-/// The submit of a task that joins a duplicate (`crate::dedup`): under one
-/// lock section, joins the task holding the id, or admits this one.
-fn submit_joining<B, T, E>(
+/// The submit of a task that keeps its history or joins a duplicate
+/// (`crate::history`, `crate::dedup`): as the plain submit, but under one
+/// lock section it joins the task holding the id, if any. Kept out of line,
+/// and behind one flag: the plain submit is the hottest path there is.
+#[cold]
+#[inline(never)]
+fn submit_special<B, T, E>(
     cluster: &Cluster,
     cell: Arc<TaskCell<B, T, E>>,
     job: Arc<dyn Job>,
-    cloner: Cloner<T, E>,
     priority: i32,
     start: i64,
     now: i64,
@@ -658,21 +656,28 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
+    if cell.keeps_history() {
+        cell.keep_history();
+    }
+    let joiner = cell.joiner();
     let shared = cluster.shared();
-    let name = cell.name().cloned().expect("only named tasks join");
     let mut core = shared.lock();
     let unstarted = core.phase == Phase::Idle;
     let c = &cell;
-    let admitted = join_or_submit(&mut core, &name, now, cloner, |core| {
+    let admit = |core: &mut Engine| {
         core.submit(
             job,
-            Some(&name),
+            c.name(),
             |seq, slot| c.assign(seq, slot),
             priority,
             start,
             now,
         )
-    });
+    };
+    let admitted = match (joiner, cell.name()) {
+        (Some((cloner, name)), _) => join_or_submit(&mut core, name, now, cloner, admit),
+        _ => admit(&mut core).map(Joined::Fresh),
+    };
     shared.unlock(core);
     // On error or a join, this submit's body (in `cell`) is dropped here,
     // after the unlock.
@@ -687,6 +692,7 @@ where
             Ok(TaskHandle::new(cell))
         }
         Joined::Existing(job, state) => {
+            let cloner = joiner.expect("only a joining submit joins").0;
             drop_guarded(cell, "the body of a submit that joined another task");
             Ok(TaskHandle::new(Arc::new(JoinedSlot::new(
                 job, state, cloner,

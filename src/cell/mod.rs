@@ -25,7 +25,8 @@
 //!      it back);
 //!    - `Drop` of the body and what it captured (at completion), of an
 //!      attempt's result that a retry, a timeout, a stall, a cancel or a
-//!      shutdown replaces (or of the attempt history that keeps it), of an outcome nobody will read, of an expired cached
+//!      shutdown replaces (or of the attempt history that keeps it), of an
+//!      outcome nobody will read, of an expired cached
 //!      outcome, and of everything the cell holds when its last reference
 //!      goes (`impl Drop for TaskCell`), wherever that happens.
 //!
@@ -144,6 +145,12 @@ struct Rare<T, E> {
     /// (Sharing it instead would need `T: Sync`.)
     cached: Option<Outcome<T, E>>,
     lent: bool,
+    /// Progress and history, boxed again: most users of `Rare` (subscribers,
+    /// the cache) never need them, and `Rare`'s drop stays small.
+    observed: Option<Box<Observed<E>>>,
+}
+
+struct Observed<E> {
     /// The latest progress report (`crate::progress`).
     reports: Reports,
     /// Set at submit for a task that keeps its history (`crate::history`).
@@ -151,6 +158,15 @@ struct Rare<T, E> {
 }
 
 impl<T, E> Rare<T, E> {
+    fn observed(&mut self) -> &mut Observed<E> {
+        self.observed.get_or_insert_with(|| {
+            Box::new(Observed {
+                reports: Reports::default(),
+                history: None,
+            })
+        })
+    }
+
     fn boxed(cloner: Option<Cloner<T, E>>) -> Box<Self> {
         Box::new(Rare {
             cloner,
@@ -158,8 +174,7 @@ impl<T, E> Rare<T, E> {
             token: None,
             cached: None,
             lent: false,
-            reports: Reports::default(),
-            history: None,
+            observed: None,
         })
     }
 
@@ -191,10 +206,12 @@ impl<B, T, E> CellState<B, T, E> {
     /// one and it is an error; otherwise gives it back to be dropped
     /// (unlocked: it is user data).
     fn keep_in_history(&mut self, old: Outcome<T, E>) -> Option<Outcome<T, E>> {
-        match (
-            self.rare.as_deref_mut().and_then(|r| r.history.as_mut()),
-            old,
-        ) {
+        let history = self
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.observed.as_deref_mut())
+            .and_then(|o| o.history.as_mut());
+        match (history, old) {
             (Some(h), Err(err)) => {
                 h.push(err);
                 None
@@ -265,8 +282,33 @@ impl<B, T, E> TaskCell<B, T, E> {
     /// Makes the task keep its attempt history (`crate::history`); called
     /// at submit, before the cell is shared (after it is allocated: the
     /// plain path builds the cell in place).
+    #[cold]
     pub(crate) fn keep_history(&self) {
-        self.state.lock().rare().history = Some(History::recorded());
+        self.state.lock().rare().observed().history = Some(History::recorded());
+    }
+
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.extras.as_deref().is_some_and(|x| x.history)
+    }
+
+    /// For a named task that joins duplicates: how to copy the outcome, and the id.
+    pub(crate) fn joiner(&self) -> Option<(Cloner<T, E>, &Arc<str>)> {
+        let x = self.extras.as_deref()?;
+        Some((x.join?, x.name.as_ref()?))
+    }
+
+    /// Drops the result of an earlier attempt that a later one replaced, or
+    /// keeps it in the history (invariant 1: only this worker touches it).
+    #[cold]
+    fn retire(&self, old: Outcome<T, E>) {
+        let old = if self.keeps_history() {
+            self.state.lock().keep_in_history(old)
+        } else {
+            Some(old)
+        };
+        if let Some(old) = old {
+            drop_guarded(old, "a previous attempt's error");
+        }
     }
 
     fn user_id(&self) -> Option<&Arc<str>> {
@@ -291,13 +333,9 @@ impl<B, T, E> TaskCell<B, T, E> {
         // A raised signal means the worker has already decided this attempt's
         // fate (a blocking body finishing after its timeout or cancel).
         if self.signal.reason().is_none() {
-            let old = {
-                let mut st = self.state.lock();
-                let old = st.result.replace(outcome);
-                old.and_then(|old| st.keep_in_history(old))
-            };
+            let old = self.state.lock().result.replace(outcome);
             if let Some(old) = old {
-                drop_guarded(old, "a previous attempt's error");
+                self.retire(old);
             }
         } else {
             drop_guarded(
@@ -312,13 +350,9 @@ impl<B, T, E> TaskCell<B, T, E> {
     /// Records a failed attempt's error that the worker decided (a timeout
     /// or a stall), replacing what the attempt stored, if anything.
     fn record_failure(&self, err: TaskError<E>) {
-        let old = {
-            let mut st = self.state.lock();
-            let old = st.result.replace(Err(err));
-            old.and_then(|old| st.keep_in_history(old))
-        };
+        let old = self.state.lock().result.replace(Err(err));
         if let Some(old) = old {
-            drop_guarded(old, "a previous attempt's error");
+            self.retire(old);
         }
     }
 
@@ -327,7 +361,8 @@ impl<B, T, E> TaskCell<B, T, E> {
             .lock()
             .rare
             .as_ref()
-            .and_then(|r| r.reports.latest.clone())
+            .and_then(|r| r.observed.as_ref())
+            .and_then(|o| o.reports.latest.clone())
     }
 }
 
@@ -439,7 +474,11 @@ where
                     // The old token fired for the old attempt; this one gets a fresh one.
                     rare.token = None;
                 }
-                if let Some(h) = &mut rare.history {
+                if let Some(h) = rare
+                    .observed
+                    .as_deref_mut()
+                    .and_then(|o| o.history.as_mut())
+                {
                     h.started(attempt);
                 }
             }
@@ -509,7 +548,7 @@ where
         let now = tokio::time::Instant::now();
         let old = {
             let mut st = self.state.lock();
-            let reports = &mut st.rare().reports;
+            let reports = &mut st.rare().observed().reports;
             reports.at = Some(now);
             reports.latest.replace(progress)
         };
@@ -518,7 +557,12 @@ where
     }
 
     fn last_report(&self) -> Option<tokio::time::Instant> {
-        self.state.lock().rare.as_ref().and_then(|r| r.reports.at)
+        self.state
+            .lock()
+            .rare
+            .as_ref()
+            .and_then(|r| r.observed.as_ref())
+            .and_then(|o| o.reports.at)
     }
 
     fn stall_timeout(&self) -> Option<Duration> {
@@ -606,7 +650,8 @@ where
             .lock()
             .rare
             .as_deref_mut()
-            .and_then(|r| r.history.take())
+            .and_then(|r| r.observed.as_deref_mut())
+            .and_then(|o| o.history.take())
             .unwrap_or_else(History::not_recorded)
     }
 }
