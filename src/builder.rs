@@ -569,27 +569,10 @@ where
         let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
         // The options of `crate::dedup`, `crate::progress` and
         // `crate::history` all live in `extras`: a plain task skips them.
-        let mut special = false;
-        if let Some(x) = extras.as_deref() {
-            if !(0.0..=1.0).contains(&x.jitter) {
-                return Err(SubmitError::InvalidOption {
-                    option: "jitter",
-                    reason: "must be a ratio between 0.0 and 1.0",
-                });
-            }
-            if x.stall == Some(Duration::ZERO) {
-                return Err(SubmitError::InvalidOption {
-                    option: "stall_timeout",
-                    reason: "must be greater than zero",
-                });
-            }
-            if let Some(w) = &x.window {
-                // A joined finished task gives the outcome its handle got:
-                // it is cached at least as long as the id is held.
-                retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
-            }
-            special = x.history || (x.join.is_some() && name.is_some());
-        }
+        let special = match extras.as_deref() {
+            None => false,
+            Some(x) => check_extras(x, name.is_some(), &mut retention)?,
+        };
         let policy = Policy::new(timeout, retries, mode, blocking);
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
@@ -699,6 +682,35 @@ where
             ))))
         }
     }
+}
+
+/// Checks the boxed options and applies a dedup window to the retention;
+/// returns whether the task takes the special submit path
+/// ([`submit_special`]). Out of line: a plain task has no `Extras`.
+#[inline(never)]
+fn check_extras<T, E>(
+    x: &Extras<T, E>,
+    named: bool,
+    retention: &mut Option<Duration>,
+) -> Result<bool, SubmitError> {
+    if !(0.0..=1.0).contains(&x.jitter) {
+        return Err(SubmitError::InvalidOption {
+            option: "jitter",
+            reason: "must be a ratio between 0.0 and 1.0",
+        });
+    }
+    if x.stall == Some(Duration::ZERO) {
+        return Err(SubmitError::InvalidOption {
+            option: "stall_timeout",
+            reason: "must be greater than zero",
+        });
+    }
+    if let Some(w) = &x.window {
+        // A joined finished task gives the outcome its handle got: it is
+        // cached at least as long as the id is held.
+        *retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
+    }
+    Ok(x.history || (x.join.is_some() && named))
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {
