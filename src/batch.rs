@@ -42,6 +42,8 @@ pub enum OutcomeKind {
     Panicked,
     /// [`TaskError::TimedOut`].
     TimedOut,
+    /// [`TaskError::Stalled`].
+    Stalled,
     /// [`TaskError::Cancelled`].
     Cancelled,
     /// [`TaskError::Shutdown`].
@@ -67,6 +69,7 @@ impl OutcomeKind {
             Err(TaskError::Failed(_)) => OutcomeKind::Failed,
             Err(TaskError::Panicked { .. }) => OutcomeKind::Panicked,
             Err(TaskError::TimedOut { .. }) => OutcomeKind::TimedOut,
+            Err(TaskError::Stalled { .. }) => OutcomeKind::Stalled,
             Err(TaskError::Cancelled) => OutcomeKind::Cancelled,
             Err(TaskError::Shutdown) => OutcomeKind::Shutdown,
             Err(TaskError::Dependency(_)) => OutcomeKind::Dependency,
@@ -93,6 +96,8 @@ pub struct BatchSummary {
     pub panicked: usize,
     /// Members whose last attempt timed out.
     pub timed_out: usize,
+    /// Members whose last attempt stopped reporting progress.
+    pub stalled: usize,
     /// Members cancelled by id.
     pub cancelled: usize,
     /// Members ended by a shutdown of the cluster.
@@ -113,6 +118,7 @@ impl BatchSummary {
             + self.failed
             + self.panicked
             + self.timed_out
+            + self.stalled
             + self.cancelled
             + self.shutdown
             + self.dependency
@@ -131,6 +137,7 @@ impl BatchSummary {
             OutcomeKind::Failed => self.failed,
             OutcomeKind::Panicked => self.panicked,
             OutcomeKind::TimedOut => self.timed_out,
+            OutcomeKind::Stalled => self.stalled,
             OutcomeKind::Cancelled => self.cancelled,
             OutcomeKind::Shutdown => self.shutdown,
             OutcomeKind::Dependency => self.dependency,
@@ -144,6 +151,7 @@ impl BatchSummary {
             OutcomeKind::Failed => self.failed += 1,
             OutcomeKind::Panicked => self.panicked += 1,
             OutcomeKind::TimedOut => self.timed_out += 1,
+            OutcomeKind::Stalled => self.stalled += 1,
             OutcomeKind::Cancelled => self.cancelled += 1,
             OutcomeKind::Shutdown => self.shutdown += 1,
             OutcomeKind::Dependency => self.dependency += 1,

@@ -11,11 +11,13 @@ use crate::body::Body;
 use crate::cell::{Extras, TaskCell};
 use crate::clock::duration_ticks;
 use crate::cluster::Cluster;
+use crate::dedup::{join_or_submit, Duplicate, Joined, JoinedSlot, Window};
 use crate::deps::After;
-use crate::engine::{NewTask, Phase};
+use crate::engine::{Engine, NewTask, Phase};
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Cloner, Job, Outcome, Policy};
+use crate::panic::drop_guarded;
 use crate::task::TaskId;
 
 /// The longest user-given task id, in bytes.
@@ -357,6 +359,55 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self
     }
 
+    /// Ends an attempt that goes `limit` without a progress report
+    /// ([`TaskContext::progress`](crate::TaskContext::progress); the
+    /// attempt's start counts as one) with [`TaskError::Stalled`]. The
+    /// attempt is stopped as by a [`timeout`](Self::timeout) (an async one
+    /// is dropped, a blocking one is signalled with
+    /// [`CancelReason::Stalled`](crate::CancelReason::Stalled)), and it
+    /// counts as a failed attempt: it is retried like a timeout, if retries
+    /// remain and `retry_if` / `retry_with` agree. Zero is rejected at submit.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let h = cluster
+    ///     .task(|ctx| async move {
+    ///         if ctx.attempt() == 1 {
+    ///             std::future::pending::<()>().await; // hangs without a word
+    ///         }
+    ///         Ok::<_, String>(ctx.attempt())
+    ///     })
+    ///     .stall_timeout(Duration::from_millis(20))
+    ///     .retry(1)
+    ///     .keep_history()
+    ///     .submit()
+    ///     .unwrap();
+    /// let (outcome, history) = h.with_history().await;
+    /// assert_eq!(outcome, Ok(2));
+    /// assert_eq!(history.errors(), [TaskError::Stalled { limit: Duration::from_millis(20) }]);
+    /// # }
+    /// ```
+    pub fn stall_timeout(mut self, limit: Duration) -> Self {
+        self.extras().stall = Some(limit);
+        self
+    }
+
+    /// Keeps the task's attempt history (how many attempts started, and
+    /// the errors of those before the final outcome) for
+    /// [`TaskHandle::with_history`](crate::TaskHandle::with_history).
+    /// Off by default: the errors of retried attempts are then dropped as
+    /// soon as the next attempt's result replaces them, and nothing is
+    /// counted. See [`History`](crate::History) for an example.
+    pub fn keep_history(mut self) -> Self {
+        self.extras().history = true;
+        self
+    }
+
     /// Starts the task only after `parent` has finished (call it once per
     /// parent). Until then the task is in no queue and holds no worker.
     /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
@@ -436,7 +487,81 @@ where
     /// ```
     pub fn cacheable(mut self, cacheable: bool) -> Self {
         self.cache = cacheable.then_some(None);
-        self.cloner = cacheable.then_some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);
+        // A dedup window keeps the outcome whatever this says.
+        let window = self.extras.as_ref().is_some_and(|x| x.window.is_some());
+        self.cloner =
+            (cacheable || window).then_some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);
+        self
+    }
+
+    /// What this submit does if its id is taken (see [`Duplicate`]):
+    /// [`Reject`](Duplicate::Reject) it with [`SubmitError::DuplicateId`]
+    /// (the default), or [`Join`](Duplicate::Join) the task holding the id:
+    /// the submit returns a handle to that task, which resolves to a copy of
+    /// its outcome (hence `Clone`) and says
+    /// [`deduplicated`](TaskHandle::deduplicated). The id is taken while a
+    /// task holding it is pending or running, and after it finished while
+    /// its [`dedup_window`](Self::dedup_window) lasts.
+    ///
+    /// Whether the submit joins or queues a fresh task is decided in the
+    /// same lock section that decides whether the first task finished, so a
+    /// join racing that task's end either joins it (and gets its real
+    /// outcome) or finds the id free and queues this task: never a lost or
+    /// hung handle. A task without a user id never finds a duplicate.
+    ///
+    /// # Errors (at submit)
+    /// [`SubmitError::TypeMismatch`] if the task holding the id does not
+    /// produce `Result<T, TaskError<E>>`.
+    ///
+    /// See [`Duplicate`] for an example.
+    pub fn on_duplicate(mut self, duplicate: Duplicate) -> Self {
+        self.extras().join = match duplicate {
+            Duplicate::Reject => None,
+            Duplicate::Join => Some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _),
+        };
+        self
+    }
+
+    /// Keeps this task's id taken for `window` after the task finished, so
+    /// that a resubmit within it is refused ([`Duplicate::Reject`]) or joins
+    /// this finished task ([`Duplicate::Join`]) instead of running again:
+    /// "at most once per window". The outcome is cached at least that long
+    /// (implies [`cacheable`](Self::cacheable); a longer
+    /// [`retention`](Self::retention) is kept), so a join within the window
+    /// resolves to a copy of the very outcome this task's handle got. After
+    /// the window the id is free again, as for any finished task (a
+    /// resubmit replaces the cached outcome). Cancelled and shut-down
+    /// outcomes hold the id too: they are this task's outcome.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, Duplicate, SubmitError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let submit = |n: u32| {
+    ///     cluster
+    ///         .task(move |_ctx| async move { Ok::<_, String>(n) })
+    ///         .id("digest")
+    ///         .dedup_window(Duration::from_secs(60))
+    ///         .on_duplicate(Duplicate::Join)
+    ///         .submit()
+    ///         .unwrap()
+    /// };
+    /// assert_eq!(submit(1).await, Ok(1));
+    /// let again = submit(2); // within the minute: joins the finished task
+    /// assert!(again.deduplicated());
+    /// assert_eq!(again.await, Ok(1));
+    /// tokio::time::sleep(Duration::from_secs(61)).await;
+    /// let later = submit(3); // the window passed: runs again
+    /// assert!(!later.deduplicated());
+    /// assert_eq!(later.await, Ok(3));
+    /// # }
+    /// ```
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.extras().window = Some(Window::new(window));
+        self.cloner = Some(<Outcome<T, E> as Clone>::clone as fn(&_) -> _);
         self
     }
 
@@ -495,8 +620,14 @@ where
         };
         validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
+        let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
+        // The options of `crate::dedup`, `crate::progress` and
+        // `crate::history` all live in `extras`: a plain task skips them.
+        let special = match extras.as_deref() {
+            None => false,
+            Some(x) => check_extras(x, name.is_some(), &mut retention)?,
+        };
         let policy = Policy::new(timeout, retries, mode, blocking);
-        let retention = cache.map(|r| r.unwrap_or(shared.retention));
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
             x.name = name;
@@ -517,6 +648,9 @@ where
             Start::At(at) => shared.clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         };
+        if special {
+            return submit_special(cluster, cell, job, priority, start, now);
+        }
         let mut core = shared.lock();
         let unstarted = core.phase == Phase::Idle;
         let admitted = core.submit(
@@ -568,7 +702,20 @@ where
         validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
         let policy = Policy::new(timeout, retries, mode, blocking);
-        let retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
+        let mut history = false;
+        if let Some(x) = extras.as_deref() {
+            if x.join.is_some() && name.is_some() {
+                // Admission with parents is a group admission, which has
+                // no join path: say so rather than ignore the option.
+                return Err(SubmitError::InvalidOption {
+                    option: "on_duplicate",
+                    reason: "Duplicate::Join cannot be combined with after() or a Graph",
+                });
+            }
+            check_extras(x, name.is_some(), &mut retention)?;
+            history = x.history;
+        }
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
             x.name = name;
@@ -578,6 +725,9 @@ where
             extras
         };
         let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
+        if history {
+            cell.keep_history();
+        }
         let job: Arc<dyn Job> = cell.clone();
         let now = shared.clock.now();
         let start = match start {
@@ -638,6 +788,94 @@ where
     }
     crate::deps::admit(cluster, vec![task])?;
     Ok(TaskHandle::new(cell))
+}
+
+/// The submit of a task that keeps its history or joins a duplicate
+/// (`crate::history`, `crate::dedup`): as the plain submit, but under one
+/// lock section it joins the task holding the id, if any. Kept out of line,
+/// and behind one flag: the plain submit is the hottest path there is.
+#[cold]
+#[inline(never)]
+fn submit_special<B, T, E>(
+    cluster: &Cluster,
+    cell: Arc<TaskCell<B, T, E>>,
+    job: Arc<dyn Job>,
+    priority: i32,
+    start: i64,
+    now: i64,
+) -> Result<TaskHandle<T, E>, SubmitError>
+where
+    B: Body<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if cell.keeps_history() {
+        cell.keep_history();
+    }
+    let joiner = cell.joiner();
+    let shared = cluster.shared();
+    let mut core = shared.lock();
+    let unstarted = core.phase == Phase::Idle;
+    let c = &cell;
+    let admit = |core: &mut Engine| {
+        core.submit(
+            job,
+            c.name(),
+            |seq, slot| c.assign(seq, slot),
+            priority,
+            start,
+            now,
+        )
+    };
+    let admitted = match (joiner, cell.name()) {
+        (Some((cloner, name)), _) => join_or_submit(&mut core, name, now, cloner, admit),
+        _ => admit(&mut core).map(Joined::Fresh),
+    };
+    shared.unlock(core);
+    // On error or a join, this submit's body (in `cell`) is dropped here,
+    // after the unlock.
+    match admitted? {
+        Joined::Fresh(replaced) => {
+            if let Some(old) = replaced {
+                old.release();
+            }
+            if unstarted {
+                cluster.watch_unstarted();
+            }
+            Ok(TaskHandle::new(cell))
+        }
+        Joined::Existing(job, state) => {
+            let cloner = joiner.expect("only a joining submit joins").0;
+            drop_guarded(cell, "the body of a submit that joined another task");
+            Ok(TaskHandle::new(Arc::new(JoinedSlot::new(
+                job, state, cloner,
+            ))))
+        }
+    }
+}
+
+/// Checks the boxed options and applies a dedup window to the retention;
+/// returns whether the task takes the special submit path
+/// ([`submit_special`]). Out of line: a plain task has no `Extras`.
+#[inline(never)]
+fn check_extras<T, E>(
+    x: &Extras<T, E>,
+    named: bool,
+    retention: &mut Option<Duration>,
+) -> Result<bool, SubmitError> {
+    // `jitter` is checked by `validate`.
+    if x.stall == Some(Duration::ZERO) {
+        return Err(SubmitError::InvalidOption {
+            option: "stall_timeout",
+            reason: "must be greater than zero",
+        });
+    }
+    if let Some(w) = &x.window {
+        // A joined finished task gives the outcome its handle got: it is
+        // cached at least as long as the id is held.
+        *retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
+    }
+    Ok(x.history || (x.join.is_some() && named))
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

@@ -823,6 +823,20 @@ impl Cluster {
     pub fn stats(&self) -> ClusterStats {
         self.shared().locked(|core| core.stats())
     }
+
+    /// The latest progress report of the task `id` ([`TaskContext::progress`]):
+    /// `None` if the task made none, or if the cluster does not hold it
+    /// (unknown, or finished and not cached: a finished task's report stays
+    /// readable here while its outcome is cached, and from its handle while
+    /// the handle lives). See [`Progress`](crate::Progress) for an example.
+    pub fn progress(&self, id: impl Into<TaskId>) -> Option<crate::Progress> {
+        let id = id.into();
+        let job = self.shared().locked(|core| core.find(&id))?;
+        let progress = job.progress();
+        // The last reference if the cache let go meanwhile.
+        drop_guarded(job, "a finished task");
+        progress
+    }
 }
 
 impl fmt::Debug for Cluster {

@@ -26,6 +26,11 @@
 //!   retention passes; the **sweep** then drops it (`crate::cache`).
 //! - **forced**: an outcome the cluster imposes on a running task (cancel,
 //!   shutdown), honoured by its settle whatever the attempt returned.
+//! - **join**: a submit that finds its id taken subscribes to the task
+//!   holding it instead of queueing its own (`crate::dedup`), in the same
+//!   lock section that decides whether that task finished.
+//! - **window**: how long a `Retained` task keeps its id taken after it
+//!   finished (`crate::dedup`); it starts in `finalize`.
 //!
 //! - **waiting**: a dependent task whose parents have not all finished
 //!   (`deps`): in no queue, on no worker. The **cascade** tells children
@@ -382,7 +387,9 @@ impl Engine {
         let mut replaced = None;
         if let Some(name) = name {
             if let Some(&old) = self.names.get(name) {
-                if self.entries[old as usize].state != State::Retained {
+                let e = &self.entries[old as usize];
+                // A finished task holds its id through its dedup window.
+                if e.state != State::Retained || e.job.holds_id(now) {
                     return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
                 replaced = Some(self.remove(old));
@@ -548,7 +555,9 @@ impl Engine {
                 e.state = State::Retained;
                 // How it ended, for dependents submitted later.
                 e.forced = forced;
-                let until = self.clock.now().saturating_add(duration_ticks(r));
+                let now = self.clock.now();
+                let until = now.saturating_add(duration_ticks(r));
+                e.job.start_window(now);
                 let seq = e.job.seq();
                 let job = e.job.clone();
                 self.cached += 1;
@@ -633,6 +642,34 @@ impl Engine {
             }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
+    }
+
+    /// The task holding `name` at tick `now`, registering `req` (a
+    /// `SubscribeRequest`) as its subscriber: a pending or running task, or
+    /// a finished one within its dedup window. `None` if the id is free
+    /// (see `crate::dedup`). `Err` names the task's `Result<T, E>` on a type
+    /// mismatch.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn join(
+        &self,
+        name: &Arc<str>,
+        now: i64,
+        req: &mut dyn std::any::Any,
+    ) -> Option<(Arc<dyn Job>, Result<(), &'static str>)> {
+        let &slot = self.names.get(name)?;
+        let e = &self.entries[slot as usize];
+        if e.state == State::Retained && !e.job.holds_id(now) {
+            return None;
+        }
+        let job = e.job.clone();
+        let joined = job.clone().subscribe(req);
+        Some((job, joined))
+    }
+
+    /// The task `id`, if the cluster holds it (pending, running or cached).
+    pub(crate) fn find(&self, id: &TaskId) -> Option<Arc<dyn Job>> {
+        let slot = self.lookup(id)?;
+        Some(self.entries[slot as usize].job.clone())
     }
 
     /// Registers a typed subscriber under the lock, so that it cannot miss

@@ -15,6 +15,7 @@ use crate::task::TaskId;
 /// | [`Failed`](TaskError::Failed) | the body returned `Err(e)` | yes, if retries remain and `retry_if` / `retry_with` agree |
 /// | [`Panicked`](TaskError::Panicked) | the body panicked | same as `Failed` |
 /// | [`TimedOut`](TaskError::TimedOut) | an attempt ran past its timeout | same as `Failed` (the predicate sees it) |
+/// | [`Stalled`](TaskError::Stalled) | an attempt went past its [stall timeout](crate::TaskBuilder::stall_timeout) without a progress report | same as `Failed` (the predicate sees it) |
 /// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |
 /// | [`Shutdown`](TaskError::Shutdown) | the cluster stopped before the task could finish | never |
 ///
@@ -63,6 +64,13 @@ pub enum TaskError<E> {
     #[error("task timed out after {limit:?}")]
     TimedOut {
         /// The per-attempt timeout that was exceeded.
+        limit: Duration,
+    },
+    /// The last attempt reported no progress for its
+    /// [stall timeout](crate::TaskBuilder::stall_timeout).
+    #[error("task stalled: no progress for {limit:?}")]
+    Stalled {
+        /// The stall timeout that was exceeded.
         limit: Duration,
     },
     /// The task was cancelled by id before it produced an outcome.
@@ -149,6 +157,9 @@ pub enum DependencyCause {
     /// The cluster shut down before it finished ([`TaskError::Shutdown`]).
     #[error("was shut down")]
     Shutdown,
+    /// Its last attempt stopped reporting progress ([`TaskError::Stalled`]).
+    #[error("stalled")]
+    Stalled,
     /// It did not run because one of its own parents failed ([`TaskError::Dependency`]).
     #[error("failed through one of its own dependencies")]
     Dependency,
@@ -193,6 +204,11 @@ impl<E> TaskError<E> {
         matches!(self, TaskError::TimedOut { .. })
     }
 
+    /// `true` if an attempt went past its stall timeout without progress.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, TaskError::Stalled { .. })
+    }
+
     /// `true` if the task was cancelled by id.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, TaskError::Cancelled)
@@ -229,6 +245,7 @@ impl<E> TaskError<E> {
             TaskError::Failed(_) => DependencyCause::Failed,
             TaskError::Panicked { .. } => DependencyCause::Panicked,
             TaskError::TimedOut { .. } => DependencyCause::TimedOut,
+            TaskError::Stalled { .. } => DependencyCause::Stalled,
             TaskError::Cancelled => DependencyCause::Cancelled,
             TaskError::Shutdown => DependencyCause::Shutdown,
             TaskError::Dependency(_) => DependencyCause::Dependency,
@@ -260,9 +277,29 @@ impl<E> TaskError<E> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
-    /// A task with this id is scheduled, ready, running or waiting for a retry.
-    #[error("a task with id {0} is already pending or running")]
+    /// A task with this id is scheduled, ready, running or waiting for a
+    /// retry, or finished within its [dedup window](crate::TaskBuilder::dedup_window).
+    /// (To get a handle to that task instead, see [`Duplicate::Join`](crate::Duplicate::Join).)
+    #[error(
+        "a task with id {0} is already pending or running (or finished within its dedup window)"
+    )]
     DuplicateId(TaskId),
+    /// [`Duplicate::Join`](crate::Duplicate::Join) found the task holding the
+    /// id, but its value or error type is not this submit's (see
+    /// [`SubscribeError::TypeMismatch`], whose message it shares).
+    #[error(
+        "task {id} produces {}, not {}",
+        short_type_name(found),
+        short_type_name(expected)
+    )]
+    TypeMismatch {
+        /// The id that was joined.
+        id: TaskId,
+        /// This submit's type, as the body's `Result<T, E>`.
+        expected: &'static str,
+        /// The existing task's type, as its body's `Result<T, E>`.
+        found: &'static str,
+    },
     /// The id is empty, too long, starts with `#` (reserved for generated
     /// ids), or is a generated id.
     #[error("invalid task id: {0}")]

@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::error::TaskError;
+use crate::history::{History, WithHistory};
 use crate::job::OutcomeSlot;
+use crate::progress::Progress;
 use crate::task::TaskId;
 
 /// The submitter's handle to a task's outcome; await it for the result.
@@ -59,6 +61,54 @@ impl<T, E> TaskHandle<T, E> {
     /// value, for one convention.
     pub fn id(&self) -> TaskId {
         self.slot.task_id()
+    }
+
+    /// `true` if this handle came from a submit that
+    /// [joined](crate::Duplicate::Join) the task already holding its id
+    /// (this submit's own body never runs); `false` for the handle of a task
+    /// this submit queued.
+    pub fn deduplicated(&self) -> bool {
+        self.slot.deduplicated()
+    }
+
+    /// The task's latest progress report ([`TaskContext::progress`](crate::TaskContext::progress)),
+    /// if it made one. Still readable after the task finished, for as long
+    /// as this handle lives (read it before awaiting the handle by value, or
+    /// await `&mut handle`).
+    ///
+    /// ```
+    /// use corral::{Cluster, Progress};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(1).unwrap();
+    /// let mut h = cluster
+    ///     .task(|ctx| async move {
+    ///         ctx.progress(Progress::new(1).of(2));
+    ///         ctx.progress(Progress::new(2).of(2).message("done"));
+    ///         Ok::<_, String>(())
+    ///     })
+    ///     .submit()
+    ///     .unwrap();
+    /// assert_eq!(h.progress(), None); // not started yet
+    /// (&mut h).await.unwrap();
+    /// assert_eq!(h.progress().unwrap().to_string(), "2/2 (100%): done");
+    /// # }
+    /// ```
+    pub fn progress(&self) -> Option<Progress> {
+        self.slot.progress()
+    }
+
+    /// A future of the outcome together with the task's [`History`]: how
+    /// many attempts ran and the errors of those before the last. Recorded
+    /// only for tasks built with [`keep_history`](crate::TaskBuilder::keep_history)
+    /// (see [`History::attempts`]).
+    pub fn with_history(self) -> WithHistory<T, E> {
+        WithHistory { handle: self }
+    }
+
+    pub(crate) fn take_history(&self) -> History<E> {
+        self.slot.take_history()
     }
 }
 

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::builder::RetryMode;
 use crate::deps::After;
 use crate::error::{DependencyCause, TaskError};
+use crate::history::History;
+use crate::progress::Progress;
 use crate::signal::{CancelReason, Signal};
 use crate::task::TaskId;
 
@@ -137,6 +139,24 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn impose(&self, parent: TaskId, cause: DependencyCause, skipped: bool);
     /// The task's parent edges (empty for most tasks).
     fn parents(&self) -> &[After];
+    /// The task's id.
+    fn id(&self) -> TaskId;
+    /// Whether a finished (retained) task still holds its id at tick `now`
+    /// (its dedup window, see `crate::dedup`).
+    fn holds_id(&self, now: i64) -> bool;
+    /// The task finished at tick `now` and is retained: starts its dedup
+    /// window, if it has one.
+    fn start_window(&self, now: i64);
+    /// The latest progress report, if any (see `crate::progress`).
+    fn progress(&self) -> Option<Progress>;
+    /// Records a progress report (the latest wins).
+    fn report_progress(&self, progress: Progress);
+    /// When the latest progress report came.
+    fn last_report(&self) -> Option<tokio::time::Instant>;
+    /// The task's stall timeout, if it has one.
+    fn stall_timeout(&self) -> Option<Duration>;
+    /// Records that the current attempt stalled.
+    fn record_stall(&self, limit: Duration);
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).
@@ -148,6 +168,14 @@ pub(crate) trait OutcomeSlot<T, E>: Send + Sync {
     /// Takes back the retained outcome lent by [`Job::subscribe`], after
     /// serving (unlocked) the subscribers that came while it was out.
     fn give_back(&self, outcome: Outcome<T, E>);
+    /// `true` for a handle that joined another submit's task (`crate::dedup`).
+    fn deduplicated(&self) -> bool {
+        false
+    }
+    /// The task's latest progress report.
+    fn progress(&self) -> Option<Progress>;
+    /// Takes the task's attempt history (once the outcome is read).
+    fn take_history(&self) -> History<E>;
 }
 
 /// A typed subscription request, passed through [`Job::subscribe`] as `dyn Any`.

@@ -131,6 +131,18 @@
 //!   and waits); [`Cluster::resize`] changes the worker count while it runs
 //!   (a shrink cancels nothing: surplus workers leave after their current
 //!   task). `drain` ends a pause; `resize` is refused after a stop or cancel.
+//! - A submit whose id is taken is refused by default; with
+//!   [`Duplicate::Join`] it returns a handle to the task holding the id
+//!   ([`TaskHandle::deduplicated`]). A [`dedup_window`](TaskBuilder::dedup_window)
+//!   keeps a finished task's id (and outcome) for a while. A join racing the
+//!   first task's end either joins it or queues a fresh task, never neither.
+//! - Progress is one concrete type, [`Progress`] (done, total, message),
+//!   readable by id without the task's types; the latest report wins and
+//!   outlives the task on its handle. A [`stall_timeout`](TaskBuilder::stall_timeout)
+//!   fails a silent attempt like a timeout ([`TaskError::Stalled`]).
+//! - Attempt history (count and earlier errors) is opt-in
+//!   ([`TaskBuilder::keep_history`], read by [`TaskHandle::with_history`]):
+//!   keeping retried errors is not free, and plain tasks pay nothing.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -148,17 +160,20 @@ mod cache;
 mod cell;
 mod clock;
 mod cluster;
+mod dedup;
 mod deps;
 mod engine;
 mod error;
 mod flow;
 mod handle;
+mod history;
 mod idle;
 mod inside;
 mod job;
 mod panic;
 mod park;
 mod periodic;
+mod progress;
 mod queue;
 mod shared;
 mod signal;
@@ -172,6 +187,7 @@ pub use crate::batch::{Batch, BatchSummary, OutcomeKind, SealedBatch};
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
+pub use crate::dedup::Duplicate;
 pub use crate::deps::{After, Graph, GraphHandles, Node, OnParentFailure};
 pub use crate::engine::ClusterStats;
 pub use crate::error::{
@@ -180,12 +196,14 @@ pub use crate::error::{
 };
 pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
+pub use crate::history::{History, WithHistory};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
 pub use crate::periodic::{
     Firing, FiringBody, FiringFuture, FiringTime, Missed, Overlap, ScheduleBuilder, ScheduleError,
     ScheduleHandle, ScheduleStats, Trigger, MAX_SCHEDULE_NAME_LEN,
 };
+pub use crate::progress::Progress;
 pub use crate::signal::CancelReason;
 pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
 pub use crate::wait::Watch;

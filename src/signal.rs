@@ -55,21 +55,27 @@ mod sync {
 pub enum CancelReason {
     /// The attempt ran past its timeout (this attempt only; a retry may follow).
     TimedOut,
+    /// The attempt went past its [stall timeout](crate::TaskBuilder::stall_timeout)
+    /// without a progress report (this attempt only; a retry may follow).
+    Stalled,
     /// The task was cancelled by id.
     Cancelled,
     /// The cluster is shutting down.
     Shutdown,
 }
 
+// Per-attempt reasons sort below the final ones (`raise` relies on it).
 const NONE: u8 = 0;
 const TIMED_OUT: u8 = 1;
-const CANCELLED: u8 = 2;
-const SHUTDOWN: u8 = 3;
+const STALLED: u8 = 2;
+const CANCELLED: u8 = 3;
+const SHUTDOWN: u8 = 4;
 
 impl CancelReason {
     fn encode(self) -> u8 {
         match self {
             CancelReason::TimedOut => TIMED_OUT,
+            CancelReason::Stalled => STALLED,
             CancelReason::Cancelled => CANCELLED,
             CancelReason::Shutdown => SHUTDOWN,
         }
@@ -78,6 +84,7 @@ impl CancelReason {
     fn decode(v: u8) -> Option<Self> {
         match v {
             TIMED_OUT => Some(CancelReason::TimedOut),
+            STALLED => Some(CancelReason::Stalled),
             CANCELLED => Some(CancelReason::Cancelled),
             SHUTDOWN => Some(CancelReason::Shutdown),
             _ => None,
@@ -150,13 +157,14 @@ impl Signal {
     }
 
     /// Raises `reason`; returns whether it changed anything. A final reason
-    /// already set is kept (the first final reason wins), but a timeout may
-    /// be upgraded to a cancel or shutdown.
+    /// already set is kept (the first final reason wins), but a timeout or
+    /// stall may be upgraded to a cancel or shutdown. The first per-attempt
+    /// reason (timeout or stall) of an attempt wins over the other.
     pub(crate) fn raise(&self, reason: CancelReason) -> bool {
         let new = reason.encode();
         let mut cur = self.reason.load(Ordering::Acquire);
         loop {
-            if cur >= CANCELLED || (cur == TIMED_OUT && new == TIMED_OUT) {
+            if cur >= CANCELLED || (cur != NONE && new < CANCELLED) {
                 return false;
             }
             match self
@@ -169,15 +177,17 @@ impl Signal {
         }
     }
 
-    /// Clears a timeout left by the previous attempt; returns whether there
-    /// was one. Final reasons stay.
+    /// Clears a timeout or stall left by the previous attempt; returns
+    /// whether there was one. Final reasons stay.
     pub(crate) fn reset_timeout(&self) -> bool {
         // A plain load first: almost every attempt has nothing to clear, and
         // a compare-exchange would take the cache line exclusively.
-        self.reason.load(Ordering::Acquire) == TIMED_OUT
+        let cur = self.reason.load(Ordering::Acquire);
+        cur != NONE
+            && cur < CANCELLED
             && self
                 .reason
-                .compare_exchange(TIMED_OUT, NONE, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(cur, NONE, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
     }
 
@@ -198,7 +208,7 @@ impl Signal {
     /// The final reason (cancel or shutdown), as the outcome it forces.
     pub(crate) fn final_forced(&self) -> Option<Forced> {
         match self.reason()? {
-            CancelReason::TimedOut => None,
+            CancelReason::TimedOut | CancelReason::Stalled => None,
             CancelReason::Cancelled => Some(Forced::Cancelled),
             CancelReason::Shutdown => Some(Forced::Shutdown),
         }
@@ -220,6 +230,22 @@ mod tests {
         assert!(!s.raise(CancelReason::TimedOut));
         assert!(!s.reset_timeout());
         assert_eq!(s.reason(), Some(CancelReason::Cancelled));
+    }
+
+    #[test]
+    fn a_stall_is_per_attempt_like_a_timeout() {
+        let s = Signal::default();
+        assert!(s.raise(CancelReason::Stalled));
+        // The first per-attempt reason of an attempt wins.
+        assert!(!s.raise(CancelReason::TimedOut));
+        assert_eq!(s.reason(), Some(CancelReason::Stalled));
+        assert_eq!(s.final_forced(), None);
+        assert!(s.reset_timeout());
+        assert_eq!(s.reason(), None);
+        assert!(s.raise(CancelReason::Stalled));
+        assert!(s.raise(CancelReason::Shutdown));
+        assert!(!s.reset_timeout());
+        assert_eq!(s.final_forced(), Some(Forced::Shutdown));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::engine::{Claim, Next, Plan};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
 use crate::panic::drop_guarded;
 use crate::park::{self, ParkEnd, ParkSlot, Parked};
+use crate::progress::stalled;
 use crate::shared::Shared;
 use crate::signal::{CancelReason, WorkerWake};
 
@@ -330,6 +331,7 @@ async fn run_claim(
             TimedOut,
             /// Pending, and it asked to be parked (`crate::park`).
             Park,
+            Stalled(Duration),
         }
         // Most short bodies finish on their first poll: try that before
         // arming the cancel and timeout branches.
@@ -338,16 +340,22 @@ async fn run_claim(
             Poll::Ready(status) => End::Done(status),
             // Blocking bodies never park (they hold their worker).
             Poll::Pending if !policy.blocking && park::take_request() => End::Park,
-            Poll::Pending => tokio::select! {
-                biased;
-                status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
-                    Poll::Ready(s) => Poll::Ready(Some(s)),
-                    Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
-                    Poll::Pending => Poll::Pending,
-                }) => status.map_or(End::Park, End::Done),
-                forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
-                _ = sleep_until_opt(deadline) => End::TimedOut,
-            },
+            Poll::Pending => {
+                // Read only here: an attempt done on its first poll cannot stall.
+                let stall = job.stall_timeout();
+                let started = Instant::now();
+                tokio::select! {
+                    biased;
+                    status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                        Poll::Ready(s) => Poll::Ready(Some(s)),
+                        Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }) => status.map_or(End::Park, End::Done),
+                    forced = interrupted(job.as_ref(), wake) => End::Interrupted(forced),
+                    _ = sleep_until_opt(deadline) => End::TimedOut,
+                    _ = stalled(job.as_ref(), stall, started) => End::Stalled(stall.unwrap_or_default()),
+                }
+            }
         };
         // An async attempt is dropped here; a blocking one is waited for.
         let leftover = |attempt: AttemptFuture| {
@@ -377,6 +385,12 @@ async fn run_claim(
             End::TimedOut => {
                 job.raise(CancelReason::TimedOut);
                 job.record_timeout(policy.timeout().unwrap_or_default());
+                leftover(attempt)
+            }
+            // As a timeout: a failed attempt, retried as the task says.
+            End::Stalled(limit) => {
+                job.raise(CancelReason::Stalled);
+                job.record_stall(limit);
                 leftover(attempt)
             }
         };

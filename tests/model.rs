@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral::{
-    Cluster, FixedBackoff, RetryMode, SubmitError, Subscription, TaskError, TaskHandle, TaskId,
+    Cluster, Duplicate, FixedBackoff, RetryMode, SubmitError, Subscription, TaskError, TaskHandle,
+    TaskId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -55,6 +56,10 @@ struct Spec {
     backoff_secs: u64,
     immediate: bool,
     retention_secs: Option<u64>,
+    /// `on_duplicate(Duplicate::Join)`.
+    join: bool,
+    /// `dedup_window`, in seconds.
+    window_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +108,8 @@ fn spec() -> impl Strategy<Value = Spec> {
         0u64..3,
         any::<bool>(),
         prop::option::weighted(0.4, prop_oneof![1 => Just(0u64), 2 => 0u64..5]),
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.25, 1u64..5),
     )
         .prop_map(
             |(
@@ -115,6 +122,8 @@ fn spec() -> impl Strategy<Value = Spec> {
                 backoff_secs,
                 immediate,
                 retention_secs,
+                join,
+                window_secs,
             )| Spec {
                 name,
                 priority,
@@ -125,6 +134,8 @@ fn spec() -> impl Strategy<Value = Spec> {
                 backoff_secs,
                 immediate,
                 retention_secs,
+                join,
+                window_secs,
             },
         )
 }
@@ -179,6 +190,33 @@ struct MTask {
     finished_at: u64,
     /// When a re-submit of the same id replaced the cached outcome.
     replaced_at: Option<u64>,
+    /// A submit that joined task `i` (its handle resolves to `i`'s outcome).
+    alias: Option<usize>,
+}
+
+impl MTask {
+    /// A submit that queued nothing: refused, or joined to task `alias`.
+    fn placeholder(spec: &Spec, alias: Option<usize>) -> Self {
+        MTask {
+            spec: spec.clone(),
+            seq: u64::MAX,
+            start: 0,
+            attempts: 0,
+            state: MState::Done,
+            outcome: None,
+            finished_at: 0,
+            replaced_at: Some(0),
+            alias,
+        }
+    }
+
+    /// How long the outcome is cached: the retention, at least the window.
+    fn kept_secs(&self) -> Option<u64> {
+        match (self.spec.retention_secs, self.spec.window_secs) {
+            (None, None) => None,
+            (r, w) => Some(r.unwrap_or(0).max(w.unwrap_or(0))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -257,10 +295,20 @@ impl Model {
         if t.replaced_at.is_some_and(|r| r <= self.now) {
             return false;
         }
-        match t.spec.retention_secs {
+        match t.kept_secs() {
             None => false, // forgotten at once
             Some(r) => self.now < t.finished_at + r * SEC,
         }
+    }
+
+    /// Whether task `t` holds its id: pending, running, or finished within
+    /// its dedup window.
+    fn holds(&self, t: &MTask) -> bool {
+        self.known(t)
+            && (t.state != MState::Done
+                || t.spec
+                    .window_secs
+                    .is_some_and(|w| self.now < t.finished_at + w * SEC))
     }
 
     fn finish(&mut self, i: usize, out: Fate) {
@@ -527,7 +575,8 @@ fn to_out(r: Result<usize, TaskError<String>>) -> Fate {
 }
 
 impl Real {
-    fn submit(&mut self, index: usize, spec: &Spec) -> Result<(), SubmitError> {
+    /// Submits; `Ok(true)` if the submit joined the task holding its id.
+    fn submit(&mut self, index: usize, spec: &Spec) -> Result<bool, SubmitError> {
         let log = self.log.clone();
         let base = self.base;
         let behavior = spec.behavior;
@@ -571,10 +620,17 @@ impl Real {
         if let Some(r) = spec.retention_secs {
             b = b.retention(Duration::from_secs(r));
         }
+        if let Some(w) = spec.window_secs {
+            b = b.dedup_window(Duration::from_secs(w));
+        }
+        if spec.join {
+            b = b.on_duplicate(Duplicate::Join);
+        }
         let h = b.submit()?;
+        let joined = h.deduplicated();
         self.ids.push(h.id().clone());
         self.handles.push(Some(h));
-        Ok(())
+        Ok(joined)
     }
 }
 
@@ -613,8 +669,17 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let index = real.handles.len();
                     let expected = predict_submit(&model, spec);
                     let got = real.submit(index, spec);
-                    prop_assert_eq!(&got, &expected, "submit #{} {:?}", index, spec);
-                    if got.is_ok() {
+                    prop_assert_eq!(
+                        got.clone().map(|joined| joined.then_some(())),
+                        expected.clone().map(|joined| joined.map(|_| ())),
+                        "submit #{} {:?} (Ok(Some): joined)",
+                        index,
+                        spec
+                    );
+                    if let Ok(Some(target)) = expected {
+                        // Joined: no task of its own; its handle reads `target`'s outcome.
+                        model.tasks.push(MTask::placeholder(spec, Some(target)));
+                    } else if got.is_ok() {
                         let start = spec.start_sec.map_or(model.now, |s| s * SEC);
                         if let Some(n) = spec.name {
                             if let Some(old) = model.by_name(n) {
@@ -631,6 +696,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             outcome: None,
                             finished_at: 0,
                             replaced_at: None,
+                            alias: None,
                         });
                         model.next_seq += 1;
                         if matches!(model.worker, Worker::Idle) {
@@ -639,16 +705,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     } else {
                         real.handles.push(None);
                         real.ids.push(TaskId::from("rejected"));
-                        model.tasks.push(MTask {
-                            spec: spec.clone(),
-                            seq: u64::MAX,
-                            start: 0,
-                            attempts: 0,
-                            state: MState::Done,
-                            outcome: None,
-                            finished_at: 0,
-                            replaced_at: Some(0),
-                        });
+                        model.tasks.push(MTask::placeholder(spec, None));
                     }
                 }
                 Op::CancelName(n) => {
@@ -761,11 +818,13 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for (i, h) in real.handles.iter_mut().enumerate() {
             if let Some(h) = h.take() {
                 let got = to_out(h.await);
+                let target = model.tasks[i].alias.unwrap_or(i);
                 prop_assert_eq!(
                     Some(&got),
-                    model.tasks[i].outcome.as_ref(),
-                    "outcome of task #{}",
-                    i
+                    model.tasks[target].outcome.as_ref(),
+                    "outcome of task #{} (the outcome of #{})",
+                    i,
+                    target
                 );
             }
         }
@@ -812,15 +871,16 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for (i, h) in real.handles.iter_mut().enumerate() {
             if let Some(h) = h.take() {
                 let got = tokio::time::timeout(wait, h).await;
+                let target = model.tasks[i].alias.unwrap_or(i);
                 prop_assert!(
                     got.is_ok(),
                     "task #{} never resolved after the runtime was dropped (model: {:?})",
                     i,
-                    model.tasks[i].outcome
+                    model.tasks[target].outcome
                 );
                 prop_assert_eq!(
                     Some(&to_out(got.unwrap())),
-                    model.tasks[i].outcome.as_ref(),
+                    model.tasks[target].outcome.as_ref(),
                     "outcome of task #{} after the runtime was dropped",
                     i
                 );
@@ -845,18 +905,22 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     })
 }
 
-fn predict_submit(model: &Model, spec: &Spec) -> Result<(), SubmitError> {
+/// `Ok(None)`: a fresh task; `Ok(Some(i))`: joins task `i`.
+fn predict_submit(model: &Model, spec: &Spec) -> Result<Option<usize>, SubmitError> {
     if model.phase == Phase::Stopped {
         return Err(SubmitError::ShuttingDown);
     }
     if let Some(n) = spec.name {
         if let Some(i) = model.by_name(n) {
-            if model.tasks[i].state != MState::Done {
+            if model.holds(&model.tasks[i]) {
+                if spec.join {
+                    return Ok(Some(i));
+                }
                 return Err(SubmitError::DuplicateId(TaskId::from(NAMES[n])));
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The fixed seed, so that CI runs the same cases every time; set

@@ -20,13 +20,15 @@
 //!      them a crate feature's completion hook (`Extras::settled`, a
 //!      batch's: `crate::batch`);
 //!    - `Clone` of the outcome: for the cache and for subscribers in
-//!      `complete`, and for a late subscriber by the subscriber itself, on
+//!      `complete`, and for a late subscriber (or a submit that joins a
+//!      finished task, `crate::dedup`) by the subscriber itself, on
 //!      the retained outcome lent out of the lock (`Answer::Lent`; whoever
 //!      borrows it serves the subscribers that come meanwhile, then gives
 //!      it back);
 //!    - `Drop` of the body and what it captured (at completion), of an
-//!      attempt's result that a retry, a timeout, a cancel or a shutdown
-//!      replaces, of an outcome nobody will read, of an expired cached
+//!      attempt's result that a retry, a timeout, a stall, a cancel or a
+//!      shutdown replaces (or of the attempt history that keeps it), of an
+//!      outcome nobody will read, of an expired cached
 //!      outcome, and of everything the cell holds when its last reference
 //!      goes (`impl Drop for TaskCell`), wherever that happens.
 //!
@@ -57,10 +59,13 @@ pub(crate) use self::outcome::copy_for_subscriber;
 use crate::backoff::{jittered, Backoff, RetryDecision};
 use crate::body::Body;
 use crate::builder::RetryMode;
+use crate::dedup::Window;
 use crate::deps::After;
 use crate::error::{DependencyCause, DependencyError, TaskError};
+use crate::history::History;
 use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
 use crate::panic::{drop_guarded, guard};
+use crate::progress::{Progress, Reports};
 use crate::signal::{CancelReason, Signal};
 use crate::task::{TaskContext, TaskId};
 
@@ -85,6 +90,16 @@ pub(crate) struct Extras<T, E> {
     pub(crate) settled: Option<OnComplete<T, E>>,
     /// The task's parents (`crate::deps`).
     pub(crate) parents: Vec<After>,
+    /// How long the id stays taken after the task finished (`crate::dedup`).
+    pub(crate) window: Option<Window>,
+    /// A submit that finds its id taken joins the task holding it, and
+    /// copies its outcome with this. Read at submit only.
+    pub(crate) join: Option<Cloner<T, E>>,
+    /// Each attempt must report progress within this (`crate::progress`).
+    pub(crate) stall: Option<Duration>,
+    /// Keep the attempt count and earlier errors (`crate::history`). Read
+    /// at submit only (it makes the history in `Rare`).
+    pub(crate) history: bool,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -99,6 +114,10 @@ impl<T, E> Default for Extras<T, E> {
             on_complete: None,
             settled: None,
             parents: Vec::new(),
+            window: None,
+            join: None,
+            stall: None,
+            history: false,
         }
     }
 }
@@ -139,9 +158,28 @@ struct Rare<T, E> {
     /// How the retained outcome ended, for dependents submitted later
     /// (`Job::outcome_cause`) while the cached copy is lent out.
     final_cause: Option<Option<DependencyCause>>,
+    /// Progress and history, boxed again: most users of `Rare` (subscribers,
+    /// the cache) never need them, and `Rare`'s drop stays small.
+    observed: Option<Box<Observed<E>>>,
+}
+
+struct Observed<E> {
+    /// The latest progress report (`crate::progress`).
+    reports: Reports,
+    /// Set at submit for a task that keeps its history (`crate::history`).
+    history: Option<History<E>>,
 }
 
 impl<T, E> Rare<T, E> {
+    fn observed(&mut self) -> &mut Observed<E> {
+        self.observed.get_or_insert_with(|| {
+            Box::new(Observed {
+                reports: Reports::default(),
+                history: None,
+            })
+        })
+    }
+
     fn boxed(cloner: Option<Cloner<T, E>>) -> Box<Self> {
         Box::new(Rare {
             cloner,
@@ -150,6 +188,7 @@ impl<T, E> Rare<T, E> {
             cached: None,
             lent: false,
             final_cause: None,
+            observed: None,
         })
     }
 
@@ -175,6 +214,24 @@ impl<B, T, E> CellState<B, T, E> {
 
     fn cloner(&self) -> Option<Cloner<T, E>> {
         self.rare.as_ref().and_then(|r| r.cloner)
+    }
+
+    /// Keeps a replaced attempt result in the history if the task keeps
+    /// one and it is an error; otherwise gives it back to be dropped
+    /// (unlocked: it is user data).
+    fn keep_in_history(&mut self, old: Outcome<T, E>) -> Option<Outcome<T, E>> {
+        let history = self
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.observed.as_deref_mut())
+            .and_then(|o| o.history.as_mut());
+        match (history, old) {
+            (Some(h), Err(err)) => {
+                h.push(err);
+                None
+            }
+            (_, old) => Some(old),
+        }
     }
 }
 
@@ -236,6 +293,38 @@ impl<B, T, E> TaskCell<B, T, E> {
         }
     }
 
+    /// Makes the task keep its attempt history (`crate::history`); called
+    /// at submit, before the cell is shared (after it is allocated: the
+    /// plain path builds the cell in place).
+    #[cold]
+    pub(crate) fn keep_history(&self) {
+        self.state.lock().rare().observed().history = Some(History::recorded());
+    }
+
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.extras.as_deref().is_some_and(|x| x.history)
+    }
+
+    /// For a named task that joins duplicates: how to copy the outcome, and the id.
+    pub(crate) fn joiner(&self) -> Option<(Cloner<T, E>, &Arc<str>)> {
+        let x = self.extras.as_deref()?;
+        Some((x.join?, x.name.as_ref()?))
+    }
+
+    /// Drops the result of an earlier attempt that a later one replaced, or
+    /// keeps it in the history (invariant 1: only this worker touches it).
+    #[cold]
+    fn retire(&self, old: Outcome<T, E>) {
+        let old = if self.keeps_history() {
+            self.state.lock().keep_in_history(old)
+        } else {
+            Some(old)
+        };
+        if let Some(old) = old {
+            drop_guarded(old, "a previous attempt's error");
+        }
+    }
+
     fn user_id(&self) -> Option<&Arc<str>> {
         self.extras.as_ref().and_then(|x| x.name.as_ref())
     }
@@ -260,7 +349,7 @@ impl<B, T, E> TaskCell<B, T, E> {
         if self.signal.reason().is_none() {
             let old = self.state.lock().result.replace(outcome);
             if let Some(old) = old {
-                drop_guarded(old, "a previous attempt's error");
+                self.retire(old);
             }
         } else {
             drop_guarded(
@@ -268,6 +357,26 @@ impl<B, T, E> TaskCell<B, T, E> {
                 "an attempt's result overridden by a cancel or shutdown",
             );
         }
+    }
+}
+
+impl<B, T, E> TaskCell<B, T, E> {
+    /// Records a failed attempt's error that the worker decided (a timeout
+    /// or a stall), replacing what the attempt stored, if anything.
+    fn record_failure(&self, err: TaskError<E>) {
+        let old = self.state.lock().result.replace(Err(err));
+        if let Some(old) = old {
+            self.retire(old);
+        }
+    }
+
+    fn latest_progress(&self) -> Option<Progress> {
+        self.state
+            .lock()
+            .rare
+            .as_ref()
+            .and_then(|r| r.observed.as_ref())
+            .and_then(|o| o.reports.latest.clone())
     }
 }
 
@@ -374,10 +483,17 @@ where
         // while it runs (user code).
         let body = {
             let mut st = self.state.lock();
-            if reset {
-                // The old token fired for the old attempt; this one gets a fresh one.
-                if let Some(rare) = st.rare.as_deref_mut() {
+            if let Some(rare) = st.rare.as_deref_mut() {
+                if reset {
+                    // The old token fired for the old attempt; this one gets a fresh one.
                     rare.token = None;
+                }
+                if let Some(h) = rare
+                    .observed
+                    .as_deref_mut()
+                    .and_then(|o| o.history.as_mut())
+                {
+                    h.started(attempt);
                 }
             }
             st.body.take()
@@ -414,14 +530,57 @@ where
     }
 
     fn record_timeout(&self, limit: Duration) {
-        let old = self
-            .state
-            .lock()
-            .result
-            .replace(Err(TaskError::TimedOut { limit }));
-        if let Some(old) = old {
-            drop_guarded(old, "a previous attempt's error");
+        self.record_failure(TaskError::TimedOut { limit });
+    }
+
+    fn record_stall(&self, limit: Duration) {
+        self.record_failure(TaskError::Stalled { limit });
+    }
+
+    fn id(&self) -> TaskId {
+        TaskCell::id(self)
+    }
+
+    fn holds_id(&self, now: i64) -> bool {
+        self.extras
+            .as_deref()
+            .and_then(|x| x.window.as_ref())
+            .is_some_and(|w| w.holds(now))
+    }
+
+    fn start_window(&self, now: i64) {
+        if let Some(w) = self.extras.as_deref().and_then(|x| x.window.as_ref()) {
+            w.start(now);
         }
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        self.latest_progress()
+    }
+
+    fn report_progress(&self, progress: Progress) {
+        let now = tokio::time::Instant::now();
+        let old = {
+            let mut st = self.state.lock();
+            let reports = &mut st.rare().observed().reports;
+            reports.at = Some(now);
+            reports.latest.replace(progress)
+        };
+        // Its message may be the last reference to a large string: freed unlocked.
+        drop(old);
+    }
+
+    fn last_report(&self) -> Option<tokio::time::Instant> {
+        self.state
+            .lock()
+            .rare
+            .as_ref()
+            .and_then(|r| r.observed.as_ref())
+            .and_then(|o| o.reports.at)
+    }
+
+    fn stall_timeout(&self) -> Option<Duration> {
+        self.extras.as_deref().and_then(|x| x.stall)
     }
 
     fn retry_delay(&self, attempt: u32) -> Option<Duration> {
@@ -540,6 +699,20 @@ where
 
     fn give_back(&self, outcome: Outcome<T, E>) {
         self.take_back(outcome);
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        self.latest_progress()
+    }
+
+    fn take_history(&self) -> History<E> {
+        self.state
+            .lock()
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.observed.as_deref_mut())
+            .and_then(|o| o.history.take())
+            .unwrap_or_else(History::not_recorded)
     }
 }
 

@@ -67,6 +67,8 @@ where
         };
         // Kept for dependents submitted after the end (`Job::outcome_cause`).
         let final_cause = retain.then(|| outcome.as_ref().err().map(TaskError::cause));
+        // An error a cancel or shutdown overrides was an earlier attempt's.
+        let overridden = overridden.and_then(|old| st.keep_in_history(old));
         let hooks = self
             .extras
             .as_deref()
