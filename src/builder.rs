@@ -367,6 +367,10 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// [`CancelReason::Stalled`](crate::CancelReason::Stalled)), and it
     /// counts as a failed attempt: it is retried like a timeout, if retries
     /// remain and `retry_if` / `retry_with` agree. Zero is rejected at submit.
+    /// An attempt that parks in a wait that frees its worker
+    /// ([`TaskContext::wait_for`](crate::TaskContext::wait_for)) is not
+    /// watched for stalls from then on: it waits for another task, whose
+    /// own limits apply.
     ///
     /// ```
     /// use std::time::Duration;
