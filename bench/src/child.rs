@@ -20,7 +20,7 @@ use tokio::runtime::Runtime;
 
 use crate::alloc;
 use crate::callgrind;
-use crate::spec::{Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W6_NAMED};
+use crate::spec::{Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W6_NAMED};
 use crate::workloads::{deps, latency, memory, order, throughput, timers, Outcome, Sizes};
 
 /// Runs the child given its arguments (starting with `--child`); returns
@@ -34,7 +34,8 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let memory = matches!(spec.workload, "W5" | "W6" | "W9");
-    if memory || (spec.workload, spec.variant) == ("W10", W10_PENDING) {
+    let pending = matches!(spec.variant, W10_PENDING | W10_PENDING_ANY);
+    if memory || (spec.workload == "W10" && pending) {
         alloc::enable();
     }
     if opts.callgrind {
@@ -135,10 +136,17 @@ fn w10(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
         (W10_CHAIN, Side::Floor) => drive(rt, d, deps::chain_floor(s.w10, w)),
         (W10_FAN, Side::Corral) => drive(rt, d, deps::fan_corral(s.w10, w)),
         (W10_FAN, Side::Floor) => drive(rt, d, deps::fan_floor(s.w10, w)),
-        (W10_PENDING, Side::Corral) => {
-            drive(rt, d, deps::pending_corral(s.w10_pending, s.settle, w))
+        (v @ (W10_PENDING | W10_PENDING_ANY), Side::Corral) => {
+            let typed = v == W10_PENDING;
+            drive(
+                rt,
+                d,
+                deps::pending_corral(s.w10_pending, s.settle, w, typed),
+            )
         }
-        (W10_PENDING, Side::Floor) => drive(rt, d, memory::w5_corral(s.w10_pending, s.settle, w)),
+        (W10_PENDING | W10_PENDING_ANY, Side::Floor) => {
+            drive(rt, d, memory::w5_corral(s.w10_pending, s.settle, w))
+        }
         (other, _) => Err(format!("W10 has no variant {other}")),
     }
 }

@@ -5,7 +5,8 @@
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
 use crate::spec::{
-    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_REFERENCE, W2_REFERENCE, W6_NAMED,
+    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
+    W2_REFERENCE, W6_NAMED,
 };
 use crate::stats::median;
 use crate::workloads::Sizes;
@@ -109,7 +110,7 @@ pub fn w2_specs() -> Vec<Spec> {
 pub fn w10_specs() -> Vec<Spec> {
     let w10 = |side, v| Spec::new("W10", side, 2).variant(v);
     let mut specs = Vec::new();
-    for v in [W10_CHAIN, W10_FAN, W10_PENDING] {
+    for v in [W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY] {
         specs.push(w10(Side::Corral, v));
         specs.push(w10(Side::Floor, v));
     }
@@ -385,30 +386,32 @@ fn w10_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
             Fold::Median,
         ));
     }
-    let c = Spec::new("W10", Side::Corral, 2).variant(W10_PENDING);
     let n = count(s.w10_pending);
-    rows.push(paired(
-        res,
-        format!("W10 heap per waiting dependent vs plain pending ({n})"),
-        Unit::Bytes,
-        &c,
-        "heap_per_task",
-        info,
-    ));
-    rows.push(paired(
-        res,
-        "W10 allocations per waiting dependent vs plain".into(),
-        Unit::PerTask,
-        &c,
-        "allocs_per_task",
-        info,
-    ));
-    rows.push(paired(
-        res,
-        "W10 submit rate, dependent vs plain pending".into(),
-        Unit::Rate,
-        &c,
-        "submit_rate",
-        info,
-    ));
+    for (v, edge) in [(W10_PENDING, "typed"), (W10_PENDING_ANY, "ordering-only")] {
+        let c = Spec::new("W10", Side::Corral, 2).variant(v);
+        rows.push(paired(
+            res,
+            format!("W10 heap per waiting dependent ({edge}, {n}) vs plain pending"),
+            Unit::Bytes,
+            &c,
+            "heap_per_task",
+            info,
+        ));
+        rows.push(paired(
+            res,
+            format!("W10 allocations per dependent ({edge}) vs plain"),
+            Unit::PerTask,
+            &c,
+            "allocs_per_task",
+            info,
+        ));
+        rows.push(paired(
+            res,
+            format!("W10 submit rate, dependent ({edge}) vs plain pending"),
+            Unit::Rate,
+            &c,
+            "submit_rate",
+            info,
+        ));
+    }
 }

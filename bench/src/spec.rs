@@ -36,13 +36,13 @@ pub struct Spec {
     pub driver: Driver,
     /// Workload-specific variant (`distinct` / `same` for W2, `w2-ref` for
     /// W2's reference W1 runs, `named` for W6 by user string id, `chain`,
-    /// `fan`, `pending` for W10 and `w10-ref` for W10's reference W1 runs),
+    /// `fan`, `pending`, `pending-any` for W10 and `w10-ref` for W10's reference W1 runs),
     /// else `-`.
     pub variant: &'static str,
 }
 
 pub const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
-const VARIANTS: [&str; 9] = [
+const VARIANTS: [&str; 10] = [
     "-",
     "distinct",
     "same",
@@ -51,6 +51,7 @@ const VARIANTS: [&str; 9] = [
     W10_CHAIN,
     W10_FAN,
     W10_PENDING,
+    W10_PENDING_ANY,
     W10_REFERENCE,
 ];
 
@@ -71,6 +72,8 @@ pub const W10_FAN: &str = "fan";
 /// W10's waiting-dependent memory variant (its floor side is corral's plain
 /// pending task, W5's corral program).
 pub const W10_PENDING: &str = "pending";
+/// W10's pending variant with ordering-only edges (`After::any`).
+pub const W10_PENDING_ANY: &str = "pending-any";
 /// The variant of W10's own W1 corral runs (2 workers, `block_on`): the
 /// plain-task throughput W10's chain and fan are compared with, recorded
 /// apart so that W10 pairs runs made side by side with its own.

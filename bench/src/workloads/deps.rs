@@ -23,7 +23,9 @@
 //! - **pending**: the heap a waiting dependent costs. A root task is
 //!   scheduled 1 hour ahead, then `n` no-op dependents are submitted with
 //!   `.after(&root)` (a typed edge, the common form) and kept waiting; heap
-//!   per dependent is measured like W5 measures heap per pending task. The
+//!   per dependent is measured like W5 measures heap per pending task.
+//!   Variant `pending-any`: the same with ordering-only edges
+//!   (`After::any(root.id())`, no slot for the root's value). The
 //!   reference ("floor" side) is corral's own plain pending task: W5's
 //!   corral program at the same `n`. At the end corral is `cancel()`led:
 //!   the root and every dependent must answer `Shutdown`.
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral::{Graph, GraphHandles, Node, TaskError};
+use corral::{After, Graph, GraphHandles, Node, TaskError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::{sleep, Instant};
 
@@ -268,7 +270,9 @@ pub async fn fan_floor(n: usize, workers: usize) -> Outcome {
 
 /// `n` dependents waiting on a root scheduled 1 hour ahead: heap per
 /// waiting dependent (compare W5's `heap_per_task`).
-pub async fn pending_corral(n: usize, settle: Duration, workers: usize) -> Outcome {
+/// `typed`: `.after(&root)` (a typed edge, the body could read the root's
+/// value); else `After::any(root.id())` (ordering only).
+pub async fn pending_corral(n: usize, settle: Duration, workers: usize, typed: bool) -> Outcome {
     let cluster = running_cluster(workers)?;
     let root = cluster
         .task(|_| async { Ok::<u64, Infallible>(0) })
@@ -280,9 +284,14 @@ pub async fn pending_corral(n: usize, settle: Duration, workers: usize) -> Outco
     reset_peak();
     let start = Instant::now();
     for i in 1..=n as u64 {
-        let h = cluster
-            .task(move |_| async move { Ok::<u64, Infallible>(i) })
-            .after(&root)
+        let task = cluster.task(move |_| async move { Ok::<u64, Infallible>(i) });
+        let edge = if typed {
+            After::from(&root)
+        } else {
+            After::any(root.id())
+        };
+        let h = task
+            .after(edge)
             .submit()
             .map_err(|e| format!("submit {i}: {e}"))?;
         handles.push(h);
