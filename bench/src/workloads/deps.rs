@@ -7,10 +7,13 @@
 //!   once) and submitted; then every handle awaited. Metric tasks/s over
 //!   "first `Graph::add` .. last outcome". Checks: every body ran exactly
 //!   once and in chain order (body `i` finds a shared counter at `i` and
-//!   moves it to `i + 1`), every handle answered `Ok(i)`. Floor: `n`
+//!   moves it to `i + 1`), every handle answered `Ok(i)`, and the edges
+//!   held: the first task waits on a gate, opened only after the program
+//!   has read `stats().waiting == n - 1` (the fan: `n + 1`); without edges
+//!   FIFO order alone would pass the order check. Floor: `n`
 //!   spawned tokio tasks linked by oneshot channels, task `i` awaits task
 //!   `i - 1`'s value, takes a `Semaphore(workers)` permit, checks the same
-//!   counter and sends `i` on.
+//!   counter and sends `i` on; its first task waits on the same gate.
 //! - **fan**: one root, `n` children after it, one join after all `n`
 //!   children (one task with `n` parents: the engine keeps a count of
 //!   parents left per waiting task, O(1) per finished parent, so a single
@@ -78,23 +81,53 @@ pub async fn chain_corral(n: usize, workers: usize) -> Outcome {
     let mut nodes: Vec<Node<u64, Infallible>> = Vec::with_capacity(n);
     let start = Instant::now();
     let mut graph = Graph::new(&cluster);
-    for i in 0..n as u64 {
+    let gate = Arc::new(Semaphore::new(0));
+    let (g, nx, b) = (gate.clone(), next.clone(), bad.clone());
+    let head = cluster.task(move |_| gated(g.clone(), nx.clone(), b.clone()));
+    nodes.push(graph.add(head).map_err(|e| format!("add 0: {e}"))?);
+    for i in 1..n as u64 {
         let (next, bad) = (next.clone(), bad.clone());
-        let mut task = cluster.task(move |_| {
+        let task = cluster.task(move |_| {
             step(&next, i, &bad);
             async move { Ok::<u64, Infallible>(i) }
         });
-        if let Some(prev) = nodes.last() {
-            task = task.after(prev);
-        }
-        nodes.push(graph.add(task).map_err(|e| format!("add {i}: {e}"))?);
+        let prev = &nodes[nodes.len() - 1];
+        nodes.push(
+            graph
+                .add(task.after(prev))
+                .map_err(|e| format!("add {i}: {e}"))?,
+        );
     }
     let mut hs = graph.submit().map_err(|e| format!("submit: {e}"))?;
+    let waiting = cluster.stats().waiting;
+    gate.add_permits(1);
     check_corral(take_all(&mut hs, &nodes)?, 0).await?;
     let mut r = rate_report(n, start);
     chain_checks(&mut r, n, &next, &bad);
+    held_back(&mut r, waiting, n - 1);
     finish(cluster).await?;
     Ok(r)
+}
+
+/// The first task of a chain or fan: runs when the gate opens, so that the
+/// program can first check that every other task is waiting (a missing
+/// edge would let tasks run at once in FIFO order, which the order checks
+/// alone could not tell from a respected edge).
+async fn gated(
+    gate: Arc<Semaphore>,
+    next: Arc<AtomicU64>,
+    bad: Arc<AtomicUsize>,
+) -> Result<u64, Infallible> {
+    let _ = gate.acquire().await;
+    step(&next, 0, &bad);
+    Ok(0)
+}
+
+/// Every task but the gated first one must have been waiting for a parent.
+fn held_back(r: &mut Report, waiting: usize, expected: usize) {
+    r.check(waiting == expected, || {
+        format!("{waiting} task(s) waiting behind the gated first task, expected {expected}")
+    });
 }
 
 fn chain_checks(r: &mut Report, n: usize, next: &AtomicU64, bad: &AtomicUsize) {
@@ -113,11 +146,17 @@ pub async fn chain_floor(n: usize, workers: usize) -> Outcome {
     let mut handles = Vec::with_capacity(n);
     let start = Instant::now();
     let mut prev: Option<oneshot::Receiver<u64>> = None;
+    // Gated like corral's first task, for the same program shape.
+    let gate = Arc::new(Semaphore::new(0));
     for i in 0..n as u64 {
         let (tx, rx) = oneshot::channel();
         let (sem, next, bad) = (sem.clone(), next.clone(), bad.clone());
         let before = prev.replace(rx);
+        let g = (i == 0).then(|| gate.clone());
         handles.push(tokio::spawn(async move {
+            if let Some(g) = g {
+                let _ = g.acquire().await;
+            }
             if let Some(before) = before {
                 if before.await != Ok(i - 1) {
                     bad.fetch_add(1, SeqCst);
@@ -133,6 +172,7 @@ pub async fn chain_floor(n: usize, workers: usize) -> Outcome {
             i
         }));
     }
+    gate.add_permits(1);
     check_floor(handles, 0).await?;
     let mut r = rate_report(n, start);
     chain_checks(&mut r, n, &next, &bad);
@@ -188,10 +228,15 @@ pub async fn fan_corral(n: usize, workers: usize) -> Outcome {
     let mut nodes: Vec<Node<u64, Infallible>> = Vec::with_capacity(n + 2);
     let start = Instant::now();
     let mut graph = Graph::new(&cluster);
-    let f = fan.clone();
+    let gate = Arc::new(Semaphore::new(0));
+    let (f, g) = (fan.clone(), gate.clone());
     let root = cluster.task(move |_| {
-        f.root();
-        async { Ok::<u64, Infallible>(0) }
+        let (f, g) = (f.clone(), g.clone());
+        async move {
+            let _ = g.acquire().await;
+            f.root();
+            Ok::<u64, Infallible>(0)
+        }
     });
     nodes.push(graph.add(root).map_err(|e| format!("add root: {e}"))?);
     for i in 1..=n as u64 {
@@ -215,9 +260,12 @@ pub async fn fan_corral(n: usize, workers: usize) -> Outcome {
     }
     nodes.push(graph.add(join).map_err(|e| format!("add join: {e}"))?);
     let mut hs = graph.submit().map_err(|e| format!("submit: {e}"))?;
+    let waiting = cluster.stats().waiting;
+    gate.add_permits(1);
     check_corral(take_all(&mut hs, &nodes)?, 0).await?;
     let mut r = rate_report(n + 2, start);
     fan.checks(&mut r, n);
+    held_back(&mut r, waiting, n + 1);
     finish(cluster).await?;
     Ok(r)
 }
@@ -230,8 +278,10 @@ pub async fn fan_floor(n: usize, workers: usize) -> Outcome {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let mut handles = Vec::with_capacity(n + 2);
     let start = Instant::now();
-    let (s, f) = (sem.clone(), fan.clone());
+    let gate = Arc::new(Semaphore::new(0));
+    let (s, f, g) = (sem.clone(), fan.clone(), gate.clone());
     handles.push(tokio::spawn(async move {
+        let _ = g.acquire().await;
         let _permit = s.acquire_owned().await.expect("semaphore is never closed");
         f.root();
         // Every child holds a receiver until it has seen `true`.
@@ -262,6 +312,7 @@ pub async fn fan_floor(n: usize, workers: usize) -> Outcome {
         f.join(n);
         n as u64 + 1
     }));
+    gate.add_permits(1);
     check_floor(handles, 0).await?;
     let mut r = rate_report(n + 2, start);
     fan.checks(&mut r, n);
