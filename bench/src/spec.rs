@@ -216,3 +216,20 @@ impl fmt::Display for Spec {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every W10 child spec survives the trip through the command line
+    /// (an unknown variant would make the child refuse to run).
+    #[test]
+    fn w10_specs_round_trip() {
+        let specs = crate::rows::w10_specs();
+        assert_eq!(specs.len(), 9);
+        for spec in specs {
+            let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
+            assert_eq!(back, spec);
+        }
+    }
+}
