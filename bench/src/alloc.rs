@@ -3,8 +3,8 @@
 //! It wraps [`std::alloc::System`] and, once [`enable`]d, counts with atomics:
 //! the live heap in bytes (current and peak) and the number of allocations
 //! (`alloc`, `alloc_zeroed` and `realloc` each count one). Only the memory
-//! workloads (W5, W6, W9) enable it, so the speed workloads pay one relaxed
-//! load per allocation and nothing else.
+//! workloads (W5, W6, W9, W10 pending) enable it, so the speed workloads pay
+//! one relaxed load per allocation and nothing else.
 //!
 //! Without the feature the allocator is not installed and [`snapshot`]
 //! returns `None`, which the report shows as "n/a".

@@ -20,8 +20,8 @@ use tokio::runtime::Runtime;
 
 use crate::alloc;
 use crate::callgrind;
-use crate::spec::{Driver, Side, Spec, W6_NAMED};
-use crate::workloads::{latency, memory, order, throughput, timers, Outcome, Sizes};
+use crate::spec::{Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W6_NAMED};
+use crate::workloads::{deps, latency, memory, order, throughput, timers, Outcome, Sizes};
 
 /// Runs the child given its arguments (starting with `--child`); returns
 /// the process exit status.
@@ -33,7 +33,9 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    if matches!(spec.workload, "W5" | "W6" | "W9") {
+    let memory = matches!(spec.workload, "W5" | "W6" | "W9");
+    let pending = matches!(spec.variant, W10_PENDING | W10_PENDING_ANY);
+    if memory || (spec.workload == "W10" && pending) {
         alloc::enable();
     }
     if opts.callgrind {
@@ -120,6 +122,31 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
             memory::w9_corral(s.w9, s.w9_checkpoint, s.w9_wave, w),
         ),
         ("W9", Side::Floor) => Err("W9 has no floor program".into()),
+        ("W10", side) => w10(rt, spec, s, side),
         (other, _) => Err(format!("unknown workload {other}")),
+    }
+}
+
+/// W10: the variant picks the program; the pending variant's floor side is
+/// corral's plain pending task (W5's corral program at W10's size).
+fn w10(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
+    let (w, d) = (spec.workers, spec.driver);
+    match (spec.variant, side) {
+        (W10_CHAIN, Side::Corral) => drive(rt, d, deps::chain_corral(s.w10, w)),
+        (W10_CHAIN, Side::Floor) => drive(rt, d, deps::chain_floor(s.w10, w)),
+        (W10_FAN, Side::Corral) => drive(rt, d, deps::fan_corral(s.w10, w)),
+        (W10_FAN, Side::Floor) => drive(rt, d, deps::fan_floor(s.w10, w)),
+        (v @ (W10_PENDING | W10_PENDING_ANY), Side::Corral) => {
+            let typed = v == W10_PENDING;
+            drive(
+                rt,
+                d,
+                deps::pending_corral(s.w10_pending, s.settle, w, typed),
+            )
+        }
+        (W10_PENDING | W10_PENDING_ANY, Side::Floor) => {
+            drive(rt, d, memory::w5_corral(s.w10_pending, s.settle, w))
+        }
+        (other, _) => Err(format!("W10 has no variant {other}")),
     }
 }

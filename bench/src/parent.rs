@@ -80,7 +80,7 @@ impl Options {
                         .filter(|w| !w.is_empty())
                         .collect();
                     if let Some(bad) = only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-                        return Err(format!("--only: unknown workload {bad} (W1 to W9)"));
+                        return Err(format!("--only: unknown workload {bad} (W1 to W10)"));
                     }
                     o.only = Some(only);
                 }
@@ -162,6 +162,10 @@ fn plan(o: &Options) -> Vec<Group> {
     groups.push(Group {
         title: "W9".into(),
         specs: vec![Spec::new("W9", Side::Corral, 2)],
+    });
+    groups.push(Group {
+        title: "W10 (+ W1 corral w=2)".into(),
+        specs: rows::w10_specs(),
     });
     groups.retain(|g| o.wants(g.specs[0].workload));
     groups

@@ -4,7 +4,10 @@
 
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
-use crate::spec::{Driver, Side, Spec, W2_REFERENCE, W6_NAMED};
+use crate::spec::{
+    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
+    W2_REFERENCE, W6_NAMED,
+};
 use crate::stats::median;
 use crate::workloads::Sizes;
 
@@ -100,6 +103,19 @@ pub fn w2_specs() -> Vec<Spec> {
         w2(Side::Floor, "same"),
         Spec::new("W1", Side::Floor, 1).variant(W2_REFERENCE),
     ]
+}
+
+/// W10's child runs: each variant on both sides, and the W1 corral program
+/// at 2 workers (`block_on`) that the chain and fan rates are compared with.
+pub fn w10_specs() -> Vec<Spec> {
+    let w10 = |side, v| Spec::new("W10", side, 2).variant(v);
+    let mut specs = Vec::new();
+    for v in [W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY] {
+        specs.push(w10(Side::Corral, v));
+        specs.push(w10(Side::Floor, v));
+    }
+    specs.push(Spec::new("W1", Side::Corral, 2).variant(W10_REFERENCE));
+    specs
 }
 
 /// "10M", "200k", "1000".
@@ -344,5 +360,58 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
             Target::Info,
         ));
     }
+    if o.wants("W10") {
+        w10_rows(res, &s, &mut rows);
+    }
     rows
+}
+
+/// W10's rows, all informational (the spec sets no target).
+fn w10_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
+    let w1 = Spec::new("W1", Side::Corral, 2).variant(W10_REFERENCE);
+    let info = Target::Info;
+    for (v, what) in [
+        (W10_CHAIN, format!("chain of {}", count(s.w10))),
+        (W10_FAN, format!("fan 1 -> {} -> 1", count(s.w10))),
+    ] {
+        let c = Spec::new("W10", Side::Corral, 2).variant(v);
+        let name = format!("W10 {what}, tasks/s vs tokio floor");
+        rows.push(paired(res, name, Unit::Rate, &c, "rate", info));
+        rows.push(row(
+            res,
+            format!("W10 {what}, tasks/s vs W1 corral w=2"),
+            Unit::Rate,
+            (Some((&c, "rate")), Some((&w1, "rate"))),
+            info,
+            Fold::Median,
+        ));
+    }
+    let n = count(s.w10_pending);
+    for (v, edge) in [(W10_PENDING, "typed"), (W10_PENDING_ANY, "ordering-only")] {
+        let c = Spec::new("W10", Side::Corral, 2).variant(v);
+        rows.push(paired(
+            res,
+            format!("W10 heap per waiting dependent ({edge}, {n}) vs plain pending"),
+            Unit::Bytes,
+            &c,
+            "heap_per_task",
+            info,
+        ));
+        rows.push(paired(
+            res,
+            format!("W10 allocations per dependent ({edge}) vs plain"),
+            Unit::PerTask,
+            &c,
+            "allocs_per_task",
+            info,
+        ));
+        rows.push(paired(
+            res,
+            format!("W10 submit rate, dependent ({edge}) vs plain pending"),
+            Unit::Rate,
+            &c,
+            "submit_rate",
+            info,
+        ));
+    }
 }

@@ -26,7 +26,7 @@ pub enum Driver {
 /// One (workload, side, workers, driver, variant) combination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Spec {
-    /// `W1` .. `W9`.
+    /// `W1` .. `W10`.
     pub workload: &'static str,
     /// Corral or floor.
     pub side: Side,
@@ -35,12 +35,25 @@ pub struct Spec {
     /// Where the loop runs.
     pub driver: Driver,
     /// Workload-specific variant (`distinct` / `same` for W2, `w2-ref` for
-    /// W2's reference W1 runs, `named` for W6 by user string id), else `-`.
+    /// W2's reference W1 runs, `named` for W6 by user string id, `chain`,
+    /// `fan`, `pending`, `pending-any` for W10 and `w10-ref` for W10's reference W1 runs),
+    /// else `-`.
     pub variant: &'static str,
 }
 
-pub const WORKLOADS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"];
-const VARIANTS: [&str; 5] = ["-", "distinct", "same", W2_REFERENCE, W6_NAMED];
+pub const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
+const VARIANTS: [&str; 10] = [
+    "-",
+    "distinct",
+    "same",
+    W2_REFERENCE,
+    W6_NAMED,
+    W10_CHAIN,
+    W10_FAN,
+    W10_PENDING,
+    W10_PENDING_ANY,
+    W10_REFERENCE,
+];
 
 /// The variant of W2's own W1-floor runs: the same program as W1's floor at
 /// 1 worker, recorded apart so that W2's ratios pair runs made side by side
@@ -51,6 +64,20 @@ pub const W2_REFERENCE: &str = "w2-ref";
 /// cancels it by that string (the default variant cancels by the generated
 /// id). The floor program is the same for both.
 pub const W6_NAMED: &str = "named";
+
+/// W10's chain variant.
+pub const W10_CHAIN: &str = "chain";
+/// W10's fan-out/fan-in variant.
+pub const W10_FAN: &str = "fan";
+/// W10's waiting-dependent memory variant (its floor side is corral's plain
+/// pending task, W5's corral program).
+pub const W10_PENDING: &str = "pending";
+/// W10's pending variant with ordering-only edges (`After::any`).
+pub const W10_PENDING_ANY: &str = "pending-any";
+/// The variant of W10's own W1 corral runs (2 workers, `block_on`): the
+/// plain-task throughput W10's chain and fan are compared with, recorded
+/// apart so that W10 pairs runs made side by side with its own.
+pub const W10_REFERENCE: &str = "w10-ref";
 
 /// The child's options besides its spec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -187,5 +214,22 @@ impl fmt::Display for Spec {
             write!(f, " {}", self.variant)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every W10 child spec survives the trip through the command line
+    /// (an unknown variant would make the child refuse to run).
+    #[test]
+    fn w10_specs_round_trip() {
+        let specs = crate::rows::w10_specs();
+        assert_eq!(specs.len(), 9);
+        for spec in specs {
+            let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
+            assert_eq!(back, spec);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The workloads W1-W9 (see `bench/README.md#workloads`), each as a corral
+//! The workloads W1-W10 (see `bench/README.md#workloads`), each as a corral
 //! program and as its raw-tokio floor, plus what they share: the sizes
 //! (full and `--quick`), the result a child reports, and outcome checks.
 //!
@@ -9,7 +9,9 @@
 //! | [`timers`] | W3 scheduled-start lateness and CPU |
 //! | [`latency`] | W4 single round-trip latency |
 //! | [`memory`] | W5 pending memory, W6 cancel by id, W9 soak |
+//! | [`deps`] | W10 dependencies: chain, fan-out/fan-in, waiting dependent's heap |
 
+pub mod deps;
 pub mod latency;
 pub mod memory;
 pub mod order;
@@ -82,6 +84,10 @@ pub struct Sizes {
     pub w9_checkpoint: usize,
     /// W9 tasks per wave.
     pub w9_wave: usize,
+    /// W10 chain length, and children of the fan (plus root and join).
+    pub w10: usize,
+    /// W10 waiting dependents (and plain pending tasks of its reference).
+    pub w10_pending: usize,
     /// Pause after submitting pending tasks (W5, W6) so that the floor's
     /// spawned tasks have all been polled once before memory is read.
     pub settle: Duration,
@@ -105,6 +111,8 @@ impl Sizes {
                 w9: 200_000,
                 w9_checkpoint: 20_000,
                 w9_wave: 10_000,
+                w10: 1_000,
+                w10_pending: 5_000,
                 settle: Duration::from_millis(20),
             }
         } else {
@@ -122,6 +130,8 @@ impl Sizes {
                 w9: 10_000_000,
                 w9_checkpoint: 1_000_000,
                 w9_wave: 100_000,
+                w10: 100_000,
+                w10_pending: 100_000,
                 settle: Duration::from_millis(500),
             }
         }
@@ -141,6 +151,8 @@ impl Sizes {
             w6: n,
             w7: (n / throughput::PRODUCERS).max(1),
             w8: n,
+            w10: n,
+            w10_pending: n,
             ..self
         }
     }
