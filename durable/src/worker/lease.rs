@@ -241,7 +241,13 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
             next_rescue = Instant::now();
             continue;
         }
-        scheduled.borrow_and_update();
+        // A notice of scheduled rows that came while the last wait ended
+        // on another branch must still lead to a stage: marking it seen
+        // without staging would strand those rows until the fallback poll.
+        if scheduled.has_changed().unwrap_or(false) {
+            scheduled.borrow_and_update();
+            next_stage = Some(Instant::now());
+        }
         let duties = async {
             if next_stage.is_some_and(|t| Instant::now() >= t) {
                 let (staged, next_due) = shared.store.stage(shared.stage_batch).await?;
