@@ -39,7 +39,7 @@ use crate::job::{Answer, Outcome, SubscribeRequest};
 use crate::panic::drop_guarded;
 use crate::shared::Shared;
 use crate::signal::CancelReason;
-use crate::task::{TaskContext, TaskId};
+use crate::task::{TaskContext, TaskId, TaskRef};
 use crate::worker::{timekeeper, worker};
 
 /// How long a cached outcome is kept unless the cluster or task says otherwise.
@@ -655,10 +655,10 @@ impl Cluster {
     /// assert_eq!(cluster.cancel_task("nightly"), CancelOutcome::NotFound);
     /// # }
     /// ```
-    pub fn cancel_task(&self, id: impl Into<TaskId>) -> CancelOutcome {
-        let id = id.into();
+    pub fn cancel_task(&self, id: impl TaskRef) -> CancelOutcome {
+        let id = id.id_ref();
         let shared = self.shared();
-        let (outcome, delivery, running) = shared.locked(|core| core.cancel(&id));
+        let (outcome, delivery, running) = shared.locked(|core| core.cancel(id));
         shared.interrupt(running, CancelReason::Cancelled);
         if let Some(d) = delivery {
             d.deliver();

@@ -83,7 +83,7 @@ use crate::flow::Flow;
 use crate::idle::{IdleWorkers, Picked};
 use crate::job::{Forced, Job};
 use crate::queue::{Item, Queue, Slot};
-use crate::task::TaskId;
+use crate::task::{IdRef, TaskId};
 
 /// Where the cluster is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +207,12 @@ pub(crate) struct Engine {
     clock: Clock,
     entries: Slab<Entry>,
     /// User-given ids; generated ids carry their slot and need no map.
-    names: HashMap<Arc<str>, Slot>,
+    /// Hashed with foldhash, not SipHash: a cancel by name hashes the id
+    /// twice (find, then remove), and SipHash made that cost as much as the
+    /// rest of the cancel (W6, `bench/README.md#w6-cancel-by-id`). Its per-map
+    /// random seed keeps the "quality" variant's protection against
+    /// chosen colliding ids.
+    names: HashMap<Arc<str>, Slot, foldhash::quality::RandomState>,
     pub(crate) queue: Queue,
     /// When retained outcomes expire.
     expiries: Expiries,
@@ -267,7 +272,7 @@ impl Engine {
         Engine {
             clock,
             entries: Slab::new(),
-            names: HashMap::new(),
+            names: HashMap::default(),
             queue: Queue::default(),
             expiries: Expiries::default(),
             next_seq: 0,
@@ -354,9 +359,13 @@ impl Engine {
     }
 
     fn lookup(&self, id: &TaskId) -> Option<Slot> {
-        match id.generated_parts() {
-            Some((seq, slot)) => current(&self.entries, slot, seq).map(|_| slot),
-            None => id.name().and_then(|n| self.names.get(n).copied()),
+        self.lookup_ref(id.as_ref())
+    }
+
+    fn lookup_ref(&self, id: IdRef<'_>) -> Option<Slot> {
+        match id {
+            IdRef::Generated { seq, slot } => current(&self.entries, slot, seq).map(|_| slot),
+            IdRef::Named(n) => self.names.get(n).copied(),
         }
     }
 
@@ -607,9 +616,9 @@ impl Engine {
     /// and worker to signal for a running one.
     pub(crate) fn cancel(
         &mut self,
-        id: &TaskId,
+        id: IdRef<'_>,
     ) -> (CancelOutcome, Option<Delivery>, Option<Running>) {
-        let Some(slot) = self.lookup(id) else {
+        let Some(slot) = self.lookup_ref(id) else {
             return (CancelOutcome::NotFound, None, None);
         };
         let e = &mut self.entries[slot as usize];

@@ -205,7 +205,7 @@ pub use crate::periodic::{
 };
 pub use crate::progress::Progress;
 pub use crate::signal::CancelReason;
-pub use crate::task::{ParseTaskIdError, TaskContext, TaskId};
+pub use crate::task::{ParseTaskIdError, TaskContext, TaskId, TaskRef};
 pub use crate::wait::Watch;
 /// Re-exported from `tokio_util`: the type of
 /// [`TaskContext::cancellation_token`] and [`ClusterBuilder::cancel_on`], so

@@ -93,14 +93,6 @@ impl TaskId {
         matches!(self.0, Repr::Generated { .. })
     }
 
-    /// `(seq, slot)` for a generated id.
-    pub(crate) fn generated_parts(&self) -> Option<(u64, u32)> {
-        match self.0 {
-            Repr::Generated { seq, slot } => Some((seq, slot)),
-            Repr::Named(_) => None,
-        }
-    }
-
     pub(crate) fn name(&self) -> Option<&Arc<str>> {
         match &self.0 {
             Repr::Named(s) => Some(s),
@@ -110,15 +102,114 @@ impl TaskId {
 
     /// Parses the printed form of a generated id, `#{seq}@{slot}`.
     fn parse_generated(s: &str) -> Option<TaskId> {
-        let (seq, slot) = s.strip_prefix('#')?.split_once('@')?;
-        // Digits only: `u64::from_str` would also take a leading `+`, and
-        // then two spellings would name one id.
-        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-        if !(digits(seq) && digits(slot)) {
-            return None;
-        }
-        Some(TaskId::generated(seq.parse().ok()?, slot.parse().ok()?))
+        let (seq, slot) = parse_generated_parts(s)?;
+        Some(TaskId::generated(seq, slot))
     }
+
+    /// This id borrowed for a lookup.
+    pub(crate) fn as_ref(&self) -> IdRef<'_> {
+        match &self.0 {
+            Repr::Generated { seq, slot } => IdRef::Generated {
+                seq: *seq,
+                slot: *slot,
+            },
+            Repr::Named(s) => IdRef::Named(s),
+        }
+    }
+}
+
+/// `(seq, slot)` from the printed form of a generated id, `#{seq}@{slot}`.
+fn parse_generated_parts(s: &str) -> Option<(u64, u32)> {
+    let (seq, slot) = s.strip_prefix('#')?.split_once('@')?;
+    // Digits only: `u64::from_str` would also take a leading `+`, and
+    // then two spellings would name one id.
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(seq) && digits(slot)) {
+        return None;
+    }
+    Some((seq.parse().ok()?, slot.parse().ok()?))
+}
+
+/// A task id borrowed for one lookup: what a [`TaskRef`] gives the engine,
+/// so that naming a task by a string costs no allocation. Public only to
+/// be the sealed trait's return type; not nameable outside the crate.
+#[derive(Debug, Clone, Copy)]
+pub enum IdRef<'a> {
+    /// A generated id's parts.
+    Generated {
+        /// Its sequence number.
+        seq: u64,
+        /// Its registry slot.
+        slot: u32,
+    },
+    /// A user-given id.
+    Named(&'a str),
+}
+
+impl<'a> IdRef<'a> {
+    /// A string as [`From<&str> for TaskId`](TaskId#impl-From<%26str>-for-TaskId) reads it.
+    fn from_str(s: &'a str) -> Self {
+        match parse_generated_parts(s) {
+            Some((seq, slot)) => IdRef::Generated { seq, slot },
+            None => IdRef::Named(s),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What names a task to [`Cluster::cancel_task`](crate::Cluster::cancel_task):
+/// a [`TaskId`] (owned or borrowed) or a string, read as
+/// [`From<&str> for TaskId`](TaskId#impl-From<%26str>-for-TaskId) reads it.
+/// A string is looked up as it is, without being copied into a `TaskId`
+/// first: cancelling by a user string id allocates nothing.
+///
+/// Sealed: implemented for `TaskId`, `&TaskId`, `&str`, `String`,
+/// `&String` and `Arc<str>`.
+///
+/// ```
+/// use corral::{CancelOutcome, Cluster};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cluster = Cluster::new(1).unwrap();
+/// let name = String::from("report");
+/// let handle = cluster
+///     .task(|_ctx| async { Ok::<_, String>(1) })
+///     .id(&name)
+///     .submit()
+///     .unwrap();
+/// assert_eq!(cluster.cancel_task(&name), CancelOutcome::Cancelled);
+/// assert_eq!(cluster.cancel_task(handle.id()), CancelOutcome::NotFound);
+/// # }
+/// ```
+pub trait TaskRef: sealed::Sealed {
+    /// The id, borrowed for one lookup.
+    #[doc(hidden)]
+    fn id_ref(&self) -> IdRef<'_>;
+}
+
+macro_rules! task_ref {
+    ($($ty:ty => |$s:ident| $body:expr;)*) => {$(
+        impl sealed::Sealed for $ty {}
+        impl TaskRef for $ty {
+            fn id_ref(&self) -> IdRef<'_> {
+                let $s = self;
+                $body
+            }
+        }
+    )*};
+}
+
+task_ref! {
+    TaskId => |s| s.as_ref();
+    &TaskId => |s| s.as_ref();
+    &str => |s| IdRef::from_str(s);
+    String => |s| IdRef::from_str(s);
+    &String => |s| IdRef::from_str(s);
+    Arc<str> => |s| IdRef::from_str(s);
 }
 
 /// Why a string is not a [`TaskId`]: it starts with `#` (reserved for

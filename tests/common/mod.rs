@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
-use corral::{Cluster, TaskError, TaskHandle, TaskId};
+use corral::{Cluster, TaskError, TaskHandle};
 
 /// One millisecond.
 pub const MS: Duration = Duration::from_millis(1);
@@ -117,7 +117,7 @@ pub fn quiet_panics_starting_with(prefix: &'static str) {
 ///
 /// Every new call of `Cluster::cancel_task` in the tests goes through here,
 /// so that a change of its return type is a one-line change.
-pub fn cancel(c: &Cluster, id: impl Into<TaskId>) -> bool {
+pub fn cancel(c: &Cluster, id: impl corral::TaskRef) -> bool {
     c.cancel_task(id).took_effect()
 }
 
