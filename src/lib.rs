@@ -157,6 +157,7 @@ mod batch;
 mod body;
 mod builder;
 mod cache;
+mod capacity;
 mod cell;
 mod clock;
 mod cluster;
@@ -186,6 +187,7 @@ pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackof
 pub use crate::batch::{Batch, BatchSummary, OutcomeKind, SealedBatch};
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
+pub use crate::capacity::{Overflow, TrySubmitError};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::dedup::Duplicate;
 pub use crate::deps::{After, Graph, GraphHandles, Node, OnParentFailure};

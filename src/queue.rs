@@ -28,6 +28,15 @@
 //!   `is_live` check) when they reach a head. The 24-byte entries left
 //!   behind are compacted away once they outnumber live ones, so removal is
 //!   O(1) amortised and a cancel storm cannot leave the queue at its peak.
+//! - Priority aging (`ClusterBuilder::aging`, off unless set): a due task's
+//!   effective priority is `p + (t - start) / step` at time `t`. Between two
+//!   tasks, `p1 + (t - s1)/step > p2 + (t - s2)/step` iff
+//!   `s1 - p1 * step < s2 - p2 * step`, whatever `t`: so with aging on, every
+//!   due task goes to the one hot level keyed by that static "aged start"
+//!   (then `seq`), and the order stays exact without any re-sorting. The
+//!   item keeps its own priority (for `worst`); only its `start` is
+//!   replaced, and the engine only reads `slot` and `seq` of a popped item.
+//!   Off, it costs one test of `aging` per push into the ready levels.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -186,6 +195,13 @@ impl Level {
         retain_heap(&mut self.late, is_live);
     }
 
+    fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.fifo
+            .iter()
+            .chain(&self.run)
+            .chain(self.late.iter().map(|Reverse(ByKey(i))| i))
+    }
+
     fn into_items(self) -> impl Iterator<Item = Item> {
         self.fifo
             .into_iter()
@@ -211,6 +227,8 @@ pub(crate) struct Queue {
     ready_entries: usize,
     /// Entries in `sched`, `hot` and `levels` that the caller has forgotten.
     dead: usize,
+    /// Priority aging: ticks of waiting worth one priority level (0: off).
+    aging: i64,
 }
 
 impl Queue {
@@ -353,6 +371,9 @@ impl Queue {
     }
 
     fn push_ready(&mut self, item: Item) {
+        if self.aging != 0 {
+            return self.push_aged(item);
+        }
         let p = item.priority;
         if p == self.hot_priority {
             self.hot.push(item);
@@ -365,6 +386,64 @@ impl Queue {
             self.map_entries += 1;
         }
         self.ready_entries += 1;
+    }
+
+    /// Turns priority aging on: one level gained per `step` ticks of
+    /// waiting (see the module docs). Set before anything is queued.
+    pub(crate) fn set_aging(&mut self, step: i64) {
+        debug_assert!(self.len() == 0);
+        self.aging = step.max(0);
+    }
+
+    /// The static key of a task under aging: its start, less `step` per
+    /// level of priority (saturating: exact while `|p| * step` and the
+    /// result fit in an i64, that is for steps and waits under ~292 years).
+    fn aged_start(&self, item: &Item) -> i64 {
+        item.start
+            .saturating_sub(i64::from(item.priority).saturating_mul(self.aging))
+    }
+
+    /// `push_ready` with aging on: every due task in the hot level, keyed
+    /// by its aged start.
+    #[cold]
+    #[inline(never)]
+    fn push_aged(&mut self, mut item: Item) {
+        item.start = self.aged_start(&item);
+        self.hot.push(item);
+        self.ready_entries += 1;
+    }
+
+    /// The live queued task that ranks lowest: lowest priority (the one it
+    /// was submitted with; aging does not count), then the latest start,
+    /// then the latest submitted. `None` if nothing live is queued. For
+    /// `Overflow::DropLowest`: O(number of queued entries), on a full
+    /// queue's submits only.
+    pub(crate) fn worst(&self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        // Due items of one priority compare by their `start` as stored (the
+        // aged start differs from the start by the same amount for all of
+        // them), and scheduled ones are stored as is: map them alike.
+        let aged = self.aging != 0;
+        let rank = |i: &Item, ready: bool| {
+            let start = if aged && !ready {
+                self.aged_start(i)
+            } else {
+                i.start
+            };
+            (Reverse(i.priority), start, i.seq)
+        };
+        let sched = self.sched.iter().map(|Reverse(ByKey(i))| (i, false));
+        let hot = self.hot.iter().map(|i| (i, true));
+        let levels = self
+            .levels
+            .values()
+            .flat_map(Level::iter)
+            .map(|i| (i, true));
+        sched
+            .chain(hot)
+            .chain(levels)
+            .filter(|(i, _)| is_live(i))
+            .max_by_key(|&(i, ready)| rank(i, ready))
+            .map(|(i, _)| *i)
     }
 
     fn compact(&mut self, mut is_live: impl FnMut(&Item) -> bool) {
