@@ -375,13 +375,16 @@ where
     }
 }
 
+/// What `try_submit` returns.
+type TrySubmitted<'c, B, T, E> = Result<TaskHandle<T, E>, TrySubmitError<TaskBuilder<'c, B, T, E>>>;
+
 /// Submits `builder` with the room reserved under `key`; a room its submit
 /// did not use is given back.
 fn submit_in_room<'c, B, T, E>(
     shared: &Shared,
     key: usize,
     builder: TaskBuilder<'c, B, T, E>,
-) -> Result<TaskHandle<T, E>, TrySubmitError<TaskBuilder<'c, B, T, E>>>
+) -> TrySubmitted<'c, B, T, E>
 where
     B: Body<T, E>,
     T: Send + 'static,
