@@ -687,6 +687,11 @@ where
         self.priority
     }
 
+    /// The task's user-given id, if any (`crate::capacity`).
+    pub(crate) fn name_value(&self) -> Option<&Arc<str>> {
+        self.id.as_ref().and_then(TaskId::name)
+    }
+
     /// Validates the options and makes the task's cell, not yet admitted
     /// (for a task with parents, and for a [`Graph`](crate::Graph)).
     pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {

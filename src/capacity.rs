@@ -315,7 +315,7 @@ where
         let shared = self.cluster().shared().clone();
         let mut ticket = None;
         let mut core = shared.lock();
-        let room = core.request_room(self.priority_value(), &mut ticket, None);
+        let room = core.request_room(self.name_value(), self.priority_value(), &mut ticket, None);
         shared.unlock(core);
         match room {
             Room::Reserved(key) => submit_in_room(&shared, key, self),
@@ -362,11 +362,12 @@ where
     pub async fn submit_wait(self) -> Result<TaskHandle<T, E>, SubmitError> {
         let shared = self.cluster().shared().clone();
         let priority = self.priority_value();
+        let name = self.name_value().cloned();
         let mut line = InLine {
             shared: &shared,
             ticket: None,
         };
-        let room = poll_fn(|cx| line.poll(priority, cx)).await;
+        let room = poll_fn(|cx| line.poll(name.as_ref(), priority, cx)).await;
         match room {
             Room::Reserved(key) => submit_in_room(&shared, key, self).map_err(|e| e.into_error()),
             Room::Full(capacity) => Err(SubmitError::Full { capacity }),
@@ -405,9 +406,9 @@ struct InLine<'a> {
 }
 
 impl InLine<'_> {
-    fn poll(&mut self, priority: i32, cx: &mut Context<'_>) -> Poll<Room> {
+    fn poll(&mut self, name: Option<&Arc<str>>, priority: i32, cx: &mut Context<'_>) -> Poll<Room> {
         let mut core = self.shared.lock();
-        let room = core.request_room(priority, &mut self.ticket, Some(cx.waker()));
+        let room = core.request_room(name, priority, &mut self.ticket, Some(cx.waker()));
         self.shared.unlock(core);
         match room {
             Room::Waiting => Poll::Pending,

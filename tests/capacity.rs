@@ -511,3 +511,31 @@ async fn submit_wait_is_send() {
     let err: TrySubmitError<()> = TrySubmitError::Refused(SubmitError::ShuttingDown);
     assert_eq!(format!("{err:?}"), "Refused(ShuttingDown)");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_submit_refused_for_its_id_drops_nothing() {
+    let c = held(2, Overflow::DropLowest);
+    let low = c.task(|_| async { Ok::<_, String>(0) }).submit().unwrap();
+    let _taken = c
+        .task(|_| async { Ok::<_, String>(1) })
+        .id("taken")
+        .priority(5)
+        .submit()
+        .unwrap();
+    for attempt in 0..2 {
+        let dup = c
+            .task(|_| async { Ok::<_, String>(2) })
+            .id("taken")
+            .priority(9);
+        let err = if attempt == 0 {
+            dup.submit().unwrap_err()
+        } else {
+            dup.try_submit().unwrap_err().into_error()
+        };
+        assert!(matches!(err, SubmitError::DuplicateId(_)));
+    }
+    let s = c.stats();
+    assert_eq!((s.queued, s.dropped, s.rejected), (2, 0, 0));
+    c.run().unwrap();
+    assert_eq!(low.await, Ok(0));
+}

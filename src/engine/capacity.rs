@@ -98,10 +98,14 @@ pub(crate) enum Room {
 /// Runs `submit` using the room reserved under `key` (see [`Room`]), and
 /// gives the room back if the submit did not use it (it was refused for
 /// another reason, or joined another task).
+///
+/// The mark is saved and restored around the call: user code the submit
+/// runs after unlocking (the `Drop` of a refused body) may submit again on
+/// this thread, and each call must account for its own room only.
 pub(crate) fn hold_room<R>(key: usize, release: impl FnOnce(), submit: impl FnOnce() -> R) -> R {
-    HOLDS_ROOM.with(|h| h.set(key));
+    let outer = HOLDS_ROOM.with(|h| h.replace(key));
     let r = submit();
-    if HOLDS_ROOM.with(|h| h.replace(0)) == key {
+    if HOLDS_ROOM.with(|h| h.replace(outer)) == key {
         release();
     }
     r
@@ -153,6 +157,21 @@ impl Engine {
         true
     }
 
+    /// Whether a task named `name` would be refused as a duplicate at `now`.
+    fn name_taken_at(&self, name: Option<&Arc<str>>, now: i64) -> bool {
+        let Some(&old) = name.and_then(|n| self.names.get(n)) else {
+            return false;
+        };
+        let e = &self.entries[old as usize];
+        e.state != State::Retained || e.job.holds_id(now)
+    }
+
+    /// [`name_taken_at`](Self::name_taken_at) now.
+    fn name_taken(&self, name: Option<&Arc<str>>) -> bool {
+        name.is_some_and(|n| self.names.contains_key(n))
+            && self.name_taken_at(name, self.clock.now())
+    }
+
     /// Whether `n` more tasks fit now (rooms reserved for others count as taken).
     fn fits(&self, n: usize) -> bool {
         let cap = self.capacity.as_deref().expect("bounded");
@@ -182,11 +201,8 @@ impl Engine {
         priority: i32,
         now: i64,
     ) -> Result<(), SubmitError> {
-        if let Some(&old) = name.and_then(|n| self.names.get(n)) {
-            let e = &self.entries[old as usize];
-            if e.state != State::Retained || e.job.holds_id(now) {
-                return Ok(()); // `submit` refuses it as a duplicate
-            }
+        if self.name_taken_at(name, now) {
+            return Ok(()); // `submit` refuses it as a duplicate
         }
         if self.take_held_room() || self.fits(1) {
             return Ok(());
@@ -239,11 +255,17 @@ impl Engine {
     /// `Overflow::Wait`).
     pub(crate) fn request_room(
         &mut self,
+        name: Option<&Arc<str>>,
         priority: i32,
         ticket: &mut Option<u64>,
         waker: Option<&Waker>,
     ) -> Room {
         let accepting = matches!(self.phase, Phase::Idle | Phase::Running);
+        if ticket.is_none() && self.capacity.is_some() && self.name_taken(name) {
+            // The submit will be refused for its id: nothing to reserve,
+            // and above all nothing to drop for it.
+            return Room::Free;
+        }
         let Some(cap) = self.capacity.as_deref_mut() else {
             return Room::Free;
         };
