@@ -120,7 +120,9 @@ impl ClusterBuilder {
     /// Only a new submit is checked: a requeued retry keeps its place and
     /// never needs a new one, so the count may pass `limit` by the retries
     /// requeued while the queue was full (new submits are refused until it
-    /// falls back). [`ClusterStats`](crate::ClusterStats) counts
+    /// falls back). A [schedule](crate::Cluster::schedule)'s firing refused
+    /// by a full queue is skipped (and logged), as any refused firing.
+    /// [`ClusterStats`](crate::ClusterStats) counts
     /// [`rejected`](crate::ClusterStats::rejected) and
     /// [`dropped`](crate::ClusterStats::dropped) tasks.
     ///
