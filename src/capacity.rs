@@ -64,8 +64,10 @@ pub enum Overflow {
     /// the new task is refused instead ([`SubmitError::Full`]). Dependents
     /// waiting for their parents are never dropped, and a group admission
     /// ([`TaskBuilder::after`], [`Graph`](crate::Graph)) drops nothing: it
-    /// fits whole or is refused. Finding the lowest task walks the queue:
-    /// O(pending) per submit to a full queue.
+    /// fits whole or is refused. Finding the lowest task looks only at the
+    /// lowest priority levels when no task is scheduled for later and
+    /// aging is off; otherwise it walks the queue (O(pending), per submit
+    /// to a full queue only).
     DropLowest,
 }
 

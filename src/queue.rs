@@ -195,6 +195,25 @@ impl Level {
         retain_heap(&mut self.late, is_live);
     }
 
+    /// The live item with the largest key: the FIFO's keys only grow and
+    /// the run is sorted, so only their ends (past dead entries) and the
+    /// heap of late arrivals are looked at.
+    fn latest(&self, is_live: &mut impl FnMut(&Item) -> bool) -> Option<Item> {
+        let fifo = self.fifo.iter().rev().find(|i| is_live(i));
+        let run = self.run.iter().find(|i| is_live(i));
+        let late = self
+            .late
+            .iter()
+            .map(|Reverse(ByKey(i))| i)
+            .filter(|i| is_live(i))
+            .max_by_key(|i| i.key());
+        [fifo, run, late]
+            .into_iter()
+            .flatten()
+            .max_by_key(|i| i.key())
+            .copied()
+    }
+
     fn iter(&self) -> impl Iterator<Item = &Item> {
         self.fifo
             .iter()
@@ -416,9 +435,33 @@ impl Queue {
     /// The live queued task that ranks lowest: lowest priority (the one it
     /// was submitted with; aging does not count), then the latest start,
     /// then the latest submitted. `None` if nothing live is queued. For
-    /// `Overflow::DropLowest`: O(number of queued entries), on a full
-    /// queue's submits only.
+    /// `Overflow::DropLowest`, on a full queue's submits only: with nothing
+    /// scheduled and aging off, it looks at the lowest-priority levels
+    /// only (the tail of a FIFO, the head of a sorted run, the heap of late
+    /// arrivals); otherwise it walks every entry.
     pub(crate) fn worst(&self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        if self.aging != 0 || !self.sched.is_empty() {
+            return self.worst_of_all(is_live);
+        }
+        // Levels from the lowest priority up, the hot one in its place.
+        let mut hot = (self.hot.len() > 0).then_some((self.hot_priority, &self.hot));
+        for (&Reverse(p), level) in self.levels.iter().rev() {
+            if let Some((hp, h)) = hot.filter(|&(hp, _)| hp < p) {
+                hot = None;
+                if let Some(i) = h.latest(&mut is_live) {
+                    debug_assert_eq!(i.priority, hp);
+                    return Some(i);
+                }
+            }
+            if let Some(i) = level.latest(&mut is_live) {
+                return Some(i);
+            }
+        }
+        hot.and_then(|(_, h)| h.latest(&mut is_live))
+    }
+
+    /// `worst` by walking every entry.
+    fn worst_of_all(&self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
         // Due items of one priority compare by their `start` as stored (the
         // aged start differs from the start by the same amount for all of
         // them), and scheduled ones are stored as is: map them alike.
@@ -566,6 +609,25 @@ mod tests {
         }
         assert_eq!(q.len(), 0);
         assert_eq!(q.sched.capacity(), 0);
+    }
+
+    #[test]
+    fn worst_of_due_tasks_is_the_latest_of_the_lowest_live_level() {
+        let mut q = Queue::default();
+        q.push(item(0, 0, 5, 3), 10); // the hot level takes priority 3
+        q.push(item(1, 1, 1, 1), 10);
+        q.push(item(2, 2, 4, 1), 10);
+        q.push(item(3, 3, 2, 1), 10); // out of order: the late heap
+        q.push(item(4, 4, 9, 0), 10);
+        q.push(item(5, 5, 0, 7), 10);
+        let live = |dead: &'static [Slot]| move |i: &Item| !dead.contains(&i.slot);
+        assert!(q.sched.is_empty());
+        assert_eq!(q.worst(live(&[])).map(|i| i.slot), Some(4));
+        assert_eq!(q.worst(live(&[4])).map(|i| i.slot), Some(2));
+        assert_eq!(q.worst(live(&[4, 2])).map(|i| i.slot), Some(3));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1])).map(|i| i.slot), Some(0));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1, 0])).map(|i| i.slot), Some(5));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1, 0, 5])), None);
     }
 
     mod model {
