@@ -539,3 +539,39 @@ async fn a_submit_refused_for_its_id_drops_nothing() {
     c.run().unwrap();
     assert_eq!(low.await, Ok(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_waits_for_room_and_uses_it() {
+    let c = held(1, Overflow::Wait);
+    let parent = c
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("parent")
+        .cacheable(true)
+        .submit()
+        .unwrap();
+    let c2 = c.clone();
+    let child = tokio::spawn(async move {
+        let h = c2
+            .task(|ctx| async move {
+                let v = ctx
+                    .parent::<u32, String>("parent")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(v + 1)
+            })
+            .after(After::id::<u32, String>("parent"))
+            .submit_wait()
+            .await
+            .unwrap();
+        h.await
+    });
+    sleep(SEC).await;
+    assert!(
+        !child.is_finished(),
+        "the queue is full until the parent runs"
+    );
+    c.run().unwrap();
+    assert_eq!(parent.await, Ok(1));
+    assert_eq!(child.await.unwrap(), Ok(2));
+    assert_eq!(c.stats().rejected, 0);
+}
