@@ -233,3 +233,41 @@ proptest! {
         prop_assert_eq!(engine(&specs, step), reference(&specs, step));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_drops_by_the_priority_as_submitted_not_the_aged_one() {
+    let c = Cluster::builder()
+        .workers(1)
+        .paused()
+        .aging(MS)
+        .capacity(2, corral::Overflow::DropLowest)
+        .build()
+        .unwrap();
+    let l = log();
+    let submit = |name: &'static str, p: i32| {
+        let l = l.clone();
+        c.task(move |_| {
+            let l = l.clone();
+            async move {
+                l.lock().unwrap().push(name);
+                Ok::<_, String>(())
+            }
+        })
+        .priority(p)
+        .submit()
+        .unwrap()
+    };
+    let old = submit("old p0", 0);
+    let mid = submit("mid p2", 2);
+    // A minute of waiting ages `old` far above a new task, yet it ranks
+    // lowest for dropping: it was submitted at priority 0.
+    sleep(60 * SEC).await;
+    let new = submit("new p1", 1);
+    assert_eq!(old.await, Err(corral::TaskError::Dropped));
+    c.run().unwrap();
+    mid.await.unwrap();
+    new.await.unwrap();
+    // Aged by a minute, `mid` runs before `new`, which just fell due.
+    assert_eq!(snapshot(&l), ["mid p2", "new p1"]);
+    assert_eq!(c.stats().dropped, 1);
+}
