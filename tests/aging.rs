@@ -267,7 +267,7 @@ async fn a_full_queue_drops_by_the_priority_as_submitted_not_the_aged_one() {
     c.run().unwrap();
     mid.await.unwrap();
     new.await.unwrap();
-    // Aged by a minute, `mid` runs before `new`, which just fell due.
+    // `mid` (higher priority, and older) runs first; `old` never runs.
     assert_eq!(snapshot(&l), ["mid p2", "new p1"]);
     assert_eq!(c.stats().dropped, 1);
 }
