@@ -53,6 +53,8 @@ pub enum OutcomeKind {
     /// [`TaskError::Skipped`]: skipped by its dependency policy. It did not
     /// succeed, so it counts among the failures.
     Skipped,
+    /// [`TaskError::Dropped`]: dropped from a full queue.
+    Dropped,
 }
 
 impl OutcomeKind {
@@ -74,6 +76,7 @@ impl OutcomeKind {
             Err(TaskError::Shutdown) => OutcomeKind::Shutdown,
             Err(TaskError::Dependency(_)) => OutcomeKind::Dependency,
             Err(TaskError::Skipped(_)) => OutcomeKind::Skipped,
+            Err(TaskError::Dropped) => OutcomeKind::Dropped,
         }
     }
 
@@ -106,6 +109,8 @@ pub struct BatchSummary {
     pub dependency: usize,
     /// Members skipped by their dependency policy.
     pub skipped: usize,
+    /// Members dropped from a full queue ([`TaskError::Dropped`]).
+    pub dropped: usize,
     /// Every member that did not succeed, with how it ended, in the order
     /// the members finished.
     pub failures: Vec<(TaskId, OutcomeKind)>,
@@ -123,6 +128,7 @@ impl BatchSummary {
             + self.shutdown
             + self.dependency
             + self.skipped
+            + self.dropped
     }
 
     /// `true` if no member failed (also for an empty batch).
@@ -142,6 +148,7 @@ impl BatchSummary {
             OutcomeKind::Shutdown => self.shutdown,
             OutcomeKind::Dependency => self.dependency,
             OutcomeKind::Skipped => self.skipped,
+            OutcomeKind::Dropped => self.dropped,
         }
     }
 
@@ -156,6 +163,7 @@ impl BatchSummary {
             OutcomeKind::Shutdown => self.shutdown += 1,
             OutcomeKind::Dependency => self.dependency += 1,
             OutcomeKind::Skipped => self.skipped += 1,
+            OutcomeKind::Dropped => self.dropped += 1,
         }
         if kind.is_failure() {
             self.failures.push((id.clone(), kind));

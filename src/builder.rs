@@ -682,6 +682,16 @@ where
         self.cluster
     }
 
+    /// The task's priority, as set (`crate::capacity`).
+    pub(crate) fn priority_value(&self) -> i32 {
+        self.priority
+    }
+
+    /// The task's user-given id, if any (`crate::capacity`).
+    pub(crate) fn name_value(&self) -> Option<&Arc<str>> {
+        self.id.as_ref().and_then(TaskId::name)
+    }
+
     /// Validates the options and makes the task's cell, not yet admitted
     /// (for a task with parents, and for a [`Graph`](crate::Graph)).
     pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {

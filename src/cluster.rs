@@ -110,6 +110,8 @@ impl CancelOutcome {
 /// | `retention` | [`DEFAULT_RETENTION`] (5 minutes) |
 /// | `cancel_on` | none |
 /// | `paused` | off: the workers start at `build` inside a runtime, else at the first [`Cluster::run`] |
+/// | `capacity` | none: the queue is unbounded (see [`capacity`](Self::capacity)) |
+/// | `aging` | off (see [`aging`](Self::aging)) |
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ClusterBuilder {
@@ -117,6 +119,8 @@ pub struct ClusterBuilder {
     retention: Duration,
     parent: Option<CancellationToken>,
     paused: bool,
+    /// Capacity and aging (`crate::capacity`).
+    pub(crate) bounds: crate::capacity::Bounds,
 }
 
 impl Default for ClusterBuilder {
@@ -126,6 +130,7 @@ impl Default for ClusterBuilder {
             retention: DEFAULT_RETENTION,
             parent: None,
             paused: false,
+            bounds: Default::default(),
         }
     }
 }
@@ -188,7 +193,9 @@ impl ClusterBuilder {
     ///
     /// # Errors
     /// [`BuildError::ZeroWorkers`] if `workers` is zero,
-    /// [`BuildError::TooManyWorkers`] if it is over 65,535.
+    /// [`BuildError::TooManyWorkers`] if it is over 65,535,
+    /// [`BuildError::InvalidOption`] for a zero [`capacity`](Self::capacity)
+    /// or [`aging`](Self::aging) step.
     pub fn build(self) -> Result<Cluster, BuildError> {
         if self.workers == 0 {
             return Err(BuildError::ZeroWorkers);
@@ -196,12 +203,14 @@ impl ClusterBuilder {
         if self.workers > usize::from(u16::MAX) {
             return Err(BuildError::TooManyWorkers);
         }
+        self.bounds.check()?;
         let cluster = Cluster {
             owner: Arc::new(Owner {
                 shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
                 watching: AtomicBool::new(false),
             }),
         };
+        self.bounds.apply(cluster.shared());
         if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
             // Cannot fail: the cluster is new and a runtime is present.
             let _ = cluster.run();

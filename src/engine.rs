@@ -65,10 +65,13 @@ use std::time::Duration;
 
 use slab::Slab;
 
+mod capacity;
 mod deps;
 mod park;
 mod watch;
 
+use self::capacity::Capacity;
+pub(crate) use self::capacity::{hold_room, Room};
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
 use self::park::Parking;
@@ -200,6 +203,15 @@ pub struct ClusterStats {
     /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
     /// no new attempt starts.
     pub paused: bool,
+    /// The cluster's [capacity](crate::ClusterBuilder::capacity) of pending
+    /// tasks, if it has one.
+    pub capacity: Option<usize>,
+    /// Submits refused because the queue was full
+    /// ([`SubmitError::Full`](crate::SubmitError::Full)), since the cluster was built.
+    pub rejected: u64,
+    /// Queued tasks dropped from a full queue for a higher-priority one
+    /// ([`TaskError::Dropped`](crate::TaskError::Dropped)), since the cluster was built.
+    pub dropped: u64,
 }
 
 pub(crate) struct Engine {
@@ -241,6 +253,8 @@ pub(crate) struct Engine {
     watchers: Option<Box<Watchers>>,
     /// Parked attempts, made by the first park (`park`).
     parking: Option<Box<Parking>>,
+    /// The bounded queue, set at build if the cluster has a capacity (`capacity`).
+    capacity: Option<Box<Capacity>>,
     /// What was let go of under the lock and may wake a future when dropped
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
@@ -289,6 +303,7 @@ impl Engine {
             outbox: Vec::new(),
             watchers: None,
             parking: None,
+            capacity: None,
             trash: Vec::new(),
             has_outbox: false,
         }
@@ -297,11 +312,20 @@ impl Engine {
     /// The outcomes decided besides the caller's own, to deliver after
     /// unlocking (engine invariant 2), and what to drop then.
     pub(crate) fn take_outbox(&mut self) -> Outbox {
+        if self.capacity.is_some() {
+            // Rooms freed in this lock section go to waiting submits.
+            self.grant_rooms();
+        }
         self.has_outbox = false;
-        (
+        let out = (
             std::mem::take(&mut self.outbox),
             std::mem::take(&mut self.trash),
-        )
+        );
+        if self.capacity.is_some() {
+            // While a submit waits for room, every unlock comes here.
+            self.has_outbox = self.room_awaited();
+        }
+        out
     }
 
     /// Whether [`take_outbox`](Self::take_outbox) has anything: one flag,
@@ -392,6 +416,9 @@ impl Engine {
         // anything is touched, so a refusal changes nothing.
         if self.entries.len() >= u32::MAX as usize {
             return Err(SubmitError::TooManyTasks);
+        }
+        if self.capacity.is_some() {
+            self.admit_bounded(name, priority, now)?;
         }
         let mut replaced = None;
         if let Some(name) = name {
@@ -642,8 +669,9 @@ impl Engine {
                     None,
                     Some((e.job.clone(), e.worker)),
                 ),
-                // A shutdown decided the outcome first.
-                Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
+                // A shutdown decided the outcome first (a running task is
+                // never dropped: only queued ones are).
+                Forced::Shutdown | Forced::Dropped => (CancelOutcome::AlreadyFinished, None, None),
             },
             State::Waiting => {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
@@ -801,6 +829,7 @@ impl Engine {
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {
+        let (capacity, rejected, dropped) = self.capacity_stats();
         ClusterStats {
             queued: self.queue.len(),
             running: self.running,
@@ -809,6 +838,9 @@ impl Engine {
             held: self.entries.len(),
             watchers: self.watchers(),
             paused: self.flow.paused(),
+            capacity,
+            rejected,
+            dropped,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::task::TaskId;
 /// | [`Stalled`](TaskError::Stalled) | an attempt went past its [stall timeout](crate::TaskBuilder::stall_timeout) without a progress report | same as `Failed` (the predicate sees it) |
 /// | [`Cancelled`](TaskError::Cancelled) | [`Cluster::cancel_task`](crate::Cluster::cancel_task) | never |
 /// | [`Shutdown`](TaskError::Shutdown) | the cluster stopped before the task could finish | never |
+/// | [`Dropped`](TaskError::Dropped) | a full queue dropped it for a higher-priority task ([`Overflow::DropLowest`](crate::Overflow::DropLowest)) | never |
 ///
 /// ```
 /// use std::time::Duration;
@@ -92,6 +93,11 @@ pub enum TaskError<E> {
     /// skipped, never run.
     #[error("skipped: {0}")]
     Skipped(Box<DependencyError>),
+    /// The cluster's queue was full and dropped this task, still waiting
+    /// to run, to admit one of higher priority
+    /// ([`Overflow::DropLowest`](crate::Overflow::DropLowest)).
+    #[error("task was dropped from a full queue for a higher-priority task")]
+    Dropped,
 }
 
 /// Which task a task depended on and how it ended: the payload of
@@ -166,6 +172,9 @@ pub enum DependencyCause {
     /// It was skipped ([`TaskError::Skipped`]).
     #[error("was skipped")]
     Skipped,
+    /// A full queue dropped it ([`TaskError::Dropped`]).
+    #[error("was dropped from a full queue")]
+    Dropped,
     /// Waiting for it would wait for the waiter itself (directly, or through
     /// a cycle of waits and dependencies): an error instead of a hang.
     #[error("cannot be waited for: the wait would close a cycle")]
@@ -234,6 +243,11 @@ impl<E> TaskError<E> {
         }
     }
 
+    /// `true` if a full queue dropped the task ([`TaskError::Dropped`]).
+    pub fn is_dropped(&self) -> bool {
+        matches!(self, TaskError::Dropped)
+    }
+
     /// `true` if the task was skipped because a parent failed.
     pub fn is_skipped(&self) -> bool {
         matches!(self, TaskError::Skipped(_))
@@ -250,6 +264,7 @@ impl<E> TaskError<E> {
             TaskError::Shutdown => DependencyCause::Shutdown,
             TaskError::Dependency(_) => DependencyCause::Dependency,
             TaskError::Skipped(_) => DependencyCause::Skipped,
+            TaskError::Dropped => DependencyCause::Dropped,
         }
     }
 
@@ -315,6 +330,15 @@ pub enum SubmitError {
     /// The cluster is stopping, draining or stopped and takes no new tasks.
     #[error("the cluster is shutting down and accepts no new tasks")]
     ShuttingDown,
+    /// The cluster's queue holds its [capacity](crate::ClusterBuilder::capacity)
+    /// of pending tasks (and, under [`Overflow::DropLowest`](crate::Overflow::DropLowest),
+    /// none of lower priority than this one). The task was not queued; see
+    /// [`TaskBuilder::try_submit`](crate::TaskBuilder::try_submit) to get it back.
+    #[error("the cluster's queue is full ({capacity} pending tasks)")]
+    Full {
+        /// The cluster's capacity.
+        capacity: usize,
+    },
     /// The cluster already holds the most tasks it can (2^32 - 1: pending,
     /// running and cached together).
     #[error("the cluster holds too many tasks (2^32 - 1 at most)")]
@@ -387,6 +411,14 @@ pub enum BuildError {
     /// More workers than the cluster supports (65,535).
     #[error("a cluster supports at most 65535 workers")]
     TooManyWorkers,
+    /// An option of the cluster is out of range (see the message).
+    #[error("invalid cluster option `{option}`: {reason}")]
+    InvalidOption {
+        /// The builder method whose value was rejected.
+        option: &'static str,
+        /// What was wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Why [`Cluster::run`](crate::Cluster::run) could not start the workers.

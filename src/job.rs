@@ -47,6 +47,8 @@ pub(crate) enum AttemptStatus {
 pub(crate) enum Forced {
     Cancelled,
     Shutdown,
+    /// Dropped from a full queue for a higher-priority task (`crate::capacity`).
+    Dropped,
 }
 
 /// The options the engine reads on every attempt. The cell stores the fields

@@ -140,6 +140,13 @@
 //!   readable by id without the task's types; the latest report wins and
 //!   outlives the task on its handle. A [`stall_timeout`](TaskBuilder::stall_timeout)
 //!   fails a silent attempt like a timeout ([`TaskError::Stalled`]).
+//! - A bounded queue ([`ClusterBuilder::capacity`]) counts pending tasks
+//!   (queued, scheduled, waiting for parents; not running ones) and checks
+//!   only new submits: a requeued retry keeps its place. A sync `submit`
+//!   under [`Overflow::Wait`] cannot wait and is refused;
+//!   [`TaskBuilder::submit_wait`] waits, first come first served.
+//! - Priority aging ([`ClusterBuilder::aging`]) counts waiting from a task's
+//!   start time, and orders by the static key `start - priority * step`.
 //! - Attempt history (count and earlier errors) is opt-in
 //!   ([`TaskBuilder::keep_history`], read by [`TaskHandle::with_history`]):
 //!   keeping retried errors is not free, and plain tasks pay nothing.
@@ -157,6 +164,7 @@ mod batch;
 mod body;
 mod builder;
 mod cache;
+mod capacity;
 mod cell;
 mod clock;
 mod cluster;
@@ -186,6 +194,7 @@ pub use crate::backoff::{Backoff, ExponentialBackoff, FixedBackoff, LinearBackof
 pub use crate::batch::{Batch, BatchSummary, OutcomeKind, SealedBatch};
 pub use crate::body::{AsyncBody, BlockingBody, Body};
 pub use crate::builder::{RetryMode, TaskBuilder, MAX_ID_LEN};
+pub use crate::capacity::{Overflow, TrySubmitError};
 pub use crate::cluster::{CancelOutcome, Cluster, ClusterBuilder, DEFAULT_RETENTION};
 pub use crate::dedup::Duplicate;
 pub use crate::deps::{After, Graph, GraphHandles, Node, OnParentFailure};

@@ -28,6 +28,15 @@
 //!   `is_live` check) when they reach a head. The 24-byte entries left
 //!   behind are compacted away once they outnumber live ones, so removal is
 //!   O(1) amortised and a cancel storm cannot leave the queue at its peak.
+//! - Priority aging (`ClusterBuilder::aging`, off unless set): a due task's
+//!   effective priority is `p + (t - start) / step` at time `t`. Between two
+//!   tasks, `p1 + (t - s1)/step > p2 + (t - s2)/step` iff
+//!   `s1 - p1 * step < s2 - p2 * step`, whatever `t`: so with aging on, every
+//!   due task goes to the one hot level keyed by that static "aged start"
+//!   (then `seq`), and the order stays exact without any re-sorting. The
+//!   item keeps its own priority (for `worst`); only its `start` is
+//!   replaced, and the engine only reads `slot` and `seq` of a popped item.
+//!   Off, it costs one test of `aging` per push into the ready levels.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -186,6 +195,32 @@ impl Level {
         retain_heap(&mut self.late, is_live);
     }
 
+    /// The live item with the largest key: the FIFO's keys only grow and
+    /// the run is sorted, so only their ends (past dead entries) and the
+    /// heap of late arrivals are looked at.
+    fn latest(&self, is_live: &mut impl FnMut(&Item) -> bool) -> Option<Item> {
+        let fifo = self.fifo.iter().rev().find(|i| is_live(i));
+        let run = self.run.iter().find(|i| is_live(i));
+        let late = self
+            .late
+            .iter()
+            .map(|Reverse(ByKey(i))| i)
+            .filter(|i| is_live(i))
+            .max_by_key(|i| i.key());
+        [fifo, run, late]
+            .into_iter()
+            .flatten()
+            .max_by_key(|i| i.key())
+            .copied()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.fifo
+            .iter()
+            .chain(&self.run)
+            .chain(self.late.iter().map(|Reverse(ByKey(i))| i))
+    }
+
     fn into_items(self) -> impl Iterator<Item = Item> {
         self.fifo
             .into_iter()
@@ -211,6 +246,8 @@ pub(crate) struct Queue {
     ready_entries: usize,
     /// Entries in `sched`, `hot` and `levels` that the caller has forgotten.
     dead: usize,
+    /// Priority aging: ticks of waiting worth one priority level (0: off).
+    aging: i64,
 }
 
 impl Queue {
@@ -353,6 +390,9 @@ impl Queue {
     }
 
     fn push_ready(&mut self, item: Item) {
+        if self.aging != 0 {
+            return self.push_aged(item);
+        }
         let p = item.priority;
         if p == self.hot_priority {
             self.hot.push(item);
@@ -365,6 +405,88 @@ impl Queue {
             self.map_entries += 1;
         }
         self.ready_entries += 1;
+    }
+
+    /// Turns priority aging on: one level gained per `step` ticks of
+    /// waiting (see the module docs). Set before anything is queued.
+    pub(crate) fn set_aging(&mut self, step: i64) {
+        debug_assert!(self.len() == 0);
+        self.aging = step.max(0);
+    }
+
+    /// The static key of a task under aging: its start, less `step` per
+    /// level of priority (saturating: exact while `|p| * step` and the
+    /// result fit in an i64, that is for steps and waits under ~292 years).
+    fn aged_start(&self, item: &Item) -> i64 {
+        item.start
+            .saturating_sub(i64::from(item.priority).saturating_mul(self.aging))
+    }
+
+    /// `push_ready` with aging on: every due task in the hot level, keyed
+    /// by its aged start.
+    #[cold]
+    #[inline(never)]
+    fn push_aged(&mut self, mut item: Item) {
+        item.start = self.aged_start(&item);
+        self.hot.push(item);
+        self.ready_entries += 1;
+    }
+
+    /// The live queued task that ranks lowest: lowest priority (the one it
+    /// was submitted with; aging does not count), then the latest start,
+    /// then the latest submitted. `None` if nothing live is queued. For
+    /// `Overflow::DropLowest`, on a full queue's submits only: with nothing
+    /// scheduled and aging off, it looks at the lowest-priority levels
+    /// only (the tail of a FIFO, the head of a sorted run, the heap of late
+    /// arrivals); otherwise it walks every entry.
+    pub(crate) fn worst(&self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        if self.aging != 0 || !self.sched.is_empty() {
+            return self.worst_of_all(is_live);
+        }
+        // Levels from the lowest priority up, the hot one in its place.
+        let mut hot = (self.hot.len() > 0).then_some((self.hot_priority, &self.hot));
+        for (&Reverse(p), level) in self.levels.iter().rev() {
+            if let Some((hp, h)) = hot.filter(|&(hp, _)| hp < p) {
+                hot = None;
+                if let Some(i) = h.latest(&mut is_live) {
+                    debug_assert_eq!(i.priority, hp);
+                    return Some(i);
+                }
+            }
+            if let Some(i) = level.latest(&mut is_live) {
+                return Some(i);
+            }
+        }
+        hot.and_then(|(_, h)| h.latest(&mut is_live))
+    }
+
+    /// `worst` by walking every entry.
+    fn worst_of_all(&self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        // Due items of one priority compare by their `start` as stored (the
+        // aged start differs from the start by the same amount for all of
+        // them), and scheduled ones are stored as is: map them alike.
+        let aged = self.aging != 0;
+        let rank = |i: &Item, ready: bool| {
+            let start = if aged && !ready {
+                self.aged_start(i)
+            } else {
+                i.start
+            };
+            (Reverse(i.priority), start, i.seq)
+        };
+        let sched = self.sched.iter().map(|Reverse(ByKey(i))| (i, false));
+        let hot = self.hot.iter().map(|i| (i, true));
+        let levels = self
+            .levels
+            .values()
+            .flat_map(Level::iter)
+            .map(|i| (i, true));
+        sched
+            .chain(hot)
+            .chain(levels)
+            .filter(|(i, _)| is_live(i))
+            .max_by_key(|&(i, ready)| rank(i, ready))
+            .map(|(i, _)| *i)
     }
 
     fn compact(&mut self, mut is_live: impl FnMut(&Item) -> bool) {
@@ -489,6 +611,25 @@ mod tests {
         assert_eq!(q.sched.capacity(), 0);
     }
 
+    #[test]
+    fn worst_of_due_tasks_is_the_latest_of_the_lowest_live_level() {
+        let mut q = Queue::default();
+        q.push(item(0, 0, 5, 3), 10); // the hot level takes priority 3
+        q.push(item(1, 1, 1, 1), 10);
+        q.push(item(2, 2, 4, 1), 10);
+        q.push(item(3, 3, 2, 1), 10); // out of order: the late heap
+        q.push(item(4, 4, 9, 0), 10);
+        q.push(item(5, 5, 0, 7), 10);
+        let live = |dead: &'static [Slot]| move |i: &Item| !dead.contains(&i.slot);
+        assert!(q.sched.is_empty());
+        assert_eq!(q.worst(live(&[])).map(|i| i.slot), Some(4));
+        assert_eq!(q.worst(live(&[4])).map(|i| i.slot), Some(2));
+        assert_eq!(q.worst(live(&[4, 2])).map(|i| i.slot), Some(3));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1])).map(|i| i.slot), Some(0));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1, 0])).map(|i| i.slot), Some(5));
+        assert_eq!(q.worst(live(&[4, 2, 3, 1, 0, 5])), None);
+    }
+
     mod model {
         use std::collections::{BTreeMap, HashSet};
 
@@ -566,6 +707,69 @@ mod tests {
                         Op::Advance(d) => now += d,
                     }
                     prop_assert_eq!(q.len(), live.len());
+                }
+            }
+
+            /// With aging on, the queue pops by `(start - priority * step,
+            /// seq)` among due tasks, and `worst` finds the lowest priority,
+            /// then latest `(start, seq)`, among all live ones.
+            #[test]
+            fn aged_queue_and_worst_match_a_reference(
+                ops in prop::collection::vec(op(), 1..600),
+                step in prop::sample::select(vec![0i64, 1, 7, 40]),
+            ) {
+                let mut q = Queue::default();
+                if step != 0 {
+                    q.set_aging(step);
+                }
+                let mut live: BTreeMap<Slot, Item> = BTreeMap::new();
+                let mut dead: HashSet<(Slot, u64)> = HashSet::new();
+                let (mut now, mut seq) = (100i64, 0u64);
+                for op in ops {
+                    match op {
+                        Op::Push { start, priority } => {
+                            let slot = seq as Slot;
+                            let item = Item { slot, seq, start, priority };
+                            seq += 1;
+                            live.insert(slot, item);
+                            q.push(item, now);
+                        }
+                        Op::Pop => {
+                            let is_live = |i: &Item| !dead.contains(&(i.slot, i.seq));
+                            q.promote(now, is_live);
+                            let got = q.pop(is_live).map(|i| i.slot);
+                            let want = live
+                                .values()
+                                .filter(|i| is_due(i.start, now))
+                                .min_by_key(|i| {
+                                    if step == 0 {
+                                        (Reverse(i.priority), i.start, i.seq)
+                                    } else {
+                                        (Reverse(0), i.start - i64::from(i.priority) * step, i.seq)
+                                    }
+                                })
+                                .map(|i| i.slot);
+                            prop_assert_eq!(got, want);
+                            if let Some(s) = got {
+                                live.remove(&s);
+                            }
+                        }
+                        Op::Forget(k) => {
+                            if !live.is_empty() {
+                                let slot = *live.keys().nth(k % live.len()).unwrap();
+                                let item = live.remove(&slot).unwrap();
+                                dead.insert((item.slot, item.seq));
+                                q.forget(|i| !dead.contains(&(i.slot, i.seq)));
+                            }
+                        }
+                        Op::Advance(d) => now += d,
+                    }
+                    let worst = q.worst(|i| !dead.contains(&(i.slot, i.seq))).map(|i| i.slot);
+                    let want = live
+                        .values()
+                        .max_by_key(|i| (Reverse(i.priority), i.start, i.seq))
+                        .map(|i| i.slot);
+                    prop_assert_eq!(worst, want);
                 }
             }
         }

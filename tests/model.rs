@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral::{
-    Cluster, Duplicate, FixedBackoff, RetryMode, SubmitError, Subscription, TaskError, TaskHandle,
-    TaskId,
+    Cluster, Duplicate, FixedBackoff, Overflow, RetryMode, SubmitError, Subscription, TaskError,
+    TaskHandle, TaskId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -170,6 +170,8 @@ enum Fate {
     TimedOut,
     Cancelled,
     Shutdown,
+    /// Dropped from a full queue (`Overflow::DropLowest`).
+    Dropped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,10 +266,12 @@ struct Model {
     starts: Vec<(usize, u32, u64)>,
     next_seq: u64,
     paused: bool,
+    /// The cluster's capacity and policy, if bounded.
+    bound: Option<(usize, Overflow)>,
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(bound: Option<(usize, Overflow)>) -> Self {
         Model {
             now: 0,
             phase: Phase::Idle,
@@ -276,7 +280,27 @@ impl Model {
             starts: Vec::new(),
             next_seq: 0,
             paused: false,
+            bound,
         }
+    }
+
+    /// Pending tasks: queued (due or not, requeued retries included).
+    fn pending(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|t| t.state == MState::Queued)
+            .count()
+    }
+
+    /// The queued task a full `DropLowest` queue drops first: lowest
+    /// priority, then latest start, then latest submitted.
+    fn lowest(&self) -> Option<usize> {
+        self.tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.state == MState::Queued)
+            .max_by_key(|(_, t)| (std::cmp::Reverse(t.spec.priority), t.start, t.seq))
+            .map(|(i, _)| i)
     }
 
     fn by_name(&self, name: usize) -> Option<usize> {
@@ -570,6 +594,7 @@ fn to_out(r: Result<usize, TaskError<String>>) -> Fate {
         Err(TaskError::TimedOut { .. }) => Fate::TimedOut,
         Err(TaskError::Cancelled) => Fate::Cancelled,
         Err(TaskError::Shutdown) => Fate::Shutdown,
+        Err(TaskError::Dropped) => Fate::Dropped,
         Err(e) => panic!("unexpected error kind {e:?}"),
     }
 }
@@ -635,6 +660,11 @@ impl Real {
 }
 
 fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    check_bounded(ops, None)
+}
+
+/// `check` on a cluster with a capacity (`bound`), if any.
+fn check_bounded(ops: Vec<Op>, bound: Option<(usize, Overflow)>) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -642,15 +672,19 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .unwrap();
     let gone = rt.block_on(async move {
         let base = Instant::now();
+        let mut builder = Cluster::builder().workers(1).paused();
+        if let Some((n, overflow)) = bound {
+            builder = builder.capacity(n, overflow);
+        }
         let mut real = Real {
-            cluster: Cluster::builder().workers(1).paused().build().unwrap(),
+            cluster: builder.build().unwrap(),
             base,
             handles: Vec::new(),
             ids: Vec::new(),
             subs: Vec::new(),
             log: Arc::new(Mutex::new(Vec::new())),
         };
-        let mut model = Model::new();
+        let mut model = Model::new(bound);
         // Keeps the test output readable: the model's own panics are expected.
         quiet_panics_starting_with("model-panic");
         // Operation k happens at millisecond offset k + 1 of its second.
@@ -676,6 +710,9 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         index,
                         spec
                     );
+                    if let (Ok(_), Some(victim)) = (&got, drops(&model, spec, &expected)) {
+                        model.finish(victim, Fate::Dropped);
+                    }
                     if let Ok(Some(target)) = expected {
                         // Joined: no task of its own; its handle reads `target`'s outcome.
                         model.tasks.push(MTask::placeholder(spec, Some(target)));
@@ -920,7 +957,33 @@ fn predict_submit(model: &Model, spec: &Spec) -> Result<Option<usize>, SubmitErr
             }
         }
     }
+    if let Some((capacity, overflow)) = model.bound {
+        if model.pending() >= capacity {
+            let room = overflow == Overflow::DropLowest
+                && model
+                    .lowest()
+                    .is_some_and(|v| model.tasks[v].spec.priority < spec.priority);
+            if !room {
+                return Err(SubmitError::Full { capacity });
+            }
+        }
+    }
     Ok(None)
+}
+
+/// The task a fresh submit (predicted `expected`) drops to make room, if any.
+fn drops(
+    model: &Model,
+    spec: &Spec,
+    expected: &Result<Option<usize>, SubmitError>,
+) -> Option<usize> {
+    let (capacity, _) = model.bound?;
+    if !matches!(expected, Ok(None)) || model.pending() < capacity {
+        return None;
+    }
+    model
+        .lowest()
+        .filter(|&v| model.tasks[v].spec.priority < spec.priority)
 }
 
 /// The fixed seed, so that CI runs the same cases every time; set
@@ -950,6 +1013,32 @@ proptest! {
         // Shown with the failure (the output of passing tests is captured).
         eprintln!("proptest seed: {} (PROPTEST_RNG_SEED)", config().rng_seed);
         check(ops)?;
+    }
+}
+
+fn bound() -> impl Strategy<Value = (usize, Overflow)> {
+    (
+        1usize..5,
+        prop_oneof![
+            Just(Overflow::Reject),
+            Just(Overflow::Wait),
+            Just(Overflow::DropLowest)
+        ],
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..config() })]
+
+    /// The same model on a bounded cluster: submits to a full queue are
+    /// refused, or drop the lowest queued task, exactly when predicted.
+    #[test]
+    fn bounded_engine_matches_model(
+        ops in prop::collection::vec(op(), 1..40),
+        bound in bound(),
+    ) {
+        eprintln!("proptest seed: {} (PROPTEST_RNG_SEED)", config().rng_seed);
+        check_bounded(ops, Some(bound))?;
     }
 }
 

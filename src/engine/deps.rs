@@ -100,6 +100,7 @@ fn forced_cause(f: Forced) -> DependencyCause {
     match f {
         Forced::Cancelled => DependencyCause::Cancelled,
         Forced::Shutdown => DependencyCause::Shutdown,
+        Forced::Dropped => DependencyCause::Dropped,
     }
 }
 
@@ -261,6 +262,9 @@ impl Engine {
         }
         if self.entries.len().saturating_add(tasks.len()) >= u32::MAX as usize {
             return Err(SubmitError::TooManyTasks);
+        }
+        if self.capacity.is_some() {
+            self.admit_group_bounded(tasks.len())?;
         }
         // The group's own ids: an edge by id to an earlier task of the group
         // is an edge to that task (it is not in the cluster yet).
