@@ -94,8 +94,7 @@ impl Options {
             None => x == w,
             Some((xw, xv)) => xw == w && variant.is_none_or(|v| v.eq_ignore_ascii_case(xv)),
         };
-        self.only.as_ref().is_none_or(|o| o.iter().any(named))
-            || (w == "D1" && self.wants("D7"))
+        self.only.as_ref().is_none_or(|o| o.iter().any(named)) || (w == "D1" && self.wants("D7"))
     }
 }
 
