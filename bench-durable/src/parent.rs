@@ -517,3 +517,30 @@ fn results_view(r: &HashMap<Spec, Vec<Option<Values>>>) -> HashMap<String, Vec<O
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn planned(only: &str) -> Vec<(&'static str, &'static str)> {
+        let o = parse(&args(&["--only", only])).unwrap();
+        plan(&o)
+            .iter()
+            .map(|g| (g.specs[0].workload, g.specs[0].variant))
+            .collect()
+    }
+
+    #[test]
+    fn only_takes_workloads_and_single_variants() {
+        assert_eq!(planned("D2"), vec![("D2", "single"), ("D2", "batch")]);
+        assert_eq!(planned("d2/batch"), vec![("D2", "batch")]);
+        assert_eq!(planned("D2/single,D3"), vec![("D2", "single"), ("D3", "-")]);
+        // D7 comes from D1.
+        assert_eq!(planned("D7"), vec![("D1", "-")]);
+        assert!(parse(&args(&["--only", "D9/batch"])).is_err());
+    }
+}
