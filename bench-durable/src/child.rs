@@ -392,6 +392,7 @@ async fn d2_corral(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
     let mut r = Report::default();
     let st = store(&ctx.url, &app(ctx, 'w'), schema, true).await?;
     let client = Client::new(&st);
+    let cpu = CpuWindow::open(ctx).await?;
     let t = Instant::now();
     if ctx.variant == "single" {
         let mut tasks = Vec::new();
@@ -423,6 +424,7 @@ async fn d2_corral(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
     }
     let secs = t.elapsed().as_secs_f64();
     r.set("rate", n as f64 / secs);
+    cpu.close(&mut r, n).await?;
     count_rows(ctx, schema, n, &mut r).await?;
     Ok(r)
 }
@@ -432,7 +434,7 @@ async fn d2_floor(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
     let setup = pg::connect(&pg::with_app(&ctx.url, &app(ctx, 'x'))).await?;
     pg::create_floor_schema(&setup, schema).await?;
     let url = pg::with_app(&ctx.url, &app(ctx, 'w'));
-    let t;
+    let (t, cpu, secs);
     if ctx.variant == "single" {
         let mut conns = Vec::new();
         for _ in 0..8 {
@@ -445,6 +447,7 @@ async fn d2_floor(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
                 .map_err(e)?;
             conns.push((c, ins));
         }
+        cpu = CpuWindow::open(ctx).await?;
         t = Instant::now();
         let mut tasks = Vec::new();
         for (k, (c, ins)) in conns.into_iter().enumerate() {
@@ -462,9 +465,12 @@ async fn d2_floor(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
         for t in tasks {
             t.await.map_err(e)??;
         }
+        secs = t.elapsed().as_secs_f64();
+        cpu.close(&mut r, n).await?;
     } else {
         let c = pg::connect(&url).await?;
         let ins = c.prepare(&pg::floor_insert(schema)).await.map_err(e)?;
+        cpu = CpuWindow::open(ctx).await?;
         t = Instant::now();
         for lo in (0..n).step_by(1_000) {
             let args: Vec<String> = (lo..n.min(lo + 1_000))
@@ -472,11 +478,50 @@ async fn d2_floor(ctx: &Ctx, n: usize, schema: &str) -> Res<Report> {
                 .collect();
             c.execute(&ins, &[&args]).await.map_err(e)?;
         }
+        // Before the connection closes, while its backend can be read.
+        secs = t.elapsed().as_secs_f64();
+        cpu.close(&mut r, n).await?;
     }
-    let secs = t.elapsed().as_secs_f64();
     r.set("rate", n as f64 / secs);
     count_rows(ctx, schema, n, &mut r).await?;
     Ok(r)
+}
+
+/// D2's CPU, without the proxy in the way (D2 connects directly): this
+/// process's, and that of the server backends of its connections (`w`).
+/// CPU does not depend on what else the machine runs, unlike the rate.
+struct CpuWindow {
+    stats: tokio_postgres::Client,
+    me: String,
+    cpu: f64,
+    backends: std::collections::HashMap<i32, f64>,
+}
+
+impl CpuWindow {
+    async fn open(ctx: &Ctx) -> Res<CpuWindow> {
+        let stats = pg::connect(&pg::with_app(&ctx.url, &app(ctx, 's'))).await?;
+        let me = app(ctx, 'w');
+        let backends = pg::backend_cpu(&stats, &me).await?;
+        Ok(CpuWindow {
+            stats,
+            me,
+            cpu: pg::cpu_self(),
+            backends,
+        })
+    }
+
+    /// Sets `cpu_client_10k` and `cpu_server_10k` (seconds per 10,000 jobs).
+    async fn close(self, r: &mut Report, n: usize) -> Res<()> {
+        let cpu = pg::cpu_self() - self.cpu;
+        let backends = pg::backend_cpu(&self.stats, &self.me).await?;
+        let per = 10_000.0 / n as f64;
+        r.set("cpu_client_10k", cpu * per);
+        r.set(
+            "cpu_server_10k",
+            pg::cpu_delta(&self.backends, &backends) * per,
+        );
+        Ok(())
+    }
 }
 
 async fn count_rows(ctx: &Ctx, schema: &str, n: usize, r: &mut Report) -> Res<()> {

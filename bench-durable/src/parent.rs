@@ -17,7 +17,7 @@ usage: corral-bench-durable [--quick] [--reps N] [--only D1,D3,...] [--markdown 
 
   --quick          small sizes (seconds), correctness only (no speed judged)
   --reps N         repetitions per side (default 3)
-  --only LIST      run only these workloads (D1 to D8; D7 comes from D1)
+  --only LIST      run only these workloads (D1 to D8; D7 comes from D1; D2/batch: one variant)
   --markdown FILE  also write the table as markdown to FILE
   --url URL        the server (default $DATABASE_URL, else
                    postgres://postgres@127.0.0.1:5432/test)
@@ -63,7 +63,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .map(|w| w.trim().to_uppercase())
                     .filter(|w| !w.is_empty())
                     .collect();
-                if let Some(bad) = only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                // `D2/BATCH`: one variant of a workload.
+                let workload = |w: &String| w.split('/').next().unwrap_or_default().to_owned();
+                if let Some(bad) = only
+                    .iter()
+                    .find(|w| !WORKLOADS.contains(&workload(w).as_str()))
+                {
                     return Err(format!("--only: unknown workload {bad} (D1 to D8)"));
                 }
                 o.only = Some(only);
@@ -79,8 +84,17 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 impl Options {
     fn wants(&self, w: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.iter().any(|x| x == w))
-            || (w == "D1" && self.wants("D7"))
+        self.wants_variant(w, None)
+    }
+
+    /// Whether `--only` names workload `w` (or, with `variant`, that
+    /// variant of it: `D2` or `D2/batch`).
+    fn wants_variant(&self, w: &str, variant: Option<&str>) -> bool {
+        let named = |x: &String| match x.split_once('/') {
+            None => x == w,
+            Some((xw, xv)) => xw == w && variant.is_none_or(|v| v.eq_ignore_ascii_case(xv)),
+        };
+        self.only.as_ref().is_none_or(|o| o.iter().any(named)) || (w == "D1" && self.wants("D7"))
     }
 }
 
@@ -153,7 +167,7 @@ fn plan(o: &Options) -> Vec<Group> {
         together: false,
         reps: Some(1),
     });
-    g.retain(|g| o.wants(g.specs[0].workload));
+    g.retain(|g| o.wants_variant(g.specs[0].workload, Some(g.specs[0].variant)));
     g
 }
 
@@ -502,4 +516,31 @@ fn results_view(r: &HashMap<Spec, Vec<Option<Values>>>) -> HashMap<String, Vec<O
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn planned(only: &str) -> Vec<(&'static str, &'static str)> {
+        let o = parse(&args(&["--only", only])).unwrap();
+        plan(&o)
+            .iter()
+            .map(|g| (g.specs[0].workload, g.specs[0].variant))
+            .collect()
+    }
+
+    #[test]
+    fn only_takes_workloads_and_single_variants() {
+        assert_eq!(planned("D2"), vec![("D2", "single"), ("D2", "batch")]);
+        assert_eq!(planned("d2/batch"), vec![("D2", "batch")]);
+        assert_eq!(planned("D2/single,D3"), vec![("D2", "single"), ("D3", "-")]);
+        // D7 comes from D1.
+        assert_eq!(planned("D7"), vec![("D1", "-")]);
+        assert!(parse(&args(&["--only", "D9/batch"])).is_err());
+    }
 }

@@ -283,6 +283,28 @@ pub fn rows(r: &Results, quick: bool) -> Vec<Row> {
                 c.map(|c| c >= 50_000.0),
             );
         }
+        // Where a batch's time goes, independent of the machine's load.
+        if v == "batch" {
+            for (field, what) in [
+                ("cpu_client_10k", "client process CPU"),
+                ("cpu_server_10k", "server backends CPU"),
+            ] {
+                let (c, f) = (med(r, &ck, field), med(r, &fk, field));
+                if c.is_none() {
+                    continue;
+                }
+                push_k(
+                    format!("D2 batches: {what} per 10k jobs"),
+                    None,
+                    c,
+                    f,
+                    "s",
+                    ratio(r, (&ck, field), (&fk, field)),
+                    "-",
+                    None,
+                );
+            }
+        }
     }
     let (c3, f3) = ("D3/corral/-", "D3/floor/-");
     if r.contains_key(c3) {

@@ -1,12 +1,13 @@
 //! The producer side: enqueue (alone, in a batch, or in the caller's
 //! transaction), await or subscribe to outcomes, cancel, stats.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use corral::RetryMode;
@@ -308,7 +309,7 @@ fn decode<J: Job>(outcome: RawOutcome) -> Result<J::Output, JobError<J::Error>> 
 #[derive(Debug, Clone)]
 struct Options {
     key: Option<String>,
-    queue: String,
+    queue: Cow<'static, str>,
     priority: i32,
     start: Start,
     timeout: Option<Duration>,
@@ -323,7 +324,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             key: None,
-            queue: DEFAULT_QUEUE.to_owned(),
+            queue: Cow::Borrowed(DEFAULT_QUEUE),
             priority: 0,
             start: Start::Now,
             timeout: None,
@@ -378,7 +379,7 @@ impl<J: Job> EnqueueBuilder<'_, J> {
 
     /// The queue (workers say which queues they serve).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
-        self.opts.queue = queue.into();
+        self.opts.queue = Cow::Owned(queue.into());
         self
     }
 
@@ -513,13 +514,13 @@ impl<J: Job> EnqueueBuilder<'_, J> {
         Ok(NewJob {
             key: o.key,
             queue: o.queue,
-            kind: J::KIND.to_owned(),
+            kind: Cow::Borrowed(J::KIND),
             args,
             priority: o.priority,
             start: o.start,
             max_attempts: o.retries as i32 + 1,
             timeout_ms,
-            backoff: serde_json::to_string(&o.backoff).expect("a backoff serializes"),
+            backoff: encode_backoff(&o.backoff),
             jitter: o.jitter as f32,
             retention_ms,
             immediate: o.immediate,
@@ -563,6 +564,17 @@ impl<J: Job> EnqueueBuilder<'_, J> {
         let row = self.into_row()?;
         let ids = pg.insert_with(tx, None, &[row]).await?;
         Ok(client.handle(ids[0]))
+    }
+}
+
+/// A backoff as JSON; the default one encoded once per process.
+fn encode_backoff(backoff: &Backoff) -> Cow<'static, str> {
+    static DEFAULT: OnceLock<String> = OnceLock::new();
+    let encode = |b: &Backoff| serde_json::to_string(b).expect("a backoff serializes");
+    if *backoff == Backoff::default() {
+        Cow::Borrowed(DEFAULT.get_or_init(|| encode(backoff)))
+    } else {
+        Cow::Owned(encode(backoff))
     }
 }
 

@@ -511,3 +511,89 @@ async fn a_listener_dropped_at_once_backs_off() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// A batch whose rows share every option (one statement with the options
+/// sent once) keeps each row's key and arguments, the input's order in the
+/// ids it returns, and the shared options on every row; a batch that mixes
+/// options still goes through the per-row statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uniform_batch_keeps_order_keys_and_options() {
+    let schema = unique_schema("uniform");
+    let store = pg_store(&schema).await;
+    let client = Client::new(&store);
+    let probe = |i: usize| Probe::new("uniform", &format!("u{i}"), vec![Step::Ok]);
+    let jobs = (0..300)
+        .map(|i| {
+            client
+                .enqueue(probe(i))
+                .id(format!("key-{i}"))
+                .queue("uq")
+                .priority(7)
+                .retry(2)
+                .delay(Duration::from_secs(3600))
+        })
+        .collect();
+    let handles = client.submit_batch(jobs).await.unwrap();
+    assert_eq!(handles.len(), 300);
+    let rows = raw_client()
+        .await
+        .query(
+            &format!(
+                "SELECT id, key, args->>'label', queue, priority, max_attempts, state
+                   FROM {schema}.jobs ORDER BY id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    for (i, (h, row)) in handles.iter().zip(&rows).enumerate() {
+        assert_eq!(h.id().get(), row.get::<_, i64>(0), "the ids in input order");
+        assert_eq!(row.get::<_, String>(1), format!("key-{i}"));
+        assert_eq!(row.get::<_, String>(2), format!("u{i}"));
+        assert_eq!(row.get::<_, String>(3), "uq");
+        assert_eq!(row.get::<_, i32>(4), 7);
+        assert_eq!(row.get::<_, i32>(5), 3);
+        assert_eq!(row.get::<_, String>(6), "scheduled");
+    }
+    // A live key in a uniform batch fails the whole batch, naming it.
+    let again = vec![
+        client.enqueue(probe(1000)).id("key-new"),
+        client.enqueue(probe(1001)).id("key-5"),
+    ];
+    assert!(
+        matches!(client.submit_batch(again).await, Err(SubmitError::DuplicateId(ref k)) if k == "key-5"),
+        "a live key is refused"
+    );
+    // Mixed options: each row keeps its own.
+    let mixed = vec![
+        client.enqueue(probe(2000)).priority(1),
+        client.enqueue(probe(2001)).priority(2),
+    ];
+    let ids: Vec<i64> = client
+        .submit_batch(mixed)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id().get())
+        .collect();
+    let priorities: Vec<i32> = raw_client()
+        .await
+        .query(
+            &format!("SELECT priority FROM {schema}.jobs WHERE id = ANY($1) ORDER BY id"),
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(priorities, vec![1, 2]);
+    assert_eq!(
+        client.stats().await.unwrap()["uq"].scheduled,
+        300,
+        "nothing of the refused batch was inserted"
+    );
+    drop(store);
+    drop_schema(&schema).await;
+}

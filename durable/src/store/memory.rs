@@ -321,7 +321,7 @@ impl Store for MemoryStore {
                 r.state == State::Available
                     && r.job.queue == queue
                     && r.run_at <= now
-                    && kinds.contains(&r.job.kind)
+                    && kinds.iter().any(|k| *k == r.job.kind)
             })
             .map(|(id, r)| (std::cmp::Reverse(r.job.priority), r.run_at, *id))
             .collect();
@@ -336,14 +336,14 @@ impl Store for MemoryStore {
             out.push(Claimed {
                 id: JobId(id),
                 key: r.job.key.clone(),
-                queue: r.job.queue.clone(),
-                kind: r.job.kind.clone(),
+                queue: r.job.queue.to_string(),
+                kind: r.job.kind.to_string(),
                 args: r.job.args.clone(),
                 attempt: r.attempt,
                 lost: r.lost,
                 max_attempts: r.job.max_attempts,
                 timeout_ms: r.job.timeout_ms,
-                backoff: r.job.backoff.clone(),
+                backoff: r.job.backoff.to_string(),
                 jitter: r.job.jitter,
                 immediate: r.job.immediate,
                 cursor: ClaimCursor {
@@ -448,7 +448,7 @@ impl Store for MemoryStore {
         let t = self.inner.table.lock();
         let found = match t.rows.get(&id.0) {
             Some(r) => {
-                let kind = r.job.kind.clone();
+                let kind = r.job.kind.to_string();
                 match r.state {
                     s if s.is_live() => Lookup::Pending { kind },
                     State::Completed => Lookup::Done {
@@ -521,7 +521,7 @@ impl Store for MemoryStore {
         let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
         for r in t.rows.values() {
             *counts
-                .entry((r.job.queue.clone(), r.state.name()))
+                .entry((r.job.queue.to_string(), r.state.name()))
                 .or_default() += 1;
         }
         let rows = counts

@@ -28,6 +28,7 @@ mod model;
 pub(crate) mod pg;
 pub(crate) mod signals;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -56,15 +57,18 @@ pub(crate) enum Start {
 #[derive(Debug, Clone)]
 pub(crate) struct NewJob {
     pub(crate) key: Option<String>,
-    pub(crate) queue: String,
-    pub(crate) kind: String,
+    /// Borrowed for the default queue: a batch allocates per row only its
+    /// arguments (and key).
+    pub(crate) queue: Cow<'static, str>,
+    pub(crate) kind: Cow<'static, str>,
     pub(crate) args: String,
     pub(crate) priority: i32,
     pub(crate) start: Start,
     pub(crate) max_attempts: i32,
     pub(crate) timeout_ms: Option<i64>,
-    /// The backoff as JSON (see `options::BackoffSpec`).
-    pub(crate) backoff: String,
+    /// The backoff as JSON (see `options::BackoffSpec`); borrowed for the
+    /// default backoff.
+    pub(crate) backoff: Cow<'static, str>,
     pub(crate) jitter: f32,
     pub(crate) retention_ms: i64,
     /// Retry mode `Immediate`: the worker waits out the backoff in its slot.

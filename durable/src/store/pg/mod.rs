@@ -309,6 +309,9 @@ impl PgStore {
                 .map_err(insert_error)?;
             return Ok(vec![JobId(row.get(0))]);
         }
+        if let Some(first) = uniform(jobs) {
+            return self.insert_uniform(client, prepared, first, jobs).await;
+        }
         let mut keys = Vec::with_capacity(jobs.len());
         let mut queues = Vec::with_capacity(jobs.len());
         let mut kinds = Vec::with_capacity(jobs.len());
@@ -324,8 +327,8 @@ impl PgStore {
         let mut immediates = Vec::with_capacity(jobs.len());
         for j in jobs {
             keys.push(j.key.as_deref());
-            queues.push(j.queue.as_str());
-            kinds.push(j.kind.as_str());
+            queues.push(j.queue.as_ref());
+            kinds.push(j.kind.as_ref());
             args.push(j.args.as_str());
             priorities.push(j.priority);
             let (start, delay) = split_start(j.start);
@@ -333,7 +336,7 @@ impl PgStore {
             delays.push(delay);
             max_attempts.push(j.max_attempts);
             timeouts.push(j.timeout_ms);
-            backoffs.push(j.backoff.as_str());
+            backoffs.push(j.backoff.as_ref());
             jitters.push(j.jitter);
             retentions.push(j.retention_ms);
             immediates.push(j.immediate);
@@ -364,6 +367,47 @@ impl PgStore {
             .await
             .map_err(insert_error)?;
         Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+    }
+
+    /// A batch whose rows share every option: keys and arguments as
+    /// arrays, the rest once (see `Sql::insert_uniform`).
+    async fn insert_uniform<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+        prepared: Option<tokio_postgres::Statement>,
+        first: &NewJob,
+        jobs: &[NewJob],
+    ) -> StoreResult<Vec<JobId>> {
+        let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.key.as_deref()).collect();
+        let args: Vec<&str> = jobs.iter().map(|j| j.args.as_str()).collect();
+        let stmt = match prepared {
+            Some(stmt) => stmt,
+            None => client.prepare(&self.inner.sql.insert_uniform).await?,
+        };
+        let (start, delay) = split_start(first.start);
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &keys,
+                    &first.queue,
+                    &first.kind,
+                    &args,
+                    &first.priority,
+                    &start,
+                    &delay,
+                    &first.max_attempts,
+                    &first.timeout_ms,
+                    &first.backoff,
+                    &first.jitter,
+                    &first.retention_ms,
+                    &first.immediate,
+                ],
+            )
+            .await
+            .map_err(insert_error)?;
+        let ids: Option<Vec<i64>> = row.get(0);
+        Ok(ids.unwrap_or_default().into_iter().map(JobId).collect())
     }
 
     /// Finished ids and due queues seen by this process's own writes are
@@ -419,6 +463,25 @@ impl PgStore {
     }
 }
 
+/// The first job of a batch of at least two whose rows differ only in key
+/// and arguments, if it is one.
+fn uniform(jobs: &[NewJob]) -> Option<&NewJob> {
+    let (first, rest) = jobs.split_first()?;
+    let same = |j: &NewJob| {
+        j.queue == first.queue
+            && j.kind == first.kind
+            && j.priority == first.priority
+            && j.start == first.start
+            && j.max_attempts == first.max_attempts
+            && j.timeout_ms == first.timeout_ms
+            && j.backoff == first.backoff
+            && j.jitter.to_bits() == first.jitter.to_bits()
+            && j.retention_ms == first.retention_ms
+            && j.immediate == first.immediate
+    };
+    (!rest.is_empty() && rest.iter().all(same)).then_some(first)
+}
+
 /// A start as the insert's `(start_at, delay_ms)` parameters.
 fn split_start(start: Start) -> (Option<SystemTime>, i64) {
     match start {
@@ -460,6 +523,8 @@ impl Store for PgStore {
             let sql = &self.inner.sql;
             let text = if jobs.len() == 1 {
                 &sql.insert_one
+            } else if uniform(&jobs).is_some() {
+                &sql.insert_uniform
             } else {
                 &sql.insert
             };

@@ -147,6 +147,7 @@ pub(crate) struct Sql {
     pub(crate) schema: String,
     pub(crate) channel: String,
     pub(crate) insert: String,
+    pub(crate) insert_uniform: String,
     pub(crate) register: String,
     pub(crate) heartbeat: String,
     pub(crate) retire: String,
@@ -191,6 +192,32 @@ impl Sql {
                                      timeout_ms, backoff, jitter, retention_ms, immediate, ord)) x
                   ORDER BY ord
                  RETURNING id",
+            ),
+            // A batch whose rows differ only in key and arguments (the usual
+            // batch: one job type, one set of options): two arrays, the
+            // options as scalars computed once (`OFFSET 0` keeps that
+            // subquery from being pulled up into a per-row expression), and
+            // the ids back as one array. Identity values rise in insertion
+            // order, which is `ord`: sorted ids are the input's order.
+            insert_uniform: fill(
+                "WITH ins AS (
+                    INSERT INTO {s}.jobs (key, queue, kind, args, priority, run_at, state, max_attempts,
+                                          timeout_ms, backoff, jitter, retention_ms, immediate)
+                    SELECT u.key, o.queue, o.kind, u.args::jsonb, o.priority, o.r, o.state, o.max_attempts,
+                           o.timeout_ms, o.backoff, o.jitter, o.retention_ms, o.immediate
+                      FROM (SELECT $2::text AS queue, $3::text AS kind, $5::int AS priority, t.r,
+                                   CASE WHEN t.r <= now() THEN 'available' ELSE 'scheduled' END AS state,
+                                   $8::int AS max_attempts, $9::bigint AS timeout_ms,
+                                   $10::text::jsonb AS backoff, $11::real AS jitter,
+                                   $12::bigint AS retention_ms, $13::bool AS immediate
+                              FROM (SELECT COALESCE($6::timestamptz,
+                                                    now() + $7::bigint * interval '1 millisecond') AS r) t
+                            OFFSET 0) o
+                     CROSS JOIN unnest($1::text[], $4::text[]) WITH ORDINALITY AS u(key, args, ord)
+                     ORDER BY u.ord
+                    RETURNING id
+                 )
+                 SELECT array_agg(id ORDER BY id) FROM ins",
             ),
             // One job: scalars, not arrays (`submit` is one job at a time).
             insert_one: fill(
