@@ -36,14 +36,19 @@
 //!   (`deps`): in no queue, on no worker. The **cascade** tells children
 //!   when a parent's outcome is decided; outcomes it decides (a failed
 //!   parent's children) go to the **outbox**, delivered by `Shared::unlock`.
+//! - **set aside**: a due task that a rate limiter refused at claim
+//!   (`limit`): in no queue, on no worker, waiting in its bucket's list
+//!   until the timekeeper sends it back to the queue.
 //!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
 //!    immediate retry waiting; or its attempt parked in a wait, held by no
 //!    worker until one resumes it, see `park`), `Waiting` (for its
-//!    parents, in `deps`), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running`/`Waiting` only through
+//!    parents, in `deps`), `Limited` (set aside by a rate limiter, in one
+//!    bucket's waiters, see `limit`), or `Retained` (finished, outcome
+//!    cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting`/`Limited` only through
 //!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
 //!    after unlocking (or puts it in the outbox, which `Shared::unlock`
 //!    empties). So each task's outcome is delivered exactly once.
@@ -66,11 +71,13 @@ use std::time::Duration;
 use slab::Slab;
 
 mod deps;
+mod limit;
 mod park;
 mod watch;
 
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
+use self::limit::Limits;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
 use self::watch::Watchers;
@@ -105,6 +112,8 @@ enum State {
     Running,
     /// A dependent waiting for its parents (see `deps`).
     Waiting,
+    /// Set aside by a rate limiter (see `limit`).
+    Limited,
     Retained,
 }
 
@@ -193,13 +202,17 @@ pub struct ClusterStats {
     /// and attempts parked in a [`TaskContext::wait_for`](crate::TaskContext::wait_for):
     /// in no queue, on no worker.
     pub waiting: usize,
-    /// Every task the cluster holds state for (`queued + running + waiting + cached`).
+    /// Every task the cluster holds state for
+    /// (`queued + running + waiting + waiting_on_limiter + cached`).
     pub held: usize,
     /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
     pub watchers: usize,
     /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
     /// no new attempt starts.
     pub paused: bool,
+    /// Due tasks that a rate limiter ([`TaskBuilder::limit`](crate::TaskBuilder::limit))
+    /// set aside until it admits them: in no queue, on no worker.
+    pub waiting_on_limiter: usize,
 }
 
 pub(crate) struct Engine {
@@ -236,6 +249,9 @@ pub(crate) struct Engine {
     watchers: Option<Box<Watchers>>,
     /// Parked attempts, made by the first park (`park`).
     parking: Option<Box<Parking>>,
+    /// Rate limiters and the tasks they set aside, made by the first
+    /// limiter (`limit`).
+    limits: Option<Box<Limits>>,
     /// What was let go of under the lock and may wake a future when dropped
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
@@ -284,6 +300,7 @@ impl Engine {
             outbox: Vec::new(),
             watchers: None,
             parking: None,
+            limits: None,
             trash: Vec::new(),
             has_outbox: false,
         }
@@ -458,7 +475,15 @@ impl Engine {
         } else {
             0
         };
-        let popped = self.queue.pop(|i| is_live(entries, i));
+        let popped = loop {
+            let entries = &self.entries;
+            let popped = self.queue.pop(|i| is_live(entries, i));
+            match popped {
+                // Set aside by a rate limiter (`limit`): pop again.
+                Some(item) if self.limits.is_some() && !self.limits_admit(&item) => continue,
+                popped => break popped,
+            }
+        };
         if let Some(item) = popped {
             self.idle.unpark(worker);
             let e = &mut self.entries[item.slot as usize];
@@ -640,6 +665,14 @@ impl Engine {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 (CancelOutcome::Cancelled, Some(d), None)
             }
+            State::Limited => {
+                let d = self.finalize(slot, Some(Forced::Cancelled));
+                self.forget_limited();
+                if self.phase == Phase::Draining && self.drained() {
+                    self.note_ready(1);
+                }
+                (CancelOutcome::Cancelled, Some(d), None)
+            }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
@@ -696,6 +729,8 @@ impl Engine {
         }
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);
+            // A drain runs tasks set aside by a limiter as it admits them.
+            self.shut_down_limited(&mut out);
         }
         let items = match drain_cutoff {
             None => self.queue.drain(),
@@ -762,7 +797,8 @@ impl Engine {
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
-        let next = [next_start, next_expiry, self.flow.resume_at()]
+        let next_limited = self.next_limited_wake();
+        let next = [next_start, next_expiry, self.flow.resume_at(), next_limited]
             .into_iter()
             .flatten()
             .min();
@@ -770,8 +806,13 @@ impl Engine {
         next
     }
 
-    /// Moves due tasks into the ready levels and wakes idle workers for them.
+    /// Moves due tasks into the ready levels and wakes idle workers for
+    /// them; sends back to the queue the tasks a limiter set aside whose
+    /// bucket admits again (`limit`).
     pub(crate) fn promote(&mut self) {
+        if self.limits.is_some() {
+            self.wake_limited(self.clock.now());
+        }
         if !self.queue.has_scheduled() {
             return;
         }
@@ -788,7 +829,7 @@ impl Engine {
 
     /// Nothing left for a drain to run: nothing queued, running or waiting.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0
+        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0 && self.limited() == 0
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {
@@ -800,6 +841,7 @@ impl Engine {
             held: self.entries.len(),
             watchers: self.watchers(),
             paused: self.flow.paused(),
+            waiting_on_limiter: self.limited(),
         }
     }
 }
