@@ -338,7 +338,7 @@ impl Engine {
             limits.held -= items.len();
             // Drop dead heads, so an empty list goes at once.
             while let Some(Waiter(item)) = w.heap.peek() {
-                if is_set_aside(&self.entries, &item) {
+                if is_set_aside(&self.entries, item) {
                     break;
                 }
                 w.heap.pop();
