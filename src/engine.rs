@@ -640,6 +640,9 @@ impl Engine {
         let e = &mut self.entries[slot as usize];
         match e.state {
             State::Queued => {
+                if self.limits.is_some() {
+                    self.unwake_limited(slot);
+                }
                 // Finalize first: the queue entry then reads as dead. The
                 // registry entry, which holds the task's memory, goes at once.
                 let d = self.finalize(slot, Some(Forced::Cancelled));

@@ -174,6 +174,11 @@ pub(crate) type Tat = i64;
 pub(crate) const FRESH: Tat = i64::MIN;
 
 impl Gcra {
+    /// The burst size: `tau / t + 1`.
+    pub(crate) fn burst(&self) -> u64 {
+        (self.tau / self.t).unsigned_abs() + 1
+    }
+
     /// When a request to a bucket at `tat` first conforms: `TAT - tau`
     /// (`now` or earlier means "now").
     pub(crate) fn earliest(&self, tat: Tat) -> i64 {

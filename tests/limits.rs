@@ -532,3 +532,32 @@ async fn a_thousand_waiters_start_one_per_interval_in_order() {
         assert_eq!((tag, at), (i as u32, ms(i as u64)));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_woken_task_hands_its_turn_to_the_next_waiter() {
+    let c = Cluster::new(1).unwrap();
+    c.add_limiter("api", Rate::per_second(1).burst(1)).unwrap();
+    let (t0, starts) = (Instant::now(), log());
+    let first = started(&c, t0, &starts, 0, &[("api", None)]);
+    let w1 = started(&c, t0, &starts, 1, &[("api", None)]);
+    let w2 = started(&c, t0, &starts, 2, &[("api", None)]);
+    // Holds the one worker from 0 to 1.5 s.
+    let busy = c
+        .task(|_| async {
+            tokio::time::sleep(ms(1500)).await;
+            Ok::<_, String>(())
+        })
+        .submit()
+        .unwrap();
+    first.await.unwrap();
+    // At 1 s the limiter admits one: task 1 is sent back to the queue
+    // (the worker is busy), task 2 keeps waiting.
+    tokio::time::sleep(ms(1200)).await;
+    assert_eq!(c.stats().waiting_on_limiter, 1);
+    assert_eq!(c.cancel_task(w1.id()), CancelOutcome::Cancelled);
+    assert_eq!(w1.await, Err(TaskError::Cancelled));
+    // Its turn was not used: task 2 takes it when the worker is free.
+    busy.await.unwrap();
+    w2.await.unwrap();
+    assert_eq!(snapshot(&starts), [(0, ms(0)), (2, ms(1500))]);
+}

@@ -18,18 +18,24 @@
 //! A task set aside waits in the list of the bucket that refused it (the
 //! one whose admission is latest, if several did), ordered as the queue
 //! orders (priority, start, sequence). Each bucket with waiters has one
-//! timer, at the instant the bucket admits again. When the timekeeper
-//! fires it, the bucket's best waiters go back to the queue with their
-//! original `Item`, so the queue's exact order decides among them and
-//! other due tasks, as many as the bucket can admit at that instant; the
-//! bucket's next timer is set for when it admits again after them. So a
-//! bucket with 10,000 waiters costs one wake-up per admission, not 10,000.
-//! A woken task is checked again when popped (another task may have taken
-//! the capacity meanwhile): if refused, it is set aside again.
+//! timer, at the instant it has room for one more task than those it
+//! already sent back and that no worker has claimed yet (`pending`). When
+//! the timekeeper fires it, the bucket's best waiters go back to the queue
+//! with their original `Item`, as many as it has room for beyond those
+//! pending, so the queue's exact order decides among them and the other
+//! due tasks. A woken task stops being pending when a claim pops it
+//! (admitted, or set aside again if another task took the room meanwhile)
+//! or when it is cancelled; the bucket's timer is then set again. So a
+//! bucket with 10,000 waiters costs one wake-up per admission, not 10,000,
+//! and a turn a cancelled task did not use goes to the next waiter at once.
 //!
 //! A claim that finds a bucket timer due before the timekeeper got to it
 //! wakes those waiters first and puts the task it popped back, so a task
-//! submitted later never passes one that waited, at the instant they meet.
+//! that did not wait never passes one that did, at the instant they meet.
+//!
+//! Exact for tasks naming one limiter. A task naming several waits in the
+//! list of one bucket at a time and is checked against all when woken; a
+//! bucket that woke it and was not charged finds out when it is popped.
 //!
 //! # Bounded state
 //! - A per-key-value bucket whose TAT is not after now behaves as a fresh
@@ -57,7 +63,7 @@ use crate::clock::duration_ticks;
 use crate::error::SubmitError;
 use crate::job::{Forced, Job};
 use crate::limit::{Gcra, LimitRef, LimiterError, LimiterStats, Rate, Tat, FRESH};
-use crate::queue::Item;
+use crate::queue::{Item, Slot};
 
 /// Keyed buckets are first swept when a limiter holds this many.
 const SWEEP_MIN: usize = 64;
@@ -74,6 +80,9 @@ pub(super) struct Limits {
     /// When each bucket with waiters admits again. An entry whose time is
     /// not its bucket's `wake_at` is stale (the bucket was rescheduled).
     timers: BinaryHeap<Reverse<(i64, LimitRef)>>,
+    /// Tasks woken from a bucket's waiters and not yet claimed, by `seq`:
+    /// they count against that bucket's room until claimed or cancelled.
+    woken: HashMap<u64, LimitRef>,
     /// Tasks set aside now.
     held: usize,
     /// Waiter entries of tasks no longer set aside.
@@ -97,6 +106,30 @@ impl Limiter {
             None => self.global,
             Some(k) => self.keyed.get(k).copied().unwrap_or(FRESH),
         }
+    }
+
+    /// How many requests in a row the bucket admits at `now` (at most the
+    /// burst: an idle bucket is full).
+    fn room(&self, key: Option<&Arc<str>>, now: i64) -> u64 {
+        let earliest = self.gcra.earliest(self.tat(key));
+        if earliest > now {
+            return 0;
+        }
+        let gaps = now.saturating_sub(earliest) / self.gcra.t;
+        (gaps.unsigned_abs().saturating_add(1)).min(self.gcra.burst())
+    }
+
+    /// When the bucket first has room for `pending + 1` requests in a row
+    /// (`None`: never, that is more than its burst).
+    fn room_for(&self, key: Option<&Arc<str>>, pending: usize) -> Option<i64> {
+        let pending = pending as u64;
+        if pending >= self.gcra.burst() {
+            return None;
+        }
+        let wait = i64::try_from(pending)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(self.gcra.t);
+        Some(self.gcra.earliest(self.tat(key)).saturating_add(wait))
     }
 
     /// Sets a bucket's TAT, forgetting idle keyed buckets now and then.
@@ -123,8 +156,14 @@ impl Limiter {
 /// A bucket's waiters, best first, and when its timer is set.
 struct Waiters {
     heap: BinaryHeap<Waiter>,
+    /// The bucket's one valid timer ([`UNARMED`]: none).
     wake_at: i64,
+    /// Waiters sent back to the queue and not yet claimed.
+    pending: usize,
 }
+
+/// A bucket timer that is not set.
+const UNARMED: i64 = i64::MAX;
 
 /// A task set aside, with its queue key: the heap's greatest is the one
 /// the queue would pop first.
@@ -215,10 +254,10 @@ impl Engine {
         let Some(limits) = self.limits.as_deref_mut() else {
             return true;
         };
-        let e = &self.entries[item.slot as usize];
-        let Some(tl) = e.job.limits() else {
+        let tl = self.entries[item.slot as usize].job.limits();
+        if tl.is_none() && limits.timers.is_empty() {
             return true;
-        };
+        }
         let now = self.clock.now();
         if limits
             .timers
@@ -229,6 +268,19 @@ impl Engine {
             self.queue.push(*item, now);
             self.wake_limited(now);
             return false;
+        }
+        let Some(tl) = tl else {
+            return true;
+        };
+        // Woken from a bucket's waiters: it stops counting there now,
+        // admitted or not.
+        let from = if limits.woken.is_empty() {
+            None
+        } else {
+            limits.woken.remove(&item.seq)
+        };
+        if let Some(w) = from.as_ref().and_then(|b| limits.waiting.get_mut(b)) {
+            w.pending = w.pending.saturating_sub(1);
         }
         // Check all first: the bucket that admits latest binds.
         let mut binding: Option<(i64, usize)> = None;
@@ -242,7 +294,7 @@ impl Engine {
                 binding = Some((earliest, i));
             }
         }
-        match binding {
+        let admitted = match binding {
             None => {
                 for r in &tl.refs {
                     if let Some(l) = limits.limiters.get_mut(&r.limiter) {
@@ -252,18 +304,21 @@ impl Engine {
                 }
                 true
             }
-            Some((wake, i)) => {
+            Some((_, i)) => {
                 let bucket = tl.refs[i].clone();
                 self.entries[item.slot as usize].state = State::Limited;
-                self.set_aside(bucket, *item, wake);
+                self.set_aside(bucket, *item);
                 false
             }
+        };
+        if let Some(b) = from {
+            self.rearm(&b);
         }
+        admitted
     }
 
-    /// Puts `item` in `bucket`'s waiters; the bucket's timer is at `wake`
-    /// at the latest.
-    fn set_aside(&mut self, bucket: LimitRef, item: Item, wake: i64) {
+    /// Puts `item` in `bucket`'s waiters.
+    fn set_aside(&mut self, bucket: LimitRef, item: Item) {
         let limits = self.limits.as_deref_mut().expect("limits exist");
         limits.held += 1;
         let w = limits
@@ -271,19 +326,48 @@ impl Engine {
             .entry(bucket.clone())
             .or_insert_with(|| Waiters {
                 heap: BinaryHeap::new(),
-                wake_at: i64::MAX,
+                wake_at: UNARMED,
+                pending: 0,
             });
         w.heap.push(Waiter(item));
-        if wake < w.wake_at {
-            w.wake_at = wake;
-            limits.timers.push(Reverse((wake, bucket)));
-            self.note_timer(wake);
+        self.rearm(&bucket);
+    }
+
+    /// Sets `bucket`'s timer for when its room first exceeds the tasks
+    /// woken from it and not yet claimed; none while it has no waiters
+    /// (its entry goes once nothing is pending either).
+    fn rearm(&mut self, bucket: &LimitRef) {
+        let Some(limits) = self.limits.as_deref_mut() else {
+            return;
+        };
+        let Some(w) = limits.waiting.get_mut(bucket) else {
+            return;
+        };
+        if w.heap.is_empty() {
+            w.wake_at = UNARMED;
+            if w.pending == 0 {
+                limits.waiting.remove(bucket);
+            }
+            return;
+        }
+        let at = limits
+            .limiters
+            .get(&bucket.limiter)
+            .and_then(|l| l.room_for(bucket.key.as_ref(), w.pending))
+            .unwrap_or(UNARMED);
+        if at != w.wake_at {
+            w.wake_at = at;
+            if at != UNARMED {
+                limits.timers.push(Reverse((at, bucket.clone())));
+                self.note_timer(at);
+            }
         }
     }
 
-    /// Sends back to the queue the waiters of every bucket whose timer is
-    /// due at `now`, as many per bucket as it admits now (the timekeeper's
-    /// call, through `promote`; and a claim's, see `limits_admit`).
+    /// Sends back to the queue the best waiters of every bucket whose
+    /// timer is due at `now`, as many as the bucket has room for beyond
+    /// those already sent (the timekeeper's call, through `promote`; and a
+    /// claim's, see `limits_admit`).
     pub(super) fn wake_limited(&mut self, now: i64) {
         let mut woken = 0;
         loop {
@@ -303,40 +387,26 @@ impl Engine {
                 continue;
             };
             if w.wake_at != t {
-                continue; // stale: rescheduled since
+                continue; // stale: rearmed since
             }
-            let Some(l) = limits.limiters.get(&bucket.limiter) else {
-                continue;
-            };
-            let gcra = l.gcra;
-            let tat = l.tat(bucket.key.as_ref());
-            let earliest = gcra.earliest(tat);
-            if earliest > now {
-                // Capacity taken meanwhile, or a slow-down: try again then.
-                w.wake_at = earliest;
-                limits.timers.push(Reverse((earliest, bucket)));
-                continue;
-            }
-            // How many the bucket admits at `now`: at most `burst`.
-            let room = now.saturating_sub(earliest) / gcra.t;
-            let can = usize::try_from(room)
-                .unwrap_or(usize::MAX)
-                .saturating_add(1);
-            let mut sent = 0usize;
+            w.wake_at = UNARMED;
+            let room = limits
+                .limiters
+                .get(&bucket.limiter)
+                .map_or(0, |l| l.room(bucket.key.as_ref(), now));
+            let can = room.saturating_sub(w.pending as u64);
             let mut items = Vec::new();
-            while sent < can {
+            while (items.len() as u64) < can {
                 let Some(Waiter(item)) = w.heap.pop() else {
                     break;
                 };
                 if is_set_aside(&self.entries, &item) {
                     items.push(item);
-                    sent += 1;
                 } else {
                     limits.dead -= 1;
                 }
             }
-            limits.held -= items.len();
-            // Drop dead heads, so an empty list goes at once.
+            // Drop dead heads, so that an empty list goes at once.
             while let Some(Waiter(item)) = w.heap.peek() {
                 if is_set_aside(&self.entries, item) {
                     break;
@@ -344,26 +414,17 @@ impl Engine {
                 w.heap.pop();
                 limits.dead -= 1;
             }
-            if w.heap.is_empty() {
-                limits.waiting.remove(&bucket);
-            } else {
-                // When it admits again once those are charged.
-                let charged = i64::try_from(sent)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(gcra.t);
-                let next = tat
-                    .max(now)
-                    .saturating_add(charged)
-                    .saturating_sub(gcra.tau)
-                    .max(now + 1);
-                w.wake_at = next;
-                limits.timers.push(Reverse((next, bucket)));
+            w.pending += items.len();
+            limits.held -= items.len();
+            for item in &items {
+                limits.woken.insert(item.seq, bucket.clone());
             }
             for item in items {
                 self.entries[item.slot as usize].state = State::Queued;
                 self.queue.push(item, now);
                 woken += 1;
             }
+            self.rearm(&bucket);
         }
         if woken > 0 {
             self.note_ready(woken);
@@ -382,6 +443,25 @@ impl Engine {
         None
     }
 
+    /// The queued task at `slot` is being cancelled: if a bucket woke it,
+    /// it no longer counts there (call before finalizing it).
+    pub(super) fn unwake_limited(&mut self, slot: Slot) {
+        let seq = self.entries[slot as usize].job.seq();
+        let Some(limits) = self.limits.as_deref_mut() else {
+            return;
+        };
+        if limits.woken.is_empty() {
+            return;
+        }
+        let Some(bucket) = limits.woken.remove(&seq) else {
+            return;
+        };
+        if let Some(w) = limits.waiting.get_mut(&bucket) {
+            w.pending = w.pending.saturating_sub(1);
+        }
+        self.rearm(&bucket);
+    }
+
     /// A task set aside was finalized (cancelled): its waiter entry is dead.
     pub(super) fn forget_limited(&mut self) {
         let Some(limits) = self.limits.as_deref_mut() else {
@@ -393,7 +473,7 @@ impl Engine {
             let entries = &self.entries;
             limits.waiting.retain(|_, w| {
                 w.heap.retain(|Waiter(i)| is_set_aside(entries, i));
-                !w.heap.is_empty()
+                !w.heap.is_empty() || w.pending > 0
             });
             limits.dead = 0;
         }
@@ -406,6 +486,7 @@ impl Engine {
         };
         let waiting = std::mem::take(&mut limits.waiting);
         limits.timers.clear();
+        limits.woken.clear();
         limits.held = 0;
         limits.dead = 0;
         for (_, w) in waiting {
