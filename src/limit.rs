@@ -44,6 +44,14 @@ use crate::task::TaskContext;
 /// Checked by [`Cluster::add_limiter`](crate::Cluster::add_limiter): a
 /// zero count, period or burst is refused there with a [`LimiterError`].
 ///
+/// The burst also absorbs the timer's lateness: a task set aside is woken
+/// by tokio's timer, which has millisecond resolution, and GCRA counts
+/// from each admission. With a burst of 1 that lateness (up to about a
+/// millisecond) is lost at every admission, which matters at rates near
+/// 1,000/s (measured: about 400/s achieved for 1,000/s, `bench/README.md`
+/// W11); a burst of a few intervals' worth keeps the achieved rate at the
+/// limit.
+///
 /// ```
 /// use std::time::Duration;
 /// use corral::Rate;

@@ -397,6 +397,14 @@ fn w11_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
     ));
     rows.push(paired(
         res,
+        format!("W11 {what}, achieved / limit"),
+        Unit::Ratio,
+        &c,
+        "accuracy",
+        info,
+    ));
+    rows.push(paired(
+        res,
         format!("W11 {what}, start lag p99 vs tokio timers"),
         Unit::Ms,
         &c,
@@ -421,6 +429,17 @@ fn w11_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
         Unit::Rate,
         &b1,
         "rate",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        format!(
+            "W11 {} tasks at 1,000/s burst 1, achieved / limit",
+            count(s.w11)
+        ),
+        Unit::Ratio,
+        &b1,
+        "accuracy",
         info,
     ));
     let idle = Spec::new("W1", Side::Corral, 2).variant(W11_IDLE_LIMITER);
