@@ -424,7 +424,10 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     /// the queue with its place (priority, start time, submission order)
     /// at the instant its limiters admit it, and is checked again then.
     /// [`ClusterStats::waiting_on_limiter`](crate::ClusterStats::waiting_on_limiter)
-    /// counts such tasks; cancel, stop and cancel-all end them at once.
+    /// counts such tasks; [`cancel_task`](crate::Cluster::cancel_task),
+    /// [`stop`](crate::Cluster::stop) and [`cancel`](crate::Cluster::cancel)
+    /// end them at once, and [`drain`](crate::Cluster::drain) runs them as
+    /// their limiters admit them (so it waits for them, up to its timeout).
     ///
     /// A limiter is charged when an attempt is about to start: once per
     /// task, and again for a [requeued](crate::RetryMode::Requeue) retry

@@ -561,3 +561,27 @@ async fn cancelling_a_woken_task_hands_its_turn_to_the_next_waiter() {
     w2.await.unwrap();
     assert_eq!(snapshot(&starts), [(0, ms(0)), (2, ms(1500))]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shrink_during_a_drain_does_not_strand_tasks_set_aside() {
+    let c = Cluster::new(2).unwrap();
+    c.add_limiter("api", Rate::per_second(1).burst(1)).unwrap();
+    let (t0, starts) = (Instant::now(), log());
+    let hs: Vec<_> = (0..3)
+        .map(|i| started(&c, t0, &starts, i, &[("api", None)]))
+        .collect();
+    yield_until("set aside", || c.stats().waiting_on_limiter == 2).await;
+    let drain = {
+        let c = c.clone();
+        tokio::spawn(async move { c.drain(10 * SEC).await })
+    };
+    tokio::task::yield_now().await;
+    // The surplus worker leaves; the drain is not over while tasks wait.
+    c.resize(1).unwrap();
+    drain.await.unwrap().unwrap();
+    all(hs).await;
+    assert_eq!(
+        snapshot(&starts),
+        [(0, ms(0)), (1, ms(1000)), (2, ms(2000))]
+    );
+}
