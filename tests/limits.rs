@@ -585,3 +585,69 @@ async fn a_shrink_during_a_drain_does_not_strand_tasks_set_aside() {
         [(0, ms(0)), (1, ms(1000)), (2, ms(2000))]
     );
 }
+
+/// Races on the real multi-thread runtime: producers submit limited tasks
+/// (global, keyed, both, some slowing down once) while a canceller cancels
+/// random ones, whether queued, set aside, woken or running. Every handle
+/// resolves (under a timeout: a waiter stranded by lost bookkeeping would
+/// hang), exactly as `cancel_task` said, and the cluster ends holding
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_admissions_strand_nothing() {
+    const N: usize = 3_000;
+    let c = Cluster::new(3).unwrap();
+    c.add_limiter("g", Rate::per_second(20_000).burst(3))
+        .unwrap();
+    c.add_limiter("k", Rate::per_second(5_000).burst(1))
+        .unwrap();
+    let slowed = Arc::new(AtomicU32::new(0));
+    let mut handles = Vec::with_capacity(N);
+    for i in 0..N {
+        let slowed = slowed.clone();
+        let mut b = c.task(move |ctx| {
+            let slowed = slowed.clone();
+            async move {
+                // Tasks naming `g` (i % 3 != 1) slow it down, 20 times in all.
+                if i % 97 == 0 && i % 3 != 1 && slowed.fetch_add(1, SeqCst) < 20 {
+                    assert!(ctx.slow_down("g", Duration::from_millis(2)));
+                    return Err("slow down".to_string());
+                }
+                Ok(i)
+            }
+        });
+        b = match i % 3 {
+            0 => b.limit("g"),
+            1 => b.limit_by("k", (i % 7).to_string()),
+            _ => b.limit("g").limit_by("k", (i % 5).to_string()),
+        };
+        handles.push(b.submit().unwrap());
+        if i % 5 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut cancelled = vec![false; N];
+    for i in (0..N).step_by(11) {
+        // `Requested` (it was running) guarantees a `Cancelled` outcome too.
+        cancelled[i] = matches!(
+            c.cancel_task(handles[i].id()),
+            CancelOutcome::Cancelled | CancelOutcome::Requested
+        );
+        if i % 3 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let got = tokio::time::timeout(30 * SEC, h)
+            .await
+            .unwrap_or_else(|_| panic!("task {i} never resolved"));
+        if cancelled[i] {
+            assert_eq!(got, Err(TaskError::Cancelled), "task {i}");
+        } else {
+            assert_eq!(got, Ok(i), "task {i}");
+        }
+    }
+    assert!(cancelled.iter().any(|&c| c), "some cancels landed");
+    let s = c.stats();
+    assert_eq!((s.held, s.waiting_on_limiter, s.queued), (0, 0, 0));
+    c.stop(SEC).await.unwrap();
+}
