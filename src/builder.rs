@@ -412,6 +412,99 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self
     }
 
+    /// Paces the task by the limiter `limiter` (see
+    /// [`Cluster::add_limiter`](crate::Cluster::add_limiter)), in its
+    /// global bucket, which every task naming it with `limit` shares.
+    ///
+    /// A task may name several limiters (call `limit` or
+    /// [`limit_by`](Self::limit_by) once per limiter): it starts only when
+    /// all of them admit it at once, and is then charged to all of them
+    /// (never to some only). Until then it is set aside: in no queue, on
+    /// no worker, never polled, blocking no other task; it comes back into
+    /// the queue with its place (priority, start time, submission order)
+    /// at the instant its limiters admit it, and is checked again then.
+    /// [`ClusterStats::waiting_on_limiter`](crate::ClusterStats::waiting_on_limiter)
+    /// counts such tasks; [`cancel_task`](crate::Cluster::cancel_task),
+    /// [`stop`](crate::Cluster::stop) and [`cancel`](crate::Cluster::cancel)
+    /// end them at once, and [`drain`](crate::Cluster::drain) runs them as
+    /// their limiters admit them (so it waits for them, up to its timeout).
+    ///
+    /// A limiter is charged when an attempt is about to start: once per
+    /// task, and again for a [requeued](crate::RetryMode::Requeue) retry
+    /// (an [immediate](crate::RetryMode::Immediate) retry keeps its worker
+    /// and is not charged again).
+    ///
+    /// # Errors (at submit)
+    /// [`SubmitError::UnknownLimiter`] if the cluster has no such limiter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use corral::{Cluster, Rate};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(4).unwrap();
+    /// cluster.add_limiter("github", Rate::per_second(10).burst(2)).unwrap();
+    /// let t0 = Instant::now();
+    /// let handles: Vec<_> = (0..4)
+    ///     .map(|_| {
+    ///         cluster
+    ///             .task(move |_| async move { Ok::<_, String>(t0.elapsed()) })
+    ///             .limit("github")
+    ///             .submit()
+    ///             .unwrap()
+    ///     })
+    ///     .collect();
+    /// let mut started = Vec::new();
+    /// for h in handles {
+    ///     started.push(h.await.unwrap());
+    /// }
+    /// // A burst of two, then one every 100 ms.
+    /// let ms = |n| Duration::from_millis(n);
+    /// assert_eq!(started, [ms(0), ms(0), ms(100), ms(200)]);
+    /// # }
+    /// ```
+    pub fn limit(mut self, limiter: impl Into<Arc<str>>) -> Self {
+        let limits = self.extras().limits.get_or_insert_with(Box::default);
+        limits.add(limiter.into(), None);
+        self
+    }
+
+    /// Paces the task by the limiter `limiter`, in the bucket of `key`:
+    /// each key value has a bucket of its own, at the limiter's rate (say,
+    /// 5 calls per second per customer). Otherwise as
+    /// [`limit`](Self::limit), whose rules apply (several limiters, when
+    /// the task is charged, errors at submit). A task may name the same
+    /// limiter by key and globally: both buckets must admit it.
+    ///
+    /// ```
+    /// use corral::{Cluster, Rate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let cluster = Cluster::new(2).unwrap();
+    /// cluster.add_limiter("per-customer", Rate::per_second(1).burst(1)).unwrap();
+    /// cluster.add_limiter("api", Rate::per_second(100)).unwrap();
+    /// for customer in [7, 7, 8] {
+    ///     cluster
+    ///         .task(|_| async { Ok::<_, String>(()) })
+    ///         .limit_by("per-customer", customer.to_string())
+    ///         .limit("api") // and the API's global rate
+    ///         .submit()
+    ///         .unwrap();
+    /// }
+    /// tokio::task::yield_now().await;
+    /// // Customer 8 did not wait for customer 7's second task.
+    /// assert_eq!(cluster.stats().waiting_on_limiter, 1);
+    /// # }
+    /// ```
+    pub fn limit_by(mut self, limiter: impl Into<Arc<str>>, key: impl Into<Arc<str>>) -> Self {
+        let limits = self.extras().limits.get_or_insert_with(Box::default);
+        limits.add(limiter.into(), Some(key.into()));
+        self
+    }
+
     /// Starts the task only after `parent` has finished (call it once per
     /// parent). Until then the task is in no queue and holds no worker.
     /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
@@ -598,6 +691,8 @@ where
     ///   outside `0.0..=1.0`.
     /// - [`SubmitError::DuplicateId`]: a task with this id is pending or running.
     /// - [`SubmitError::ShuttingDown`]: the cluster is stopping or stopped.
+    /// - [`SubmitError::UnknownLimiter`]: a limiter named by
+    ///   [`limit`](Self::limit) or [`limit_by`](Self::limit_by) was never added.
     ///
     /// On error the body is dropped without running and nothing queued is touched.
     pub fn submit(self) -> Result<TaskHandle<T, E>, SubmitError> {
@@ -832,6 +927,7 @@ where
     let unstarted = core.phase == Phase::Idle;
     let c = &cell;
     let admit = |core: &mut Engine| {
+        core.check_limiters(job.as_ref())?;
         core.submit(
             job,
             c.name(),
@@ -889,7 +985,7 @@ fn check_extras<T, E>(
         // cached at least as long as the id is held.
         *retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
     }
-    Ok(x.history || (x.join.is_some() && named))
+    Ok(x.history || (x.join.is_some() && named) || x.limits.is_some())
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

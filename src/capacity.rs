@@ -5,8 +5,9 @@
 //!
 //! # What counts as pending
 //! A cluster with a capacity of `n` holds at most `n` *pending* tasks:
-//! tasks queued (due or scheduled for later, requeued retries included)
-//! and dependents waiting for their parents ([`TaskBuilder::after`]).
+//! tasks queued (due or scheduled for later, requeued retries included,
+//! and tasks a [rate limiter](crate::TaskBuilder::limit) set aside) and
+//! dependents waiting for their parents ([`TaskBuilder::after`]).
 //! Running attempts (and attempts parked in a
 //! [`TaskContext::wait_for`](crate::TaskContext::wait_for)) are not pending,
 //! nor are finished tasks whose outcome is cached.

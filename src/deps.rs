@@ -295,7 +295,10 @@ pub(crate) fn admit(cluster: &Cluster, tasks: Vec<NewTask>) -> Result<(), Submit
     let shared = cluster.shared();
     let mut core = shared.lock();
     let unstarted = core.phase == crate::engine::Phase::Idle;
-    let admitted = core.submit_group(&tasks);
+    let admitted = tasks
+        .iter()
+        .try_for_each(|t| core.check_limiters(t.job.as_ref()))
+        .and_then(|()| core.submit_group(&tasks));
     shared.unlock(core);
     let admitted = admitted?;
     drop(tasks);

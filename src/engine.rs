@@ -36,14 +36,19 @@
 //!   (`deps`): in no queue, on no worker. The **cascade** tells children
 //!   when a parent's outcome is decided; outcomes it decides (a failed
 //!   parent's children) go to the **outbox**, delivered by `Shared::unlock`.
+//! - **set aside**: a due task that a rate limiter refused at claim
+//!   (`limit`): in no queue, on no worker, waiting in its bucket's list
+//!   until the timekeeper sends it back to the queue.
 //!
 //! Invariants:
 //! 1. Every task in the registry is in exactly one state: `Queued` (in the
 //!    queue), `Running` (claimed by one worker: attempt running, or an
 //!    immediate retry waiting; or its attempt parked in a wait, held by no
 //!    worker until one resumes it, see `park`), `Waiting` (for its
-//!    parents, in `deps`), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running`/`Waiting` only through
+//!    parents, in `deps`), `Limited` (set aside by a rate limiter, in one
+//!    bucket's waiters, see `limit`), or `Retained` (finished, outcome
+//!    cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting`/`Limited` only through
 //!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
 //!    after unlocking (or puts it in the outbox, which `Shared::unlock`
 //!    empties). So each task's outcome is delivered exactly once.
@@ -67,6 +72,7 @@ use slab::Slab;
 
 mod capacity;
 mod deps;
+mod limit;
 mod park;
 mod watch;
 
@@ -74,6 +80,7 @@ use self::capacity::Capacity;
 pub(crate) use self::capacity::{hold_room, Room};
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
+use self::limit::Limits;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
 use self::watch::Watchers;
@@ -108,6 +115,8 @@ enum State {
     Running,
     /// A dependent waiting for its parents (see `deps`).
     Waiting,
+    /// Set aside by a rate limiter (see `limit`).
+    Limited,
     Retained,
 }
 
@@ -196,7 +205,8 @@ pub struct ClusterStats {
     /// and attempts parked in a [`TaskContext::wait_for`](crate::TaskContext::wait_for):
     /// in no queue, on no worker.
     pub waiting: usize,
-    /// Every task the cluster holds state for (`queued + running + waiting + cached`).
+    /// Every task the cluster holds state for
+    /// (`queued + running + waiting + waiting_on_limiter + cached`).
     pub held: usize,
     /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
     pub watchers: usize,
@@ -212,6 +222,9 @@ pub struct ClusterStats {
     /// Queued tasks dropped from a full queue for a higher-priority one
     /// ([`TaskError::Dropped`](crate::TaskError::Dropped)), since the cluster was built.
     pub dropped: u64,
+    /// Due tasks that a rate limiter ([`TaskBuilder::limit`](crate::TaskBuilder::limit))
+    /// set aside until it admits them: in no queue, on no worker.
+    pub waiting_on_limiter: usize,
 }
 
 pub(crate) struct Engine {
@@ -255,6 +268,9 @@ pub(crate) struct Engine {
     parking: Option<Box<Parking>>,
     /// The bounded queue, set at build if the cluster has a capacity (`capacity`).
     capacity: Option<Box<Capacity>>,
+    /// Rate limiters and the tasks they set aside, made by the first
+    /// limiter (`limit`).
+    limits: Option<Box<Limits>>,
     /// What was let go of under the lock and may wake a future when dropped
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
@@ -304,6 +320,7 @@ impl Engine {
             watchers: None,
             parking: None,
             capacity: None,
+            limits: None,
             trash: Vec::new(),
             has_outbox: false,
         }
@@ -494,7 +511,15 @@ impl Engine {
         } else {
             0
         };
-        let popped = self.queue.pop(|i| is_live(entries, i));
+        let popped = loop {
+            let entries = &self.entries;
+            let popped = self.queue.pop(|i| is_live(entries, i));
+            match popped {
+                // Set aside by a rate limiter (`limit`): pop again.
+                Some(item) if self.limits.is_some() && !self.limits_admit(&item) => continue,
+                popped => break popped,
+            }
+        };
         if let Some(item) = popped {
             self.idle.unpark(worker);
             let e = &mut self.entries[item.slot as usize];
@@ -651,6 +676,9 @@ impl Engine {
         let e = &mut self.entries[slot as usize];
         match e.state {
             State::Queued => {
+                if self.limits.is_some() {
+                    self.unwake_limited(slot);
+                }
                 // Finalize first: the queue entry then reads as dead. The
                 // registry entry, which holds the task's memory, goes at once.
                 let d = self.finalize(slot, Some(Forced::Cancelled));
@@ -675,6 +703,14 @@ impl Engine {
             },
             State::Waiting => {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
+                (CancelOutcome::Cancelled, Some(d), None)
+            }
+            State::Limited => {
+                let d = self.finalize(slot, Some(Forced::Cancelled));
+                self.forget_limited();
+                if self.phase == Phase::Draining && self.drained() {
+                    self.note_ready(1);
+                }
                 (CancelOutcome::Cancelled, Some(d), None)
             }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
@@ -733,6 +769,8 @@ impl Engine {
         }
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);
+            // A drain runs tasks set aside by a limiter as it admits them.
+            self.shut_down_limited(&mut out);
         }
         let items = match drain_cutoff {
             None => self.queue.drain(),
@@ -799,7 +837,8 @@ impl Engine {
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
-        let next = [next_start, next_expiry, self.flow.resume_at()]
+        let next_limited = self.next_limited_wake();
+        let next = [next_start, next_expiry, self.flow.resume_at(), next_limited]
             .into_iter()
             .flatten()
             .min();
@@ -807,8 +846,13 @@ impl Engine {
         next
     }
 
-    /// Moves due tasks into the ready levels and wakes idle workers for them.
+    /// Moves due tasks into the ready levels and wakes idle workers for
+    /// them; sends back to the queue the tasks a limiter set aside whose
+    /// bucket admits again (`limit`).
     pub(crate) fn promote(&mut self) {
+        if self.limits.is_some() {
+            self.wake_limited(self.clock.now());
+        }
         if !self.queue.has_scheduled() {
             return;
         }
@@ -825,7 +869,7 @@ impl Engine {
 
     /// Nothing left for a drain to run: nothing queued, running or waiting.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0
+        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0 && self.limited() == 0
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {
@@ -841,6 +885,7 @@ impl Engine {
             capacity,
             rejected,
             dropped,
+            waiting_on_limiter: self.limited(),
         }
     }
 }

@@ -348,6 +348,11 @@ pub enum SubmitError {
     /// the same [`Graph`](crate::Graph)).
     #[error("unknown parent task {0}")]
     UnknownParent(TaskId),
+    /// A limiter named by [`TaskBuilder::limit`](crate::TaskBuilder::limit)
+    /// or [`limit_by`](crate::TaskBuilder::limit_by) was never added to
+    /// the cluster ([`Cluster::add_limiter`](crate::Cluster::add_limiter)).
+    #[error("unknown rate limiter `{0}` (see Cluster::add_limiter)")]
+    UnknownLimiter(std::sync::Arc<str>),
     /// A typed parent does not produce the `Result<T, E>` its edge names.
     #[error(
         "parent {id} produces {}, not {}",

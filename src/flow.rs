@@ -227,7 +227,11 @@ impl Engine {
             self.idle.remove(worker);
             self.flow.held.remove(worker);
             self.flow.left(worker);
-            if self.phase == Phase::Draining && self.queue.len() == 0 && self.running() == 0 {
+            if self.phase == Phase::Draining
+                && self.queue.len() == 0
+                && self.running() == 0
+                && self.limited() == 0
+            {
                 return Next::ExitAll;
             }
             if self.queue.len() > 0 {

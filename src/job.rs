@@ -22,6 +22,7 @@ use crate::builder::RetryMode;
 use crate::deps::After;
 use crate::error::{DependencyCause, TaskError};
 use crate::history::History;
+use crate::limit::TaskLimits;
 use crate::progress::Progress;
 use crate::signal::{CancelReason, Signal};
 use crate::task::TaskId;
@@ -159,6 +160,12 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn stall_timeout(&self) -> Option<Duration>;
     /// Records that the current attempt stalled.
     fn record_stall(&self, limit: Duration);
+
+    // Rate limits (`crate::limit`): read by a claim only once the cluster
+    // has a limiter, and by a failed attempt.
+
+    /// The limiters the task names, if any.
+    fn limits(&self) -> Option<&TaskLimits>;
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).

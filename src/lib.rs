@@ -178,6 +178,7 @@ mod history;
 mod idle;
 mod inside;
 mod job;
+mod limit;
 mod panic;
 mod park;
 mod periodic;
@@ -206,6 +207,7 @@ pub use crate::error::{
 pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::history::{History, WithHistory};
+pub use crate::limit::{LimiterError, LimiterStats, Rate};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
 pub use crate::periodic::{

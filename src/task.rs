@@ -616,6 +616,12 @@ impl TaskContext {
         self.job.report_progress(progress);
     }
 
+    /// The task, for the crate's features that extend the context
+    /// (`crate::limit`).
+    pub(crate) fn job(&self) -> &Arc<dyn Job> {
+        &self.job
+    }
+
     /// A token cancelled when this attempt is asked to stop; hand it to work
     /// the body spawns elsewhere. Each attempt has its own token.
     pub fn cancellation_token(&self) -> CancellationToken {

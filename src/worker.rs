@@ -25,6 +25,7 @@ use crate::cache::release;
 use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::engine::{Claim, Next, Plan};
 use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
+use crate::limit::slowed_down;
 use crate::panic::drop_guarded;
 use crate::park::{self, ParkEnd, ParkSlot, Parked};
 use crate::progress::stalled;
@@ -395,6 +396,10 @@ async fn run_claim(
             }
         };
         // The attempt failed; its error is stored in the cell.
+        if let Some(plan) = slowed_down(shared, job.as_ref()) {
+            // Not spent: the budget is as before this attempt.
+            return finish(plan, leftover, attempts - 1);
+        }
         let retries_used = attempts - 1;
         if retries_used >= policy.retries {
             return finish(Plan::Final(None), leftover, attempts);
@@ -504,6 +509,15 @@ async fn resume_claim(
             job.record_timeout(policy.timeout().unwrap_or_default());
             drop_guarded(attempt, "an interrupted attempt");
         }
+    }
+    if let Some(plan) = slowed_down(shared, job.as_ref()) {
+        // Not spent (see `run_claim`).
+        return ClaimEnd {
+            park: None,
+            plan,
+            leftover: None,
+            attempts: attempts.saturating_sub(1),
+        };
     }
     let retries_used = attempts.saturating_sub(1);
     if retries_used >= policy.retries {

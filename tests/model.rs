@@ -5,7 +5,9 @@
 //!
 //! Timing is made exact by construction:
 //! - every engine duration (start offsets, body sleeps, timeouts, backoffs,
-//!   retention, stop timeouts) is a whole number of seconds, except body
+//!   retention, stop timeouts, the limiter's interval) is a whole number of
+//!   seconds (a limited task's admissions then fall on the offsets of the
+//!   claims that charged the limiter), except body
 //!   sleeps, which are whole seconds plus 500 ms (so a sleep never ends at
 //!   the same instant as its timeout);
 //! - the test's operations happen at distinct millisecond offsets 1..=499
@@ -20,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral::{
-    Cluster, Duplicate, FixedBackoff, Overflow, RetryMode, SubmitError, Subscription, TaskError,
+    Cluster, Duplicate, FixedBackoff, Overflow, Rate, RetryMode, SubmitError, Subscription,
+    TaskError,
     TaskHandle, TaskId,
 };
 use proptest::prelude::*;
@@ -31,6 +34,9 @@ use common::{cancel, quiet_panics_starting_with};
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const SEC: u64 = 1000;
+/// The limiter `m`: its interval (ms) and burst.
+const LIMIT_T: u64 = 2 * SEC;
+const LIMIT_BURST: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Behavior {
@@ -60,6 +66,9 @@ struct Spec {
     join: bool,
     /// `dedup_window`, in seconds.
     window_secs: Option<u64>,
+    /// `limit("m")`: the one limiter, one task per [`LIMIT_T`] ms with a
+    /// burst of two.
+    limited: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +119,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         prop::option::weighted(0.4, prop_oneof![1 => Just(0u64), 2 => 0u64..5]),
         prop::bool::weighted(0.3),
         prop::option::weighted(0.25, 1u64..5),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
             |(
@@ -124,6 +134,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 retention_secs,
                 join,
                 window_secs,
+                limited,
             )| Spec {
                 name,
                 priority,
@@ -136,6 +147,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 retention_secs,
                 join,
                 window_secs,
+                limited,
             },
         )
 }
@@ -268,6 +280,8 @@ struct Model {
     paused: bool,
     /// The cluster's capacity and policy, if bounded.
     bound: Option<(usize, Overflow)>,
+    /// The limiter's theoretical arrival time (GCRA), in ms; `None`: fresh.
+    tat: Option<u64>,
 }
 
 impl Model {
@@ -281,6 +295,7 @@ impl Model {
             next_seq: 0,
             paused: false,
             bound,
+            tat: None,
         }
     }
 
@@ -342,11 +357,27 @@ impl Model {
         t.finished_at = self.now;
     }
 
+    /// When the limiter admits a task next (GCRA: `TAT - tau`).
+    fn limiter_free_at(&self) -> u64 {
+        self.tat
+            .map_or(0, |tat| tat.saturating_sub(LIMIT_T * (LIMIT_BURST - 1)))
+    }
+
+    /// When task `t`, queued, may start: its start time, and for a limited
+    /// task the limiter's next admission.
+    fn eligible_at(&self, t: &MTask) -> u64 {
+        if t.spec.limited {
+            t.start.max(self.limiter_free_at())
+        } else {
+            t.start
+        }
+    }
+
     fn best_due(&self) -> Option<usize> {
         self.tasks
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.state == MState::Queued && t.start <= self.now)
+            .filter(|(_, t)| t.state == MState::Queued && self.eligible_at(t) <= self.now)
             .min_by_key(|(_, t)| (std::cmp::Reverse(t.spec.priority), t.start, t.seq))
             .map(|(i, _)| i)
     }
@@ -355,7 +386,7 @@ impl Model {
         self.tasks
             .iter()
             .filter(|t| t.state == MState::Queued)
-            .map(|t| t.start)
+            .map(|t| self.eligible_at(t))
             .min()
     }
 
@@ -391,6 +422,11 @@ impl Model {
             return;
         }
         if let Some(i) = self.best_due() {
+            if self.tasks[i].spec.limited {
+                // Charged when claimed from the queue (an immediate retry
+                // keeps its worker and is not).
+                self.tat = Some(self.tat.unwrap_or(0).max(self.now) + LIMIT_T);
+            }
             self.start_attempt(i);
         }
     }
@@ -651,6 +687,9 @@ impl Real {
         if spec.join {
             b = b.on_duplicate(Duplicate::Join);
         }
+        if spec.limited {
+            b = b.limit("m");
+        }
         let h = b.submit()?;
         let joined = h.deduplicated();
         self.ids.push(h.id().clone());
@@ -677,7 +716,12 @@ fn check_bounded(ops: Vec<Op>, bound: Option<(usize, Overflow)>) -> Result<(), T
             builder = builder.capacity(n, overflow);
         }
         let mut real = Real {
-            cluster: builder.build().unwrap(),
+            cluster: {
+                let c = builder.build().unwrap();
+                let rate = Rate::per(1, Duration::from_millis(LIMIT_T));
+                c.add_limiter("m", rate.burst(LIMIT_BURST as u32)).unwrap();
+                c
+            },
             base,
             handles: Vec::new(),
             ids: Vec::new(),

@@ -20,8 +20,11 @@ use tokio::runtime::Runtime;
 
 use crate::alloc;
 use crate::callgrind;
-use crate::spec::{Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W6_NAMED};
-use crate::workloads::{deps, latency, memory, order, throughput, timers, Outcome, Sizes};
+use crate::spec::{
+    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W11_BURST1,
+    W11_IDLE_LIMITER, W6_NAMED,
+};
+use crate::workloads::{deps, latency, limits, memory, order, throughput, timers, Outcome, Sizes};
 
 /// Runs the child given its arguments (starting with `--child`); returns
 /// the process exit status.
@@ -97,6 +100,9 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
     let (w, d) = (spec.workers, spec.driver);
     let variant = spec.variant;
     match (spec.workload, spec.side) {
+        ("W1", Side::Corral) if variant == W11_IDLE_LIMITER => {
+            drive(rt, d, limits::w1_with_idle_limiter(s.w1, w))
+        }
         ("W1", Side::Corral) => drive(rt, d, throughput::w1_corral(s.w1, w)),
         ("W1", Side::Floor) => drive(rt, d, throughput::w1_floor(s.w1, w)),
         ("W2", Side::Corral) => drive(rt, d, order::w2_corral(s.w2, variant)),
@@ -123,6 +129,17 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
         ),
         ("W9", Side::Floor) => Err("W9 has no floor program".into()),
         ("W10", side) => w10(rt, spec, s, side),
+        ("W11", side) => {
+            let burst = if variant == W11_BURST1 {
+                1
+            } else {
+                limits::BURST
+            };
+            match side {
+                Side::Corral => drive(rt, d, limits::w11_corral(s.w11, w, burst)),
+                Side::Floor => drive(rt, d, limits::w11_floor(s.w11, burst)),
+            }
+        }
         (other, _) => Err(format!("unknown workload {other}")),
     }
 }

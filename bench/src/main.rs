@@ -1,5 +1,5 @@
 //! `corral-bench`: measures corral against the most direct raw-tokio program
-//! doing the same job (the "floor"), workload by workload (W1-W10 of
+//! doing the same job (the "floor"), workload by workload (W1-W11 of
 //! `bench/README.md`), and prints one table of medians, ratios
 //! corral/floor, targets and whether each is met.
 //!

@@ -6,7 +6,7 @@ use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
 use crate::spec::{
     Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
-    W2_REFERENCE, W6_NAMED,
+    W11_BURST1, W11_IDLE_LIMITER, W11_REFERENCE, W2_REFERENCE, W6_NAMED,
 };
 use crate::stats::median;
 use crate::workloads::Sizes;
@@ -116,6 +116,19 @@ pub fn w10_specs() -> Vec<Spec> {
     }
     specs.push(Spec::new("W1", Side::Corral, 2).variant(W10_REFERENCE));
     specs
+}
+
+/// W11's child runs: the paced workload on both sides, and W1's corral
+/// program at 2 workers with and without an idle limiter.
+pub fn w11_specs() -> Vec<Spec> {
+    vec![
+        Spec::new("W11", Side::Corral, 2),
+        Spec::new("W11", Side::Floor, 2),
+        Spec::new("W11", Side::Corral, 2).variant(W11_BURST1),
+        Spec::new("W11", Side::Floor, 2).variant(W11_BURST1),
+        Spec::new("W1", Side::Corral, 2).variant(W11_IDLE_LIMITER),
+        Spec::new("W1", Side::Corral, 2).variant(W11_REFERENCE),
+    ]
 }
 
 /// "10M", "200k", "1000".
@@ -363,7 +376,82 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
     if o.wants("W10") {
         w10_rows(res, &s, &mut rows);
     }
+    if o.wants("W11") {
+        w11_rows(res, &s, &mut rows);
+    }
     rows
+}
+
+/// W11's rows, all informational (the spec sets no target).
+fn w11_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
+    let c = Spec::new("W11", Side::Corral, 2);
+    let info = Target::Info;
+    let what = format!("{} tasks at 1,000/s burst 10", count(s.w11));
+    rows.push(paired(
+        res,
+        format!("W11 {what}, achieved rate vs tokio timers"),
+        Unit::Rate,
+        &c,
+        "rate",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        format!("W11 {what}, achieved / limit"),
+        Unit::Ratio,
+        &c,
+        "accuracy",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        format!("W11 {what}, start lag p99 vs tokio timers"),
+        Unit::Ms,
+        &c,
+        "lag_p99_ms",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        format!("W11 {what}, process CPU while they wait vs tokio timers"),
+        Unit::Secs,
+        &c,
+        "cpu_s",
+        info,
+    ));
+    let b1 = Spec::new("W11", Side::Corral, 2).variant(W11_BURST1);
+    rows.push(paired(
+        res,
+        format!(
+            "W11 {} tasks at 1,000/s burst 1, achieved rate vs tokio timers",
+            count(s.w11)
+        ),
+        Unit::Rate,
+        &b1,
+        "rate",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        format!(
+            "W11 {} tasks at 1,000/s burst 1, achieved / limit",
+            count(s.w11)
+        ),
+        Unit::Ratio,
+        &b1,
+        "accuracy",
+        info,
+    ));
+    let idle = Spec::new("W1", Side::Corral, 2).variant(W11_IDLE_LIMITER);
+    let plain = Spec::new("W1", Side::Corral, 2).variant(W11_REFERENCE);
+    rows.push(row(
+        res,
+        "W11 W1 corral w=2 with an idle limiter, tasks/s vs without".into(),
+        Unit::Rate,
+        (Some((&idle, "rate")), Some((&plain, "rate"))),
+        info,
+        Fold::Median,
+    ));
 }
 
 /// W10's rows, all informational (the spec sets no target).

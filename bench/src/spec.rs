@@ -26,7 +26,7 @@ pub enum Driver {
 /// One (workload, side, workers, driver, variant) combination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Spec {
-    /// `W1` .. `W10`.
+    /// `W1` .. `W11`.
     pub workload: &'static str,
     /// Corral or floor.
     pub side: Side,
@@ -36,13 +36,15 @@ pub struct Spec {
     pub driver: Driver,
     /// Workload-specific variant (`distinct` / `same` for W2, `w2-ref` for
     /// W2's reference W1 runs, `named` for W6 by user string id, `chain`,
-    /// `fan`, `pending`, `pending-any` for W10 and `w10-ref` for W10's reference W1 runs),
-    /// else `-`.
+    /// `fan`, `pending`, `pending-any` for W10 and `w10-ref` for W10's reference W1 runs,
+    /// `w11-ref` and `w11-limiter` for W11's W1 runs), else `-`.
     pub variant: &'static str,
 }
 
-pub const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
-const VARIANTS: [&str; 10] = [
+pub const WORKLOADS: [&str; 11] = [
+    "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11",
+];
+const VARIANTS: [&str; 13] = [
     "-",
     "distinct",
     "same",
@@ -53,6 +55,9 @@ const VARIANTS: [&str; 10] = [
     W10_PENDING,
     W10_PENDING_ANY,
     W10_REFERENCE,
+    W11_REFERENCE,
+    W11_IDLE_LIMITER,
+    W11_BURST1,
 ];
 
 /// The variant of W2's own W1-floor runs: the same program as W1's floor at
@@ -78,6 +83,16 @@ pub const W10_PENDING_ANY: &str = "pending-any";
 /// plain-task throughput W10's chain and fan are compared with, recorded
 /// apart so that W10 pairs runs made side by side with its own.
 pub const W10_REFERENCE: &str = "w10-ref";
+
+/// The variant of W11's own W1 corral runs (2 workers, `block_on`): plain
+/// W1, run in W11's group so that the idle-limiter run pairs with it.
+pub const W11_REFERENCE: &str = "w11-ref";
+/// W1's corral program on a cluster that has a limiter its tasks do not
+/// name (W11).
+pub const W11_IDLE_LIMITER: &str = "w11-limiter";
+
+/// W11 with a burst of 1.
+pub const W11_BURST1: &str = "burst1";
 
 /// The child's options besides its spec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -227,6 +242,17 @@ mod tests {
     fn w10_specs_round_trip() {
         let specs = crate::rows::w10_specs();
         assert_eq!(specs.len(), 9);
+        for spec in specs {
+            let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
+            assert_eq!(back, spec);
+        }
+    }
+
+    /// Likewise for W11's.
+    #[test]
+    fn w11_specs_round_trip() {
+        let specs = crate::rows::w11_specs();
+        assert_eq!(specs.len(), 6);
         for spec in specs {
             let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
             assert_eq!(back, spec);

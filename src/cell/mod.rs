@@ -64,6 +64,7 @@ use crate::deps::After;
 use crate::error::{DependencyCause, DependencyError, TaskError};
 use crate::history::History;
 use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
+use crate::limit::TaskLimits;
 use crate::panic::{drop_guarded, guard};
 use crate::progress::{Progress, Reports};
 use crate::signal::{CancelReason, Signal};
@@ -100,6 +101,8 @@ pub(crate) struct Extras<T, E> {
     /// Keep the attempt count and earlier errors (`crate::history`). Read
     /// at submit only (it makes the history in `Rare`).
     pub(crate) history: bool,
+    /// The rate limiters the task names (`crate::limit`).
+    pub(crate) limits: Option<Box<TaskLimits>>,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -118,6 +121,7 @@ impl<T, E> Default for Extras<T, E> {
             join: None,
             stall: None,
             history: false,
+            limits: None,
         }
     }
 }
@@ -676,6 +680,10 @@ where
 
     fn parents(&self) -> &[After] {
         self.extras.as_deref().map_or(&[], |x| &x.parents)
+    }
+
+    fn limits(&self) -> Option<&TaskLimits> {
+        self.extras.as_deref()?.limits.as_deref()
     }
 }
 

@@ -5,7 +5,8 @@
 //! Costs nothing to a cluster without a capacity: `Engine::capacity` is
 //! `None`, and a submit tests only that.
 //!
-//! Pending tasks are the queued ones (due, scheduled, requeued retries) and
+//! Pending tasks are the queued ones (due, scheduled, requeued retries, set
+//! aside by a rate limiter) and
 //! the dependents waiting for their parents: everything admitted that no
 //! worker holds. Running and parked attempts are not pending.
 //!
@@ -129,7 +130,7 @@ impl Engine {
 
     /// Tasks that count against the capacity (see the module docs).
     pub(crate) fn pending(&self) -> usize {
-        self.queue.len() + self.waiting() - self.parked()
+        self.queue.len() + self.waiting() - self.parked() + self.limited()
     }
 
     /// The capacity, and the counts of refused and dropped tasks.

@@ -1,4 +1,4 @@
-//! The workloads W1-W10 (see `bench/README.md#workloads`), each as a corral
+//! The workloads W1-W11 (see `bench/README.md#workloads`), each as a corral
 //! program and as its raw-tokio floor, plus what they share: the sizes
 //! (full and `--quick`), the result a child reports, and outcome checks.
 //!
@@ -10,9 +10,11 @@
 //! | [`latency`] | W4 single round-trip latency |
 //! | [`memory`] | W5 pending memory, W6 cancel by id, W9 soak |
 //! | [`deps`] | W10 dependencies: chain, fan-out/fan-in, waiting dependent's heap |
+//! | [`limits`] | W11 rate limits: pacing accuracy and CPU while tasks wait, an idle limiter's cost |
 
 pub mod deps;
 pub mod latency;
+pub mod limits;
 pub mod memory;
 pub mod order;
 pub mod throughput;
@@ -88,6 +90,8 @@ pub struct Sizes {
     pub w10: usize,
     /// W10 waiting dependents (and plain pending tasks of its reference).
     pub w10_pending: usize,
+    /// W11 tasks paced by the limiter.
+    pub w11: usize,
     /// Pause after submitting pending tasks (W5, W6) so that the floor's
     /// spawned tasks have all been polled once before memory is read.
     pub settle: Duration,
@@ -113,6 +117,7 @@ impl Sizes {
                 w9_wave: 10_000,
                 w10: 1_000,
                 w10_pending: 5_000,
+                w11: 1_000,
                 settle: Duration::from_millis(20),
             }
         } else {
@@ -132,6 +137,7 @@ impl Sizes {
                 w9_wave: 100_000,
                 w10: 100_000,
                 w10_pending: 100_000,
+                w11: 10_000,
                 settle: Duration::from_millis(500),
             }
         }
@@ -153,6 +159,7 @@ impl Sizes {
             w8: n,
             w10: n,
             w10_pending: n,
+            w11: n,
             ..self
         }
     }
