@@ -412,6 +412,13 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self
     }
 
+    /// The key options, made on first use (`crate::keys` sets them).
+    pub(crate) fn key_slot(&mut self) -> &mut crate::keys::KeyOptions {
+        self.extras()
+            .key
+            .get_or_insert_with(crate::keys::KeyOptions::unset)
+    }
+
     /// Starts the task only after `parent` has finished (call it once per
     /// parent). Until then the task is in no queue and holds no worker.
     /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
@@ -719,6 +726,16 @@ where
             }
             check_extras(x, name.is_some(), &mut retention)?;
             history = x.history;
+            if let Some(k) = &x.key {
+                if k.on_full == crate::keys::KeyFull::Reject {
+                    return Err(SubmitError::InvalidOption {
+                        option: "on_key_full",
+                        reason: "KeyFull::Reject cannot be combined with after() or a Graph",
+                    });
+                }
+                // The key state must exist before the task is queued.
+                shared.locked(|core| core.key_admit(&k.key, k.cost, k.on_full))?;
+            }
         }
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
@@ -822,6 +839,9 @@ where
     let unstarted = core.phase == Phase::Idle;
     let c = &cell;
     let admit = |core: &mut Engine| {
+        if let Some(k) = c.key_options() {
+            core.key_admit(&k.key, k.cost, k.on_full)?;
+        }
         core.submit(
             job,
             c.name(),
@@ -879,7 +899,10 @@ fn check_extras<T, E>(
         // cached at least as long as the id is held.
         *retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
     }
-    Ok(x.history || (x.join.is_some() && named))
+    if let Some(k) = &x.key {
+        k.validate()?;
+    }
+    Ok(x.history || (x.join.is_some() && named) || x.key.is_some())
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

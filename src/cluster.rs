@@ -117,6 +117,8 @@ pub struct ClusterBuilder {
     retention: Duration,
     parent: Option<CancellationToken>,
     paused: bool,
+    /// The default limit of keys (`crate::keys`).
+    pub(crate) key_limit: Option<u32>,
 }
 
 impl Default for ClusterBuilder {
@@ -126,6 +128,7 @@ impl Default for ClusterBuilder {
             retention: DEFAULT_RETENTION,
             parent: None,
             paused: false,
+            key_limit: None,
         }
     }
 }
@@ -196,12 +199,18 @@ impl ClusterBuilder {
         if self.workers > usize::from(u16::MAX) {
             return Err(BuildError::TooManyWorkers);
         }
+        if self.key_limit == Some(0) {
+            return Err(BuildError::ZeroKeyLimit);
+        }
         let cluster = Cluster {
             owner: Arc::new(Owner {
                 shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
                 watching: AtomicBool::new(false),
             }),
         };
+        if let Some(limit) = self.key_limit {
+            cluster.shared().locked(|core| core.set_default_key_limit(limit));
+        }
         if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
             // Cannot fail: the cluster is new and a runtime is present.
             let _ = cluster.run();

@@ -32,6 +32,10 @@
 //! - **window**: how long a `Retained` task keeps its id taken after it
 //!   finished (`crate::dedup`); it starts in `finalize`.
 //!
+//! - **on key**: a due task whose key (`keys`, `crate::keys`) is paused or
+//!   full: moved by `claim` from the queue to its key's waiting heap, on no
+//!   worker, until room frees; it then goes back into the queue with its
+//!   original order.
 //! - **waiting**: a dependent task whose parents have not all finished
 //!   (`deps`): in no queue, on no worker. The **cascade** tells children
 //!   when a parent's outcome is decided; outcomes it decides (a failed
@@ -42,8 +46,9 @@
 //!    queue), `Running` (claimed by one worker: attempt running, or an
 //!    immediate retry waiting; or its attempt parked in a wait, held by no
 //!    worker until one resumes it, see `park`), `Waiting` (for its
-//!    parents, in `deps`), or `Retained` (finished, outcome cached).
-//! 2. A task leaves `Queued`/`Running`/`Waiting` only through
+//!    parents, in `deps`), `OnKey` (due, held by its paused or full key, in
+//!    `keys`), or `Retained` (finished, outcome cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting`/`OnKey` only through
 //!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
 //!    after unlocking (or puts it in the outbox, which `Shared::unlock`
 //!    empties). So each task's outcome is delivered exactly once.
@@ -66,10 +71,12 @@ use std::time::Duration;
 use slab::Slab;
 
 mod deps;
+mod keys;
 mod park;
 mod watch;
 
 use self::deps::Deps;
+use self::keys::Keys;
 pub(crate) use self::deps::NewTask;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
@@ -105,6 +112,8 @@ enum State {
     Running,
     /// A dependent waiting for its parents (see `deps`).
     Waiting,
+    /// Due, waiting on its paused or full key (see `keys`).
+    OnKey,
     Retained,
 }
 
@@ -200,6 +209,12 @@ pub struct ClusterStats {
     /// The cluster is paused ([`Cluster::pause`](crate::Cluster::pause)):
     /// no new attempt starts.
     pub paused: bool,
+    /// Tasks waiting on a paused or full key ([`TaskBuilder::key`](crate::TaskBuilder::key)):
+    /// due, but on no worker. Counted in `queued` too.
+    pub waiting_on_key: usize,
+    /// Submits refused because their key was full
+    /// ([`KeyFull::Reject`](crate::KeyFull::Reject)), since the cluster was built.
+    pub rejected: u64,
 }
 
 pub(crate) struct Engine {
@@ -236,6 +251,9 @@ pub(crate) struct Engine {
     watchers: Option<Box<Watchers>>,
     /// Parked attempts, made by the first park (`park`).
     parking: Option<Box<Parking>>,
+    /// Per-key limits and pauses, made by the first keyed task or key
+    /// setting (`keys`).
+    keys: Option<Box<Keys>>,
     /// What was let go of under the lock and may wake a future when dropped
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
@@ -284,6 +302,7 @@ impl Engine {
             outbox: Vec::new(),
             watchers: None,
             parking: None,
+            keys: None,
             trash: Vec::new(),
             has_outbox: false,
         }
@@ -345,6 +364,9 @@ impl Engine {
     }
 
     fn push(&mut self, item: Item, now: i64) {
+        if self.keys.is_some() {
+            self.key_queued(item.slot);
+        }
         self.queue.push(item, now);
         if item.start <= now {
             self.note_ready(1);
@@ -458,9 +480,22 @@ impl Engine {
         } else {
             0
         };
-        let popped = self.queue.pop(|i| is_live(entries, i));
+        let popped = loop {
+            let entries = &self.entries;
+            let Some(item) = self.queue.pop(|i| is_live(entries, i)) else {
+                break None;
+            };
+            // A task whose key is paused or full waits on it (`keys`).
+            if self.keys.is_some() && self.key_blocked(&item) {
+                continue;
+            }
+            break Some(item);
+        };
         if let Some(item) = popped {
             self.idle.unpark(worker);
+            if self.keys.is_some() {
+                self.key_took(item.slot);
+            }
             let e = &mut self.entries[item.slot as usize];
             e.state = State::Running;
             e.worker = worker;
@@ -515,6 +550,9 @@ impl Engine {
                     start,
                     priority: e.job.priority(),
                 };
+                if self.keys.is_some() {
+                    self.key_requeued(slot);
+                }
                 self.push(item, now);
                 None
             }
@@ -529,6 +567,9 @@ impl Engine {
     /// dependents, if any, hear of it (the cascade).
     #[inline]
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        if self.keys.is_some() {
+            self.key_left(slot);
+        }
         if self.deps.is_some() {
             return self.finalize_with_deps(slot, forced);
         }
@@ -640,6 +681,13 @@ impl Engine {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 (CancelOutcome::Cancelled, Some(d), None)
             }
+            State::OnKey => {
+                let d = self.finalize(slot, Some(Forced::Cancelled));
+                if self.phase == Phase::Draining && self.drained() {
+                    self.note_ready(1);
+                }
+                (CancelOutcome::Cancelled, Some(d), None)
+            }
             State::Retained => (CancelOutcome::AlreadyFinished, None, None),
         }
     }
@@ -696,6 +744,13 @@ impl Engine {
         }
         if drain_cutoff.is_none() {
             self.shut_down_waiting(&mut out);
+        }
+        if self.keys.is_some() {
+            match drain_cutoff {
+                None => self.shut_down_on_keys(&mut out),
+                // A drain runs what is due, so no key stays paused.
+                Some(_) => self.resume_all_keys(),
+            }
         }
         let items = match drain_cutoff {
             None => self.queue.drain(),
@@ -762,7 +817,8 @@ impl Engine {
             .next_start(|i| is_live(entries, i))
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
-        let next = [next_start, next_expiry, self.flow.resume_at()]
+        let next_key = self.keys_resume_at();
+        let next = [next_start, next_expiry, self.flow.resume_at(), next_key]
             .into_iter()
             .flatten()
             .min();
@@ -788,18 +844,20 @@ impl Engine {
 
     /// Nothing left for a drain to run: nothing queued, running or waiting.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0
+        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0 && self.keys_waiting() == 0
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {
         ClusterStats {
-            queued: self.queue.len(),
+            queued: self.queue.len() + self.keys_waiting(),
             running: self.running,
             cached: self.cached,
             waiting: self.waiting(),
             held: self.entries.len(),
             watchers: self.watchers(),
             paused: self.flow.paused(),
+            waiting_on_key: self.keys_waiting(),
+            rejected: self.keys_rejected(),
         }
     }
 }

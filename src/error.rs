@@ -2,6 +2,7 @@
 //! own operations (building, running, submitting, subscribing, stopping).
 
 use std::time::Duration;
+use std::sync::Arc;
 
 use crate::task::TaskId;
 
@@ -312,6 +313,16 @@ pub enum SubmitError {
         /// What was wrong with it.
         reason: &'static str,
     },
+    /// The task's key has no room for it, and it was submitted with
+    /// [`KeyFull::Reject`](crate::KeyFull::Reject): the key's unfinished
+    /// tasks (running, queued or waiting on it) already take its limit.
+    #[error("key {key:?} is full (limit {limit})")]
+    KeyFull {
+        /// The task's key.
+        key: Arc<str>,
+        /// The key's limit at the submit.
+        limit: u32,
+    },
     /// The cluster is stopping, draining or stopped and takes no new tasks.
     #[error("the cluster is shutting down and accepts no new tasks")]
     ShuttingDown,
@@ -387,6 +398,9 @@ pub enum BuildError {
     /// More workers than the cluster supports (65,535).
     #[error("a cluster supports at most 65535 workers")]
     TooManyWorkers,
+    /// [`ClusterBuilder::key_limit`](crate::ClusterBuilder::key_limit) was 0.
+    #[error("a key limit must be at least 1")]
+    ZeroKeyLimit,
 }
 
 /// Why [`Cluster::run`](crate::Cluster::run) could not start the workers.

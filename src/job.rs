@@ -157,6 +157,11 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn stall_timeout(&self) -> Option<Duration>;
     /// Records that the current attempt stalled.
     fn record_stall(&self, limit: Duration);
+    /// The task's key and the cost it takes of its key's limit
+    /// (`crate::keys`). Called only once a cluster has seen a key.
+    fn key(&self) -> Option<(&Arc<str>, u32)> {
+        None
+    }
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).

@@ -170,6 +170,7 @@ mod history;
 mod idle;
 mod inside;
 mod job;
+pub mod keys;
 mod panic;
 mod park;
 mod periodic;
@@ -196,6 +197,7 @@ pub use crate::error::{
 };
 pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
+pub use crate::keys::{KeyError, KeyFull, KeyStats};
 pub use crate::history::{History, WithHistory};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};

@@ -533,6 +533,7 @@ async fn run_timekeeper(shared: Arc<Shared>) {
             let mut core = shared.lock();
             core.promote();
             let resumed = shared.resume_if_due(&mut core);
+            core.resume_keys_due();
             let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);

@@ -100,6 +100,8 @@ pub(crate) struct Extras<T, E> {
     /// Keep the attempt count and earlier errors (`crate::history`). Read
     /// at submit only (it makes the history in `Rare`).
     pub(crate) history: bool,
+    /// The task's key, its cost and its full-key policy (`crate::keys`).
+    pub(crate) key: Option<crate::keys::KeyOptions>,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -118,6 +120,7 @@ impl<T, E> Default for Extras<T, E> {
             join: None,
             stall: None,
             history: false,
+            key: None,
         }
     }
 }
@@ -303,6 +306,11 @@ impl<B, T, E> TaskCell<B, T, E> {
 
     pub(crate) fn keeps_history(&self) -> bool {
         self.extras.as_deref().is_some_and(|x| x.history)
+    }
+
+    /// The task's key options, if it has a key (`crate::keys`).
+    pub(crate) fn key_options(&self) -> Option<&crate::keys::KeyOptions> {
+        self.extras.as_deref()?.key.as_ref()
     }
 
     /// For a named task that joins duplicates: how to copy the outcome, and the id.
@@ -676,6 +684,11 @@ where
 
     fn parents(&self) -> &[After] {
         self.extras.as_deref().map_or(&[], |x| &x.parents)
+    }
+
+    fn key(&self) -> Option<(&Arc<str>, u32)> {
+        let k = self.extras.as_deref()?.key.as_ref()?;
+        Some((&k.key, k.cost))
     }
 }
 
