@@ -209,7 +209,9 @@ impl ClusterBuilder {
             }),
         };
         if let Some(limit) = self.key_limit {
-            cluster.shared().locked(|core| core.set_default_key_limit(limit));
+            cluster
+                .shared()
+                .locked(|core| core.set_default_key_limit(limit));
         }
         if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
             // Cannot fail: the cluster is new and a runtime is present.

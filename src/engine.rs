@@ -76,8 +76,8 @@ mod park;
 mod watch;
 
 use self::deps::Deps;
-use self::keys::Keys;
 pub(crate) use self::deps::NewTask;
+use self::keys::Keys;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
 use self::watch::Watchers;
@@ -844,7 +844,10 @@ impl Engine {
 
     /// Nothing left for a drain to run: nothing queued, running or waiting.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0 && self.keys_waiting() == 0
+        self.queue.len() == 0
+            && self.running == 0
+            && self.waiting() == 0
+            && self.keys_waiting() == 0
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {

@@ -1,8 +1,8 @@
 //! Error types: the outcome error of a task, and the errors of the cluster's
 //! own operations (building, running, submitting, subscribing, stopping).
 
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::task::TaskId;
 

@@ -389,10 +389,7 @@ impl Cluster {
     pub fn pause_key_for(&self, key: impl Into<Arc<str>>, duration: Duration) -> bool {
         let key = key.into();
         let shared = self.shared();
-        let until = shared
-            .clock
-            .now()
-            .saturating_add(duration_ticks(duration));
+        let until = shared.clock.now().saturating_add(duration_ticks(duration));
         shared.locked(|core| core.pause_key(&key, until))
     }
 

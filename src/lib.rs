@@ -197,8 +197,8 @@ pub use crate::error::{
 };
 pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
-pub use crate::keys::{KeyError, KeyFull, KeyStats};
 pub use crate::history::{History, WithHistory};
+pub use crate::keys::{KeyError, KeyFull, KeyStats};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};
 pub use crate::periodic::{

@@ -18,9 +18,12 @@ use tokio::time::{sleep, Instant};
 
 use common::{log, snapshot, yield_until, Log, HOUR, MS, SEC};
 
+/// Attempts of one key running now, the most seen at once, and started.
+type Counts = (usize, usize, usize);
+
 /// Per key: attempts running now, the most seen at once, and started.
 #[derive(Clone, Default)]
-struct Gauges(Arc<Mutex<HashMap<String, (usize, usize, usize)>>>);
+struct Gauges(Arc<Mutex<HashMap<String, Counts>>>);
 
 impl Gauges {
     fn enter(&self, key: &str) {
@@ -77,7 +80,18 @@ async fn the_limit_is_never_exceeded_within_a_key() {
     let mut hs = Vec::new();
     for i in 0..30u64 {
         let key = ["a", "b", "c"][(i % 3) as usize];
-        hs.push(keyed(&c, &g, &l, key, format!("{key}{i}"), (1 + i as u32 % 4) * MS).submit().unwrap());
+        hs.push(
+            keyed(
+                &c,
+                &g,
+                &l,
+                key,
+                format!("{key}{i}"),
+                (1 + i as u32 % 4) * MS,
+            )
+            .submit()
+            .unwrap(),
+        );
     }
     for h in hs {
         assert_eq!(h.await, Ok(()));
@@ -94,12 +108,20 @@ async fn a_full_key_holds_no_worker_and_blocks_no_other_key() {
     let (g, l) = (Gauges::default(), log());
     let long = keyed(&c, &g, &l, "a", "a0".into(), HOUR).submit().unwrap();
     let waiting: Vec<_> = (1..5)
-        .map(|i| keyed(&c, &g, &l, "a", format!("a{i}"), MS).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "a", format!("a{i}"), MS)
+                .submit()
+                .unwrap()
+        })
         .collect();
     // Submitted after the waiting ones: they run one after the other on the
     // second worker while key "a" is full.
     let others: Vec<_> = (0..3)
-        .map(|i| keyed(&c, &g, &l, "b", format!("b{i}"), SEC).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "b", format!("b{i}"), SEC)
+                .submit()
+                .unwrap()
+        })
         .collect();
     let start = Instant::now();
     for h in others {
@@ -110,7 +132,10 @@ async fn a_full_key_holds_no_worker_and_blocks_no_other_key() {
     assert_eq!((s.running, s.waiting_on_key, s.queued), (1, 4, 4));
     held_adds_up(&s);
     let k = c.key_stats("a").unwrap();
-    assert_eq!((k.running, k.waiting, k.queued, k.limit), (1, 4, 0, Some(1)));
+    assert_eq!(
+        (k.running, k.waiting, k.queued, k.limit),
+        (1, 4, 0, Some(1))
+    );
     assert_eq!(g.started("a"), 1);
     assert_eq!(long.await, Ok(()));
     for h in waiting {
@@ -122,7 +147,12 @@ async fn a_full_key_holds_no_worker_and_blocks_no_other_key() {
 
 #[tokio::test(start_paused = true)]
 async fn order_is_exact_within_and_across_keys() {
-    let c = Cluster::builder().workers(2).key_limit(1).paused().build().unwrap();
+    let c = Cluster::builder()
+        .workers(2)
+        .key_limit(1)
+        .paused()
+        .build()
+        .unwrap();
     let (g, l) = (Gauges::default(), log());
     let a = |name: &str, p| keyed(&c, &g, &l, "a", name.into(), 10 * MS).priority(p);
     let b = |name: &str, p| keyed(&c, &g, &l, "b", name.into(), 15 * MS).priority(p);
@@ -147,7 +177,11 @@ async fn equal_priorities_keep_submission_order_on_a_key() {
     let c = Cluster::builder().workers(3).key_limit(1).build().unwrap();
     let (g, l) = (Gauges::default(), log());
     let hs: Vec<_> = (0..8)
-        .map(|i| keyed(&c, &g, &l, "k", format!("k{i}"), MS).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("k{i}"), MS)
+                .submit()
+                .unwrap()
+        })
         .collect();
     for h in hs {
         h.await.unwrap();
@@ -215,13 +249,19 @@ async fn a_requeued_retry_does_not_count_while_it_waits_for_its_delay() {
     yield_until("first attempt", || snapshot(&l).len() == 1).await;
     let g = Gauges::default();
     // Runs across the retry's due time: the retry then waits on the key.
-    let other = keyed(&c, &g, &l, "k", "y".into(), 2 * SEC).submit().unwrap();
+    let other = keyed(&c, &g, &l, "k", "y".into(), 2 * SEC)
+        .submit()
+        .unwrap();
     yield_until("y started", || g.started("k") == 1).await;
     let k = c.key_stats("k").unwrap();
     assert_eq!((k.running, k.queued, k.waiting), (1, 1, 0));
     sleep(SEC + MS).await;
     let k = c.key_stats("k").unwrap();
-    assert_eq!((k.running, k.queued, k.waiting), (1, 0, 1), "the due retry waits on its key");
+    assert_eq!(
+        (k.running, k.queued, k.waiting),
+        (1, 0, 1),
+        "the due retry waits on its key"
+    );
     assert_eq!(other.await, Ok(()));
     assert_eq!(flaky.await, Ok(()));
     assert_eq!(snapshot(&l), ["x1", "y", "x2"]);
@@ -232,13 +272,21 @@ async fn a_requeued_retry_does_not_count_while_it_waits_for_its_delay() {
 async fn cancelling_a_task_waiting_on_its_key_resolves_it_at_once() {
     let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
     let (g, l) = (Gauges::default(), log());
-    let long = keyed(&c, &g, &l, "k", "long".into(), HOUR).submit().unwrap();
-    let w = keyed(&c, &g, &l, "k", "w".into(), MS).id("w").submit().unwrap();
+    let long = keyed(&c, &g, &l, "k", "long".into(), HOUR)
+        .submit()
+        .unwrap();
+    let w = keyed(&c, &g, &l, "k", "w".into(), MS)
+        .id("w")
+        .submit()
+        .unwrap();
     yield_until("w waits", || c.stats().waiting_on_key == 1).await;
     assert!(c.cancel_task("w").took_effect());
     assert_eq!(w.await, Err(TaskError::Cancelled));
     let s = c.stats();
-    assert_eq!((s.waiting_on_key, s.queued, s.running, s.held), (0, 0, 1, 1));
+    assert_eq!(
+        (s.waiting_on_key, s.queued, s.running, s.held),
+        (0, 0, 1, 1)
+    );
     assert_eq!(c.key_stats("k").unwrap().waiting, 0);
     assert_eq!(c.cancel_task("w"), corral::CancelOutcome::NotFound);
     assert!(c.cancel_task(long_id(&long)).took_effect());
@@ -258,7 +306,11 @@ async fn stop_shuts_down_tasks_waiting_on_keys_at_once() {
     let (g, l) = (Gauges::default(), log());
     let running = keyed(&c, &g, &l, "k", "r".into(), SEC).submit().unwrap();
     let waiting: Vec<_> = (0..3)
-        .map(|i| keyed(&c, &g, &l, "k", format!("w{i}"), MS).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("w{i}"), MS)
+                .submit()
+                .unwrap()
+        })
         .collect();
     c.pause_key("p");
     let paused = keyed(&c, &g, &l, "p", "p".into(), MS).submit().unwrap();
@@ -283,7 +335,11 @@ async fn drain_runs_tasks_waiting_on_keys_and_ends_key_pauses() {
     let (g, l) = (Gauges::default(), log());
     c.pause_key("p");
     let hs: Vec<_> = (0..3)
-        .map(|i| keyed(&c, &g, &l, "k", format!("k{i}"), SEC).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("k{i}"), SEC)
+                .submit()
+                .unwrap()
+        })
         .chain([keyed(&c, &g, &l, "p", "p".into(), MS).submit().unwrap()])
         .collect();
     yield_until("waiting", || c.stats().waiting_on_key == 3).await;
@@ -312,7 +368,10 @@ async fn reject_refuses_a_submit_at_the_boundary_only() {
     }
     assert_eq!(c.stats().rejected, 1);
     // Another key, and the same key with the default policy, are not refused.
-    let other = keyed(&c, &g, &l, "o", "o".into(), SEC).on_key_full(KeyFull::Reject).submit().unwrap();
+    let other = keyed(&c, &g, &l, "o", "o".into(), SEC)
+        .on_key_full(KeyFull::Reject)
+        .submit()
+        .unwrap();
     let queued = keyed(&c, &g, &l, "k", "q".into(), SEC).submit().unwrap();
     assert_eq!(a.await, Ok(()));
     assert_eq!(b.await, Ok(()));
@@ -328,8 +387,17 @@ async fn reject_refuses_a_submit_at_the_boundary_only() {
 
 #[tokio::test(start_paused = true)]
 async fn reject_counts_queued_tasks_before_the_workers_start() {
-    let c = Cluster::builder().workers(4).key_limit(1).paused().build().unwrap();
-    let h = c.task(|_| async { Ok::<_, String>(()) }).key("k").submit().unwrap();
+    let c = Cluster::builder()
+        .workers(4)
+        .key_limit(1)
+        .paused()
+        .build()
+        .unwrap();
+    let h = c
+        .task(|_| async { Ok::<_, String>(()) })
+        .key("k")
+        .submit()
+        .unwrap();
     let again = c
         .task(|_| async { Ok::<_, String>(()) })
         .key("k")
@@ -345,7 +413,11 @@ async fn raising_a_limit_while_running_starts_waiting_tasks_at_once() {
     let c = Cluster::builder().workers(8).key_limit(1).build().unwrap();
     let (g, l) = (Gauges::default(), log());
     let hs: Vec<_> = (0..5)
-        .map(|i| keyed(&c, &g, &l, "k", format!("k{i}"), SEC).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("k{i}"), SEC)
+                .submit()
+                .unwrap()
+        })
         .collect();
     yield_until("4 wait", || c.stats().waiting_on_key == 4).await;
     let start = Instant::now();
@@ -377,11 +449,19 @@ async fn a_paused_key_starts_nothing_until_resumed_and_blocks_no_other_key() {
     assert!(c.pause_key("k"));
     assert!(c.is_key_paused("k"));
     let held: Vec<_> = (0..2)
-        .map(|i| keyed(&c, &g, &l, "k", format!("k{i}"), MS).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("k{i}"), MS)
+                .submit()
+                .unwrap()
+        })
         .collect();
     let other = keyed(&c, &g, &l, "o", "o".into(), MS).submit().unwrap();
     assert_eq!(running.await, Ok(()), "the running attempt finishes");
-    assert_eq!(other.await, Ok(()), "one worker, and the paused key does not hold it");
+    assert_eq!(
+        other.await,
+        Ok(()),
+        "one worker, and the paused key does not hold it"
+    );
     sleep(HOUR).await;
     assert_eq!(g.started("k"), 1);
     let k = c.key_stats("k").unwrap();
@@ -422,7 +502,9 @@ async fn key_state_goes_with_the_last_task() {
         let hs: Vec<_> = (0..50)
             .map(|i| {
                 let key = ["x", "y", "z", "w", "v"][i % 5];
-                keyed(&c, &g, &l, key, format!("{round}"), MS).submit().unwrap()
+                keyed(&c, &g, &l, key, format!("{round}"), MS)
+                    .submit()
+                    .unwrap()
             })
             .collect();
         assert_eq!(c.active_keys(), 5);
@@ -440,10 +522,19 @@ async fn cost_takes_several_units_of_the_limit() {
     let c = Cluster::builder().workers(8).key_limit(3).build().unwrap();
     let (g, l) = (Gauges::default(), log());
     let big: Vec<_> = (0..3)
-        .map(|i| keyed(&c, &g, &l, "k", format!("big{i}"), SEC).key_cost(2).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("big{i}"), SEC)
+                .key_cost(2)
+                .submit()
+                .unwrap()
+        })
         .collect();
     let small: Vec<_> = (0..2)
-        .map(|i| keyed(&c, &g, &l, "k", format!("small{i}"), SEC).submit().unwrap())
+        .map(|i| {
+            keyed(&c, &g, &l, "k", format!("small{i}"), SEC)
+                .submit()
+                .unwrap()
+        })
         .collect();
     yield_until("first big runs", || g.started("k") == 1).await;
     sleep(SEC / 2).await;
@@ -486,8 +577,14 @@ async fn bad_key_options_are_clear_errors() {
 async fn a_limit_lowered_below_a_waiting_cost_lets_it_run_alone() {
     let c = Cluster::builder().workers(4).key_limit(4).build().unwrap();
     let (g, l) = (Gauges::default(), log());
-    let first = keyed(&c, &g, &l, "k", "a".into(), SEC).key_cost(2).submit().unwrap();
-    let second = keyed(&c, &g, &l, "k", "b".into(), SEC).key_cost(3).submit().unwrap();
+    let first = keyed(&c, &g, &l, "k", "a".into(), SEC)
+        .key_cost(2)
+        .submit()
+        .unwrap();
+    let second = keyed(&c, &g, &l, "k", "b".into(), SEC)
+        .key_cost(3)
+        .submit()
+        .unwrap();
     yield_until("b waits", || c.stats().waiting_on_key == 1).await;
     c.set_key_limit("k", 1).unwrap();
     assert_eq!(first.await, Ok(()));
@@ -499,9 +596,16 @@ async fn a_limit_lowered_below_a_waiting_cost_lets_it_run_alone() {
 async fn a_keyed_dependent_counts_once_its_parents_are_done() {
     let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
     let (g, l) = (Gauges::default(), log());
-    let parent = keyed(&c, &g, &l, "p", "parent".into(), SEC).submit().unwrap();
-    let child = keyed(&c, &g, &l, "k", "child".into(), MS).after(&parent).submit().unwrap();
-    let blocker = keyed(&c, &g, &l, "k", "blocker".into(), 2 * SEC).submit().unwrap();
+    let parent = keyed(&c, &g, &l, "p", "parent".into(), SEC)
+        .submit()
+        .unwrap();
+    let child = keyed(&c, &g, &l, "k", "child".into(), MS)
+        .after(&parent)
+        .submit()
+        .unwrap();
+    let blocker = keyed(&c, &g, &l, "k", "blocker".into(), 2 * SEC)
+        .submit()
+        .unwrap();
     assert_eq!(parent.await, Ok(()));
     assert_eq!(child.await, Ok(()));
     assert_eq!(blocker.await, Ok(()));
@@ -512,5 +616,11 @@ async fn a_keyed_dependent_counts_once_its_parents_are_done() {
         .after(&other)
         .on_key_full(KeyFull::Reject)
         .submit();
-    assert!(matches!(reject, Err(SubmitError::InvalidOption { option: "on_key_full", .. })));
+    assert!(matches!(
+        reject,
+        Err(SubmitError::InvalidOption {
+            option: "on_key_full",
+            ..
+        })
+    ));
 }

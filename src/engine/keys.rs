@@ -184,9 +184,10 @@ impl Engine {
             });
         }
         if policy == KeyFull::Reject {
-            let taken = keys.tasks.get(key).map_or(0, |t| {
-                u64::from(t.used) + t.pending_cost
-            });
+            let taken = keys
+                .tasks
+                .get(key)
+                .map_or(0, |t| u64::from(t.used) + t.pending_cost);
             if taken + u64::from(cost) > u64::from(limit) {
                 keys.rejected += 1;
                 return Err(SubmitError::KeyFull {
