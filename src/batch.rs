@@ -74,6 +74,7 @@ impl OutcomeKind {
             Err(TaskError::Shutdown) => OutcomeKind::Shutdown,
             Err(TaskError::Dependency(_)) => OutcomeKind::Dependency,
             Err(TaskError::Skipped(_)) => OutcomeKind::Skipped,
+            Err(TaskError::Replaced) => OutcomeKind::Cancelled,
         }
     }
 

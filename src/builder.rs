@@ -727,10 +727,10 @@ where
             check_extras(x, name.is_some(), &mut retention)?;
             history = x.history;
             if let Some(k) = &x.key {
-                if k.on_full == crate::keys::KeyFull::Reject {
+                if k.on_full != crate::keys::KeyFull::Queue {
                     return Err(SubmitError::InvalidOption {
                         option: "on_key_full",
-                        reason: "KeyFull::Reject cannot be combined with after() or a Graph",
+                        reason: "only KeyFull::Queue can be combined with after() or a Graph",
                     });
                 }
                 // The key state must exist before the task is queued.
@@ -839,17 +839,26 @@ where
     let unstarted = core.phase == Phase::Idle;
     let c = &cell;
     let admit = |core: &mut Engine| {
-        if let Some(k) = c.key_options() {
+        let key = c.key_options();
+        if let Some(k) = key {
             core.key_admit(&k.key, k.cost, k.on_full)?;
         }
-        core.submit(
+        let mut placed = (0, 0);
+        let admitted = core.submit(
             job,
             c.name(),
-            |seq, slot| c.assign(seq, slot),
+            |seq, slot| {
+                placed = (seq, slot);
+                c.assign(seq, slot)
+            },
             priority,
             start,
             now,
-        )
+        )?;
+        if let Some(k) = key {
+            core.key_admitted(&k.key, k.on_full, placed);
+        }
+        Ok(admitted)
     };
     let admitted = match (joiner, cell.name()) {
         (Some((cloner, name)), _) => join_or_submit(&mut core, name, now, cloner, admit),

@@ -215,6 +215,9 @@ pub struct ClusterStats {
     /// Submits refused because their key was full
     /// ([`KeyFull::Reject`](crate::KeyFull::Reject)), since the cluster was built.
     pub rejected: u64,
+    /// Tasks replaced by a newer task of their key
+    /// ([`KeyFull::Replace`](crate::KeyFull::Replace)), since the cluster was built.
+    pub replaced: u64,
 }
 
 pub(crate) struct Engine {
@@ -675,7 +678,7 @@ impl Engine {
                     Some((e.job.clone(), e.worker)),
                 ),
                 // A shutdown decided the outcome first.
-                Forced::Shutdown => (CancelOutcome::AlreadyFinished, None, None),
+                Forced::Shutdown | Forced::Replaced => (CancelOutcome::AlreadyFinished, None, None),
             },
             State::Waiting => {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
@@ -861,6 +864,7 @@ impl Engine {
             paused: self.flow.paused(),
             waiting_on_key: self.keys_waiting(),
             rejected: self.keys_rejected(),
+            replaced: self.keys.as_ref().map_or(0, |k| k.replaced()),
         }
     }
 }

@@ -93,6 +93,12 @@ pub enum TaskError<E> {
     /// skipped, never run.
     #[error("skipped: {0}")]
     Skipped(Box<DependencyError>),
+    /// The task never started: a newer task of its key, submitted with
+    /// [`KeyFull::Replace`](crate::KeyFull::Replace), took its place.
+    /// (A [batch](crate::Batch) counts it as
+    /// [`OutcomeKind::Cancelled`](crate::OutcomeKind::Cancelled).)
+    #[error("replaced by a newer task of its key")]
+    Replaced,
 }
 
 /// Which task a task depended on and how it ended: the payload of
@@ -167,6 +173,9 @@ pub enum DependencyCause {
     /// It was skipped ([`TaskError::Skipped`]).
     #[error("was skipped")]
     Skipped,
+    /// A newer task of its key took its place ([`TaskError::Replaced`]).
+    #[error("was replaced by a newer task of its key")]
+    Replaced,
     /// Waiting for it would wait for the waiter itself (directly, or through
     /// a cycle of waits and dependencies): an error instead of a hang.
     #[error("cannot be waited for: the wait would close a cycle")]
@@ -251,6 +260,7 @@ impl<E> TaskError<E> {
             TaskError::Shutdown => DependencyCause::Shutdown,
             TaskError::Dependency(_) => DependencyCause::Dependency,
             TaskError::Skipped(_) => DependencyCause::Skipped,
+            TaskError::Replaced => DependencyCause::Replaced,
         }
     }
 

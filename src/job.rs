@@ -47,6 +47,9 @@ pub(crate) enum AttemptStatus {
 pub(crate) enum Forced {
     Cancelled,
     Shutdown,
+    /// A newer task of its key took its place (`crate::keys`); only ever
+    /// imposed on a task that has not started.
+    Replaced,
 }
 
 /// The options the engine reads on every attempt. The cell stores the fields

@@ -109,6 +109,37 @@ pub enum KeyFull {
     /// Refuse the submit with [`SubmitError::KeyFull`]; nothing is queued.
     /// (Counted in [`ClusterStats::rejected`](crate::ClusterStats::rejected).)
     Reject,
+    /// Keep only the newest: accept the task, and resolve the key's older
+    /// tasks that have not started, oldest first, with
+    /// [`TaskError::Replaced`](crate::TaskError::Replaced) (each exactly
+    /// once) until the new one fits beside the rest. Only tasks submitted
+    /// with `Replace` themselves are replaced, and never one that has
+    /// started (a running task, or one waiting for a retry). If the running
+    /// tasks alone take the limit, the new task waits, alone, for room.
+    /// (Counted in [`ClusterStats::replaced`](crate::ClusterStats::replaced).)
+    ///
+    /// ```
+    /// use corral::{Cluster, KeyFull, TaskError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cluster = Cluster::builder().workers(1).key_limit(1).paused().build().unwrap();
+    /// let refresh = |n| {
+    ///     cluster
+    ///         .task(move |_| async move { Ok::<_, String>(n) })
+    ///         .key("refresh-cache")
+    ///         .on_key_full(KeyFull::Replace)
+    ///         .submit()
+    ///         .unwrap()
+    /// };
+    /// let (first, second, third) = (refresh(1), refresh(2), refresh(3));
+    /// cluster.run().unwrap();
+    /// assert_eq!(first.await, Err(TaskError::Replaced));
+    /// assert_eq!(second.await, Err(TaskError::Replaced));
+    /// assert_eq!(third.await, Ok(3));
+    /// # }
+    /// ```
+    Replace,
 }
 
 /// A task's key options, in its boxed extras.

@@ -624,3 +624,106 @@ async fn a_keyed_dependent_counts_once_its_parents_are_done() {
         })
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn replace_keeps_only_the_newest_unstarted_task() {
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    let (g, l) = (Gauges::default(), log());
+    let newest = |name: &str, d| {
+        keyed(&c, &g, &l, "k", name.into(), d)
+            .on_key_full(KeyFull::Replace)
+            .submit()
+            .unwrap()
+    };
+    let running = newest("a", SEC);
+    yield_until("a runs", || g.started("k") == 1).await;
+    // The running task is never replaced: b waits on the key.
+    let b = newest("b", MS);
+    yield_until("b waits", || c.stats().waiting_on_key == 1).await;
+    assert_eq!(c.stats().replaced, 0);
+    // A task with the default policy is not replaced either, and takes
+    // its share of the limit.
+    let queued = keyed(&c, &g, &l, "k", "q".into(), MS).submit().unwrap();
+    let d = newest("d", MS);
+    assert_eq!(
+        b.await,
+        Err(TaskError::Replaced),
+        "replaced while waiting on the key"
+    );
+    let s = c.stats();
+    assert_eq!((s.replaced, s.queued, s.running), (1, 2, 1));
+    held_adds_up(&s);
+    assert_eq!(running.await, Ok(()));
+    assert_eq!(queued.await, Ok(()));
+    assert_eq!(d.await, Ok(()));
+    assert_eq!(snapshot(&l), ["a", "q", "d"]);
+    assert_eq!(c.stats().replaced, 1);
+    assert_eq!(c.active_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replace_resolves_each_replaced_task_once_in_a_burst() {
+    let c = Cluster::builder()
+        .workers(1)
+        .key_limit(2)
+        .paused()
+        .build()
+        .unwrap();
+    let hs: Vec<_> = (0..10)
+        .map(|i| {
+            c.task(move |_| async move { Ok::<_, String>(i) })
+                .key("k")
+                .on_key_full(KeyFull::Replace)
+                .submit()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(c.key_stats("k").unwrap().queued, 2);
+    c.run().unwrap();
+    let mut outs = Vec::new();
+    for h in hs {
+        outs.push(h.await);
+    }
+    let mut want: Vec<Result<i32, TaskError<String>>> = vec![Err(TaskError::Replaced); 8];
+    want.extend([Ok(8), Ok(9)]);
+    assert_eq!(outs, want);
+    assert_eq!(c.stats().replaced, 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_task_resolves_its_subscribers_and_dependents() {
+    let c = Cluster::builder()
+        .workers(1)
+        .key_limit(1)
+        .paused()
+        .build()
+        .unwrap();
+    let first = c
+        .task(|_| async { Ok::<_, String>(1) })
+        .id("first")
+        .key("k")
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    let sub = c.subscribe::<i32, String>("first").unwrap();
+    let child = c
+        .task(|_| async { Ok::<_, String>(0) })
+        .after(&first)
+        .submit()
+        .unwrap();
+    let second = c
+        .task(|_| async { Ok::<_, String>(2) })
+        .key("k")
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    assert_eq!(first.await, Err(TaskError::Replaced));
+    assert_eq!(sub.await, Err(TaskError::Replaced));
+    c.run().unwrap();
+    assert_eq!(second.await, Ok(2));
+    let err = child.await.unwrap_err();
+    assert_eq!(
+        err.dependency().map(|d| d.cause),
+        Some(corral::DependencyCause::Replaced)
+    );
+}

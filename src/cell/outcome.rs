@@ -61,6 +61,7 @@ where
         let (outcome, overridden) = match (forced, st.result.take()) {
             (Some(Forced::Cancelled), last) => (Err(TaskError::Cancelled), last),
             (Some(Forced::Shutdown), last) => (Err(TaskError::Shutdown), last),
+            (Some(Forced::Replaced), last) => (Err(TaskError::Replaced), last),
             (None, Some(r)) => (r, None),
             // Unreachable by construction; never invent a value.
             (None, None) => (Err(TaskError::Shutdown), None),

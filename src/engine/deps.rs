@@ -100,6 +100,7 @@ fn forced_cause(f: Forced) -> DependencyCause {
     match f {
         Forced::Cancelled => DependencyCause::Cancelled,
         Forced::Shutdown => DependencyCause::Shutdown,
+        Forced::Replaced => DependencyCause::Replaced,
     }
 }
 

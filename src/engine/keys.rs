@@ -34,7 +34,7 @@
 //!    queue; `live` counts the others, and `Keys::waiting` their sum.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{current, Delivery, Engine, Phase, State};
@@ -92,6 +92,8 @@ pub(super) struct Keys {
     waiting: usize,
     /// Submits refused by [`KeyFull::Reject`].
     rejected: u64,
+    /// Tasks replaced under [`KeyFull::Replace`].
+    replaced: u64,
 }
 
 impl Default for Keys {
@@ -103,6 +105,7 @@ impl Default for Keys {
             paused: HashMap::new(),
             waiting: 0,
             rejected: 0,
+            replaced: 0,
         }
     }
 }
@@ -110,6 +113,10 @@ impl Default for Keys {
 impl Keys {
     fn limit_of(&self, key: &str) -> u32 {
         self.limits.get(key).copied().unwrap_or(self.default_limit)
+    }
+
+    pub(super) fn replaced(&self) -> u64 {
+        self.replaced
     }
 }
 
@@ -130,6 +137,10 @@ struct KeyTasks {
     /// Copies of the key's settings, kept current by the setters.
     limit: u32,
     paused: bool,
+    /// Tasks submitted with [`KeyFull::Replace`], oldest first, as
+    /// `(slot, seq)`: those that started or ended meanwhile are skipped,
+    /// and pruned when they outnumber the pending tasks.
+    fresh: VecDeque<(Slot, u64)>,
 }
 
 impl KeyTasks {
@@ -199,6 +210,65 @@ impl Engine {
         Ok(())
     }
 
+    /// After a keyed submit is admitted as `(seq, slot)`: under
+    /// [`KeyFull::Replace`], replaces the key's older unstarted tasks while
+    /// the key is over its limit (see [`KeyFull::Replace`]); their outcomes
+    /// go to the outbox.
+    pub(crate) fn key_admitted(
+        &mut self,
+        key: &Arc<str>,
+        policy: KeyFull,
+        (seq, slot): (u64, Slot),
+    ) {
+        if policy != KeyFull::Replace {
+            return;
+        }
+        loop {
+            let keys = self.keys.as_deref_mut().expect("made by key_admit");
+            let Some(t) = keys.tasks.get_mut(key) else {
+                return;
+            };
+            let over = u64::from(t.used) + t.pending_cost > u64::from(t.limit);
+            let old = match t.fresh.front() {
+                Some(&(s, q)) if over && q != seq => {
+                    t.fresh.pop_front();
+                    (s, q)
+                }
+                _ => break,
+            };
+            let state = current(&self.entries, old.0, old.1)
+                .filter(|e| e.attempts == 0)
+                .map(|e| e.state);
+            match state {
+                Some(State::Queued) => {
+                    let d = self.finalize(old.0, Some(Forced::Replaced));
+                    let entries = &self.entries;
+                    self.queue.forget(|i| super::is_live(entries, i));
+                    self.send_later(d);
+                }
+                Some(State::OnKey) => {
+                    let d = self.finalize(old.0, Some(Forced::Replaced));
+                    self.send_later(d);
+                }
+                // Started or ended meanwhile: not replaceable.
+                _ => continue,
+            }
+            self.keys_on().replaced += 1;
+        }
+        let entries = &self.entries;
+        let keys = self.keys.as_deref_mut().expect("made by key_admit");
+        if let Some(t) = keys.tasks.get_mut(key) {
+            if t.fresh.len() > 2 * t.pending as usize + 8 {
+                t.fresh.retain(|&(s, q)| {
+                    current(entries, s, q).is_some_and(|e| {
+                        e.attempts == 0 && matches!(e.state, State::Queued | State::OnKey)
+                    })
+                });
+            }
+            t.fresh.push_back((slot, seq));
+        }
+    }
+
     /// A keyed task was pushed into the queue (submit, requeue, a released
     /// dependent): it is pending on its key (invariant 2).
     pub(super) fn key_queued(&mut self, slot: Slot) {
@@ -221,6 +291,7 @@ impl Engine {
                     dead: 0,
                     limit,
                     paused,
+                    fresh: VecDeque::new(),
                 })
             }
         };
