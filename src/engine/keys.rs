@@ -324,7 +324,15 @@ impl Engine {
         t.waiting.push(Waiter(*item));
         t.live += 1;
         keys.waiting += 1;
+        let paused = t.paused;
         self.entries[item.slot as usize].state = State::OnKey;
+        if !paused {
+            // A better waiter may fit although nothing of the key runs
+            // (its release went to a task cancelled before its claim):
+            // whatever fits goes back now, so nothing waits for a settle
+            // that will not come.
+            self.key_release(&key);
+        }
         true
     }
 
@@ -392,9 +400,7 @@ impl Engine {
             keys.tasks.remove(&key);
             return;
         }
-        if state == State::Running {
-            self.key_release(&key);
-        } else if t.dead >= COMPACT_MIN_DEAD && t.dead > t.live {
+        if state != State::Running && t.dead >= COMPACT_MIN_DEAD && t.dead > t.live {
             let entries = &self.entries;
             let items = std::mem::take(&mut t.waiting).into_vec();
             t.waiting = items
@@ -403,12 +409,22 @@ impl Engine {
                 .collect();
             t.dead = 0;
         }
+        // Room may have freed (a claimed task settled, or a task released
+        // to the queue left before its claim), or the best waiter left.
+        // This task's own heap entry still reads as waiting: skipped.
+        self.key_release_but(&key, Some(slot));
     }
 
     /// Moves the best waiting items of `key` back into the queue while
     /// they fit (not while the key is paused). A claim checks the room
     /// again, so releasing one too many only sends it back to wait.
     fn key_release(&mut self, key: &Arc<str>) {
+        self.key_release_but(key, None);
+    }
+
+    /// [`key_release`](Self::key_release), taking the entry at `leaving`
+    /// (being finalized) as dead.
+    fn key_release_but(&mut self, key: &Arc<str>, leaving: Option<Slot>) {
         let Some(keys) = self.keys.as_deref_mut() else {
             return;
         };
@@ -421,7 +437,7 @@ impl Engine {
         let entries = &mut self.entries;
         let mut room = t.used;
         loop {
-            drop_dead_heads(t, |i| is_waiting(entries, i));
+            drop_dead_heads(t, |i| Some(i.slot) != leaving && is_waiting(entries, i));
             let Some(&Waiter(item)) = t.waiting.peek() else {
                 break;
             };
