@@ -727,3 +727,24 @@ async fn a_replaced_task_resolves_its_subscribers_and_dependents() {
         Some(corral::DependencyCause::Replaced)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_task_released_and_cancelled_before_its_claim_does_not_strand_the_key() {
+    let c = Cluster::builder().workers(2).key_limit(2).build().unwrap();
+    let (g, l) = (Gauges::default(), log());
+    c.pause_key("k");
+    let big = keyed(&c, &g, &l, "k", "big".into(), MS).key_cost(2).submit().unwrap();
+    let high = keyed(&c, &g, &l, "k", "high".into(), MS)
+        .priority(1)
+        .id("high")
+        .submit()
+        .unwrap();
+    yield_until("both wait", || c.stats().waiting_on_key == 2).await;
+    // Releases "high" only: "big" does not fit beside it. Then "high"
+    // leaves before any worker claimed it.
+    assert!(c.resume_key("k"));
+    assert!(c.cancel_task("high").took_effect());
+    assert_eq!(high.await, Err(TaskError::Cancelled));
+    assert_eq!(big.await, Ok(()));
+    assert_eq!(snapshot(&l), ["big"]);
+}
