@@ -192,7 +192,8 @@ pub(crate) enum Next {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClusterStats {
-    /// Tasks waiting in the queue, due or scheduled (requeued retries included).
+    /// Tasks waiting in the queue, due or scheduled (requeued retries
+    /// included), and tasks waiting on a key (`waiting_on_key`).
     pub queued: usize,
     /// Tasks claimed by a worker: an attempt running or an immediate retry waiting.
     pub running: usize,

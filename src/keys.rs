@@ -37,7 +37,9 @@
 //! are not affected.
 //!
 //! When a key is full at submit, the task's [`KeyFull`] policy decides: queue
-//! it (the default) or refuse it ([`SubmitError::KeyFull`]).
+//! it (the default), refuse it ([`SubmitError::KeyFull`]), or keep only the
+//! newest ([`KeyFull::Replace`]: older unstarted tasks of the key resolve as
+//! [`TaskError::Replaced`](crate::TaskError::Replaced)).
 //!
 //! Memory: the cluster holds state for a key only while the key has
 //! unfinished tasks; it goes with the last one. Limits and pauses set by

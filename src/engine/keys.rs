@@ -6,10 +6,14 @@
 //! key is paused, has no room for its cost, or holds a better task waiting,
 //! the item is moved to its key's waiting heap (the task is then
 //! `State::OnKey`) and the claim pops again. The task holds no worker and
-//! is never polled meanwhile. When room frees (a settle, a finalize, a
-//! raised limit, a resume), the best waiting items go back into the queue
-//! with their original `(seq, start, priority)`: the global order stays
-//! exact.
+//! is never polled meanwhile. When room may have freed (a settle, any task
+//! of the key leaving, a divert, a raised limit, a resume), the best waiting
+//! items go back into the queue with their original `(seq, start,
+//! priority)` while they fit: the global order stays exact. The claim
+//! checks again, so a release is only ever a hint; releasing at every such
+//! event is what guarantees that a key with room and waiters never stays
+//! idle (a task released and then cancelled before its claim frees no slot
+//! a settle would announce).
 //!
 //! Costs nothing to a cluster that never saw a key: `Engine::keys` is
 //! `None` until the first keyed submit (or a key setting), and the hot
