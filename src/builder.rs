@@ -734,7 +734,9 @@ where
                     });
                 }
                 // The key state must exist before the task is queued.
-                shared.locked(|core| core.key_admit(&k.key, k.cost, k.on_full))?;
+                if let Some(name) = &k.key {
+                    shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
+                }
             }
         }
         let extras = if name.is_some() || retention.is_some() {
@@ -840,8 +842,9 @@ where
     let c = &cell;
     let admit = |core: &mut Engine| {
         let key = c.key_options();
-        if let Some(k) = key {
-            core.key_admit(&k.key, k.cost, k.on_full)?;
+        let key = key.and_then(|k| Some((k.key.as_ref()?, k)));
+        if let Some((name, k)) = key {
+            core.key_admit(name, k.cost, k.on_full)?;
         }
         let mut placed = (0, 0);
         let admitted = core.submit(
@@ -855,8 +858,8 @@ where
             start,
             now,
         )?;
-        if let Some(k) = key {
-            core.key_admitted(&k.key, k.on_full, placed);
+        if let Some((name, k)) = key {
+            core.key_admitted(name, k.on_full, placed);
         }
         Ok(admitted)
     };

@@ -147,10 +147,9 @@ pub enum KeyFull {
 /// A task's key options, in its boxed extras.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyOptions {
-    /// Empty until [`TaskBuilder::key`] is called (a cost or policy may be
+    /// `None` until [`TaskBuilder::key`] is called (a cost or policy may be
     /// set first); refused at submit if still unset.
-    pub(crate) key: Arc<str>,
-    pub(crate) set: bool,
+    pub(crate) key: Option<Arc<str>>,
     pub(crate) cost: u32,
     pub(crate) on_full: KeyFull,
 }
@@ -158,8 +157,7 @@ pub(crate) struct KeyOptions {
 impl KeyOptions {
     pub(crate) fn unset() -> Self {
         KeyOptions {
-            key: Arc::from(""),
-            set: false,
+            key: None,
             cost: 1,
             on_full: KeyFull::Queue,
         }
@@ -167,7 +165,7 @@ impl KeyOptions {
 
     /// The checks that do not depend on the cluster.
     pub(crate) fn validate(&self) -> Result<(), SubmitError> {
-        if !self.set {
+        if self.key.is_none() {
             return Err(SubmitError::InvalidOption {
                 option: "key_cost",
                 reason: "key_cost and on_key_full need a key (TaskBuilder::key)",
@@ -235,9 +233,7 @@ where
     /// # }
     /// ```
     pub fn key(mut self, key: impl Into<Arc<str>>) -> Self {
-        let k = self.key_slot();
-        k.key = key.into();
-        k.set = true;
+        self.key_slot().key = Some(key.into());
         self
     }
 

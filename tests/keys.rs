@@ -733,7 +733,10 @@ async fn a_task_released_and_cancelled_before_its_claim_does_not_strand_the_key(
     let c = Cluster::builder().workers(2).key_limit(2).build().unwrap();
     let (g, l) = (Gauges::default(), log());
     c.pause_key("k");
-    let big = keyed(&c, &g, &l, "k", "big".into(), MS).key_cost(2).submit().unwrap();
+    let big = keyed(&c, &g, &l, "k", "big".into(), MS)
+        .key_cost(2)
+        .submit()
+        .unwrap();
     let high = keyed(&c, &g, &l, "k", "high".into(), MS)
         .priority(1)
         .id("high")

@@ -20,8 +20,11 @@ use tokio::runtime::Runtime;
 
 use crate::alloc;
 use crate::callgrind;
-use crate::spec::{Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W6_NAMED};
-use crate::workloads::{deps, latency, memory, order, throughput, timers, Outcome, Sizes};
+use crate::spec::{
+    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W11_HOT, W11_MANY,
+    W11_WAITING, W6_NAMED,
+};
+use crate::workloads::{deps, keys, latency, memory, order, throughput, timers, Outcome, Sizes};
 
 /// Runs the child given its arguments (starting with `--child`); returns
 /// the process exit status.
@@ -35,7 +38,8 @@ pub fn main(args: &[String]) -> i32 {
     };
     let memory = matches!(spec.workload, "W5" | "W6" | "W9");
     let pending = matches!(spec.variant, W10_PENDING | W10_PENDING_ANY);
-    if memory || (spec.workload == "W10" && pending) {
+    let waiting = spec.workload == "W11" && spec.variant == W11_WAITING;
+    if memory || (spec.workload == "W10" && pending) || waiting {
         alloc::enable();
     }
     if opts.callgrind {
@@ -123,6 +127,7 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
         ),
         ("W9", Side::Floor) => Err("W9 has no floor program".into()),
         ("W10", side) => w10(rt, spec, s, side),
+        ("W11", side) => w11(rt, spec, s, side),
         (other, _) => Err(format!("unknown workload {other}")),
     }
 }
@@ -148,5 +153,21 @@ fn w10(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
             drive(rt, d, memory::w5_corral(s.w10_pending, s.settle, w))
         }
         (other, _) => Err(format!("W10 has no variant {other}")),
+    }
+}
+
+/// W11: the variant picks the program. The rate variants have no floor
+/// (they are compared with W1 corral); the waiting variant's floor side is
+/// corral's plain pending task (W5's corral program at W11's size).
+fn w11(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
+    let (w, d) = (spec.workers, spec.driver);
+    match (spec.variant, side) {
+        (W11_MANY, Side::Corral) => drive(rt, d, keys::many_keys_corral(s.w11, w)),
+        (W11_HOT, Side::Corral) => drive(rt, d, keys::hot_key_corral(s.w11, w)),
+        (W11_WAITING, Side::Corral) => {
+            drive(rt, d, keys::waiting_corral(s.w11_waiting, s.settle, w))
+        }
+        (W11_WAITING, Side::Floor) => drive(rt, d, memory::w5_corral(s.w11_waiting, s.settle, w)),
+        (other, _) => Err(format!("W11 has no {side} program for variant {other}")),
     }
 }

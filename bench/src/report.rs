@@ -26,6 +26,8 @@ ratio = corral/floor: the median over repetitions of (corral run k / floor run k
   W2's drain rate is paired with the W1 floor at 1 worker (block_on); W9 has no floor.
   W10 (informational): chain and fan against a tokio floor and against W1 corral at
   2 workers; a waiting dependent against corral's own plain pending task (W5's program).
+  W11 (informational): keyed tasks against W1 corral at 2 workers; a task waiting on a key
+  against corral's own plain pending task (W5's program).
   `n/a`: not measured (heap values need `--features count-alloc`) or the run failed.";
 
 /// How a value is printed.

@@ -5,8 +5,8 @@
 use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
 use crate::spec::{
-    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
-    W2_REFERENCE, W6_NAMED,
+    Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE, W11_HOT,
+    W11_MANY, W11_REFERENCE, W11_WAITING, W2_REFERENCE, W6_NAMED,
 };
 use crate::stats::median;
 use crate::workloads::Sizes;
@@ -116,6 +116,20 @@ pub fn w10_specs() -> Vec<Spec> {
     }
     specs.push(Spec::new("W1", Side::Corral, 2).variant(W10_REFERENCE));
     specs
+}
+
+/// W11's child runs: the rate variants (corral only), the waiting variant
+/// on both sides, and the W1 corral program at 2 workers (`block_on`) that
+/// the rates are compared with.
+pub fn w11_specs() -> Vec<Spec> {
+    let w11 = |side, v| Spec::new("W11", side, 2).variant(v);
+    vec![
+        w11(Side::Corral, W11_MANY),
+        w11(Side::Corral, W11_HOT),
+        w11(Side::Corral, W11_WAITING),
+        w11(Side::Floor, W11_WAITING),
+        Spec::new("W1", Side::Corral, 2).variant(W11_REFERENCE),
+    ]
 }
 
 /// "10M", "200k", "1000".
@@ -363,6 +377,9 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
     if o.wants("W10") {
         w10_rows(res, &s, &mut rows);
     }
+    if o.wants("W11") {
+        w11_rows(res, &s, &mut rows);
+    }
     rows
 }
 
@@ -414,4 +431,46 @@ fn w10_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
             info,
         ));
     }
+}
+
+/// W11's rows, all informational.
+fn w11_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
+    let w1 = Spec::new("W1", Side::Corral, 2).variant(W11_REFERENCE);
+    let info = Target::Info;
+    let n = count(s.w11);
+    for (v, what) in [
+        (W11_MANY, format!("{n} tasks over 1000 keys of limit 1")),
+        (
+            W11_HOT,
+            format!("{n} tasks of other keys beside a key of limit 2"),
+        ),
+    ] {
+        let c = Spec::new("W11", Side::Corral, 2).variant(v);
+        rows.push(row(
+            res,
+            format!("W11 {what}, tasks/s vs W1 corral w=2"),
+            Unit::Rate,
+            (Some((&c, "rate")), Some((&w1, "rate"))),
+            info,
+            Fold::Median,
+        ));
+    }
+    let c = Spec::new("W11", Side::Corral, 2).variant(W11_WAITING);
+    let n = count(s.w11_waiting);
+    rows.push(paired(
+        res,
+        format!("W11 heap per task waiting on a key ({n}) vs plain pending"),
+        Unit::Bytes,
+        &c,
+        "heap_per_task",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        "W11 allocations per task waiting on a key vs plain".into(),
+        Unit::PerTask,
+        &c,
+        "allocs_per_task",
+        info,
+    ));
 }

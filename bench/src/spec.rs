@@ -41,8 +41,10 @@ pub struct Spec {
     pub variant: &'static str,
 }
 
-pub const WORKLOADS: [&str; 10] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10"];
-const VARIANTS: [&str; 10] = [
+pub const WORKLOADS: [&str; 11] = [
+    "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11",
+];
+const VARIANTS: [&str; 14] = [
     "-",
     "distinct",
     "same",
@@ -53,6 +55,10 @@ const VARIANTS: [&str; 10] = [
     W10_PENDING,
     W10_PENDING_ANY,
     W10_REFERENCE,
+    W11_MANY,
+    W11_HOT,
+    W11_WAITING,
+    W11_REFERENCE,
 ];
 
 /// The variant of W2's own W1-floor runs: the same program as W1's floor at
@@ -78,6 +84,15 @@ pub const W10_PENDING_ANY: &str = "pending-any";
 /// plain-task throughput W10's chain and fan are compared with, recorded
 /// apart so that W10 pairs runs made side by side with its own.
 pub const W10_REFERENCE: &str = "w10-ref";
+/// W11's variant of 1,000 keys with limit 1.
+pub const W11_MANY: &str = "many-keys";
+/// W11's variant of one key with limit 2 among tasks of other keys.
+pub const W11_HOT: &str = "hot-key";
+/// W11's memory variant: tasks waiting on a paused key (its floor side is
+/// corral's plain pending task, W5's corral program).
+pub const W11_WAITING: &str = "waiting";
+/// The variant of W11's own W1 corral runs (2 workers, `block_on`).
+pub const W11_REFERENCE: &str = "w11-ref";
 
 /// The child's options besides its spec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

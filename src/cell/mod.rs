@@ -688,7 +688,7 @@ where
 
     fn key(&self) -> Option<(&Arc<str>, u32)> {
         let k = self.extras.as_deref()?.key.as_ref()?;
-        Some((&k.key, k.cost))
+        Some((k.key.as_ref()?, k.cost))
     }
 }
 

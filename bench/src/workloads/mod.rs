@@ -10,8 +10,10 @@
 //! | [`latency`] | W4 single round-trip latency |
 //! | [`memory`] | W5 pending memory, W6 cancel by id, W9 soak |
 //! | [`deps`] | W10 dependencies: chain, fan-out/fan-in, waiting dependent's heap |
+//! | [`keys`] | W11 keys: many limited keys, one hot key, tasks waiting on a key |
 
 pub mod deps;
+pub mod keys;
 pub mod latency;
 pub mod memory;
 pub mod order;
@@ -88,6 +90,10 @@ pub struct Sizes {
     pub w10: usize,
     /// W10 waiting dependents (and plain pending tasks of its reference).
     pub w10_pending: usize,
+    /// W11 keyed tasks (many keys, hot key).
+    pub w11: usize,
+    /// W11 tasks waiting on a key (and plain pending tasks of its reference).
+    pub w11_waiting: usize,
     /// Pause after submitting pending tasks (W5, W6) so that the floor's
     /// spawned tasks have all been polled once before memory is read.
     pub settle: Duration,
@@ -113,6 +119,8 @@ impl Sizes {
                 w9_wave: 10_000,
                 w10: 1_000,
                 w10_pending: 5_000,
+                w11: 2_000,
+                w11_waiting: 10_000,
                 settle: Duration::from_millis(20),
             }
         } else {
@@ -132,6 +140,8 @@ impl Sizes {
                 w9_wave: 100_000,
                 w10: 100_000,
                 w10_pending: 100_000,
+                w11: 200_000,
+                w11_waiting: 1_000_000,
                 settle: Duration::from_millis(500),
             }
         }
@@ -153,6 +163,8 @@ impl Sizes {
             w8: n,
             w10: n,
             w10_pending: n,
+            w11: n,
+            w11_waiting: n,
             ..self
         }
     }
