@@ -276,16 +276,16 @@ impl Engine {
     /// A keyed task was pushed into the queue (submit, requeue, a released
     /// dependent): it is pending on its key (invariant 2).
     pub(super) fn key_queued(&mut self, slot: Slot) {
-        let Some((key, cost)) = self.key_of(slot) else {
+        let Some((key, cost)) = task_key(&self.entries, slot) else {
             return;
         };
         let keys = self.keys.as_deref_mut().expect("checked by the caller");
-        let t = match keys.tasks.get_mut(&key) {
+        let t = match keys.tasks.get_mut(key) {
             Some(t) => t,
             None => {
-                let limit = keys.limit_of(&key);
-                let paused = keys.paused.contains_key(&key);
-                keys.tasks.entry(key).or_insert(KeyTasks {
+                let limit = keys.limit_of(key);
+                let paused = keys.paused.contains_key(key);
+                keys.tasks.entry(key.clone()).or_insert(KeyTasks {
                     used: 0,
                     running: 0,
                     pending: 0,
@@ -309,11 +309,12 @@ impl Engine {
     /// and returns `true` (the claim pops again). Takes no slot: see
     /// [`key_took`](Self::key_took).
     pub(crate) fn key_blocked(&mut self, item: &Item) -> bool {
-        let Some((key, cost)) = self.key_of(item.slot) else {
+        // Borrowed, not cloned, on the path that lets the task run.
+        let Some((key, cost)) = task_key(&self.entries, item.slot) else {
             return false;
         };
         let keys = self.keys.as_deref_mut().expect("checked by the caller");
-        let Some(t) = keys.tasks.get_mut(&key) else {
+        let Some(t) = keys.tasks.get_mut(key) else {
             debug_assert!(false, "a queued keyed task has key state");
             return false;
         };
@@ -329,6 +330,7 @@ impl Engine {
         t.live += 1;
         keys.waiting += 1;
         let paused = t.paused;
+        let key = key.clone();
         self.entries[item.slot as usize].state = State::OnKey;
         if !paused {
             // A better waiter may fit although nothing of the key runs
@@ -343,11 +345,11 @@ impl Engine {
     /// The task at `slot` was claimed: its cost counts against its key
     /// until it settles (invariant 1).
     pub(crate) fn key_took(&mut self, slot: Slot) {
-        let Some((key, cost)) = self.key_of(slot) else {
+        let Some((key, cost)) = task_key(&self.entries, slot) else {
             return;
         };
         let keys = self.keys.as_deref_mut().expect("checked by the caller");
-        if let Some(t) = keys.tasks.get_mut(&key) {
+        if let Some(t) = keys.tasks.get_mut(key) {
             t.pending -= 1;
             t.pending_cost -= u64::from(cost);
             t.used = t.used.saturating_add(cost);
@@ -374,12 +376,15 @@ impl Engine {
     /// Called by `finalize` while keys exist, before the entry goes: the
     /// task leaves its key (invariants 1 to 3).
     pub(super) fn key_left(&mut self, slot: Slot) {
-        let Some((key, cost)) = self.key_of(slot) else {
+        let Some(e) = self.entries.get(slot as usize) else {
             return;
         };
-        let state = self.entries[slot as usize].state;
+        let state = e.state;
+        let Some((key, cost)) = e.job.key() else {
+            return;
+        };
         let keys = self.keys.as_deref_mut().expect("checked by the caller");
-        let Some(t) = keys.tasks.get_mut(&key) else {
+        let Some(t) = keys.tasks.get_mut(key) else {
             return;
         };
         match state {
@@ -401,7 +406,7 @@ impl Engine {
         }
         if t.running == 0 && t.pending == 0 {
             // Invariant 3 (what the heap still holds is dead).
-            keys.tasks.remove(&key);
+            keys.tasks.remove(key);
             return;
         }
         if state != State::Running && t.dead >= COMPACT_MIN_DEAD && t.dead > t.live {
@@ -413,9 +418,13 @@ impl Engine {
                 .collect();
             t.dead = 0;
         }
+        if t.live == 0 {
+            return;
+        }
         // Room may have freed (a claimed task settled, or a task released
         // to the queue left before its claim), or the best waiter left.
         // This task's own heap entry still reads as waiting: skipped.
+        let key = key.clone();
         self.key_release_but(&key, Some(slot));
     }
 
@@ -624,6 +633,11 @@ impl Engine {
     pub(crate) fn active_keys(&self) -> usize {
         self.keys.as_deref().map_or(0, |k| k.tasks.len())
     }
+}
+
+/// The key and cost of the task at `slot`, borrowed.
+fn task_key(entries: &slab::Slab<super::Entry>, slot: Slot) -> Option<(&Arc<str>, u32)> {
+    entries.get(slot as usize)?.job.key()
 }
 
 /// Pops dead heads off a key's waiting heap.
