@@ -438,6 +438,10 @@ impl Engine {
     /// [`key_release`](Self::key_release), taking the entry at `leaving`
     /// (being finalized) as dead.
     fn key_release_but(&mut self, key: &Arc<str>, leaving: Option<Slot>) {
+        if matches!(self.phase, Phase::Stopping | Phase::Cancelled) {
+            // Nothing starts any more; the shutdown resolves the waiters.
+            return;
+        }
         let Some(keys) = self.keys.as_deref_mut() else {
             return;
         };
