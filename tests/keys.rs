@@ -44,6 +44,15 @@ impl Gauges {
     }
 }
 
+/// Takes a running attempt off its key's gauge when dropped.
+struct Leave(Gauges, &'static str);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
+}
+
 /// A task of `key` that runs for `d`, counted by `g` and logged by name.
 fn keyed<'c>(
     c: &'c Cluster,
@@ -58,9 +67,10 @@ fn keyed<'c>(
         let (g, l, name) = (g.clone(), l.clone(), name.clone());
         async move {
             g.enter(key);
+            // Counted out also when a cancel drops the attempt.
+            let _out = Leave(g.clone(), key);
             l.lock().unwrap().push(name);
             sleep(d).await;
-            g.leave(key);
             Ok(())
         }
     })
@@ -750,4 +760,60 @@ async fn a_task_released_and_cancelled_before_its_claim_does_not_strand_the_key(
     assert_eq!(high.await, Err(TaskError::Cancelled));
     assert_eq!(big.await, Ok(()));
     assert_eq!(snapshot(&l), ["big"]);
+}
+
+/// Real threads: submits, cancels and a limit raise race with the workers;
+/// every task resolves once and no key ever runs over its limit.
+#[test]
+fn keyed_load_with_racing_cancels_on_a_multi_thread_runtime() {
+    let rt = common::runtime(common::Flavor::MultiThread, false);
+    rt.block_on(async {
+        let c = Cluster::builder().workers(4).key_limit(2).build().unwrap();
+        let (g, l) = (Gauges::default(), log());
+        let keys = ["a", "b", "c", "d", "e"];
+        let mut hs = Vec::new();
+        for i in 0..2_000usize {
+            let key = keys[i % keys.len()];
+            let h = keyed(&c, &g, &l, key, String::new(), Duration::ZERO)
+                .priority((i % 3) as i32)
+                .submit()
+                .unwrap();
+            if i % 7 == 3 {
+                c.cancel_task(h.id());
+            }
+            if i == 1_000 {
+                c.set_key_limit("e", 3).unwrap();
+            }
+            hs.push(h);
+        }
+        let canceller = {
+            let c = c.clone();
+            let ids: Vec<_> = hs.iter().skip(1).step_by(11).map(|h| h.id()).collect();
+            std::thread::spawn(move || {
+                for id in ids {
+                    c.cancel_task(id);
+                }
+            })
+        };
+        let mut done = 0;
+        for h in hs {
+            match h.await {
+                Ok(()) | Err(TaskError::Cancelled) => done += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        canceller.join().unwrap();
+        assert_eq!(done, 2_000);
+        for k in ["a", "b", "c", "d"] {
+            assert!(g.max(k) <= 2, "key {k}: {} at once", g.max(k));
+        }
+        assert!(g.max("e") <= 3);
+        assert_eq!(c.active_keys(), 0);
+        let s = c.stats();
+        assert_eq!(
+            (s.held, s.queued, s.running, s.waiting_on_key),
+            (0, 0, 0, 0)
+        );
+        c.stop(SEC).await.unwrap();
+    });
 }
