@@ -781,7 +781,7 @@ impl Cluster {
             Phase::Idle => (None, false),
             Phase::Running => {
                 // A drain runs what is due to the end: it ends a pause.
-                resumed = shared.resume_locked(core);
+                resumed = shared.resume_locked(core) | core.keys_paused_any();
                 core.phase = Phase::Draining;
                 let d = core.shut_down_queued(Some(now));
                 (Some(d), core.drained())

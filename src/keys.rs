@@ -32,9 +32,11 @@
 //! else of its key runs) rather than never.
 //!
 //! Pauses: [`Cluster::pause_key`] (and [`pause_key_for`](Cluster::pause_key_for))
-//! let the key's claimed tasks finish (their immediate retries included),
-//! and start nothing new of it until [`Cluster::resume_key`]. Other keys
-//! are not affected.
+//! let the key's running attempts finish, and start nothing new of it until
+//! [`Cluster::resume_key`]: as with [`Cluster::pause`], a retry in
+//! [`RetryMode::Immediate`](crate::RetryMode::Immediate) waits out its delay
+//! on its worker and then holds its next attempt (keeping its worker and
+//! its share of the limit) until the resume. Other keys are not affected.
 //!
 //! When a key is full at submit, the task's [`KeyFull`] policy decides: queue
 //! it (the default), refuse it ([`SubmitError::KeyFull`]), or keep only the
@@ -93,6 +95,27 @@ use crate::builder::TaskBuilder;
 use crate::clock::{duration_ticks, NEVER};
 use crate::cluster::{Cluster, ClusterBuilder};
 use crate::error::SubmitError;
+use crate::job::Job;
+use crate::shared::Shared;
+
+/// Holds an immediate retry's next attempt while its task's key is paused
+/// (as `FlowShared::until_resumed` does for the cluster's pause). Its task
+/// keeps its worker and its share of the key's limit meanwhile.
+pub(crate) async fn until_key_resumed(shared: &Shared, job: &dyn Job) {
+    let Some((key, _)) = job.key() else {
+        return;
+    };
+    loop {
+        let notified = shared.flow.resumed().notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check: a resume in between is not lost.
+        notified.as_mut().enable();
+        if !shared.locked(|core| core.key_paused(key)) {
+            return;
+        }
+        notified.await;
+    }
+}
 
 /// What a submit does when its key is full: see [`TaskBuilder::on_key_full`].
 ///
@@ -363,8 +386,9 @@ impl Cluster {
         shared.locked(|core| core.key_limit_of(key))
     }
 
-    /// Pauses `key`: its claimed tasks finish (their immediate retries
-    /// included), nothing new of it starts until [`resume_key`](Self::resume_key),
+    /// Pauses `key`: its running attempts finish, nothing new of it starts
+    /// until [`resume_key`](Self::resume_key) (an immediate retry holds its
+    /// next attempt, on its worker, as [`pause`](Self::pause) makes it do),
     /// and tasks of other keys are not held. Its tasks still submit and
     /// queue; due ones wait on the key, on no worker.
     /// [`cancel_task`](Self::cancel_task), [`stop`](Self::stop) and
@@ -427,7 +451,12 @@ impl Cluster {
     pub fn resume_key(&self, key: &str) -> bool {
         let key: Arc<str> = Arc::from(key);
         let shared = self.shared();
-        shared.locked(|core| core.resume_key(&key))
+        let resumed = shared.locked(|core| core.resume_key(&key));
+        if resumed {
+            // Immediate retries held by the pause go on.
+            shared.flow.wake_resumed();
+        }
+        resumed
     }
 
     /// Whether `key` is paused ([`pause_key`](Self::pause_key)).

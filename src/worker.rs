@@ -420,6 +420,7 @@ async fn run_claim(
                     _ = async {
                         sleep_ticks(&shared.clock, delay).await;
                         shared.flow.until_resumed().await;
+                        crate::keys::until_key_resumed(shared, job.as_ref()).await;
                     } => {}
                 }
             }
@@ -533,7 +534,7 @@ async fn run_timekeeper(shared: Arc<Shared>) {
             let mut core = shared.lock();
             core.promote();
             let resumed = shared.resume_if_due(&mut core);
-            core.resume_keys_due();
+            let resumed = core.resume_keys_due() | resumed;
             let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);

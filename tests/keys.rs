@@ -817,3 +817,94 @@ fn keyed_load_with_racing_cancels_on_a_multi_thread_runtime() {
         c.stop(SEC).await.unwrap();
     });
 }
+
+/// An attempt that fails on its first `fails` attempts, logging each start.
+fn flaky<'c>(
+    c: &'c Cluster,
+    l: &Log<String>,
+    fails: u32,
+) -> corral::TaskBuilder<'c, impl corral::Body<(), String>, (), String> {
+    let l = l.clone();
+    c.task(move |ctx| {
+        let l = l.clone();
+        async move {
+            l.lock().unwrap().push(format!("x{}", ctx.attempt()));
+            if ctx.attempt() <= fails {
+                Err("fails".to_string())
+            } else {
+                Ok(())
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_pause_holds_an_immediate_retry_until_resumed() {
+    let c = Cluster::new(2).unwrap();
+    let l = log();
+    let h = flaky(&c, &l, 1)
+        .key("k")
+        .retry(1)
+        .retry_mode(RetryMode::Immediate)
+        .backoff(FixedBackoff::new(SEC))
+        .submit()
+        .unwrap();
+    yield_until("first attempt", || snapshot(&l).len() == 1).await;
+    assert!(c.pause_key("k"));
+    sleep(HOUR).await;
+    assert_eq!(
+        snapshot(&l),
+        ["x1"],
+        "the next attempt waits for the resume"
+    );
+    let k = c.key_stats("k").unwrap();
+    assert_eq!(
+        (k.running, k.paused),
+        (1, true),
+        "it keeps its worker and slot"
+    );
+    // Another key is not held.
+    let other = flaky(&c, &l, 0).key("o").submit().unwrap();
+    assert_eq!(other.await, Ok(()));
+    assert!(c.resume_key("k"));
+    assert_eq!(h.await, Ok(()));
+    assert_eq!(snapshot(&l), ["x1", "x1", "x2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_key_pause_releases_an_immediate_retry_when_it_ends() {
+    let c = Cluster::new(1).unwrap();
+    let l = log();
+    let h = flaky(&c, &l, 1)
+        .key("k")
+        .retry(1)
+        .retry_mode(RetryMode::Immediate)
+        .backoff(FixedBackoff::new(SEC))
+        .submit()
+        .unwrap();
+    yield_until("first attempt", || snapshot(&l).len() == 1).await;
+    let start = Instant::now();
+    assert!(c.pause_key_for("k", 10 * SEC));
+    assert_eq!(h.await, Ok(()));
+    let waited = start.elapsed();
+    assert!(waited >= 10 * SEC && waited < 11 * SEC, "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_ends_an_immediate_retry_held_by_a_key_pause() {
+    let c = Cluster::new(1).unwrap();
+    let l = log();
+    let h = flaky(&c, &l, 1)
+        .key("k")
+        .retry(1)
+        .retry_mode(RetryMode::Immediate)
+        .backoff(FixedBackoff::new(SEC))
+        .submit()
+        .unwrap();
+    yield_until("first attempt", || snapshot(&l).len() == 1).await;
+    c.pause_key("k");
+    sleep(2 * SEC).await;
+    c.stop(HOUR).await.unwrap();
+    assert_eq!(h.await, Err(TaskError::Shutdown));
+    assert_eq!(snapshot(&l), ["x1"]);
+}

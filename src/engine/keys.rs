@@ -546,13 +546,15 @@ impl Engine {
         true
     }
 
-    /// Ends the timed key pauses whose time has come (the timekeeper's call).
-    pub(crate) fn resume_keys_due(&mut self) {
+    /// Ends the timed key pauses whose time has come (the timekeeper's
+    /// call); returns whether any ended (then wake the waiters of
+    /// `FlowShared::resumed` after unlocking).
+    pub(crate) fn resume_keys_due(&mut self) -> bool {
         let Some(keys) = self.keys.as_deref() else {
-            return;
+            return false;
         };
         if keys.paused.is_empty() {
-            return;
+            return false;
         }
         let now = self.clock.now();
         let due: Vec<Arc<str>> = keys
@@ -561,9 +563,16 @@ impl Engine {
             .filter(|(_, &t)| is_due(t, now))
             .map(|(k, _)| k.clone())
             .collect();
+        let any = !due.is_empty();
         for key in due {
             self.resume_key(&key);
         }
+        any
+    }
+
+    /// Whether any key is paused.
+    pub(crate) fn keys_paused_any(&self) -> bool {
+        self.keys.as_deref().is_some_and(|k| !k.paused.is_empty())
     }
 
     /// When the next timed key pause ends.
