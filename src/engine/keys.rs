@@ -15,6 +15,10 @@
 //! idle (a task released and then cancelled before its claim frees no slot
 //! a settle would announce).
 //!
+//! The check and the count are split on purpose: `key_blocked` checks for
+//! room and diverts but takes nothing, `key_took` counts the task once it
+//! is marked running, so other claim-time gates can sit between the two.
+//!
 //! Costs nothing to a cluster that never saw a key: `Engine::keys` is
 //! `None` until the first keyed submit (or a key setting), and the hot
 //! paths only test that.
@@ -29,8 +33,8 @@
 //!    `OnKey` (its waiting heap): added when pushed into the queue
 //!    (`key_queued`), taken when claimed or finalized. An item moved between
 //!    the queue and the waiting heap stays pending.
-//! 3. A key's `KeyTasks` exists exactly while `used + pending > 0` tasks
-//!    (running + pending > 0): removed by the finalize of its last task.
+//! 3. A key's `KeyTasks` exists exactly while `running + pending > 0`:
+//!    removed by the finalize of its last task.
 //!    Limits and pauses set by the user live apart (`limits`, `paused`)
 //!    and are kept until the user clears them.
 //! 4. Waiting heap entries of tasks finalized meanwhile (cancel, shutdown)
