@@ -77,6 +77,7 @@ impl OutcomeKind {
             Err(TaskError::Dependency(_)) => OutcomeKind::Dependency,
             Err(TaskError::Skipped(_)) => OutcomeKind::Skipped,
             Err(TaskError::Dropped) => OutcomeKind::Dropped,
+            Err(TaskError::Replaced) => OutcomeKind::Cancelled,
         }
     }
 

@@ -505,6 +505,13 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         self
     }
 
+    /// The key options, made on first use (`crate::keys` sets them).
+    pub(crate) fn key_slot(&mut self) -> &mut crate::keys::KeyOptions {
+        self.extras()
+            .key
+            .get_or_insert_with(crate::keys::KeyOptions::unset)
+    }
+
     /// Starts the task only after `parent` has finished (call it once per
     /// parent). Until then the task is in no queue and holds no worker.
     /// `parent` is a handle (`&handle`: a typed edge, whose outcome the body
@@ -824,6 +831,18 @@ where
             }
             check_extras(x, name.is_some(), &mut retention)?;
             history = x.history;
+            if let Some(k) = &x.key {
+                if k.on_full != crate::keys::KeyFull::Queue {
+                    return Err(SubmitError::InvalidOption {
+                        option: "on_key_full",
+                        reason: "only KeyFull::Queue can be combined with after() or a Graph",
+                    });
+                }
+                // The key state must exist before the task is queued.
+                if let Some(name) = &k.key {
+                    shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
+                }
+            }
         }
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
@@ -928,14 +947,27 @@ where
     let c = &cell;
     let admit = |core: &mut Engine| {
         core.check_limiters(job.as_ref())?;
-        core.submit(
+        let key = c.key_options();
+        let key = key.and_then(|k| Some((k.key.as_ref()?, k)));
+        if let Some((name, k)) = key {
+            core.key_admit(name, k.cost, k.on_full)?;
+        }
+        let mut placed = (0, 0);
+        let admitted = core.submit(
             job,
             c.name(),
-            |seq, slot| c.assign(seq, slot),
+            |seq, slot| {
+                placed = (seq, slot);
+                c.assign(seq, slot)
+            },
             priority,
             start,
             now,
-        )
+        )?;
+        if let Some((name, k)) = key {
+            core.key_admitted(name, k.on_full, placed);
+        }
+        Ok(admitted)
     };
     let admitted = match (joiner, cell.name()) {
         (Some((cloner, name)), _) => join_or_submit(&mut core, name, now, cloner, admit),
@@ -985,7 +1017,10 @@ fn check_extras<T, E>(
         // cached at least as long as the id is held.
         *retention = Some(retention.map_or(w.length, |r| r.max(w.length)));
     }
-    Ok(x.history || (x.join.is_some() && named) || x.limits.is_some())
+    if let Some(k) = &x.key {
+        k.validate()?;
+    }
+    Ok(x.history || (x.join.is_some() && named) || x.limits.is_some() || x.key.is_some())
 }
 
 fn validate_id(id: &TaskId) -> Result<&Arc<str>, SubmitError> {

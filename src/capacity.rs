@@ -6,7 +6,8 @@
 //! # What counts as pending
 //! A cluster with a capacity of `n` holds at most `n` *pending* tasks:
 //! tasks queued (due or scheduled for later, requeued retries included,
-//! and tasks a [rate limiter](crate::TaskBuilder::limit) set aside) and
+//! tasks a [rate limiter](crate::TaskBuilder::limit) set aside and tasks
+//! waiting on a full or paused [key](crate::TaskBuilder::key)) and
 //! dependents waiting for their parents ([`TaskBuilder::after`]).
 //! Running attempts (and attempts parked in a
 //! [`TaskContext::wait_for`](crate::TaskContext::wait_for)) are not pending,

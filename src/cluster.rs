@@ -121,6 +121,8 @@ pub struct ClusterBuilder {
     paused: bool,
     /// Capacity and aging (`crate::capacity`).
     pub(crate) bounds: crate::capacity::Bounds,
+    /// The default limit of keys (`crate::keys`).
+    pub(crate) key_limit: Option<u32>,
 }
 
 impl Default for ClusterBuilder {
@@ -131,6 +133,7 @@ impl Default for ClusterBuilder {
             parent: None,
             paused: false,
             bounds: Default::default(),
+            key_limit: None,
         }
     }
 }
@@ -204,6 +207,9 @@ impl ClusterBuilder {
             return Err(BuildError::TooManyWorkers);
         }
         self.bounds.check()?;
+        if self.key_limit == Some(0) {
+            return Err(BuildError::ZeroKeyLimit);
+        }
         let cluster = Cluster {
             owner: Arc::new(Owner {
                 shared: Arc::new(Shared::new(self.workers, self.retention, self.parent)),
@@ -211,6 +217,11 @@ impl ClusterBuilder {
             }),
         };
         self.bounds.apply(cluster.shared());
+        if let Some(limit) = self.key_limit {
+            cluster
+                .shared()
+                .locked(|core| core.set_default_key_limit(limit));
+        }
         if !self.paused && tokio::runtime::Handle::try_current().is_ok() {
             // Cannot fail: the cluster is new and a runtime is present.
             let _ = cluster.run();
@@ -779,7 +790,7 @@ impl Cluster {
             Phase::Idle => (None, false),
             Phase::Running => {
                 // A drain runs what is due to the end: it ends a pause.
-                resumed = shared.resume_locked(core);
+                resumed = shared.resume_locked(core) | core.keys_paused_any();
                 core.phase = Phase::Draining;
                 let d = core.shut_down_queued(Some(now));
                 (Some(d), core.drained())

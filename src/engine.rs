@@ -32,6 +32,10 @@
 //! - **window**: how long a `Retained` task keeps its id taken after it
 //!   finished (`crate::dedup`); it starts in `finalize`.
 //!
+//! - **on key**: a due task whose key (`keys`, `crate::keys`) is paused or
+//!   full: moved by `claim` from the queue to its key's waiting heap, on no
+//!   worker, until room frees; it then goes back into the queue with its
+//!   original order.
 //! - **waiting**: a dependent task whose parents have not all finished
 //!   (`deps`): in no queue, on no worker. The **cascade** tells children
 //!   when a parent's outcome is decided; outcomes it decides (a failed
@@ -45,10 +49,10 @@
 //!    queue), `Running` (claimed by one worker: attempt running, or an
 //!    immediate retry waiting; or its attempt parked in a wait, held by no
 //!    worker until one resumes it, see `park`), `Waiting` (for its
-//!    parents, in `deps`), `Limited` (set aside by a rate limiter, in one
-//!    bucket's waiters, see `limit`), or `Retained` (finished, outcome
-//!    cached).
-//! 2. A task leaves `Queued`/`Running`/`Waiting`/`Limited` only through
+//!    parents, in `deps`), `OnKey` (due, held by its paused or full key, in
+//!    `keys`), `Limited` (set aside by a rate limiter, in one bucket's
+//!    waiters, see `limit`), or `Retained` (finished, outcome cached).
+//! 2. A task leaves `Queued`/`Running`/`Waiting`/`OnKey`/`Limited` only through
 //!    [`Engine::finalize`], which returns a [`Delivery`]; the caller runs it
 //!    after unlocking (or puts it in the outbox, which `Shared::unlock`
 //!    empties). So each task's outcome is delivered exactly once.
@@ -72,6 +76,7 @@ use slab::Slab;
 
 mod capacity;
 mod deps;
+mod keys;
 mod limit;
 mod park;
 mod watch;
@@ -80,6 +85,7 @@ use self::capacity::Capacity;
 pub(crate) use self::capacity::{hold_room, Room};
 use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
+use self::keys::Keys;
 use self::limit::Limits;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
@@ -117,6 +123,8 @@ enum State {
     Waiting,
     /// Set aside by a rate limiter (see `limit`).
     Limited,
+    /// Due, waiting on its paused or full key (see `keys`).
+    OnKey,
     Retained,
 }
 
@@ -195,7 +203,9 @@ pub(crate) enum Next {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClusterStats {
-    /// Tasks waiting in the queue, due or scheduled (requeued retries included).
+    /// Tasks waiting to start: in the queue, due or scheduled (requeued
+    /// retries included), waiting on a key (`waiting_on_key`) or set aside
+    /// by a rate limiter (`waiting_on_limiter`).
     pub queued: usize,
     /// Tasks claimed by a worker: an attempt running or an immediate retry waiting.
     pub running: usize,
@@ -205,8 +215,7 @@ pub struct ClusterStats {
     /// and attempts parked in a [`TaskContext::wait_for`](crate::TaskContext::wait_for):
     /// in no queue, on no worker.
     pub waiting: usize,
-    /// Every task the cluster holds state for
-    /// (`queued + running + waiting + waiting_on_limiter + cached`).
+    /// Every task the cluster holds state for (`queued + running + waiting + cached`).
     pub held: usize,
     /// [`Cluster::watch`](crate::Cluster::watch)es waiting for an id not yet submitted.
     pub watchers: usize,
@@ -217,14 +226,21 @@ pub struct ClusterStats {
     /// tasks, if it has one.
     pub capacity: Option<usize>,
     /// Submits refused because the queue was full
-    /// ([`SubmitError::Full`](crate::SubmitError::Full)), since the cluster was built.
+    /// ([`SubmitError::Full`](crate::SubmitError::Full)) or their key was
+    /// ([`KeyFull::Reject`](crate::KeyFull::Reject)), since the cluster was built.
     pub rejected: u64,
     /// Queued tasks dropped from a full queue for a higher-priority one
     /// ([`TaskError::Dropped`](crate::TaskError::Dropped)), since the cluster was built.
     pub dropped: u64,
     /// Due tasks that a rate limiter ([`TaskBuilder::limit`](crate::TaskBuilder::limit))
-    /// set aside until it admits them: in no queue, on no worker.
+    /// set aside until it admits them: on no worker. Counted in `queued` too.
     pub waiting_on_limiter: usize,
+    /// Tasks waiting on a paused or full key ([`TaskBuilder::key`](crate::TaskBuilder::key)):
+    /// due, but on no worker. Counted in `queued` too.
+    pub waiting_on_key: usize,
+    /// Tasks replaced by a newer task of their key
+    /// ([`KeyFull::Replace`](crate::KeyFull::Replace)), since the cluster was built.
+    pub replaced: u64,
 }
 
 pub(crate) struct Engine {
@@ -271,6 +287,9 @@ pub(crate) struct Engine {
     /// Rate limiters and the tasks they set aside, made by the first
     /// limiter (`limit`).
     limits: Option<Box<Limits>>,
+    /// Per-key limits and pauses, made by the first keyed task or key
+    /// setting (`keys`).
+    keys: Option<Box<Keys>>,
     /// What was let go of under the lock and may wake a future when dropped
     /// (closed watches): dropped by `Shared::unlock`, after unlocking,
     /// since a woken parked attempt takes the lock.
@@ -321,6 +340,7 @@ impl Engine {
             parking: None,
             capacity: None,
             limits: None,
+            keys: None,
             trash: Vec::new(),
             has_outbox: false,
         }
@@ -391,6 +411,9 @@ impl Engine {
     }
 
     fn push(&mut self, item: Item, now: i64) {
+        if self.keys.is_some() {
+            self.key_queued(item.slot);
+        }
         self.queue.push(item, now);
         if item.start <= now {
             self.note_ready(1);
@@ -513,15 +536,27 @@ impl Engine {
         };
         let popped = loop {
             let entries = &self.entries;
-            let popped = self.queue.pop(|i| is_live(entries, i));
-            match popped {
-                // Set aside by a rate limiter (`limit`): pop again.
-                Some(item) if self.limits.is_some() && !self.limits_admit(&item) => continue,
-                popped => break popped,
+            let Some(item) = self.queue.pop(|i| is_live(entries, i)) else {
+                break None;
+            };
+            // A task whose key is paused or full waits on it (`keys`); this
+            // takes no slot of the key, so a limiter's refusal next costs
+            // the key nothing.
+            if self.keys.is_some() && self.key_blocked(&item) {
+                continue;
             }
+            // Set aside by a rate limiter (`limit`), which charges its
+            // buckets only when it admits.
+            if self.limits.is_some() && !self.limits_admit(&item) {
+                continue;
+            }
+            break Some(item);
         };
         if let Some(item) = popped {
             self.idle.unpark(worker);
+            if self.keys.is_some() {
+                self.key_took(item.slot);
+            }
             let e = &mut self.entries[item.slot as usize];
             e.state = State::Running;
             e.worker = worker;
@@ -576,6 +611,9 @@ impl Engine {
                     start,
                     priority: e.job.priority(),
                 };
+                if self.keys.is_some() {
+                    self.key_requeued(slot);
+                }
                 self.push(item, now);
                 None
             }
@@ -590,6 +628,9 @@ impl Engine {
     /// dependents, if any, hear of it (the cascade).
     #[inline]
     fn finalize(&mut self, slot: Slot, forced: Option<Forced>) -> Delivery {
+        if self.keys.is_some() {
+            self.key_left(slot);
+        }
         if self.deps.is_some() {
             return self.finalize_with_deps(slot, forced);
         }
@@ -698,16 +739,21 @@ impl Engine {
                     Some((e.job.clone(), e.worker)),
                 ),
                 // A shutdown decided the outcome first (a running task is
-                // never dropped: only queued ones are).
-                Forced::Shutdown | Forced::Dropped => (CancelOutcome::AlreadyFinished, None, None),
+                // never dropped or replaced: only queued ones are).
+                Forced::Shutdown | Forced::Dropped | Forced::Replaced => {
+                    (CancelOutcome::AlreadyFinished, None, None)
+                }
             },
             State::Waiting => {
                 let d = self.finalize(slot, Some(Forced::Cancelled));
                 (CancelOutcome::Cancelled, Some(d), None)
             }
-            State::Limited => {
+            State::Limited | State::OnKey => {
+                let limited = e.state == State::Limited;
                 let d = self.finalize(slot, Some(Forced::Cancelled));
-                self.forget_limited();
+                if limited {
+                    self.forget_limited();
+                }
                 if self.phase == Phase::Draining && self.drained() {
                     self.note_ready(1);
                 }
@@ -771,6 +817,13 @@ impl Engine {
             self.shut_down_waiting(&mut out);
             // A drain runs tasks set aside by a limiter as it admits them.
             self.shut_down_limited(&mut out);
+        }
+        if self.keys.is_some() {
+            match drain_cutoff {
+                None => self.shut_down_on_keys(&mut out),
+                // A drain runs what is due, so no key stays paused.
+                Some(_) => self.resume_all_keys(),
+            }
         }
         let items = match drain_cutoff {
             None => self.queue.drain(),
@@ -838,10 +891,17 @@ impl Engine {
             .filter(|&t| t != NEVER);
         let next_expiry = self.expiries.next();
         let next_limited = self.next_limited_wake();
-        let next = [next_start, next_expiry, self.flow.resume_at(), next_limited]
-            .into_iter()
-            .flatten()
-            .min();
+        let next_key = self.keys_resume_at();
+        let next = [
+            next_start,
+            next_expiry,
+            self.flow.resume_at(),
+            next_limited,
+            next_key,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         self.timer_at = next.unwrap_or(i64::MAX);
         next
     }
@@ -869,13 +929,17 @@ impl Engine {
 
     /// Nothing left for a drain to run: nothing queued, running or waiting.
     pub(crate) fn drained(&self) -> bool {
-        self.queue.len() == 0 && self.running == 0 && self.waiting() == 0 && self.limited() == 0
+        self.queue.len() == 0
+            && self.running == 0
+            && self.waiting() == 0
+            && self.keys_waiting() == 0
+            && self.limited() == 0
     }
 
     pub(crate) fn stats(&self) -> ClusterStats {
         let (capacity, rejected, dropped) = self.capacity_stats();
         ClusterStats {
-            queued: self.queue.len(),
+            queued: self.queue.len() + self.keys_waiting() + self.limited(),
             running: self.running,
             cached: self.cached,
             waiting: self.waiting(),
@@ -883,9 +947,11 @@ impl Engine {
             watchers: self.watchers(),
             paused: self.flow.paused(),
             capacity,
-            rejected,
+            rejected: rejected + self.keys_rejected(),
             dropped,
             waiting_on_limiter: self.limited(),
+            waiting_on_key: self.keys_waiting(),
+            replaced: self.keys.as_ref().map_or(0, |k| k.replaced()),
         }
     }
 }

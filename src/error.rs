@@ -1,6 +1,7 @@
 //! Error types: the outcome error of a task, and the errors of the cluster's
 //! own operations (building, running, submitting, subscribing, stopping).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::task::TaskId;
@@ -98,6 +99,12 @@ pub enum TaskError<E> {
     /// ([`Overflow::DropLowest`](crate::Overflow::DropLowest)).
     #[error("task was dropped from a full queue for a higher-priority task")]
     Dropped,
+    /// The task never started: a newer task of its key, submitted with
+    /// [`KeyFull::Replace`](crate::KeyFull::Replace), took its place.
+    /// (A [batch](crate::Batch) counts it as
+    /// [`OutcomeKind::Cancelled`](crate::OutcomeKind::Cancelled).)
+    #[error("replaced by a newer task of its key")]
+    Replaced,
 }
 
 /// Which task a task depended on and how it ended: the payload of
@@ -175,6 +182,9 @@ pub enum DependencyCause {
     /// A full queue dropped it ([`TaskError::Dropped`]).
     #[error("was dropped from a full queue")]
     Dropped,
+    /// A newer task of its key took its place ([`TaskError::Replaced`]).
+    #[error("was replaced by a newer task of its key")]
+    Replaced,
     /// Waiting for it would wait for the waiter itself (directly, or through
     /// a cycle of waits and dependencies): an error instead of a hang.
     #[error("cannot be waited for: the wait would close a cycle")]
@@ -265,6 +275,7 @@ impl<E> TaskError<E> {
             TaskError::Dependency(_) => DependencyCause::Dependency,
             TaskError::Skipped(_) => DependencyCause::Skipped,
             TaskError::Dropped => DependencyCause::Dropped,
+            TaskError::Replaced => DependencyCause::Replaced,
         }
     }
 
@@ -326,6 +337,16 @@ pub enum SubmitError {
         option: &'static str,
         /// What was wrong with it.
         reason: &'static str,
+    },
+    /// The task's key has no room for it, and it was submitted with
+    /// [`KeyFull::Reject`](crate::KeyFull::Reject): the key's unfinished
+    /// tasks (running, queued or waiting on it) already take its limit.
+    #[error("key {key:?} is full (limit {limit})")]
+    KeyFull {
+        /// The task's key.
+        key: Arc<str>,
+        /// The key's limit at the submit.
+        limit: u32,
     },
     /// The cluster is stopping, draining or stopped and takes no new tasks.
     #[error("the cluster is shutting down and accepts no new tasks")]
@@ -424,6 +445,9 @@ pub enum BuildError {
         /// What was wrong with it.
         reason: &'static str,
     },
+    /// [`ClusterBuilder::key_limit`](crate::ClusterBuilder::key_limit) was 0.
+    #[error("a key limit must be at least 1")]
+    ZeroKeyLimit,
 }
 
 /// Why [`Cluster::run`](crate::Cluster::run) could not start the workers.

@@ -60,6 +60,11 @@ impl FlowShared {
         self.paused.store(paused, Ordering::Release);
     }
 
+    /// Woken at every resume, of the cluster or of a key (`crate::keys`).
+    pub(crate) fn resumed(&self) -> &Notify {
+        &self.resumed
+    }
+
     /// Call after unlocking, when a resume happened.
     pub(crate) fn wake_resumed(&self) {
         self.resumed.notify_waiters();

@@ -50,6 +50,9 @@ pub(crate) enum Forced {
     Shutdown,
     /// Dropped from a full queue for a higher-priority task (`crate::capacity`).
     Dropped,
+    /// A newer task of its key took its place (`crate::keys`); only ever
+    /// imposed on a task that has not started.
+    Replaced,
 }
 
 /// The options the engine reads on every attempt. The cell stores the fields
@@ -166,6 +169,12 @@ pub(crate) trait Job: Send + Sync + 'static {
 
     /// The limiters the task names, if any.
     fn limits(&self) -> Option<&TaskLimits>;
+
+    /// The task's key and the cost it takes of its key's limit
+    /// (`crate::keys`). Called only once a cluster has seen a key.
+    fn key(&self) -> Option<(&Arc<str>, u32)> {
+        None
+    }
 }
 
 /// The user's typed view of the outcome, behind a [`TaskHandle`](crate::TaskHandle).

@@ -178,6 +178,7 @@ mod history;
 mod idle;
 mod inside;
 mod job;
+pub mod keys;
 mod limit;
 mod panic;
 mod park;
@@ -207,6 +208,7 @@ pub use crate::error::{
 pub use crate::flow::ResizeError;
 pub use crate::handle::{Subscription, TaskHandle};
 pub use crate::history::{History, WithHistory};
+pub use crate::keys::{KeyError, KeyFull, KeyStats};
 pub use crate::limit::{LimiterError, LimiterStats, Rate};
 #[cfg(feature = "cron")]
 pub use crate::periodic::{AnchoredClock, CronSchedule, SystemClock, WallClock};

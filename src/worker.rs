@@ -425,6 +425,7 @@ async fn run_claim(
                     _ = async {
                         sleep_ticks(&shared.clock, delay).await;
                         shared.flow.until_resumed().await;
+                        crate::keys::until_key_resumed(shared, job.as_ref()).await;
                     } => {}
                 }
             }
@@ -547,6 +548,7 @@ async fn run_timekeeper(shared: Arc<Shared>) {
             let mut core = shared.lock();
             core.promote();
             let resumed = shared.resume_if_due(&mut core);
+            let resumed = core.resume_keys_due() | resumed;
             let expired = core.sweep();
             let next = core.arm_timer();
             shared.unlock(core);

@@ -23,8 +23,7 @@ use std::time::Duration;
 
 use corral::{
     Cluster, Duplicate, FixedBackoff, Overflow, Rate, RetryMode, SubmitError, Subscription,
-    TaskError,
-    TaskHandle, TaskId,
+    TaskError, TaskHandle, TaskId,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;

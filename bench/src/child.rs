@@ -22,9 +22,11 @@ use crate::alloc;
 use crate::callgrind;
 use crate::spec::{
     Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W11_BURST1,
-    W11_IDLE_LIMITER, W6_NAMED,
+    W11_IDLE_LIMITER, W12_HOT, W12_MANY, W12_WAITING, W6_NAMED,
 };
-use crate::workloads::{deps, latency, limits, memory, order, throughput, timers, Outcome, Sizes};
+use crate::workloads::{
+    deps, keys, latency, limits, memory, order, throughput, timers, Outcome, Sizes,
+};
 
 /// Runs the child given its arguments (starting with `--child`); returns
 /// the process exit status.
@@ -38,7 +40,8 @@ pub fn main(args: &[String]) -> i32 {
     };
     let memory = matches!(spec.workload, "W5" | "W6" | "W9");
     let pending = matches!(spec.variant, W10_PENDING | W10_PENDING_ANY);
-    if memory || (spec.workload == "W10" && pending) {
+    let waiting = spec.workload == "W12" && spec.variant == W12_WAITING;
+    if memory || (spec.workload == "W10" && pending) || waiting {
         alloc::enable();
     }
     if opts.callgrind {
@@ -140,6 +143,7 @@ fn run(rt: &Runtime, spec: &Spec, s: &Sizes) -> Outcome {
                 Side::Floor => drive(rt, d, limits::w11_floor(s.w11, burst)),
             }
         }
+        ("W12", side) => w12(rt, spec, s, side),
         (other, _) => Err(format!("unknown workload {other}")),
     }
 }
@@ -165,5 +169,21 @@ fn w10(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
             drive(rt, d, memory::w5_corral(s.w10_pending, s.settle, w))
         }
         (other, _) => Err(format!("W10 has no variant {other}")),
+    }
+}
+
+/// W12: the variant picks the program. The rate variants have no floor
+/// (they are compared with W1 corral); the waiting variant's floor side is
+/// corral's plain pending task (W5's corral program at W12's size).
+fn w12(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
+    let (w, d) = (spec.workers, spec.driver);
+    match (spec.variant, side) {
+        (W12_MANY, Side::Corral) => drive(rt, d, keys::many_keys_corral(s.w12, w)),
+        (W12_HOT, Side::Corral) => drive(rt, d, keys::hot_key_corral(s.w12, w)),
+        (W12_WAITING, Side::Corral) => {
+            drive(rt, d, keys::waiting_corral(s.w12_waiting, s.settle, w))
+        }
+        (W12_WAITING, Side::Floor) => drive(rt, d, memory::w5_corral(s.w12_waiting, s.settle, w)),
+        (other, _) => Err(format!("W12 has no {side} program for variant {other}")),
     }
 }

@@ -80,7 +80,7 @@ impl Options {
                         .filter(|w| !w.is_empty())
                         .collect();
                     if let Some(bad) = only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
-                        return Err(format!("--only: unknown workload {bad} (W1 to W11)"));
+                        return Err(format!("--only: unknown workload {bad} (W1 to W12)"));
                     }
                     o.only = Some(only);
                 }
@@ -170,6 +170,10 @@ fn plan(o: &Options) -> Vec<Group> {
     groups.push(Group {
         title: "W11 (+ W1 corral w=2, with and without an idle limiter)".into(),
         specs: rows::w11_specs(),
+    });
+    groups.push(Group {
+        title: "W12 (+ W1 corral w=2)".into(),
+        specs: rows::w12_specs(),
     });
     groups.retain(|g| o.wants(g.specs[0].workload));
     groups

@@ -28,6 +28,8 @@ ratio = corral/floor: the median over repetitions of (corral run k / floor run k
   2 workers; a waiting dependent against corral's own plain pending task (W5's program).
   W11 (informational): a limiter at 1,000/s against one tokio timer per task on the
   same schedule; W1 corral w=2 on a cluster with an idle limiter against plain W1.
+  W12 (informational): keyed tasks against W1 corral at 2 workers; a task waiting on a key
+  against corral's own plain pending task (W5's program).
   `n/a`: not measured (heap values need `--features count-alloc`) or the run failed.";
 
 /// How a value is printed.

@@ -6,7 +6,8 @@ use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
 use crate::spec::{
     Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
-    W11_BURST1, W11_IDLE_LIMITER, W11_REFERENCE, W2_REFERENCE, W6_NAMED,
+    W11_BURST1, W11_IDLE_LIMITER, W11_REFERENCE, W12_HOT, W12_MANY, W12_REFERENCE, W12_WAITING,
+    W2_REFERENCE, W6_NAMED,
 };
 use crate::stats::median;
 use crate::workloads::Sizes;
@@ -128,6 +129,20 @@ pub fn w11_specs() -> Vec<Spec> {
         Spec::new("W11", Side::Floor, 2).variant(W11_BURST1),
         Spec::new("W1", Side::Corral, 2).variant(W11_IDLE_LIMITER),
         Spec::new("W1", Side::Corral, 2).variant(W11_REFERENCE),
+    ]
+}
+
+/// W12's child runs: the rate variants (corral only), the waiting variant
+/// on both sides, and the W1 corral program at 2 workers (`block_on`) that
+/// the rates are compared with.
+pub fn w12_specs() -> Vec<Spec> {
+    let w12 = |side, v| Spec::new("W12", side, 2).variant(v);
+    vec![
+        w12(Side::Corral, W12_MANY),
+        w12(Side::Corral, W12_HOT),
+        w12(Side::Corral, W12_WAITING),
+        w12(Side::Floor, W12_WAITING),
+        Spec::new("W1", Side::Corral, 2).variant(W12_REFERENCE),
     ]
 }
 
@@ -379,6 +394,9 @@ pub fn rows(res: &Results, o: &Options) -> Vec<Row> {
     if o.wants("W11") {
         w11_rows(res, &s, &mut rows);
     }
+    if o.wants("W12") {
+        w12_rows(res, &s, &mut rows);
+    }
     rows
 }
 
@@ -502,4 +520,46 @@ fn w10_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
             info,
         ));
     }
+}
+
+/// W12's rows, all informational.
+fn w12_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
+    let w1 = Spec::new("W1", Side::Corral, 2).variant(W12_REFERENCE);
+    let info = Target::Info;
+    let n = count(s.w12);
+    for (v, what) in [
+        (W12_MANY, format!("{n} tasks over 1000 keys of limit 1")),
+        (
+            W12_HOT,
+            format!("{n} tasks of other keys beside a key of limit 2"),
+        ),
+    ] {
+        let c = Spec::new("W12", Side::Corral, 2).variant(v);
+        rows.push(row(
+            res,
+            format!("W12 {what}, tasks/s vs W1 corral w=2"),
+            Unit::Rate,
+            (Some((&c, "rate")), Some((&w1, "rate"))),
+            info,
+            Fold::Median,
+        ));
+    }
+    let c = Spec::new("W12", Side::Corral, 2).variant(W12_WAITING);
+    let n = count(s.w12_waiting);
+    rows.push(paired(
+        res,
+        format!("W12 heap per task waiting on a key ({n}) vs plain pending"),
+        Unit::Bytes,
+        &c,
+        "heap_per_task",
+        info,
+    ));
+    rows.push(paired(
+        res,
+        "W12 allocations per task waiting on a key vs plain".into(),
+        Unit::PerTask,
+        &c,
+        "allocs_per_task",
+        info,
+    ));
 }

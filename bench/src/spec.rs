@@ -26,7 +26,7 @@ pub enum Driver {
 /// One (workload, side, workers, driver, variant) combination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Spec {
-    /// `W1` .. `W11`.
+    /// `W1` .. `W12`.
     pub workload: &'static str,
     /// Corral or floor.
     pub side: Side,
@@ -41,10 +41,10 @@ pub struct Spec {
     pub variant: &'static str,
 }
 
-pub const WORKLOADS: [&str; 11] = [
-    "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11",
+pub const WORKLOADS: [&str; 12] = [
+    "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12",
 ];
-const VARIANTS: [&str; 13] = [
+const VARIANTS: [&str; 17] = [
     "-",
     "distinct",
     "same",
@@ -58,6 +58,10 @@ const VARIANTS: [&str; 13] = [
     W11_REFERENCE,
     W11_IDLE_LIMITER,
     W11_BURST1,
+    W12_MANY,
+    W12_HOT,
+    W12_WAITING,
+    W12_REFERENCE,
 ];
 
 /// The variant of W2's own W1-floor runs: the same program as W1's floor at
@@ -93,6 +97,16 @@ pub const W11_IDLE_LIMITER: &str = "w11-limiter";
 
 /// W11 with a burst of 1.
 pub const W11_BURST1: &str = "burst1";
+
+/// W12's variant of 1,000 keys with limit 1.
+pub const W12_MANY: &str = "many-keys";
+/// W12's variant of one key with limit 2 among tasks of other keys.
+pub const W12_HOT: &str = "hot-key";
+/// W12's memory variant: tasks waiting on a paused key (its floor side is
+/// corral's plain pending task, W5's corral program).
+pub const W12_WAITING: &str = "waiting";
+/// The variant of W12's own W1 corral runs (2 workers, `block_on`).
+pub const W12_REFERENCE: &str = "w12-ref";
 
 /// The child's options besides its spec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

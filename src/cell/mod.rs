@@ -103,6 +103,8 @@ pub(crate) struct Extras<T, E> {
     pub(crate) history: bool,
     /// The rate limiters the task names (`crate::limit`).
     pub(crate) limits: Option<Box<TaskLimits>>,
+    /// The task's key, its cost and its full-key policy (`crate::keys`).
+    pub(crate) key: Option<crate::keys::KeyOptions>,
 }
 
 impl<T, E> Default for Extras<T, E> {
@@ -122,6 +124,7 @@ impl<T, E> Default for Extras<T, E> {
             stall: None,
             history: false,
             limits: None,
+            key: None,
         }
     }
 }
@@ -307,6 +310,11 @@ impl<B, T, E> TaskCell<B, T, E> {
 
     pub(crate) fn keeps_history(&self) -> bool {
         self.extras.as_deref().is_some_and(|x| x.history)
+    }
+
+    /// The task's key options, if it has a key (`crate::keys`).
+    pub(crate) fn key_options(&self) -> Option<&crate::keys::KeyOptions> {
+        self.extras.as_deref()?.key.as_ref()
     }
 
     /// For a named task that joins duplicates: how to copy the outcome, and the id.
@@ -684,6 +692,11 @@ where
 
     fn limits(&self) -> Option<&TaskLimits> {
         self.extras.as_deref()?.limits.as_deref()
+    }
+
+    fn key(&self) -> Option<(&Arc<str>, u32)> {
+        let k = self.extras.as_deref()?.key.as_ref()?;
+        Some((k.key.as_ref()?, k.cost))
     }
 }
 

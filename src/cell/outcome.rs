@@ -62,6 +62,7 @@ where
             (Some(Forced::Cancelled), last) => (Err(TaskError::Cancelled), last),
             (Some(Forced::Shutdown), last) => (Err(TaskError::Shutdown), last),
             (Some(Forced::Dropped), last) => (Err(TaskError::Dropped), last),
+            (Some(Forced::Replaced), last) => (Err(TaskError::Replaced), last),
             (None, Some(r)) => (r, None),
             // Unreachable by construction; never invent a value.
             (None, None) => (Err(TaskError::Shutdown), None),

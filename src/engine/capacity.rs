@@ -6,7 +6,7 @@
 //! `None`, and a submit tests only that.
 //!
 //! Pending tasks are the queued ones (due, scheduled, requeued retries, set
-//! aside by a rate limiter) and
+//! aside by a rate limiter, waiting on a key) and
 //! the dependents waiting for their parents: everything admitted that no
 //! worker holds. Running and parked attempts are not pending.
 //!
@@ -130,7 +130,7 @@ impl Engine {
 
     /// Tasks that count against the capacity (see the module docs).
     pub(crate) fn pending(&self) -> usize {
-        self.queue.len() + self.waiting() - self.parked() + self.limited()
+        self.queue.len() + self.waiting() - self.parked() + self.limited() + self.keys_waiting()
     }
 
     /// The capacity, and the counts of refused and dropped tasks.

@@ -101,6 +101,7 @@ fn forced_cause(f: Forced) -> DependencyCause {
         Forced::Cancelled => DependencyCause::Cancelled,
         Forced::Shutdown => DependencyCause::Shutdown,
         Forced::Dropped => DependencyCause::Dropped,
+        Forced::Replaced => DependencyCause::Replaced,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The workloads W1-W11 (see `bench/README.md#workloads`), each as a corral
+//! The workloads W1-W12 (see `bench/README.md#workloads`), each as a corral
 //! program and as its raw-tokio floor, plus what they share: the sizes
 //! (full and `--quick`), the result a child reports, and outcome checks.
 //!
@@ -11,8 +11,10 @@
 //! | [`memory`] | W5 pending memory, W6 cancel by id, W9 soak |
 //! | [`deps`] | W10 dependencies: chain, fan-out/fan-in, waiting dependent's heap |
 //! | [`limits`] | W11 rate limits: pacing accuracy and CPU while tasks wait, an idle limiter's cost |
+//! | [`keys`] | W12 keys: many limited keys, one hot key, tasks waiting on a key |
 
 pub mod deps;
+pub mod keys;
 pub mod latency;
 pub mod limits;
 pub mod memory;
@@ -92,6 +94,10 @@ pub struct Sizes {
     pub w10_pending: usize,
     /// W11 tasks paced by the limiter.
     pub w11: usize,
+    /// W12 keyed tasks (many keys, hot key).
+    pub w12: usize,
+    /// W12 tasks waiting on a key (and plain pending tasks of its reference).
+    pub w12_waiting: usize,
     /// Pause after submitting pending tasks (W5, W6) so that the floor's
     /// spawned tasks have all been polled once before memory is read.
     pub settle: Duration,
@@ -118,6 +124,8 @@ impl Sizes {
                 w10: 1_000,
                 w10_pending: 5_000,
                 w11: 1_000,
+                w12: 2_000,
+                w12_waiting: 10_000,
                 settle: Duration::from_millis(20),
             }
         } else {
@@ -138,6 +146,8 @@ impl Sizes {
                 w10: 100_000,
                 w10_pending: 100_000,
                 w11: 10_000,
+                w12: 200_000,
+                w12_waiting: 1_000_000,
                 settle: Duration::from_millis(500),
             }
         }
@@ -160,6 +170,8 @@ impl Sizes {
             w10: n,
             w10_pending: n,
             w11: n,
+            w12: n,
+            w12_waiting: n,
             ..self
         }
     }
