@@ -22,7 +22,7 @@ use crate::alloc;
 use crate::callgrind;
 use crate::spec::{
     Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W11_BURST1,
-    W11_IDLE_LIMITER, W12_HOT, W12_MANY, W12_WAITING, W6_NAMED,
+    W11_IDLE_LIMITER, W12_COLD, W12_HOT, W12_MANY, W12_WAITING, W6_NAMED,
 };
 use crate::workloads::{
     deps, keys, latency, limits, memory, order, throughput, timers, Outcome, Sizes,
@@ -179,7 +179,8 @@ fn w12(rt: &Runtime, spec: &Spec, s: &Sizes, side: Side) -> Outcome {
     let (w, d) = (spec.workers, spec.driver);
     match (spec.variant, side) {
         (W12_MANY, Side::Corral) => drive(rt, d, keys::many_keys_corral(s.w12, w)),
-        (W12_HOT, Side::Corral) => drive(rt, d, keys::hot_key_corral(s.w12, w)),
+        (W12_HOT, Side::Corral) => drive(rt, d, keys::hot_key_corral(s.w12, w, true)),
+        (W12_COLD, Side::Corral) => drive(rt, d, keys::hot_key_corral(s.w12, w, false)),
         (W12_WAITING, Side::Corral) => {
             drive(rt, d, keys::waiting_corral(s.w12_waiting, s.settle, w))
         }

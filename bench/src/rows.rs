@@ -6,8 +6,8 @@ use crate::parent::Options;
 use crate::report::{Cell, Results, Row, Target, Unit};
 use crate::spec::{
     Driver, Side, Spec, W10_CHAIN, W10_FAN, W10_PENDING, W10_PENDING_ANY, W10_REFERENCE,
-    W11_BURST1, W11_IDLE_LIMITER, W11_REFERENCE, W12_HOT, W12_MANY, W12_REFERENCE, W12_WAITING,
-    W2_REFERENCE, W6_NAMED,
+    W11_BURST1, W11_IDLE_LIMITER, W11_REFERENCE, W12_COLD, W12_HOT, W12_MANY, W12_REFERENCE,
+    W12_WAITING, W2_REFERENCE, W6_NAMED,
 };
 use crate::stats::median;
 use crate::workloads::Sizes;
@@ -140,6 +140,7 @@ pub fn w12_specs() -> Vec<Spec> {
     vec![
         w12(Side::Corral, W12_MANY),
         w12(Side::Corral, W12_HOT),
+        w12(Side::Corral, W12_COLD),
         w12(Side::Corral, W12_WAITING),
         w12(Side::Floor, W12_WAITING),
         Spec::new("W1", Side::Corral, 2).variant(W12_REFERENCE),
@@ -544,6 +545,16 @@ fn w12_rows(res: &Results, s: &Sizes, rows: &mut Vec<Row>) {
             Fold::Median,
         ));
     }
+    let hot = Spec::new("W12", Side::Corral, 2).variant(W12_HOT);
+    let cold = Spec::new("W12", Side::Corral, 2).variant(W12_COLD);
+    rows.push(row(
+        res,
+        format!("W12 {n} tasks of other keys, tasks/s with vs without the hot key"),
+        Unit::Rate,
+        (Some((&hot, "rate")), Some((&cold, "rate"))),
+        info,
+        Fold::Median,
+    ));
     let c = Spec::new("W12", Side::Corral, 2).variant(W12_WAITING);
     let n = count(s.w12_waiting);
     rows.push(paired(

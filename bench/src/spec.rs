@@ -44,7 +44,7 @@ pub struct Spec {
 pub const WORKLOADS: [&str; 12] = [
     "W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "W11", "W12",
 ];
-const VARIANTS: [&str; 17] = [
+const VARIANTS: [&str; 18] = [
     "-",
     "distinct",
     "same",
@@ -60,6 +60,7 @@ const VARIANTS: [&str; 17] = [
     W11_BURST1,
     W12_MANY,
     W12_HOT,
+    W12_COLD,
     W12_WAITING,
     W12_REFERENCE,
 ];
@@ -102,6 +103,8 @@ pub const W11_BURST1: &str = "burst1";
 pub const W12_MANY: &str = "many-keys";
 /// W12's variant of one key with limit 2 among tasks of other keys.
 pub const W12_HOT: &str = "hot-key";
+/// W12's hot-key program without the hot key's tasks: the others alone.
+pub const W12_COLD: &str = "cold-key";
 /// W12's memory variant: tasks waiting on a paused key (its floor side is
 /// corral's plain pending task, W5's corral program).
 pub const W12_WAITING: &str = "waiting";
@@ -256,6 +259,17 @@ mod tests {
     fn w10_specs_round_trip() {
         let specs = crate::rows::w10_specs();
         assert_eq!(specs.len(), 9);
+        for spec in specs {
+            let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
+            assert_eq!(back, spec);
+        }
+    }
+
+    /// Likewise for W12's.
+    #[test]
+    fn w12_specs_round_trip() {
+        let specs = crate::rows::w12_specs();
+        assert_eq!(specs.len(), 6);
         for spec in specs {
             let (back, _) = Spec::parse(&spec.to_args()).expect("parses");
             assert_eq!(back, spec);

@@ -6,7 +6,9 @@
 //! - **hot key**: `n` no-op tasks of 1,000 keys without a limit, and after
 //!   every tenth of them a task of one key with limit 2 (`set_key_limit`);
 //!   the rate of the `n` others (first submit .. last of their outcomes),
-//!   compared with W1 corral: a limited key must not slow the others.
+//!   compared with W1 corral and with the same `n` tasks submitted without
+//!   the hot key's (variant `cold-key`): a limited key must not slow the
+//!   others.
 //! - **waiting**: `n` tasks of one paused key, all waiting on it (claimed
 //!   once and moved to the key's waiting heap); heap bytes and allocations
 //!   per task, compared with corral's plain pending task (W5's program at
@@ -69,9 +71,9 @@ pub async fn many_keys_corral(n: usize, workers: usize) -> Outcome {
     Ok(report)
 }
 
-/// W12 hot key: `n` tasks of 1,000 unlimited keys, and `n / 10` of one key
-/// with limit 2; the rate of the `n`.
-pub async fn hot_key_corral(n: usize, workers: usize) -> Outcome {
+/// W12 hot key: `n` tasks of 1,000 unlimited keys, and (`with_hot`) `n / 10`
+/// of one key with limit 2; the rate of the `n`.
+pub async fn hot_key_corral(n: usize, workers: usize, with_hot: bool) -> Outcome {
     let cluster = keyed_cluster(workers, None)?;
     cluster
         .set_key_limit("hot", 2)
@@ -88,7 +90,7 @@ pub async fn hot_key_corral(n: usize, workers: usize) -> Outcome {
             .submit()
             .map_err(|e| format!("submit {i}: {e}"))?;
         handles.push(h);
-        if i % 10 == 9 {
+        if with_hot && i % 10 == 9 {
             let j = hot.len() as u64;
             let h = cluster
                 .task(move |_| async move { Ok::<u64, Infallible>(j) })
