@@ -543,6 +543,13 @@ impl Engine {
             // takes no slot of the key, so a limiter's refusal next costs
             // the key nothing.
             if self.keys.is_some() && self.key_blocked(&item) {
+                // A task a limiter's bucket woke stops counting there while
+                // it waits on its key (it meets the limiter again when the
+                // key releases it): else the bucket keeps its turn for it,
+                // and for good if it is cancelled there.
+                if self.limits.is_some() {
+                    self.unwake_limited(item.slot);
+                }
                 continue;
             }
             // Set aside by a rate limiter (`limit`), which charges its

@@ -249,6 +249,11 @@ impl Engine {
                 .map(|e| e.state);
             match state {
                 Some(State::Queued) => {
+                    // As a cancel: a limiter's bucket that woke it gets its
+                    // turn back.
+                    if self.limits.is_some() {
+                        self.unwake_limited(old.0);
+                    }
                     let d = self.finalize(old.0, Some(Forced::Replaced));
                     let entries = &self.entries;
                     self.queue.forget(|i| super::is_live(entries, i));
