@@ -555,6 +555,12 @@ impl Engine {
             // Set aside by a rate limiter (`limit`), which charges its
             // buckets only when it admits.
             if self.limits.is_some() && !self.limits_admit(&item) {
+                // A keyed task set aside took no slot of its key: the room
+                // its key released it for goes to the key's next waiter
+                // (else the key stays idle until the limiter admits it).
+                if self.keys.is_some() {
+                    self.key_set_aside(item.slot);
+                }
                 continue;
             }
             break Some(item);

@@ -263,6 +263,34 @@ async fn a_keyed_task_set_aside_then_cancelled_frees_its_key() {
     assert_eq!(c.stats().waiting_on_limiter, 0);
 }
 
+/// A key resumed releases its waiters as far as its limit allows; if the
+/// first is then set aside by a limiter, it takes no slot, so the next
+/// waiter of the key runs at once (as it would have, had the key not been
+/// paused): the key never stays idle with room and waiters.
+#[tokio::test(start_paused = true)]
+async fn a_resumed_key_whose_first_waiter_is_set_aside_runs_the_next() {
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    c.add_limiter("r", Rate::per_second(1).burst(1)).unwrap();
+    let rec = Rec::new();
+    let x = go(&c, &rec, "x", Spec::plain(MS).limit("r"));
+    assert_eq!(x.await, Ok(()));
+    assert!(c.pause_key("k"));
+    let first = go(&c, &rec, "first", Spec::plain(MS).key("k").limit("r"));
+    let second = go(&c, &rec, "second", Spec::plain(MS).key("k"));
+    yield_until("both on the key", || c.stats().waiting_on_key == 2).await;
+    sleep(ms(9)).await;
+    assert!(c.resume_key("k"));
+    assert_eq!(common::resolve(HOUR, "second", second).await, Ok(()));
+    assert_eq!(first.await, Ok(()));
+    assert_eq!(
+        rec.starts(),
+        [("x", 0), ("second", 10), ("first", 1000)].map(|(n, t)| (n.to_string(), ms(t)))
+    );
+    rec.each_resolved_once(&["x", "first", "second"], ok);
+    assert!(c.key_stats("k").is_none());
+    assert_eq!(c.stats(), ClusterStats::default());
+}
+
 /// A keyed task the limiter woke goes back to the queue; if its key is
 /// full by then, the claim diverts it to the key before the limiter sees
 /// it. It must stop counting as a woken task of the bucket then: else the
@@ -539,15 +567,16 @@ async fn cluster_pause_key_pause_and_limiter_keep_exact_order() {
     }
     // 1000: r9a (the limiter admits it); 1010: r9b is set aside until
     // 1100, k8 and k7 go to their paused key, p5 runs; 1020: p1; 1100:
-    // r9b; 1150: the key resumes: k8 (the limiter has room again at
-    // 1200), so k7, behind it on the key, waits too; 1200: k8; 1210: k7.
+    // r9b; 1150: the key resumes and releases k8 (its best), which the
+    // limiter sets aside until 1200: it takes no slot of the key, so k7
+    // runs at once (as with no key pause); 1200: k8.
     let want = [
         ("r9a", 1000),
         ("p5", 1010),
         ("p1", 1020),
         ("r9b", 1100),
+        ("k7", 1150),
         ("k8", 1200),
-        ("k7", 1210),
     ]
     .map(|(n, t)| (n.to_string(), ms(t)));
     assert_eq!(rec.starts(), want);
