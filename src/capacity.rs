@@ -64,7 +64,10 @@ pub enum Overflow {
     /// but only if that task's priority is strictly lower than the new
     /// one's: a task never displaces one of equal or higher priority, and
     /// the new task is refused instead ([`SubmitError::Full`]). Dependents
-    /// waiting for their parents are never dropped, and a group admission
+    /// waiting for their parents, tasks waiting on a full or paused
+    /// [key](crate::TaskBuilder::key) and tasks a
+    /// [rate limiter](crate::TaskBuilder::limit) set aside are never
+    /// dropped (they count as pending all the same), and a group admission
     /// ([`TaskBuilder::after`], [`Graph`](crate::Graph)) drops nothing: it
     /// fits whole or is refused. Finding the lowest task looks only at the
     /// lowest priority levels when no task is scheduled for later and

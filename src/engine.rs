@@ -543,11 +543,24 @@ impl Engine {
             // takes no slot of the key, so a limiter's refusal next costs
             // the key nothing.
             if self.keys.is_some() && self.key_blocked(&item) {
+                // A task a limiter's bucket woke stops counting there while
+                // it waits on its key (it meets the limiter again when the
+                // key releases it): else the bucket keeps its turn for it,
+                // and for good if it is cancelled there.
+                if self.limits.is_some() {
+                    self.unwake_limited(item.slot);
+                }
                 continue;
             }
             // Set aside by a rate limiter (`limit`), which charges its
             // buckets only when it admits.
             if self.limits.is_some() && !self.limits_admit(&item) {
+                // A keyed task set aside took no slot of its key: the room
+                // its key released it for goes to the key's next waiter
+                // (else the key stays idle until the limiter admits it).
+                if self.keys.is_some() {
+                    self.key_set_aside(item.slot);
+                }
                 continue;
             }
             break Some(item);

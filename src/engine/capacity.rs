@@ -240,8 +240,12 @@ impl Engine {
         if victim.priority >= priority {
             return false;
         }
-        // As a cancel of a queued task: finalized first, so that its queue
-        // entry reads as dead.
+        // As a cancel of a queued task: a limiter's bucket that woke it
+        // gets its turn back (else it keeps it for good); finalized first,
+        // so that its queue entry reads as dead.
+        if self.limits.is_some() {
+            self.unwake_limited(victim.slot);
+        }
         let d = self.finalize(victim.slot, Some(Forced::Dropped));
         self.send_later(d);
         let entries = &self.entries;

@@ -7,7 +7,8 @@
 //! the item is moved to its key's waiting heap (the task is then
 //! `State::OnKey`) and the claim pops again. The task holds no worker and
 //! is never polled meanwhile. When room may have freed (a settle, any task
-//! of the key leaving, a divert, a raised limit, a resume), the best waiting
+//! of the key leaving, a divert, a claim a rate limiter set aside, a raised
+//! limit, a resume), the best waiting
 //! items go back into the queue with their original `(seq, start,
 //! priority)` while they fit: the global order stays exact. The claim
 //! checks again, so a release is only ever a hint; releasing at every such
@@ -249,6 +250,11 @@ impl Engine {
                 .map(|e| e.state);
             match state {
                 Some(State::Queued) => {
+                    // As a cancel: a limiter's bucket that woke it gets its
+                    // turn back.
+                    if self.limits.is_some() {
+                        self.unwake_limited(old.0);
+                    }
                     let d = self.finalize(old.0, Some(Forced::Replaced));
                     let entries = &self.entries;
                     self.queue.forget(|i| super::is_live(entries, i));
@@ -358,6 +364,15 @@ impl Engine {
             t.pending_cost -= u64::from(cost);
             t.used = t.used.saturating_add(cost);
             t.running += 1;
+        }
+    }
+
+    /// The popped task at `slot` passed its key's check and was then set
+    /// aside by a limiter (or put back by it): it takes no slot, so the
+    /// room it was released for is free for the key's next waiters.
+    pub(crate) fn key_set_aside(&mut self, slot: Slot) {
+        if let Some((key, _)) = self.key_of(slot) {
+            self.key_release(&key);
         }
     }
 

@@ -24,8 +24,9 @@
 //! with their original `Item`, as many as it has room for beyond those
 //! pending, so the queue's exact order decides among them and the other
 //! due tasks. A woken task stops being pending when a claim pops it
-//! (admitted, or set aside again if another task took the room meanwhile)
-//! or when it is cancelled; the bucket's timer is then set again. So a
+//! (admitted, set aside again if another task took the room meanwhile, or
+//! diverted to its full or paused key) or when it is cancelled, dropped or
+//! replaced; the bucket's timer is then set again. So a
 //! bucket with 10,000 waiters costs one wake-up per admission, not 10,000,
 //! and a turn a cancelled task did not use goes to the next waiter at once.
 //!
