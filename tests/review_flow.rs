@@ -1,0 +1,106 @@
+//! Review probes (issue 13 flow control): interactions of keys, rate
+//! limiters, the bounded queue and shutdowns. Each test names the behaviour
+//! it checks; all run on tokio's paused clock.
+
+mod common;
+
+use std::time::Duration;
+
+use corral::{CancelOutcome, Cluster, ClusterStats, KeyFull, Rate, TaskError, TaskHandle};
+use tokio::time::sleep;
+
+use common::{resolve, yield_until, HOUR, MS, SEC};
+
+/// A task of `key` that runs for `d` and returns `n`.
+fn keyed<'c>(
+    c: &'c Cluster,
+    key: &'static str,
+    n: u32,
+    d: Duration,
+) -> corral::TaskBuilder<'c, impl corral::Body<u32, String>, u32, String> {
+    c.task(move |_| async move {
+        sleep(d).await;
+        Ok(n)
+    })
+    .key(key)
+}
+
+/// `KeyFull::Replace` promises that older *unstarted* tasks of the key are
+/// replaced. A task a rate limiter set aside has not started, yet it is
+/// skipped (and forgotten for good), so it later runs beside the newest.
+#[tokio::test(start_paused = true)]
+async fn replace_also_replaces_a_task_set_aside_by_a_limiter() {
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    // One admission per hour: the first task uses it, the next waits.
+    c.add_limiter("r", Rate::per_hour(1).burst(1)).unwrap();
+    let first = keyed(&c, "k", 1, 10 * MS).limit("r").submit().unwrap();
+    yield_until("first started", || c.stats().running == 1).await;
+    let old = keyed(&c, "k", 2, 10 * MS)
+        .limit("r")
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    assert_eq!(first.await, Ok(1));
+    // `old` got its key's room, then the limiter set it aside (unstarted).
+    yield_until("old set aside", || c.stats().waiting_on_limiter == 1).await;
+    let new = keyed(&c, "k", 3, 10 * MS)
+        .limit("r")
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    assert_eq!(
+        resolve(SEC, "old", old).await,
+        Err(TaskError::Replaced),
+        "an unstarted task of the key is replaced by the newest"
+    );
+    assert_eq!(c.stats().replaced, 1);
+    assert_eq!(resolve(2 * HOUR, "new", new).await, Ok(3));
+}
+
+/// Cancelling a task that waits on its key while a drain runs: the drain
+/// ends, and every count returns to zero.
+#[tokio::test(start_paused = true)]
+async fn drain_ends_after_cancelling_a_task_waiting_on_its_key() {
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    let a = keyed(&c, "k", 1, SEC).submit().unwrap();
+    let b = keyed(&c, "k", 2, SEC).id("b").submit().unwrap();
+    yield_until("b waits on k", || c.stats().waiting_on_key == 1).await;
+    let c2 = c.clone();
+    let drain = tokio::spawn(async move { c2.drain(HOUR).await });
+    tokio::task::yield_now().await;
+    assert_eq!(c.cancel_task("b"), CancelOutcome::Cancelled);
+    assert_eq!(b.await, Err(TaskError::Cancelled));
+    assert_eq!(a.await, Ok(1));
+    tokio::time::timeout(2 * SEC, drain)
+        .await
+        .expect("drain ended")
+        .unwrap()
+        .unwrap();
+    let s = c.stats();
+    assert_eq!((s.queued, s.running, s.waiting_on_key), (0, 0, 0), "{s:?}");
+}
+
+/// A keyed task set aside by a limiter, then cancelled: counts go to zero
+/// and the key's state goes.
+#[tokio::test(start_paused = true)]
+async fn cancel_of_a_keyed_limited_task_leaves_nothing_behind() {
+    let c = Cluster::builder().workers(2).key_limit(2).build().unwrap();
+    c.add_limiter("r", Rate::per_hour(1).burst(1)).unwrap();
+    let a = keyed(&c, "k", 1, 10 * MS).limit("r").submit().unwrap();
+    let b = keyed(&c, "k", 2, 10 * MS)
+        .limit("r")
+        .id("b")
+        .submit()
+        .unwrap();
+    yield_until("b set aside", || c.stats().waiting_on_limiter == 1).await;
+    assert_eq!(a.await, Ok(1));
+    assert_eq!(c.cancel_task("b"), CancelOutcome::Cancelled);
+    assert_eq!(b.await, Err(TaskError::Cancelled));
+    sleep(2 * HOUR).await;
+    assert_eq!(c.stats(), ClusterStats::default());
+    assert_eq!(c.active_keys(), 0);
+}
+
+/// Unused import guard.
+#[allow(dead_code)]
+fn _h(_: TaskHandle<u32, String>) {}
