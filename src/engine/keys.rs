@@ -264,6 +264,14 @@ impl Engine {
                     let d = self.finalize(old.0, Some(Forced::Replaced));
                     self.send_later(d);
                 }
+                // Set aside by a limiter: unstarted too (review fix: it was
+                // skipped, and dropped from `fresh` for good). As a cancel
+                // of a set-aside task: its waiter entry goes dead.
+                Some(State::Limited) => {
+                    let d = self.finalize(old.0, Some(Forced::Replaced));
+                    self.forget_limited();
+                    self.send_later(d);
+                }
                 // Started or ended meanwhile: not replaceable.
                 _ => continue,
             }
@@ -275,7 +283,8 @@ impl Engine {
             if t.fresh.len() > 2 * t.pending as usize + 8 {
                 t.fresh.retain(|&(s, q)| {
                     current(entries, s, q).is_some_and(|e| {
-                        e.attempts == 0 && matches!(e.state, State::Queued | State::OnKey)
+                        e.attempts == 0
+                            && matches!(e.state, State::Queued | State::OnKey | State::Limited)
                     })
                 });
             }
