@@ -104,3 +104,108 @@ async fn cancel_of_a_keyed_limited_task_leaves_nothing_behind() {
 /// Unused import guard.
 #[allow(dead_code)]
 fn _h(_: TaskHandle<u32, String>) {}
+
+/// A body asking its limiter to slow down frees its key slot (the retry
+/// is requeued); the key's waiter then meets the held limiter too. Both
+/// run once the hold ends, and nothing is left counted.
+#[tokio::test(start_paused = true)]
+async fn slow_down_with_a_full_key_runs_both_after_the_hold() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    c.add_limiter("r", Rate::per_second(10).burst(5)).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let calls2 = calls.clone();
+    let a = c
+        .task(move |ctx| {
+            let calls = calls2.clone();
+            async move {
+                if calls.fetch_add(1, SeqCst) == 0 {
+                    sleep(10 * MS).await;
+                    ctx.slow_down("r", SEC);
+                    return Err("429".to_string());
+                }
+                Ok(1u32)
+            }
+        })
+        .key("k")
+        .limit("r")
+        .submit()
+        .unwrap();
+    let b = keyed(&c, "k", 2, 10 * MS).limit("r").submit().unwrap();
+    assert_eq!(resolve(3 * SEC, "a", a).await, Ok(1));
+    assert_eq!(resolve(3 * SEC, "b", b).await, Ok(2));
+    sleep(SEC).await;
+    assert_eq!(c.stats(), ClusterStats::default());
+    assert_eq!(c.active_keys(), 0);
+}
+
+/// A stop while keyed tasks are spread over every flow state (running,
+/// waiting on the key, set aside by a limiter, woken by it and queued):
+/// each resolves exactly once and nothing stays counted.
+#[tokio::test(start_paused = true)]
+async fn stop_resolves_keyed_tasks_in_every_flow_state() {
+    let c = Cluster::builder().workers(3).key_limit(1).build().unwrap();
+    c.add_limiter("r", Rate::per(1, 100 * MS).burst(1)).unwrap();
+    let mut hs = Vec::new();
+    for i in 0..4 {
+        hs.push(keyed(&c, "k", i, SEC).limit("r").submit().unwrap());
+    }
+    for i in 10..14 {
+        hs.push(keyed(&c, "j", i, SEC).limit("r").submit().unwrap());
+    }
+    sleep(150 * MS).await;
+    c.stop(HOUR).await.unwrap();
+    let mut ok = 0;
+    for h in hs {
+        match resolve(SEC, "task", h).await {
+            Ok(_) => ok += 1,
+            Err(TaskError::Shutdown) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ok >= 1);
+    let s = c.stats();
+    assert_eq!(
+        (s.queued, s.running, s.waiting_on_key, s.waiting_on_limiter),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(c.active_keys(), 0);
+}
+
+/// The runtime dies under the workers with keyed tasks waiting on their key
+/// and set aside by a limiter; once the cluster is dropped, every handle
+/// resolves (Drop for Engine).
+#[test]
+fn runtime_drop_resolves_tasks_on_keys_and_limiters() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (c, hs) = rt.block_on(async {
+        let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+        c.add_limiter("r", Rate::per_hour(1).burst(1)).unwrap();
+        let hs: Vec<_> = (0..2)
+            .map(|i| keyed(&c, "k", i, HOUR).submit().unwrap())
+            .chain((0..2).map(|i| keyed(&c, "j", 10 + i, MS).limit("r").submit().unwrap()))
+            .collect();
+        sleep(10 * MS).await;
+        let s = c.stats();
+        assert_eq!((s.waiting_on_key, s.waiting_on_limiter), (1, 1), "{s:?}");
+        (c, hs)
+    });
+    drop(rt);
+    drop(c);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for h in hs {
+            let r = tokio::time::timeout(Duration::from_secs(5), h).await;
+            assert!(r.is_ok(), "a handle never resolved");
+        }
+    });
+}
