@@ -209,3 +209,27 @@ fn runtime_drop_resolves_tasks_on_keys_and_limiters() {
         }
     });
 }
+
+/// `KeyFull::Replace` at a full bounded queue: the newest task replaces the
+/// key's older unstarted one, which frees the very room it needs. It is
+/// refused as `Full` instead (the capacity check runs before the replace),
+/// and the old task is kept.
+#[tokio::test(start_paused = true)]
+async fn replace_at_a_full_bounded_queue_replaces_instead_of_refusing() {
+    let c = Cluster::builder()
+        .workers(1)
+        .key_limit(1)
+        .capacity(1, corral::Overflow::Reject)
+        .paused()
+        .build()
+        .unwrap();
+    let old = keyed(&c, "k", 1, MS)
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    let new = keyed(&c, "k", 2, MS).on_key_full(KeyFull::Replace).submit();
+    assert!(new.is_ok(), "refused: {:?}", new.err());
+    c.resume();
+    assert_eq!(resolve(SEC, "old", old).await, Err(TaskError::Replaced));
+    assert_eq!(resolve(SEC, "new", new.unwrap()).await, Ok(2));
+}
