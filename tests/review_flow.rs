@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use corral::{CancelOutcome, Cluster, ClusterStats, KeyFull, Rate, TaskError, TaskHandle};
+use corral::{CancelOutcome, Cluster, ClusterStats, KeyFull, Rate, TaskError};
 use tokio::time::sleep;
 
 use common::{resolve, yield_until, HOUR, MS, SEC};
@@ -100,10 +100,6 @@ async fn cancel_of_a_keyed_limited_task_leaves_nothing_behind() {
     assert_eq!(c.stats(), ClusterStats::default());
     assert_eq!(c.active_keys(), 0);
 }
-
-/// Unused import guard.
-#[allow(dead_code)]
-fn _h(_: TaskHandle<u32, String>) {}
 
 /// A body asking its limiter to slow down frees its key slot (the retry
 /// is requeued); the key's waiter then meets the held limiter too. Both
