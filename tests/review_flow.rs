@@ -229,3 +229,52 @@ async fn replace_at_a_full_bounded_queue_replaces_instead_of_refusing() {
     assert_eq!(resolve(SEC, "old", old).await, Err(TaskError::Replaced));
     assert_eq!(resolve(SEC, "new", new.unwrap()).await, Ok(2));
 }
+
+/// A shrink during a drain while tasks wait on their key and on a limiter:
+/// the drain still runs them all and ends.
+#[tokio::test(start_paused = true)]
+async fn shrink_during_a_drain_with_key_and_limiter_waiters() {
+    let c = Cluster::builder().workers(4).key_limit(1).build().unwrap();
+    c.add_limiter("r", Rate::per(1, 100 * MS).burst(1)).unwrap();
+    let mut hs = Vec::new();
+    for i in 0..3 {
+        hs.push(keyed(&c, "k", i, 50 * MS).submit().unwrap());
+        hs.push(keyed(&c, "j", 10 + i, MS).limit("r").submit().unwrap());
+    }
+    sleep(MS).await;
+    let c2 = c.clone();
+    let drain = tokio::spawn(async move { c2.drain(HOUR).await });
+    tokio::task::yield_now().await;
+    c.resize(1).unwrap();
+    tokio::time::timeout(10 * SEC, drain)
+        .await
+        .expect("drain ended")
+        .unwrap()
+        .unwrap();
+    for h in hs {
+        assert!(resolve(SEC, "task", h).await.is_ok());
+    }
+}
+
+/// Keyed, limited dependents whose parent is cancelled while they wait,
+/// beside siblings waiting on the key: each resolves once, counts clear.
+#[tokio::test(start_paused = true)]
+async fn keyed_limited_dependents_of_a_cancelled_parent_leave_nothing() {
+    let c = Cluster::builder().workers(2).key_limit(1).build().unwrap();
+    c.add_limiter("r", Rate::per_hour(1).burst(1)).unwrap();
+    let parent = keyed(&c, "k", 0, HOUR).id("p").submit().unwrap();
+    let sib = keyed(&c, "k", 1, MS).limit("r").submit().unwrap();
+    let child = keyed(&c, "k", 2, MS)
+        .limit("r")
+        .after(&parent)
+        .submit()
+        .unwrap();
+    yield_until("sib waits on k", || c.stats().waiting_on_key == 1).await;
+    assert_eq!(c.cancel_task("p"), CancelOutcome::Requested);
+    assert_eq!(parent.await, Err(TaskError::Cancelled));
+    assert!(resolve(SEC, "child", child).await.is_err());
+    assert_eq!(resolve(SEC, "sib", sib).await, Ok(1));
+    sleep(2 * HOUR).await;
+    assert_eq!(c.stats(), ClusterStats::default());
+    assert_eq!(c.active_keys(), 0);
+}
