@@ -278,3 +278,33 @@ async fn keyed_limited_dependents_of_a_cancelled_parent_leave_nothing() {
     assert_eq!(c.stats(), ClusterStats::default());
     assert_eq!(c.active_keys(), 0);
 }
+
+/// The same at a full queue under `Overflow::Wait`: `submit_wait` of the
+/// newest `Replace` task waits for room that only its own replace would
+/// free, so while nothing runs (here: paused) it never returns.
+#[tokio::test(start_paused = true)]
+async fn replace_with_submit_wait_at_a_full_queue_does_not_wait_for_itself() {
+    let c = Cluster::builder()
+        .workers(1)
+        .key_limit(1)
+        .capacity(1, corral::Overflow::Wait)
+        .paused()
+        .build()
+        .unwrap();
+    let old = keyed(&c, "k", 1, MS)
+        .on_key_full(KeyFull::Replace)
+        .submit()
+        .unwrap();
+    let new = tokio::time::timeout(
+        HOUR,
+        keyed(&c, "k", 2, MS)
+            .on_key_full(KeyFull::Replace)
+            .submit_wait(),
+    )
+    .await
+    .expect("submit_wait returned")
+    .unwrap();
+    c.resume();
+    assert_eq!(resolve(SEC, "old", old).await, Err(TaskError::Replaced));
+    assert_eq!(resolve(SEC, "new", new).await, Ok(2));
+}
