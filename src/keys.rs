@@ -142,6 +142,10 @@ pub enum KeyFull {
     /// started (a running task, or one waiting for a retry). If the running
     /// tasks alone take the limit, the new task waits, alone, for room.
     /// (Counted in [`ClusterStats::replaced`](crate::ClusterStats::replaced).)
+    /// A bounded queue's [capacity](crate::ClusterBuilder::capacity) is
+    /// checked first, with the tasks it would replace still counted: at a
+    /// full queue the submit is refused, waits or drops as its
+    /// [`Overflow`](crate::Overflow) says, like any other.
     ///
     /// ```
     /// use corral::{Cluster, KeyFull, TaskError};

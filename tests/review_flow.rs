@@ -206,12 +206,11 @@ fn runtime_drop_resolves_tasks_on_keys_and_limiters() {
     });
 }
 
-/// `KeyFull::Replace` at a full bounded queue: the newest task replaces the
-/// key's older unstarted one, which frees the very room it needs. It is
-/// refused as `Full` instead (the capacity check runs before the replace),
-/// and the old task is kept.
+/// `KeyFull::Replace` at a full bounded queue: the capacity is checked
+/// first, with the task it would replace still counted (documented on
+/// `KeyFull::Replace`), so the submit is refused and the old task kept.
 #[tokio::test(start_paused = true)]
-async fn replace_at_a_full_bounded_queue_replaces_instead_of_refusing() {
+async fn replace_does_not_get_around_a_full_queue() {
     let c = Cluster::builder()
         .workers(1)
         .key_limit(1)
@@ -224,10 +223,14 @@ async fn replace_at_a_full_bounded_queue_replaces_instead_of_refusing() {
         .submit()
         .unwrap();
     let new = keyed(&c, "k", 2, MS).on_key_full(KeyFull::Replace).submit();
-    assert!(new.is_ok(), "refused: {:?}", new.err());
-    c.resume();
-    assert_eq!(resolve(SEC, "old", old).await, Err(TaskError::Replaced));
-    assert_eq!(resolve(SEC, "new", new.unwrap()).await, Ok(2));
+    assert!(
+        matches!(new, Err(corral::SubmitError::Full { capacity: 1 })),
+        "{:?}",
+        new.err()
+    );
+    c.run().unwrap();
+    assert_eq!(resolve(SEC, "old", old).await, Ok(1));
+    assert_eq!(c.stats().replaced, 0);
 }
 
 /// A shrink during a drain while tasks wait on their key and on a limiter:
@@ -279,11 +282,12 @@ async fn keyed_limited_dependents_of_a_cancelled_parent_leave_nothing() {
     assert_eq!(c.active_keys(), 0);
 }
 
-/// The same at a full queue under `Overflow::Wait`: `submit_wait` of the
-/// newest `Replace` task waits for room that only its own replace would
-/// free, so while nothing runs (here: paused) it never returns.
+/// The same under `Overflow::Wait`: `submit_wait` of the newest `Replace`
+/// task waits for room like any submit (its own replace frees none); before
+/// the cluster runs none comes, and once the old task has run the new one
+/// is admitted (nothing left to replace).
 #[tokio::test(start_paused = true)]
-async fn replace_with_submit_wait_at_a_full_queue_does_not_wait_for_itself() {
+async fn replace_with_submit_wait_waits_for_room_like_any_submit() {
     let c = Cluster::builder()
         .workers(1)
         .key_limit(1)
@@ -295,16 +299,20 @@ async fn replace_with_submit_wait_at_a_full_queue_does_not_wait_for_itself() {
         .on_key_full(KeyFull::Replace)
         .submit()
         .unwrap();
-    let new = tokio::time::timeout(
+    let waited = tokio::time::timeout(
         HOUR,
         keyed(&c, "k", 2, MS)
             .on_key_full(KeyFull::Replace)
             .submit_wait(),
     )
-    .await
-    .expect("submit_wait returned")
-    .unwrap();
-    c.resume();
-    assert_eq!(resolve(SEC, "old", old).await, Err(TaskError::Replaced));
+    .await;
+    assert!(waited.is_err(), "no room may come before the cluster runs");
+    c.run().unwrap();
+    let new = keyed(&c, "k", 2, MS)
+        .on_key_full(KeyFull::Replace)
+        .submit_wait()
+        .await
+        .unwrap();
+    assert_eq!(resolve(SEC, "old", old).await, Ok(1));
     assert_eq!(resolve(SEC, "new", new).await, Ok(2));
 }
