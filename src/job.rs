@@ -9,20 +9,21 @@
 //! [`TaskHandle`]: crate::TaskHandle
 
 use std::any::{Any, TypeId};
-use std::future::Future;
+use std::future::{pending, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use crate::builder::RetryMode;
 use crate::deps::After;
 use crate::error::{DependencyCause, TaskError};
 use crate::history::History;
 use crate::limit::TaskLimits;
+use crate::panic::drop_guarded;
 use crate::progress::Progress;
 use crate::signal::{CancelReason, Signal};
 use crate::task::TaskId;
@@ -33,7 +34,65 @@ pub(crate) type Outcome<T, E> = Result<T, TaskError<E>>;
 /// Copies an outcome for a second reader (set only where `T, E: Clone`).
 pub(crate) type Cloner<T, E> = fn(&Outcome<T, E>) -> Outcome<T, E>;
 
-pub(crate) type AttemptFuture = Pin<Box<dyn Future<Output = AttemptStatus> + Send>>;
+/// An attempt's future, in an allocation a worker reuses from attempt to
+/// attempt: [`Job::start_attempt`] writes the next attempt over the last
+/// one, which costs no allocation when their futures have one layout (a
+/// stream of tasks of one type), instead of one per attempt.
+///
+/// Between attempts it holds a finished attempt or none (a zero-sized
+/// placeholder), so writing over it runs no user code: a finished attempt
+/// has dropped everything it held. An attempt that stops before it
+/// finishes (parked, timed out, cancelled) leaves with its allocation
+/// ([`take`](Self::take)), and the worker's next attempt makes a new one.
+/// Dropping one is user code (an unfinished attempt's futures), so it is
+/// guarded, wherever it happens (`crate::cell` invariant 3).
+pub(crate) struct AttemptBox(ReusableBoxFuture<'static, AttemptStatus>);
+
+impl AttemptBox {
+    /// A box holding no attempt (and no allocation: the placeholder is
+    /// zero-sized).
+    pub(crate) fn empty() -> Self {
+        AttemptBox(ReusableBoxFuture::new(pending()))
+    }
+
+    /// Takes the future out, leaving the placeholder.
+    fn take_inner(&mut self) -> ReusableBoxFuture<'static, AttemptStatus> {
+        std::mem::replace(&mut self.0, ReusableBoxFuture::new(pending()))
+    }
+
+    /// Puts attempt `fut` in the box, over the finished attempt (or the
+    /// placeholder) it holds.
+    #[inline]
+    pub(crate) fn set(&mut self, fut: impl Future<Output = AttemptStatus> + Send + 'static) {
+        self.0.set(fut);
+    }
+
+    /// Takes the attempt (and its allocation) out, leaving the box empty.
+    pub(crate) fn take(&mut self) -> AttemptBox {
+        std::mem::replace(self, AttemptBox::empty())
+    }
+
+    /// Drops the attempt, logging `what` instead of unwinding if its drop
+    /// panics.
+    pub(crate) fn discard(mut self, what: &str) {
+        drop_guarded(self.take_inner(), what);
+    }
+}
+
+impl Future for AttemptBox {
+    type Output = AttemptStatus;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AttemptStatus> {
+        self.get_mut().0.poll(cx)
+    }
+}
+
+impl Drop for AttemptBox {
+    fn drop(&mut self) {
+        drop_guarded(self.take_inner(), "an attempt");
+    }
+}
 
 /// How an attempt ended, as far as the untyped engine needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +163,14 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// The current attempt's token (made on first use): cancelled once any
     /// reason is raised.
     fn token(&self) -> CancellationToken;
-    /// Starts attempt `attempt` (1-based). The future stores the body's
-    /// result in the cell before it resolves.
+    /// Starts attempt `attempt` (1-based) in `into` (see [`AttemptBox`]).
+    /// The future stores the body's result in the cell before it resolves.
     fn start_attempt(
         self: Arc<Self>,
         attempt: u32,
         deadline: Option<tokio::time::Instant>,
-    ) -> AttemptFuture;
+        into: &mut AttemptBox,
+    );
     /// Records that the current attempt timed out.
     fn record_timeout(&self, limit: Duration);
     /// Whether to retry after failed attempt `attempt` (0-based), and the

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::engine::Claim;
-use crate::job::{AttemptFuture, AttemptStatus, Forced};
+use crate::job::{AttemptBox, AttemptStatus, Forced};
 use crate::panic::{drop_guarded, guard};
 use crate::shared::Shared;
 
@@ -60,13 +60,13 @@ pub(crate) enum ParkEnd {
 /// own futures: its deadline and its cancellation.
 pub(crate) struct Parked {
     pub(crate) claim: Claim,
-    pub(crate) attempt: AttemptFuture,
+    pub(crate) attempt: AttemptBox,
     sleep: Option<Pin<Box<Sleep>>>,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl Parked {
-    pub(crate) fn new(claim: Claim, attempt: AttemptFuture, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(claim: Claim, attempt: AttemptBox, deadline: Option<Instant>) -> Self {
         let cancelled = Box::pin(claim.job.token().cancelled_owned());
         Parked {
             claim,
@@ -83,7 +83,7 @@ impl Parked {
         if let Some(f) = self.claim.job.signal().final_forced() {
             return Poll::Ready(ParkEnd::Interrupted(f));
         }
-        if let Poll::Ready(status) = self.attempt.as_mut().poll(cx) {
+        if let Poll::Ready(status) = Pin::new(&mut self.attempt).poll(cx) {
             let _ = take_request();
             return Poll::Ready(ParkEnd::Done(status));
         }

@@ -14,6 +14,7 @@
 //! is the only timer for pending tasks, however many there are.
 
 use std::future::{pending, poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -24,9 +25,8 @@ use crate::builder::RetryMode;
 use crate::cache::release;
 use crate::clock::{duration_ticks, Clock, NEVER};
 use crate::engine::{Claim, Next, Plan};
-use crate::job::{AttemptFuture, AttemptStatus, Forced, Job};
+use crate::job::{AttemptBox, AttemptStatus, Forced, Job};
 use crate::limit::slowed_down;
-use crate::panic::drop_guarded;
 use crate::park::{self, ParkEnd, ParkSlot, Parked};
 use crate::progress::stalled;
 use crate::shared::Shared;
@@ -132,7 +132,7 @@ async fn interrupted(job: &dyn Job, wake: &WorkerWake) -> Forced {
 
 /// An attempt to park, with its deadline (boxed: the plain path moves
 /// `ClaimEnd`s, and this keeps them small).
-type ToPark = Box<(AttemptFuture, Option<Instant>)>;
+type ToPark = Box<(AttemptBox, Option<Instant>)>;
 
 /// How the attempts of one claim ended.
 struct ClaimEnd {
@@ -142,7 +142,7 @@ struct ClaimEnd {
     plan: Plan,
     /// A blocking body still running after a timeout or cancel: the worker
     /// keeps its slot until it returns.
-    leftover: Option<AttemptFuture>,
+    leftover: Option<AttemptBox>,
     /// Attempts started so far.
     attempts: u32,
 }
@@ -153,11 +153,29 @@ struct ClaimEnd {
 struct ClaimGuard<'a> {
     shared: &'a Shared,
     claim: Option<Claim>,
+    /// The worker's box, where the claim's attempts run: an attempt cut
+    /// short by the drop goes (guarded) before the claim is settled, as an
+    /// interrupted one does.
+    attempt: &'a mut AttemptBox,
 }
 
-impl ClaimGuard<'_> {
+impl<'a> ClaimGuard<'a> {
+    fn new(shared: &'a Shared, claim: Claim, attempt: &'a mut AttemptBox) -> Self {
+        ClaimGuard {
+            shared,
+            claim: Some(claim),
+            attempt,
+        }
+    }
+
     fn claim(&mut self) -> &mut Claim {
         self.claim.as_mut().expect("claim is present until taken")
+    }
+
+    /// The claim and the worker's box, for `run_claim`.
+    fn run(&mut self) -> (&Claim, &mut AttemptBox) {
+        let claim = self.claim.as_ref().expect("claim is present until taken");
+        (claim, self.attempt)
     }
 
     fn take(mut self) -> Claim {
@@ -168,6 +186,7 @@ impl ClaimGuard<'_> {
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
+            self.attempt.take().discard("an interrupted attempt");
             // A blocking body still running learns it, through its signal.
             claim.job.raise(CancelReason::Shutdown);
             settle_now(self.shared, claim, Plan::Final(Some(Forced::Shutdown)));
@@ -207,6 +226,8 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
     let wake = &shared.wakes[usize::from(index)];
     let mut done: Option<(Claim, Plan)> = None;
     let mut turns = Turns::default();
+    // Where this worker's attempts run (see `AttemptBox`).
+    let mut attempt_box = AttemptBox::empty();
     loop {
         let (delivery, next, woke) = {
             let now = done.as_ref().and_then(|(_, p)| p.now(&shared.clock));
@@ -223,10 +244,7 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
         }
         match next {
             Next::Run(claim) => {
-                let mut guard = ClaimGuard {
-                    shared: &shared,
-                    claim: Some(claim),
-                };
+                let mut guard = ClaimGuard::new(&shared, claim, &mut attempt_box);
                 // A worker woken from this thread waits in the thread's LIFO
                 // slot, which other threads cannot steal from, and a busy
                 // worker never waits, so it would never give way: the cluster
@@ -241,7 +259,8 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
                     tokio::task::yield_now().await;
                     turns.reset();
                 }
-                let end = run_claim(&shared, wake, guard.claim(), &mut turns).await;
+                let (claim, attempt) = guard.run();
+                let end = run_claim(&shared, wake, claim, &mut turns, attempt).await;
                 guard.claim().attempts = end.attempts;
                 if let Some(to_park) = end.park {
                     // The attempt waits for another task: park it and go
@@ -249,7 +268,16 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
                     let (attempt, deadline) = *to_park;
                     let parked = Box::new(Parked::new(guard.take(), attempt, deadline));
                     let slot = ParkSlot::new(&shared);
-                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
+                    run_parked(
+                        &shared,
+                        wake,
+                        slot,
+                        parked,
+                        &mut turns,
+                        &mut done,
+                        &mut attempt_box,
+                    )
+                    .await;
                     continue;
                 }
                 // The guard keeps the claim until it is settled or handed
@@ -280,7 +308,16 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
                 // Only the worker that popped the slot from the ready list
                 // takes its attempt, so it is there.
                 if let Some(parked) = slot.take() {
-                    run_parked(&shared, wake, slot, parked, &mut turns, &mut done).await;
+                    run_parked(
+                        &shared,
+                        wake,
+                        slot,
+                        parked,
+                        &mut turns,
+                        &mut done,
+                        &mut attempt_box,
+                    )
+                    .await;
                 }
             }
             // Woken for work or by `Shared::close`; the next claim tells which.
@@ -298,12 +335,14 @@ async fn run_worker(shared: Arc<Shared>, index: u16) {
 }
 
 /// Runs attempts of a claimed task until it succeeds, fails for good, is
-/// interrupted, or is to be requeued.
+/// interrupted, or is to be requeued. The attempts run in `attempt`, the
+/// worker's box; one that does not finish leaves it (see `AttemptBox`).
 async fn run_claim(
     shared: &Shared,
     wake: &WorkerWake,
     claim: &Claim,
     turns: &mut Turns,
+    attempt: &mut AttemptBox,
 ) -> ClaimEnd {
     let job = &claim.job;
     let policy = job.policy();
@@ -325,7 +364,7 @@ async fn run_claim(
         }
         attempts = attempts.saturating_add(1);
         let deadline = policy.timeout().and_then(|t| Instant::now().checked_add(t));
-        let mut attempt = job.clone().start_attempt(attempts, deadline);
+        job.clone().start_attempt(attempts, deadline, attempt);
         enum End {
             Done(AttemptStatus),
             Interrupted(Forced),
@@ -336,7 +375,7 @@ async fn run_claim(
         }
         // Most short bodies finish on their first poll: try that before
         // arming the cancel and timeout branches.
-        let first = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut *attempt).poll(cx))).await;
         let end = match first {
             Poll::Ready(status) => End::Done(status),
             // Blocking bodies never park (they hold their worker).
@@ -347,7 +386,7 @@ async fn run_claim(
                 let started = Instant::now();
                 tokio::select! {
                     biased;
-                    status = poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                    status = poll_fn(|cx| match Pin::new(&mut *attempt).poll(cx) {
                         Poll::Ready(s) => Poll::Ready(Some(s)),
                         Poll::Pending if !policy.blocking && park::take_request() => Poll::Ready(None),
                         Poll::Pending => Poll::Pending,
@@ -358,19 +397,21 @@ async fn run_claim(
                 }
             }
         };
-        // An async attempt is dropped here; a blocking one is waited for.
-        let leftover = |attempt: AttemptFuture| {
+        // An unfinished attempt leaves the worker's box: an async one is
+        // dropped here; a blocking one is waited for.
+        let leftover = |attempt: &mut AttemptBox| {
+            let unfinished = attempt.take();
             if policy.blocking {
-                Some(attempt)
+                Some(unfinished)
             } else {
-                drop_guarded(attempt, "an interrupted attempt");
+                unfinished.discard("an interrupted attempt");
                 None
             }
         };
         let leftover = match end {
             End::Park => {
                 return ClaimEnd {
-                    park: Some(Box::new((attempt, deadline))),
+                    park: Some(Box::new((attempt.take(), deadline))),
                     plan: Plan::Final(None),
                     leftover: None,
                     attempts,
@@ -445,6 +486,7 @@ async fn run_parked(
     mut parked: Box<Parked>,
     turns: &mut Turns,
     done: &mut Option<(Claim, Plan)>,
+    attempt_box: &mut AttemptBox,
 ) {
     loop {
         let waker = Waker::from(slot.clone());
@@ -457,11 +499,9 @@ async fn run_parked(
             return;
         };
         let Parked { claim, attempt, .. } = *parked;
-        let mut guard = ClaimGuard {
-            shared,
-            claim: Some(claim),
-        };
-        let end = resume_claim(shared, wake, guard.claim(), turns, end, attempt).await;
+        let mut guard = ClaimGuard::new(shared, claim, attempt_box);
+        let (claim, attempt_box) = guard.run();
+        let end = resume_claim(shared, wake, claim, turns, end, attempt, attempt_box).await;
         guard.claim().attempts = end.attempts;
         match end.park {
             Some(to_park) => {
@@ -480,14 +520,15 @@ async fn run_parked(
 
 /// `run_claim` for a claim whose parked attempt ended as `end`: decides
 /// about it as `run_claim` decides about an attempt, then runs any
-/// immediate retry.
+/// immediate retry (in `attempt_box`, the worker's box).
 async fn resume_claim(
     shared: &Shared,
     wake: &WorkerWake,
     claim: &Claim,
     turns: &mut Turns,
     end: ParkEnd,
-    attempt: AttemptFuture,
+    attempt: AttemptBox,
+    attempt_box: &mut AttemptBox,
 ) -> ClaimEnd {
     let job = &claim.job;
     let policy = job.policy();
@@ -499,16 +540,19 @@ async fn resume_claim(
         attempts,
     };
     match end {
-        ParkEnd::Done(AttemptStatus::Succeeded) => return finish(Plan::Final(None)),
-        ParkEnd::Done(AttemptStatus::Failed) => drop_guarded(attempt, "a finished attempt"),
+        ParkEnd::Done(AttemptStatus::Succeeded) => {
+            attempt.discard("a finished attempt");
+            return finish(Plan::Final(None));
+        }
+        ParkEnd::Done(AttemptStatus::Failed) => attempt.discard("a finished attempt"),
         ParkEnd::Interrupted(forced) => {
-            drop_guarded(attempt, "an interrupted attempt");
+            attempt.discard("an interrupted attempt");
             return finish(Plan::Final(Some(forced)));
         }
         ParkEnd::TimedOut => {
             job.raise(CancelReason::TimedOut);
             job.record_timeout(policy.timeout().unwrap_or_default());
-            drop_guarded(attempt, "an interrupted attempt");
+            attempt.discard("an interrupted attempt");
         }
     }
     if let Some(plan) = slowed_down(shared, job.as_ref()) {
@@ -536,7 +580,7 @@ async fn resume_claim(
                 _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown))),
                 _ = sleep_ticks(&shared.clock, delay) => {}
             }
-            Box::pin(run_claim(shared, wake, claim, turns)).await
+            Box::pin(run_claim(shared, wake, claim, turns, attempt_box)).await
         }
     }
 }

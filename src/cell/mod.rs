@@ -63,7 +63,7 @@ use crate::dedup::Window;
 use crate::deps::After;
 use crate::error::{DependencyCause, DependencyError, TaskError};
 use crate::history::History;
-use crate::job::{AttemptFuture, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
+use crate::job::{AttemptBox, AttemptStatus, Cloner, Forced, Job, Outcome, OutcomeSlot, Policy};
 use crate::limit::TaskLimits;
 use crate::panic::{drop_guarded, guard};
 use crate::progress::{Progress, Reports};
@@ -488,7 +488,8 @@ where
         self: Arc<Self>,
         attempt: u32,
         deadline: Option<tokio::time::Instant>,
-    ) -> AttemptFuture {
+        into: &mut AttemptBox,
+    ) {
         let reset = self.signal.reset_timeout();
         // Only the worker that claimed the task starts attempts, and the task
         // cannot complete meanwhile, so the body can be lent out of the lock
@@ -521,7 +522,7 @@ where
         if attempt <= self.retries || std::mem::needs_drop::<B>() {
             self.state.lock().body = body;
         }
-        Box::pin(async move {
+        into.set(async move {
             let result = match started {
                 Ok(fut) => fut.await,
                 Err(message) => Err(message),
@@ -538,7 +539,7 @@ where
             };
             self.store_attempt(outcome);
             status
-        })
+        });
     }
 
     fn record_timeout(&self, limit: Duration) {
