@@ -4,10 +4,12 @@
 //! callbacks) goes through here, so a panic never unwinds into a worker.
 
 use std::any::Any;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
 
 /// The message of a panic payload (`&str` and `String` payloads; anything
 /// else becomes a placeholder).
@@ -29,12 +31,30 @@ pub(crate) fn guard<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(message)
 }
 
-/// Awaits `fut`, yielding `Err(message)` instead of unwinding if it panics
-/// while being polled or dropped once it is done. The future is pinned in
-/// place (no extra allocation).
-pub(crate) async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, String> {
-    let mut fut = pin!(Some(fut));
-    poll_fn(|cx| {
+pin_project! {
+    /// Awaits `fut`, yielding `Err(message)` instead of unwinding if it
+    /// panics while being polled or dropped once it is done. Written by
+    /// hand rather than as an `async fn`, which would hold `fut` twice (as
+    /// its argument, and pinned in its body): an attempt is copied into its
+    /// worker's box (`crate::job::AttemptBox`), and a smaller one copies
+    /// faster.
+    pub(crate) struct CatchUnwind<F> {
+        // `None` once done: the future is dropped as soon as it is ready.
+        #[pin]
+        fut: Option<F>,
+    }
+}
+
+/// See [`CatchUnwind`].
+pub(crate) fn catch_unwind<F: Future>(fut: F) -> CatchUnwind<F> {
+    CatchUnwind { fut: Some(fut) }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut fut = self.project().fut;
         let polled = guard(|| {
             let Some(f) = fut.as_mut().as_pin_mut() else {
                 return Poll::Pending; // unreachable: not polled after `Ready`
@@ -54,8 +74,7 @@ pub(crate) async fn catch_unwind<F: Future>(fut: F) -> Result<F::Output, String>
                 Poll::Ready(Err(msg))
             }
         }
-    })
-    .await
+    }
 }
 
 /// Drops `value` (user code: a body, or a future dropped mid-attempt),

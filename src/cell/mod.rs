@@ -43,12 +43,15 @@
 //! outcome reaches the handle, the subscribers, the callbacks and the cache.
 
 use std::any::{Any, TypeId};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -392,6 +395,48 @@ impl<B, T, E> TaskCell<B, T, E> {
     }
 }
 
+pin_project! {
+    /// An attempt's future: the body's, then its result stored in the cell
+    /// ([`Job::start_attempt`]). Written by hand rather than as an `async`
+    /// block, which would hold the body's future twice (captured, then
+    /// moved to be awaited): the attempt is copied into the worker's box
+    /// (`AttemptBox`), and a smaller one copies faster.
+    struct Attempt<B, T, E, F> {
+        // `None` once the result is stored: a finished attempt holds
+        // nothing (see `AttemptBox`), the body's future included.
+        cell: Option<Arc<TaskCell<B, T, E>>>,
+        #[pin]
+        body: F,
+    }
+}
+
+impl<B, T, E, F> Future for Attempt<B, T, E, F>
+where
+    F: Future<Output = Result<Result<T, E>, String>>,
+{
+    type Output = AttemptStatus;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AttemptStatus> {
+        let this = self.project();
+        let outcome = match ready!(this.body.poll(cx)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(TaskError::Failed(e)),
+            Err(message) => Err(TaskError::Panicked { message }),
+        };
+        let status = if outcome.is_ok() {
+            AttemptStatus::Succeeded
+        } else {
+            AttemptStatus::Failed
+        };
+        match this.cell.take() {
+            Some(cell) => cell.store_attempt(outcome),
+            // Unreachable: not polled after `Ready`.
+            None => drop_guarded(outcome, "an attempt's result"),
+        }
+        Poll::Ready(status)
+    }
+}
+
 impl<B, T, E> Drop for TaskCell<B, T, E> {
     /// What the user handed in (the body and its captures, callbacks,
     /// predicate, strategy) and what the task produced are user code when
@@ -522,24 +567,17 @@ where
         if attempt <= self.retries || std::mem::needs_drop::<B>() {
             self.state.lock().body = body;
         }
-        into.set(async move {
-            let result = match started {
-                Ok(fut) => fut.await,
-                Err(message) => Err(message),
-            };
-            let outcome = match result {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(TaskError::Failed(e)),
-                Err(message) => Err(TaskError::Panicked { message }),
-            };
-            let status = if outcome.is_ok() {
-                AttemptStatus::Succeeded
-            } else {
-                AttemptStatus::Failed
-            };
-            self.store_attempt(outcome);
-            status
-        });
+        match started {
+            Ok(body) => into.set(Attempt {
+                cell: Some(self),
+                body,
+            }),
+            Err(message) => {
+                // The attempt failed before it had a future: its result is stored now.
+                self.store_attempt(Err(TaskError::Panicked { message }));
+                into.set(std::future::ready(AttemptStatus::Failed));
+            }
+        }
     }
 
     fn record_timeout(&self, limit: Duration) {
