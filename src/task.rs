@@ -359,21 +359,16 @@ impl From<&TaskId> for TaskId {
 /// which free the worker while they wait (see "Waiting for another task
 /// inside a body" on [`Cluster::task`](crate::Cluster::task)).
 pub struct TaskContext {
-    id: TaskId,
+    // No id: it is read from the task when asked for, which most bodies
+    // never do (a context is made per attempt).
     attempt: u32,
     deadline: Option<Instant>,
     job: Arc<dyn Job>,
 }
 
 impl TaskContext {
-    pub(crate) fn new(
-        id: TaskId,
-        attempt: u32,
-        deadline: Option<Instant>,
-        job: Arc<dyn Job>,
-    ) -> Self {
+    pub(crate) fn new(attempt: u32, deadline: Option<Instant>, job: Arc<dyn Job>) -> Self {
         TaskContext {
-            id,
             attempt,
             deadline,
             job,
@@ -383,7 +378,7 @@ impl TaskContext {
     /// The task's id. By value, as [`TaskHandle::id`](crate::TaskHandle::id)
     /// (which holds no id to lend): a copy, or a reference count to clone.
     pub fn id(&self) -> TaskId {
-        self.id.clone()
+        self.job.id()
     }
 
     /// The attempt number, starting at 1 (a task with `retry(2)` runs attempts 1 to 3 at most).
@@ -544,7 +539,7 @@ impl TaskContext {
         T: Clone + Send + 'static,
         E: Clone + Send + 'static,
     {
-        crate::wait::wait_for(self.job.seq(), &self.id, id.into()).await
+        crate::wait::wait_for(self.job.seq(), &self.id(), id.into()).await
     }
 
     /// Awaits `handle` as [`wait_for`](Self::wait_for) waits for an id:
@@ -632,7 +627,7 @@ impl TaskContext {
 impl fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskContext")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("attempt", &self.attempt)
             .field("deadline", &self.deadline)
             .field("cancel_reason", &self.cancel_reason())

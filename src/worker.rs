@@ -160,6 +160,7 @@ struct ClaimGuard<'a> {
 }
 
 impl<'a> ClaimGuard<'a> {
+    #[inline]
     fn new(shared: &'a Shared, claim: Claim, attempt: &'a mut AttemptBox) -> Self {
         ClaimGuard {
             shared,
@@ -173,11 +174,13 @@ impl<'a> ClaimGuard<'a> {
     }
 
     /// The claim and the worker's box, for `run_claim`.
+    #[inline]
     fn run(&mut self) -> (&Claim, &mut AttemptBox) {
         let claim = self.claim.as_ref().expect("claim is present until taken");
         (claim, self.attempt)
     }
 
+    #[inline]
     fn take(mut self) -> Claim {
         self.claim.take().expect("claim is present until taken")
     }

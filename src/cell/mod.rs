@@ -556,7 +556,7 @@ where
             }
             st.body.take()
         };
-        let ctx = TaskContext::new(self.id(), attempt, deadline, self.clone());
+        let ctx = TaskContext::new(attempt, deadline, self.clone());
         let started = match &body {
             Some(body) => guard(|| body.start(ctx)),
             None => Err("the task body was already released".to_owned()),
