@@ -180,19 +180,28 @@ impl<'a> ClaimGuard<'a> {
         (claim, self.attempt)
     }
 
-    #[inline]
+    // Always inlined (with `drop`), so that the drop after a take folds
+    // away: this is once per task.
+    #[inline(always)]
     fn take(mut self) -> Claim {
         self.claim.take().expect("claim is present until taken")
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn shut_down(&mut self, claim: Claim) {
+        self.attempt.take().discard("an interrupted attempt");
+        // A blocking body still running learns it, through its signal.
+        claim.job.raise(CancelReason::Shutdown);
+        settle_now(self.shared, claim, Plan::Final(Some(Forced::Shutdown)));
     }
 }
 
 impl Drop for ClaimGuard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(claim) = self.claim.take() {
-            self.attempt.take().discard("an interrupted attempt");
-            // A blocking body still running learns it, through its signal.
-            claim.job.raise(CancelReason::Shutdown);
-            settle_now(self.shared, claim, Plan::Final(Some(Forced::Shutdown)));
+            self.shut_down(claim);
         }
     }
 }
