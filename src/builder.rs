@@ -16,7 +16,7 @@ use crate::deps::After;
 use crate::engine::{Engine, NewTask, Phase};
 use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
-use crate::job::{Cloner, Job, Outcome, Policy};
+use crate::job::{Cloner, Job, Outcome, OutcomeSlot, Policy};
 use crate::panic::drop_guarded;
 use crate::task::TaskId;
 
@@ -734,49 +734,29 @@ where
             Some(x) => check_extras(x, name.is_some(), &mut retention)?,
         };
         let policy = Policy::new(timeout, retries, mode, blocking);
-        let extras = if name.is_some() || retention.is_some() {
-            let mut x = extras.unwrap_or_default();
-            x.name = name;
-            x.retention = retention;
-            Some(x)
-        } else {
-            extras
+        let extras = match (name, extras, retention) {
+            // An id and nothing else: held in the cell, with no `Extras`
+            // to allocate and free (`crate::cell::NameOnly`).
+            (Some(name), None, None) => {
+                let cell = TaskCell::named(body, policy, priority, name, cloner);
+                return submit_cell(cluster, Arc::new(cell), priority, start);
+            }
+            (None, extras, None) => extras,
+            (name, extras, retention) => {
+                let mut x = extras.unwrap_or_default();
+                x.name = name;
+                x.retention = retention;
+                Some(x)
+            }
         };
-
-        // Allocate and read the clock before locking: the lock is the
-        // cluster's one contended resource, so nothing that can run outside
-        // it runs inside.
         let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
-        let job: Arc<dyn Job> = cell.clone();
-        let now = shared.clock.now();
-        let start = match start {
-            Start::Now => now,
-            Start::At(at) => shared.clock.tick(at),
-            Start::After(d) => now.saturating_add(duration_ticks(d)),
-        };
         if special {
+            let job: Arc<dyn Job> = cell.clone();
+            let now = shared.clock.now();
+            let start = start_tick(start, now, cluster);
             return submit_special(cluster, cell, job, priority, start, now);
         }
-        let mut core = shared.lock();
-        let unstarted = core.phase == Phase::Idle;
-        let admitted = core.submit(
-            job,
-            cell.name(),
-            |seq, slot| cell.assign(seq, slot),
-            priority,
-            start,
-            now,
-        );
-        shared.unlock(core);
-        // On error the body (in `cell`) is dropped here, after the unlock.
-        let replaced = admitted?;
-        if let Some(old) = replaced {
-            old.release();
-        }
-        if unstarted {
-            cluster.watch_unstarted();
-        }
-        Ok(TaskHandle::new(cell))
+        submit_cell(cluster, cell, priority, start)
     }
 
     /// The cluster the task is built for.
@@ -890,6 +870,57 @@ fn validate<T, E>(
 
 /// A task's cell, typed.
 type Cell<B, T, E> = Arc<TaskCell<B, T, E>>;
+
+/// The engine tick of `start`, `now` being the current one.
+#[inline(always)]
+fn start_tick(start: Start, now: i64, cluster: &Cluster) -> i64 {
+    match start {
+        Start::Now => now,
+        Start::At(at) => cluster.shared().clock.tick(at),
+        Start::After(d) => now.saturating_add(duration_ticks(d)),
+    }
+}
+
+/// The plain submit once the cell is made, for a cell of either kind of
+/// options (`crate::cell::Options`): one lock section.
+#[inline(always)]
+fn submit_cell<C, T, E>(
+    cluster: &Cluster,
+    cell: Arc<C>,
+    priority: i32,
+    start: Start,
+) -> Result<TaskHandle<T, E>, SubmitError>
+where
+    C: Job + OutcomeSlot<T, E>,
+{
+    // The cell is allocated and the clock read before locking: the lock is
+    // the cluster's one contended resource, so nothing that can run
+    // outside it runs inside.
+    let shared = cluster.shared();
+    let job: Arc<dyn Job> = cell.clone();
+    let now = shared.clock.now();
+    let start = start_tick(start, now, cluster);
+    let mut core = shared.lock();
+    let unstarted = core.phase == Phase::Idle;
+    let admitted = core.submit(
+        job,
+        cell.name(),
+        |seq, slot| cell.assign(seq, slot),
+        priority,
+        start,
+        now,
+    );
+    shared.unlock(core);
+    // On error the body (in `cell`) is dropped here, after the unlock.
+    let replaced = admitted?;
+    if let Some(old) = replaced {
+        old.release();
+    }
+    if unstarted {
+        cluster.watch_unstarted();
+    }
+    Ok(TaskHandle::new(cell))
+}
 
 /// Submits a task with parents (see `crate::deps`), out of the hot path.
 #[cold]

@@ -67,7 +67,6 @@
 //! 5. The sweep never changes a decided outcome: it only drops what
 //!    `finalize` retained (see `crate::cell` invariant 4).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +77,7 @@ mod capacity;
 mod deps;
 mod keys;
 mod limit;
+mod names;
 mod park;
 mod watch;
 
@@ -87,6 +87,7 @@ use self::deps::Deps;
 pub(crate) use self::deps::NewTask;
 use self::keys::Keys;
 use self::limit::Limits;
+use self::names::Names;
 use self::park::Parking;
 pub(crate) use self::watch::PendingWatch;
 use self::watch::Watchers;
@@ -248,12 +249,7 @@ pub(crate) struct Engine {
     clock: Clock,
     entries: Slab<Entry>,
     /// User-given ids; generated ids carry their slot and need no map.
-    /// Hashed with foldhash, not SipHash: a cancel by name hashes the id
-    /// twice (find, then remove), and SipHash made that cost as much as the
-    /// rest of the cancel (W6, `bench/README.md#w6-cancel-by-id`). Its per-map
-    /// random seed keeps the "quality" variant's protection against
-    /// chosen colliding ids.
-    names: HashMap<Arc<str>, Slot, foldhash::quality::RandomState>,
+    names: Names,
     pub(crate) queue: Queue,
     /// When retained outcomes expire.
     expiries: Expiries,
@@ -321,7 +317,7 @@ impl Engine {
         Engine {
             clock,
             entries: Slab::new(),
-            names: HashMap::default(),
+            names: Names::default(),
             queue: Queue::default(),
             expiries: Expiries::default(),
             next_seq: 0,
@@ -696,7 +692,7 @@ impl Engine {
     fn remove(&mut self, slot: Slot) -> Arc<dyn Job> {
         let e = self.entries.remove(slot as usize);
         if let Some(name) = e.job.name() {
-            self.names.remove(name);
+            self.names.remove(name, slot);
         }
         self.maybe_shrink();
         e.job

@@ -80,7 +80,9 @@ pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + 
 
 /// Options most tasks do not use, boxed so that a plain task stays small.
 pub(crate) struct Extras<T, E> {
-    /// The user-given id; generated ids need no storage beyond `seq` and `slot`.
+    /// The user-given id; generated ids need no storage beyond `seq` and
+    /// `slot`, and a task with no other option keeps its id in its cell
+    /// instead ([`NameOnly`]).
     pub(crate) name: Option<Arc<str>>,
     /// `Some` when the outcome is cached after completion.
     pub(crate) retention: Option<Duration>,
@@ -129,6 +131,62 @@ impl<T, E> Default for Extras<T, E> {
             limits: None,
             key: None,
         }
+    }
+}
+
+/// How a cell keeps its user id and its boxed options: a type parameter of
+/// the cell, so that a task whose only option is its id holds the id in
+/// place ([`NameOnly`]) instead of in a boxed [`Extras`], while every other
+/// task keeps one pointer for both ([`Boxed`]). A plain task's cell stays
+/// as small as it was (`size_of_a_small_cell`); a task with only an id
+/// allocates and frees one block less (the `Extras` box: a cancel by name
+/// frees it, W6, `bench/README.md#w6-cancel-by-id`).
+pub(crate) trait Options<T, E> {
+    /// The boxed options, if the task has any.
+    fn extras(&self) -> Option<&Extras<T, E>>;
+    /// The user-given id, if any.
+    fn name(&self) -> Option<&Arc<str>>;
+    /// The boxed options, taken to be dropped (user code: callbacks,
+    /// predicates, strategies).
+    fn take_extras(&mut self) -> Option<Box<Extras<T, E>>>;
+}
+
+/// The options of any task: none, or boxed with the id among them.
+pub(crate) type Boxed<T, E> = Option<Box<Extras<T, E>>>;
+
+impl<T, E> Options<T, E> for Boxed<T, E> {
+    #[inline]
+    fn extras(&self) -> Option<&Extras<T, E>> {
+        self.as_deref()
+    }
+
+    #[inline]
+    fn name(&self) -> Option<&Arc<str>> {
+        self.as_deref().and_then(|x| x.name.as_ref())
+    }
+
+    fn take_extras(&mut self) -> Option<Box<Extras<T, E>>> {
+        self.take()
+    }
+}
+
+/// A task whose only option is its user-given id (its cell is 16 bytes
+/// larger than a plain task's, and it has no `Extras`).
+pub(crate) struct NameOnly(pub(crate) Arc<str>);
+
+impl<T, E> Options<T, E> for NameOnly {
+    #[inline]
+    fn extras(&self) -> Option<&Extras<T, E>> {
+        None
+    }
+
+    #[inline]
+    fn name(&self) -> Option<&Arc<str>> {
+        Some(&self.0)
+    }
+
+    fn take_extras(&mut self) -> Option<Box<Extras<T, E>>> {
+        None
     }
 }
 
@@ -245,9 +303,10 @@ impl<B, T, E> CellState<B, T, E> {
     }
 }
 
-/// See the module docs.
-pub(crate) struct TaskCell<B, T, E> {
-    /// The id is assembled from these and `Extras::name`: the cell is
+/// See the module docs. `O` keeps the user id and the boxed options
+/// ([`Options`]).
+pub(crate) struct TaskCell<B, T, E, O: Options<T, E> = Boxed<T, E>> {
+    /// The id is assembled from these and the user id (`O::name`): the cell is
     /// allocated before the cluster's lock is taken (to keep the allocation
     /// out of it), and the sequence number and slot are only known under it.
     /// They are written once, under that lock, before any other thread can
@@ -268,7 +327,7 @@ pub(crate) struct TaskCell<B, T, E> {
     /// owner (a handle that moves between threads is synchronised by the
     /// move) and by `release`, under the lock.
     handle_resolved: AtomicBool,
-    extras: Option<Box<Extras<T, E>>>,
+    opts: O,
     state: Mutex<CellState<B, T, E>>,
 }
 
@@ -278,6 +337,31 @@ impl<B, T, E> TaskCell<B, T, E> {
         policy: Policy,
         priority: i32,
         extras: Option<Box<Extras<T, E>>>,
+        cloner: Option<Cloner<T, E>>,
+    ) -> Self {
+        TaskCell::with_options(body, policy, priority, extras, cloner)
+    }
+}
+
+impl<B, T, E> TaskCell<B, T, E, NameOnly> {
+    /// A task whose only option is its id `name` (see [`NameOnly`]).
+    pub(crate) fn named(
+        body: B,
+        policy: Policy,
+        priority: i32,
+        name: Arc<str>,
+        cloner: Option<Cloner<T, E>>,
+    ) -> Self {
+        TaskCell::with_options(body, policy, priority, NameOnly(name), cloner)
+    }
+}
+
+impl<B, T, E, O: Options<T, E>> TaskCell<B, T, E, O> {
+    fn with_options(
+        body: B,
+        policy: Policy,
+        priority: i32,
+        opts: O,
         cloner: Option<Cloner<T, E>>,
     ) -> Self {
         TaskCell {
@@ -290,7 +374,7 @@ impl<B, T, E> TaskCell<B, T, E> {
             blocking: policy.blocking,
             signal: Signal::default(),
             handle_resolved: AtomicBool::new(false),
-            extras,
+            opts,
             state: Mutex::new(CellState {
                 body: Some(body),
                 result: None,
@@ -312,17 +396,17 @@ impl<B, T, E> TaskCell<B, T, E> {
     }
 
     pub(crate) fn keeps_history(&self) -> bool {
-        self.extras.as_deref().is_some_and(|x| x.history)
+        self.opts.extras().is_some_and(|x| x.history)
     }
 
     /// The task's key options, if it has a key (`crate::keys`).
     pub(crate) fn key_options(&self) -> Option<&crate::keys::KeyOptions> {
-        self.extras.as_deref()?.key.as_ref()
+        self.opts.extras()?.key.as_ref()
     }
 
     /// For a named task that joins duplicates: how to copy the outcome, and the id.
     pub(crate) fn joiner(&self) -> Option<(Cloner<T, E>, &Arc<str>)> {
-        let x = self.extras.as_deref()?;
+        let x = self.opts.extras()?;
         Some((x.join?, x.name.as_ref()?))
     }
 
@@ -341,7 +425,7 @@ impl<B, T, E> TaskCell<B, T, E> {
     }
 
     fn user_id(&self) -> Option<&Arc<str>> {
-        self.extras.as_ref().and_then(|x| x.name.as_ref())
+        self.opts.name()
     }
 
     /// Records the sequence number and registry slot picked at submit.
@@ -375,7 +459,7 @@ impl<B, T, E> TaskCell<B, T, E> {
     }
 }
 
-impl<B, T, E> TaskCell<B, T, E> {
+impl<B, T, E, O: Options<T, E>> TaskCell<B, T, E, O> {
     /// Records a failed attempt's error that the worker decided (a timeout
     /// or a stall), replacing what the attempt stored, if anything.
     fn record_failure(&self, err: TaskError<E>) {
@@ -401,16 +485,16 @@ pin_project! {
     /// block, which would hold the body's future twice (captured, then
     /// moved to be awaited): the attempt is copied into the worker's box
     /// (`AttemptBox`), and a smaller one copies faster.
-    struct Attempt<B, T, E, F> {
+    struct Attempt<B, T, E, O: Options<T, E>, F> {
         // `None` once the result is stored: a finished attempt holds
         // nothing (see `AttemptBox`), the body's future included.
-        cell: Option<Arc<TaskCell<B, T, E>>>,
+        cell: Option<Arc<TaskCell<B, T, E, O>>>,
         #[pin]
         body: F,
     }
 }
 
-impl<B, T, E, F> Future for Attempt<B, T, E, F>
+impl<B, T, E, O: Options<T, E>, F> Future for Attempt<B, T, E, O, F>
 where
     F: Future<Output = Result<Result<T, E>, String>>,
 {
@@ -437,7 +521,7 @@ where
     }
 }
 
-impl<B, T, E> Drop for TaskCell<B, T, E> {
+impl<B, T, E, O: Options<T, E>> Drop for TaskCell<B, T, E, O> {
     /// What the user handed in (the body and its captures, callbacks,
     /// predicate, strategy) and what the task produced are user code when
     /// dropped; the last reference may go on any thread (a worker, the
@@ -458,14 +542,15 @@ impl<B, T, E> Drop for TaskCell<B, T, E> {
         if let Some(rare) = st.rare.take() {
             drop_guarded(rare, "a retained outcome");
         }
-        if let Some(extras) = self.extras.take() {
+        if let Some(extras) = self.opts.take_extras() {
             drop_guarded(extras, "a task's callbacks, predicate or backoff");
         }
     }
 }
 
-impl<B, T, E> Job for TaskCell<B, T, E>
+impl<B, T, E, O> Job for TaskCell<B, T, E, O>
 where
+    O: Options<T, E> + Send + Sync + 'static,
     B: Body<T, E>,
     T: Send + 'static,
     E: Send + 'static,
@@ -492,7 +577,7 @@ where
     }
 
     fn retention(&self) -> Option<Duration> {
-        self.extras.as_ref().and_then(|x| x.retention)
+        self.opts.extras().and_then(|x| x.retention)
     }
 
     fn signal(&self) -> &Signal {
@@ -593,14 +678,14 @@ where
     }
 
     fn holds_id(&self, now: i64) -> bool {
-        self.extras
-            .as_deref()
+        self.opts
+            .extras()
             .and_then(|x| x.window.as_ref())
             .is_some_and(|w| w.holds(now))
     }
 
     fn start_window(&self, now: i64) {
-        if let Some(w) = self.extras.as_deref().and_then(|x| x.window.as_ref()) {
+        if let Some(w) = self.opts.extras().and_then(|x| x.window.as_ref()) {
             w.start(now);
         }
     }
@@ -631,11 +716,11 @@ where
     }
 
     fn stall_timeout(&self) -> Option<Duration> {
-        self.extras.as_deref().and_then(|x| x.stall)
+        self.opts.extras().and_then(|x| x.stall)
     }
 
     fn retry_delay(&self, attempt: u32) -> Option<Duration> {
-        let extras = self.extras.as_deref();
+        let extras = self.opts.extras();
         let decision = match extras.and_then(|x| x.retry_with.as_ref()) {
             None => RetryDecision::Retry,
             Some(decide) => {
@@ -726,21 +811,22 @@ where
     }
 
     fn parents(&self) -> &[After] {
-        self.extras.as_deref().map_or(&[], |x| &x.parents)
+        self.opts.extras().map_or(&[], |x| &x.parents)
     }
 
     fn limits(&self) -> Option<&TaskLimits> {
-        self.extras.as_deref()?.limits.as_deref()
+        self.opts.extras()?.limits.as_deref()
     }
 
     fn key(&self) -> Option<(&Arc<str>, u32)> {
-        let k = self.extras.as_deref()?.key.as_ref()?;
+        let k = self.opts.extras()?.key.as_ref()?;
         Some((k.key.as_ref()?, k.cost))
     }
 }
 
-impl<B, T, E> OutcomeSlot<T, E> for TaskCell<B, T, E>
+impl<B, T, E, O> OutcomeSlot<T, E> for TaskCell<B, T, E, O>
 where
+    O: Options<T, E> + Send + Sync + 'static,
     B: Send + 'static,
     T: Send + 'static,
     E: Send + 'static,
@@ -791,5 +877,18 @@ mod tests {
         let cell =
             std::mem::size_of::<TaskCell<AsyncBody<EightBytes>, u64, std::convert::Infallible>>();
         assert!(cell <= 120, "a cell with an 8-byte body is {cell} bytes");
+    }
+
+    #[test]
+    fn size_of_a_cell_with_only_an_id() {
+        // The id in place (16 bytes) of the options' pointer (8): a
+        // 144-byte allocation with the `Arc` counts, and no `Extras` box.
+        let cell = std::mem::size_of::<
+            TaskCell<AsyncBody<EightBytes>, u64, std::convert::Infallible, NameOnly>,
+        >();
+        assert!(
+            cell <= 128,
+            "a named cell with an 8-byte body is {cell} bytes"
+        );
     }
 }

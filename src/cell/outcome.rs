@@ -9,13 +9,14 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use super::{Extras, TaskCell};
+use super::{Extras, Options, TaskCell};
 use crate::error::TaskError;
 use crate::job::{Answer, Cloner, Forced, Outcome, SubscribeRequest};
 use crate::panic::{drop_guarded, guard};
 
-impl<B, T, E> TaskCell<B, T, E>
+impl<B, T, E, O> TaskCell<B, T, E, O>
 where
+    O: Options<T, E> + Send + Sync + 'static,
     B: Send + 'static,
     T: Send + 'static,
     E: Send + 'static,
@@ -28,7 +29,7 @@ where
         let plain = forced.is_none()
             && st.rare.is_none()
             && !std::mem::needs_drop::<B>()
-            && self.extras.as_deref().is_none_or(|x| {
+            && self.opts.extras().is_none_or(|x| {
                 x.on_failure.is_none()
                     && x.on_complete.is_none()
                     && x.settled.is_none()
@@ -72,8 +73,8 @@ where
         // An error a cancel or shutdown overrides was an earlier attempt's.
         let overridden = overridden.and_then(|old| st.keep_in_history(old));
         let hooks = self
-            .extras
-            .as_deref()
+            .opts
+            .extras()
             .filter(|x| x.on_failure.is_some() || x.on_complete.is_some() || x.settled.is_some());
         // The cache keeps a copy of its own unless it already let go of the
         // task (a sweep between the registry's finalize and this delivery).
