@@ -706,54 +706,18 @@ where
         if self.extras.as_ref().is_some_and(|x| !x.parents.is_empty()) {
             return submit_dependent(self);
         }
-        let TaskBuilder {
-            cluster,
-            body,
-            blocking,
-            id,
-            priority,
-            start,
-            timeout,
-            retries,
-            mode,
-            cache,
-            extras,
-            cloner,
-        } = self;
-        let name = match id {
-            None => None,
-            Some(id) => Some(validate_id(&id)?.clone()),
-        };
-        validate(timeout, extras.as_deref())?;
+        let cluster = self.cluster;
         let shared = cluster.shared();
-        let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
-        // The options of `crate::dedup`, `crate::progress` and
-        // `crate::history` all live in `extras`: a plain task skips them.
-        let special = match extras.as_deref() {
-            None => false,
-            Some(x) => check_extras(x, name.is_some(), &mut retention)?,
-        };
-        let policy = Policy::new(timeout, retries, mode, blocking);
-        let extras = if name.is_some() || retention.is_some() {
-            let mut x = extras.unwrap_or_default();
-            x.name = name;
-            x.retention = retention;
-            Some(x)
-        } else {
-            extras
-        };
-
-        // Allocate and read the clock before locking: the lock is the
-        // cluster's one contended resource, so nothing that can run outside
-        // it runs inside.
-        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
+        let (priority, start) = (self.priority, self.start);
+        let (cell, special) = self.into_cell(false)?;
         let job: Arc<dyn Job> = cell.clone();
+        // Read after the allocation and before locking: the lock is the
+        // cluster's one contended resource, so nothing that can run outside
+        // it runs inside. A task without a start time starts at its
+        // submission, which orders it exactly among due tasks of its
+        // priority (see `crate::queue`): the read cannot be skipped.
         let now = shared.clock.now();
-        let start = match start {
-            Start::Now => now,
-            Start::At(at) => shared.clock.tick(at),
-            Start::After(d) => now.saturating_add(duration_ticks(d)),
-        };
+        let start = start.tick(now, &shared.clock);
         if special {
             return submit_special(cluster, cell, job, priority, start, now);
         }
@@ -797,13 +761,29 @@ where
     /// Validates the options and makes the task's cell, not yet admitted
     /// (for a task with parents, and for a [`Graph`](crate::Graph)).
     pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
+        let shared = self.cluster.shared();
+        let start = self.start;
+        let (cell, _) = self.into_cell(true)?;
+        let job: Arc<dyn Job> = cell.clone();
+        let start = start.tick(shared.clock.now(), &shared.clock);
+        Ok((cell, NewTask { job, start }))
+    }
+
+    /// Validates the options (all of them, in one place, for every way to
+    /// submit) and makes the task's cell. `group`: the task is admitted
+    /// with its parents or its graph ([`prepare`](Self::prepare)), which
+    /// refuses the options a group admission has no path for. Returns the
+    /// cell and whether its submit takes [`submit_special`]. A plain task
+    /// (no boxed options) tests one `Option` here.
+    #[inline(always)]
+    fn into_cell(self, group: bool) -> Result<(Cell<B, T, E>, bool), SubmitError> {
         let TaskBuilder {
             cluster,
             body,
             blocking,
             id,
             priority,
-            start,
+            start: _,
             timeout,
             retries,
             mode,
@@ -817,33 +797,15 @@ where
         };
         validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
-        let policy = Policy::new(timeout, retries, mode, blocking);
         let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
-        let mut history = false;
-        if let Some(x) = extras.as_deref() {
-            if x.join.is_some() && name.is_some() {
-                // Admission with parents is a group admission, which has
-                // no join path: say so rather than ignore the option.
-                return Err(SubmitError::InvalidOption {
-                    option: "on_duplicate",
-                    reason: "Duplicate::Join cannot be combined with after() or a Graph",
-                });
-            }
-            check_extras(x, name.is_some(), &mut retention)?;
-            history = x.history;
-            if let Some(k) = &x.key {
-                if k.on_full != crate::keys::KeyFull::Queue {
-                    return Err(SubmitError::InvalidOption {
-                        option: "on_key_full",
-                        reason: "only KeyFull::Queue can be combined with after() or a Graph",
-                    });
-                }
-                // The key state must exist before the task is queued.
-                if let Some(name) = &k.key {
-                    shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
-                }
-            }
-        }
+        // The options of `crate::dedup`, `crate::progress`, `crate::history`,
+        // `crate::keys` and `crate::limit` all live in `extras`: a plain
+        // task skips them.
+        let special = match extras.as_deref() {
+            None => false,
+            Some(x) => check_extras(x, name.is_some(), &mut retention, group.then_some(shared))?,
+        };
+        let policy = Policy::new(timeout, retries, mode, blocking);
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
             x.name = name;
@@ -852,18 +814,27 @@ where
         } else {
             extras
         };
-        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
-        if history {
+        // Allocated first and built in place: `Arc::new` builds the cell
+        // on the stack and copies it into the allocation (136 bytes), which
+        // `new_cyclic` (allocating before it calls its function) avoids.
+        let cell = Arc::new_cyclic(|_| TaskCell::new(body, policy, priority, extras, cloner));
+        if special && cell.keeps_history() {
+            // Before the cell is shared.
             cell.keep_history();
         }
-        let job: Arc<dyn Job> = cell.clone();
-        let now = shared.clock.now();
-        let start = match start {
+        Ok((cell, special))
+    }
+}
+
+impl Start {
+    /// The start tick, given the tick of the submit.
+    #[inline(always)]
+    fn tick(self, now: i64, clock: &crate::clock::Clock) -> i64 {
+        match self {
             Start::Now => now,
-            Start::At(at) => shared.clock.tick(at),
+            Start::At(at) => clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
-        };
-        Ok((cell, NewTask { job, start }))
+        }
     }
 }
 
@@ -937,9 +908,6 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    if cell.keeps_history() {
-        cell.keep_history();
-    }
     let joiner = cell.joiner();
     let shared = cluster.shared();
     let mut core = shared.lock();
@@ -998,13 +966,24 @@ where
 
 /// Checks the boxed options and applies a dedup window to the retention;
 /// returns whether the task takes the special submit path
-/// ([`submit_special`]). Out of line: a plain task has no `Extras`.
+/// ([`submit_special`]). `group`: the task is admitted with its parents or
+/// its graph (see [`TaskBuilder::prepare`]), on this cluster. Out of line:
+/// a plain task has no `Extras`.
 #[inline(never)]
 fn check_extras<T, E>(
     x: &Extras<T, E>,
     named: bool,
     retention: &mut Option<Duration>,
+    group: Option<&crate::shared::Shared>,
 ) -> Result<bool, SubmitError> {
+    if group.is_some() && x.join.is_some() && named {
+        // Admission with parents is a group admission, which has no join
+        // path: say so rather than ignore the option.
+        return Err(SubmitError::InvalidOption {
+            option: "on_duplicate",
+            reason: "Duplicate::Join cannot be combined with after() or a Graph",
+        });
+    }
     // `jitter` is checked by `validate`.
     if x.stall == Some(Duration::ZERO) {
         return Err(SubmitError::InvalidOption {
@@ -1019,6 +998,18 @@ fn check_extras<T, E>(
     }
     if let Some(k) = &x.key {
         k.validate()?;
+        if let Some(shared) = group {
+            if k.on_full != crate::keys::KeyFull::Queue {
+                return Err(SubmitError::InvalidOption {
+                    option: "on_key_full",
+                    reason: "only KeyFull::Queue can be combined with after() or a Graph",
+                });
+            }
+            // The key state must exist before the task is queued.
+            if let Some(name) = &k.key {
+                shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
+            }
+        }
     }
     Ok(x.history || (x.join.is_some() && named) || x.limits.is_some() || x.key.is_some())
 }

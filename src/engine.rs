@@ -398,6 +398,7 @@ impl Engine {
     }
 
     /// Wakes idle workers for `n` newly due tasks.
+    #[inline]
     pub(crate) fn note_ready(&mut self, n: usize) {
         self.idle.pick(n);
     }
@@ -410,6 +411,7 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn push(&mut self, item: Item, now: i64) {
         if self.keys.is_some() {
             self.key_queued(item.slot);
