@@ -814,10 +814,7 @@ where
         } else {
             extras
         };
-        // Allocated first and built in place: `Arc::new` builds the cell
-        // on the stack and copies it into the allocation (136 bytes), which
-        // `new_cyclic` (allocating before it calls its function) avoids.
-        let cell = Arc::new_cyclic(|_| TaskCell::new(body, policy, priority, extras, cloner));
+        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
         if special && cell.keeps_history() {
             // Before the cell is shared.
             cell.keep_history();
