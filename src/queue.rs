@@ -312,8 +312,12 @@ impl Queue {
     /// for a queued task (see the module docs). Call [`promote`](Self::promote) first.
     #[inline]
     pub(crate) fn pop(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
-        // The common case inline: one priority level (every ready entry is
-        // in the hot one), keys in order, a live head.
+        // The common cases inline: nothing due (an idle worker's claim), or
+        // one priority level (every ready entry is in the hot one), keys in
+        // order, a live head.
+        if self.ready_entries == 0 {
+            return None;
+        }
         if self.map_entries == 0 {
             if let Some(item) = self.hot.pop_in_order(&mut is_live) {
                 self.ready_entries -= 1;
