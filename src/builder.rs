@@ -706,6 +706,27 @@ where
         if self.extras.as_ref().is_some_and(|x| !x.parents.is_empty()) {
             return submit_dependent(self);
         }
+        if self.extras.is_none() && self.cache.is_none() && self.id.is_some() {
+            return self.submit_named();
+        }
+        let cluster = self.cluster;
+        let (priority, start) = (self.priority, self.start);
+        let (cell, special) = self.into_cell(false)?;
+        if special {
+            let shared = cluster.shared();
+            let job: Arc<dyn Job> = cell.clone();
+            let now = shared.clock.now();
+            let start = start.tick(now, &shared.clock);
+            return submit_special(cluster, cell, job, priority, start, now);
+        }
+        submit_cell(cluster, cell, priority, start)
+    }
+
+    /// The submit of a task whose only option is its id: the id is held in
+    /// the cell, with no `Extras` to allocate and free
+    /// (`crate::cell::NameOnly`). The checks are `into_cell`'s for a task
+    /// without boxed options.
+    fn submit_named(self) -> Result<TaskHandle<T, E>, SubmitError> {
         let TaskBuilder {
             cluster,
             body,
@@ -716,47 +737,18 @@ where
             timeout,
             retries,
             mode,
-            cache,
-            extras,
+            cache: _,
+            extras: _,
             cloner,
         } = self;
         let name = match id {
-            None => None,
-            Some(id) => Some(validate_id(&id)?.clone()),
+            Some(id) => validate_id(&id)?.clone(),
+            None => unreachable!("submit_named is called with an id"),
         };
-        validate(timeout, extras.as_deref())?;
-        let shared = cluster.shared();
-        let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
-        // The options of `crate::dedup`, `crate::progress` and
-        // `crate::history` all live in `extras`: a plain task skips them.
-        let special = match extras.as_deref() {
-            None => false,
-            Some(x) => check_extras(x, name.is_some(), &mut retention)?,
-        };
+        validate::<T, E>(timeout, None)?;
         let policy = Policy::new(timeout, retries, mode, blocking);
-        let extras = match (name, extras, retention) {
-            // An id and nothing else: held in the cell, with no `Extras`
-            // to allocate and free (`crate::cell::NameOnly`).
-            (Some(name), None, None) => {
-                let cell = TaskCell::named(body, policy, priority, name, cloner);
-                return submit_cell(cluster, Arc::new(cell), priority, start);
-            }
-            (None, extras, None) => extras,
-            (name, extras, retention) => {
-                let mut x = extras.unwrap_or_default();
-                x.name = name;
-                x.retention = retention;
-                Some(x)
-            }
-        };
-        let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
-        if special {
-            let job: Arc<dyn Job> = cell.clone();
-            let now = shared.clock.now();
-            let start = start_tick(start, now, cluster);
-            return submit_special(cluster, cell, job, priority, start, now);
-        }
-        submit_cell(cluster, cell, priority, start)
+        let cell = TaskCell::named(body, policy, priority, name, cloner);
+        submit_cell(cluster, Arc::new(cell), priority, start)
     }
 
     /// The cluster the task is built for.
@@ -777,13 +769,29 @@ where
     /// Validates the options and makes the task's cell, not yet admitted
     /// (for a task with parents, and for a [`Graph`](crate::Graph)).
     pub(crate) fn prepare(self) -> Result<(Cell<B, T, E>, NewTask), SubmitError> {
+        let shared = self.cluster.shared();
+        let start = self.start;
+        let (cell, _) = self.into_cell(true)?;
+        let job: Arc<dyn Job> = cell.clone();
+        let start = start.tick(shared.clock.now(), &shared.clock);
+        Ok((cell, NewTask { job, start }))
+    }
+
+    /// Validates the options (all of them, in one place, for every way to
+    /// submit) and makes the task's cell. `group`: the task is admitted
+    /// with its parents or its graph ([`prepare`](Self::prepare)), which
+    /// refuses the options a group admission has no path for. Returns the
+    /// cell and whether its submit takes [`submit_special`]. A plain task
+    /// (no boxed options) tests one `Option` here.
+    #[inline(always)]
+    fn into_cell(self, group: bool) -> Result<(Cell<B, T, E>, bool), SubmitError> {
         let TaskBuilder {
             cluster,
             body,
             blocking,
             id,
             priority,
-            start,
+            start: _,
             timeout,
             retries,
             mode,
@@ -797,33 +805,15 @@ where
         };
         validate(timeout, extras.as_deref())?;
         let shared = cluster.shared();
-        let policy = Policy::new(timeout, retries, mode, blocking);
         let mut retention = cache.map(|r| r.unwrap_or(shared.retention));
-        let mut history = false;
-        if let Some(x) = extras.as_deref() {
-            if x.join.is_some() && name.is_some() {
-                // Admission with parents is a group admission, which has
-                // no join path: say so rather than ignore the option.
-                return Err(SubmitError::InvalidOption {
-                    option: "on_duplicate",
-                    reason: "Duplicate::Join cannot be combined with after() or a Graph",
-                });
-            }
-            check_extras(x, name.is_some(), &mut retention)?;
-            history = x.history;
-            if let Some(k) = &x.key {
-                if k.on_full != crate::keys::KeyFull::Queue {
-                    return Err(SubmitError::InvalidOption {
-                        option: "on_key_full",
-                        reason: "only KeyFull::Queue can be combined with after() or a Graph",
-                    });
-                }
-                // The key state must exist before the task is queued.
-                if let Some(name) = &k.key {
-                    shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
-                }
-            }
-        }
+        // The options of `crate::dedup`, `crate::progress`, `crate::history`,
+        // `crate::keys` and `crate::limit` all live in `extras`: a plain
+        // task skips them.
+        let special = match extras.as_deref() {
+            None => false,
+            Some(x) => check_extras(x, name.is_some(), &mut retention, group.then_some(shared))?,
+        };
+        let policy = Policy::new(timeout, retries, mode, blocking);
         let extras = if name.is_some() || retention.is_some() {
             let mut x = extras.unwrap_or_default();
             x.name = name;
@@ -833,17 +823,23 @@ where
             extras
         };
         let cell = Arc::new(TaskCell::new(body, policy, priority, extras, cloner));
-        if history {
+        if special && cell.keeps_history() {
+            // Before the cell is shared.
             cell.keep_history();
         }
-        let job: Arc<dyn Job> = cell.clone();
-        let now = shared.clock.now();
-        let start = match start {
+        Ok((cell, special))
+    }
+}
+
+impl Start {
+    /// The start tick, given the tick of the submit.
+    #[inline(always)]
+    fn tick(self, now: i64, clock: &crate::clock::Clock) -> i64 {
+        match self {
             Start::Now => now,
-            Start::At(at) => shared.clock.tick(at),
+            Start::At(at) => clock.tick(at),
             Start::After(d) => now.saturating_add(duration_ticks(d)),
-        };
-        Ok((cell, NewTask { job, start }))
+        }
     }
 }
 
@@ -871,16 +867,6 @@ fn validate<T, E>(
 /// A task's cell, typed.
 type Cell<B, T, E> = Arc<TaskCell<B, T, E>>;
 
-/// The engine tick of `start`, `now` being the current one.
-#[inline(always)]
-fn start_tick(start: Start, now: i64, cluster: &Cluster) -> i64 {
-    match start {
-        Start::Now => now,
-        Start::At(at) => cluster.shared().clock.tick(at),
-        Start::After(d) => now.saturating_add(duration_ticks(d)),
-    }
-}
-
 /// The plain submit once the cell is made, for a cell of either kind of
 /// options (`crate::cell::Options`): one lock section.
 #[inline(always)]
@@ -893,13 +879,15 @@ fn submit_cell<C, T, E>(
 where
     C: Job + OutcomeSlot<T, E>,
 {
-    // The cell is allocated and the clock read before locking: the lock is
-    // the cluster's one contended resource, so nothing that can run
-    // outside it runs inside.
     let shared = cluster.shared();
     let job: Arc<dyn Job> = cell.clone();
+    // Read after the allocation and before locking: the lock is the
+    // cluster's one contended resource, so nothing that can run outside
+    // it runs inside. A task without a start time starts at its
+    // submission, which orders it exactly among due tasks of its
+    // priority (see `crate::queue`): the read cannot be skipped.
     let now = shared.clock.now();
-    let start = start_tick(start, now, cluster);
+    let start = start.tick(now, &shared.clock);
     let mut core = shared.lock();
     let unstarted = core.phase == Phase::Idle;
     let admitted = core.submit(
@@ -968,9 +956,6 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    if cell.keeps_history() {
-        cell.keep_history();
-    }
     let joiner = cell.joiner();
     let shared = cluster.shared();
     let mut core = shared.lock();
@@ -1029,13 +1014,24 @@ where
 
 /// Checks the boxed options and applies a dedup window to the retention;
 /// returns whether the task takes the special submit path
-/// ([`submit_special`]). Out of line: a plain task has no `Extras`.
+/// ([`submit_special`]). `group`: the task is admitted with its parents or
+/// its graph (see [`TaskBuilder::prepare`]), on this cluster. Out of line:
+/// a plain task has no `Extras`.
 #[inline(never)]
 fn check_extras<T, E>(
     x: &Extras<T, E>,
     named: bool,
     retention: &mut Option<Duration>,
+    group: Option<&crate::shared::Shared>,
 ) -> Result<bool, SubmitError> {
+    if group.is_some() && x.join.is_some() && named {
+        // Admission with parents is a group admission, which has no join
+        // path: say so rather than ignore the option.
+        return Err(SubmitError::InvalidOption {
+            option: "on_duplicate",
+            reason: "Duplicate::Join cannot be combined with after() or a Graph",
+        });
+    }
     // `jitter` is checked by `validate`.
     if x.stall == Some(Duration::ZERO) {
         return Err(SubmitError::InvalidOption {
@@ -1050,6 +1046,18 @@ fn check_extras<T, E>(
     }
     if let Some(k) = &x.key {
         k.validate()?;
+        if let Some(shared) = group {
+            if k.on_full != crate::keys::KeyFull::Queue {
+                return Err(SubmitError::InvalidOption {
+                    option: "on_key_full",
+                    reason: "only KeyFull::Queue can be combined with after() or a Graph",
+                });
+            }
+            // The key state must exist before the task is queued.
+            if let Some(name) = &k.key {
+                shared.locked(|core| core.key_admit(name, k.cost, k.on_full))?;
+            }
+        }
     }
     Ok(x.history || (x.join.is_some() && named) || x.limits.is_some() || x.key.is_some())
 }

@@ -20,6 +20,7 @@ impl Clock {
         }
     }
 
+    #[inline]
     pub(crate) fn tick(&self, t: Instant) -> i64 {
         match t.checked_duration_since(self.epoch) {
             Some(d) => duration_ticks(d),
@@ -28,6 +29,7 @@ impl Clock {
     }
 
     /// The current tick (tokio's clock, so it follows a paused test clock).
+    #[inline]
     pub(crate) fn now(&self) -> i64 {
         self.tick(Instant::now())
     }

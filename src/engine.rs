@@ -394,6 +394,7 @@ impl Engine {
     }
 
     /// Wakes idle workers for `n` newly due tasks.
+    #[inline]
     pub(crate) fn note_ready(&mut self, n: usize) {
         self.idle.pick(n);
     }
@@ -406,6 +407,7 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn push(&mut self, item: Item, now: i64) {
         if self.keys.is_some() {
             self.key_queued(item.slot);
@@ -689,10 +691,15 @@ impl Engine {
     }
 
     /// Removes a task from the registry (not from the queue).
+    #[inline]
     fn remove(&mut self, slot: Slot) -> Arc<dyn Job> {
         let e = self.entries.remove(slot as usize);
-        if let Some(name) = e.job.name() {
-            self.names.remove(name, slot);
+        // Without a named task there is no name to ask for (a virtual call
+        // per task that ends).
+        if !self.names.is_empty() {
+            if let Some(name) = e.job.name() {
+                self.names.remove(name, slot);
+            }
         }
         self.maybe_shrink();
         e.job

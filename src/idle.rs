@@ -82,7 +82,15 @@ impl IdleWorkers {
 
     /// Picks up to `n` waiting workers to wake (lowest index first: the
     /// same few workers stay warm under light load). One pass over the bits.
+    /// Inline up to the count: under load nobody waits, and every submit asks.
+    #[inline]
     pub(crate) fn pick(&mut self, n: usize) {
+        if self.count != 0 {
+            self.pick_waiting(n);
+        }
+    }
+
+    fn pick_waiting(&mut self, n: usize) {
         let mut left = n.min(self.count);
         for (i, word) in self.bits.iter_mut().enumerate() {
             while left > 0 && *word != 0 {

@@ -134,11 +134,26 @@ impl Level {
         self.fifo.len() + self.run.len() + self.late.len()
     }
 
+    #[inline]
     fn push(&mut self, item: Item) {
         match self.fifo.back() {
             Some(tail) if item.key() < tail.key() => self.late.push(Reverse(ByKey(item))),
             _ => self.fifo.push_back(item),
         }
+    }
+
+    /// The common pop, inlined: every key arrived in order and the head is
+    /// live. `None` if it does not apply (then [`pop`](Self::pop) decides).
+    #[inline(always)]
+    fn pop_in_order(&mut self, is_live: &mut impl FnMut(&Item) -> bool) -> Option<Item> {
+        if !(self.run.is_empty() && self.late.is_empty()) {
+            return None;
+        }
+        let head = self.fifo.front()?;
+        if !is_live(head) {
+            return None;
+        }
+        self.fifo.pop_front()
     }
 
     /// Drops dead heads, then pops the smallest live head. Returns the popped
@@ -252,12 +267,23 @@ pub(crate) struct Queue {
 
 impl Queue {
     /// Queues `item`: due now if `item.start <= now`, else scheduled.
+    #[inline]
     pub(crate) fn push(&mut self, item: Item, now: i64) {
-        if is_due(item.start, now) {
-            self.push_ready(item);
-        } else {
-            self.sched.push(Reverse(ByKey(item)));
+        if !is_due(item.start, now) {
+            return self.push_scheduled(item);
         }
+        // The common case inline: aging off, the hot level's priority.
+        if self.aging == 0 && item.priority == self.hot_priority {
+            self.hot.push(item);
+            self.ready_entries += 1;
+        } else {
+            self.push_ready(item);
+        }
+    }
+
+    #[inline(never)]
+    fn push_scheduled(&mut self, item: Item) {
+        self.sched.push(Reverse(ByKey(item)));
     }
 
     /// Moves every scheduled task whose start has come into the ready levels,
@@ -284,7 +310,26 @@ impl Queue {
 
     /// Pops the next due task. `is_live` tells whether an entry still stands
     /// for a queued task (see the module docs). Call [`promote`](Self::promote) first.
+    #[inline]
     pub(crate) fn pop(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
+        // The common cases inline: nothing due (an idle worker's claim), or
+        // one priority level (every ready entry is in the hot one), keys in
+        // order, a live head.
+        if self.ready_entries == 0 {
+            return None;
+        }
+        if self.map_entries == 0 {
+            if let Some(item) = self.hot.pop_in_order(&mut is_live) {
+                self.ready_entries -= 1;
+                return Some(item);
+            }
+        }
+        self.pop_any(is_live)
+    }
+
+    /// [`pop`](Self::pop) in every case.
+    #[inline(never)]
+    fn pop_any(&mut self, mut is_live: impl FnMut(&Item) -> bool) -> Option<Item> {
         // Each round pops from a non-empty level: an item, or at least one
         // dead entry, so the loop ends.
         while self.ready_entries > 0 {
