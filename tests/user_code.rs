@@ -775,6 +775,10 @@ async fn scenario(sc: Scenario) -> Vec<String> {
     let cluster = Cluster::new(1).unwrap();
     cluster.run().unwrap();
     *ctx.cluster.lock().unwrap() = Some(cluster.clone());
+    // Paused until the early subscriber is in: on a multi-thread runtime the
+    // worker could otherwise run the main task to its end (and, with zero
+    // retention, forget it) before this thread subscribes.
+    cluster.pause();
     let bystander = submit(&cluster, &ctx, BYSTANDER);
     let handle = submit(&cluster, &ctx, MAIN);
     let early = call(&mut fails, "subscribe (early)", || {
@@ -784,6 +788,7 @@ async fn scenario(sc: Scenario) -> Vec<String> {
         r.map_err(|e| fails.push(format!("early subscribe: {e}")))
             .ok()
     });
+    cluster.resume();
     let mut handle = Some(handle);
     if matches!(sc.path, Path::DroppedHandle | Path::RetentionZero) {
         drop(handle.take());
