@@ -18,6 +18,7 @@ use crate::error::{SubmitError, TaskError};
 use crate::handle::TaskHandle;
 use crate::job::{Cloner, Job, Outcome, OutcomeSlot, Policy};
 use crate::panic::drop_guarded;
+use crate::queue::Stamp;
 use crate::task::TaskId;
 
 /// The longest user-given task id, in bytes.
@@ -716,8 +717,8 @@ where
             let shared = cluster.shared();
             let job: Arc<dyn Job> = cell.clone();
             let now = shared.clock.now();
-            let start = start.tick(now, &shared.clock);
-            return submit_special(cluster, cell, job, priority, start, now);
+            let due = start.due(now, &shared.clock);
+            return submit_special(cluster, cell, job, priority, due, now);
         }
         submit_cell(cluster, cell, priority, start)
     }
@@ -841,6 +842,18 @@ impl Start {
             Start::After(d) => now.saturating_add(duration_ticks(d)),
         }
     }
+
+    /// The start tick, and whether it is the submit's own time (no start
+    /// time given, or a zero delay), which the queue may raise to keep its
+    /// keys in order (see [`Stamp`]).
+    #[inline(always)]
+    fn due(self, now: i64, clock: &crate::clock::Clock) -> Stamp {
+        let start = self.tick(now, clock);
+        Stamp {
+            start,
+            now: !matches!(self, Start::At(_)) && start == now,
+        }
+    }
 }
 
 /// The checks of the options that do not depend on the cluster.
@@ -887,7 +900,7 @@ where
     // submission, which orders it exactly among due tasks of its
     // priority (see `crate::queue`): the read cannot be skipped.
     let now = shared.clock.now();
-    let start = start.tick(now, &shared.clock);
+    let start = start.due(now, &shared.clock);
     let mut core = shared.lock();
     let unstarted = core.phase == Phase::Idle;
     let admitted = core.submit(
@@ -948,7 +961,7 @@ fn submit_special<B, T, E>(
     cell: Arc<TaskCell<B, T, E>>,
     job: Arc<dyn Job>,
     priority: i32,
-    start: i64,
+    start: Stamp,
     now: i64,
 ) -> Result<TaskHandle<T, E>, SubmitError>
 where

@@ -99,7 +99,7 @@ use crate::error::SubmitError;
 use crate::flow::Flow;
 use crate::idle::{IdleWorkers, Picked};
 use crate::job::{Forced, Job};
-use crate::queue::{Item, Queue, Slot};
+use crate::queue::{Item, Queue, Slot, Stamp};
 use crate::task::{IdRef, TaskId};
 
 /// Where the cluster is in its life.
@@ -407,12 +407,18 @@ impl Engine {
         }
     }
 
+    /// Queues a task. `stamped`: its start is `now`, the time read just
+    /// before the lock was taken, which the queue may raise (see [`Stamp`]).
     #[inline]
-    fn push(&mut self, item: Item, now: i64) {
+    fn push(&mut self, item: Item, now: i64, stamped: bool) {
         if self.keys.is_some() {
             self.key_queued(item.slot);
         }
-        self.queue.push(item, now);
+        if stamped {
+            self.queue.push_now(item);
+        } else {
+            self.queue.push(item, now);
+        }
         if item.start <= now {
             self.note_ready(1);
         } else {
@@ -444,7 +450,7 @@ impl Engine {
         name: Option<&Arc<str>>,
         assign: impl FnOnce(u64, u32),
         priority: i32,
-        start: i64,
+        start: Stamp,
         now: i64,
     ) -> Result<Option<Arc<dyn Job>>, SubmitError> {
         if !matches!(self.phase, Phase::Idle | Phase::Running) {
@@ -499,10 +505,11 @@ impl Engine {
             Item {
                 slot,
                 seq,
-                start,
+                start: start.start,
                 priority,
             },
             now,
+            start.now,
         );
         Ok(replaced)
     }
@@ -625,7 +632,8 @@ impl Engine {
                 if self.keys.is_some() {
                     self.key_requeued(slot);
                 }
-                self.push(item, now);
+                // A retry without delay starts at `now`, read before locking.
+                self.push(item, now, start == now);
                 None
             }
             (None, Plan::Requeue(_)) => Some(self.finalize(slot, Some(Forced::Shutdown))),

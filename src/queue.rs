@@ -19,9 +19,12 @@
 //!   (submission `seq` only grows, and so, nearly, does the time read at
 //!   each submit), so a FIFO is exact and far cheaper than a heap; a key
 //!   that arrives out of order (a start time in the past, a promoted task
-//!   older than the FIFO's tail, two submits reading the clock in one order
-//!   and locking in the other) goes to a per-level heap, which is sorted
+//!   older than the FIFO's tail) goes to a per-level heap, which is sorted
 //!   into a run once it is large, and pop takes the smallest of the heads.
+//!   A start that is only the submitter's clock read before it locked (two
+//!   submits, or a submit and a retry, can read in one order and lock in
+//!   the other) is raised to lock order instead, within the window it was
+//!   read in ([`Stamp`], `Level::push_now`).
 //! - A removed task (cancel, shutdown) is not searched for: the caller
 //!   forgets it (its registry entry, which holds its memory, goes at once),
 //!   and the queue skips entries the caller no longer recognises (an
@@ -67,6 +70,17 @@ impl Item {
     fn key(&self) -> (i64, u64) {
         (self.start, self.seq)
     }
+}
+
+/// A new task's start time in ticks, and whether it is the submitter's own
+/// `now` (no start time given, or a zero delay): a time read just before
+/// the cluster's lock was taken. Such a start is only known to lie between
+/// that read and the lock, so the queue may raise it within that window to
+/// keep a level's keys in order ([`Queue::push_now`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    pub(crate) start: i64,
+    pub(crate) now: bool,
 }
 
 /// Orders items by `(start, seq)` only; priority is the level.
@@ -140,6 +154,29 @@ impl Level {
             Some(tail) if item.key() < tail.key() => self.late.push(Reverse(ByKey(item))),
             _ => self.fifo.push_back(item),
         }
+    }
+
+    /// `push` for an item stamped with the time its caller read just before
+    /// taking the lock ([`Stamp`]). Two callers can read the clock in one
+    /// order and lock in the other; the later locker's key would then go
+    /// to the heap of late arrivals, and every pop would take the slow path
+    /// until the heap empties (measured: most pops of W7's four producers
+    /// and of W8's retries, `bench/README.md#workloads`). But the tail was
+    /// pushed under an earlier hold of the lock, after its own read, so
+    /// every instant from the tail's start to the moment this caller took
+    /// the lock lies within this caller's read-to-lock window: its start is
+    /// raised to the tail's (one tick past it, if its `seq` is smaller: a
+    /// retry, whose `seq` is its first submission's). An item whose start
+    /// equals the tail's is left alone: two reads of one instant (a paused
+    /// clock) keep the exact `(start, seq)` order.
+    #[inline]
+    fn push_now(&mut self, mut item: Item) {
+        if let Some(tail) = self.fifo.back() {
+            if item.start < tail.start {
+                item.start = tail.start + i64::from(item.seq < tail.seq);
+            }
+        }
+        self.push(item);
     }
 
     /// The common pop, inlined: every key arrived in order and the head is
@@ -275,6 +312,20 @@ impl Queue {
         // The common case inline: aging off, the hot level's priority.
         if self.aging == 0 && item.priority == self.hot_priority {
             self.hot.push(item);
+            self.ready_entries += 1;
+        } else {
+            self.push_ready(item);
+        }
+    }
+
+    /// Queues a due item whose start is the caller's `now`, read just before
+    /// it took the lock ([`Stamp`]), which may be raised within that window
+    /// to keep the hot level's keys in order (see `Level::push_now`). With
+    /// aging on, or at another priority, it is a plain [`push`](Self::push).
+    #[inline]
+    pub(crate) fn push_now(&mut self, item: Item) {
+        if self.aging == 0 && item.priority == self.hot_priority {
+            self.hot.push_now(item);
             self.ready_entries += 1;
         } else {
             self.push_ready(item);
@@ -567,6 +618,29 @@ mod tests {
         let live = |i: &Item| !dead.contains(&i.slot);
         q.promote(now, live);
         std::iter::from_fn(|| q.pop(live).map(|i| i.slot)).collect()
+    }
+
+    #[test]
+    fn a_start_read_before_the_lock_is_raised_to_lock_order() {
+        let mut q = Queue::default();
+        q.push_now(item(0, 2, 20, 0));
+        // Read its clock before slot 0's submit did, locked after it.
+        q.push_now(item(1, 3, 10, 0));
+        // A retry without delay: its `seq` is its first submission's.
+        q.push_now(item(2, 1, 15, 0));
+        // An explicit start time keeps its place: not raised.
+        q.push(item(3, 4, 5, 0), 30);
+        assert_eq!(drain_order(&mut q, 30, &HashSet::new()), vec![3, 0, 1, 2]);
+    }
+
+    #[test]
+    fn an_equal_start_read_before_the_lock_keeps_seq_order() {
+        // A paused clock: both read the same instant; the retry (older
+        // `seq`) goes first, exactly as `(start, seq)` says.
+        let mut q = Queue::default();
+        q.push_now(item(0, 5, 10, 0));
+        q.push_now(item(1, 1, 10, 0));
+        assert_eq!(drain_order(&mut q, 10, &HashSet::new()), vec![1, 0]);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Engine {
             Phase::Stopping | Phase::Cancelled => false,
         };
         if admit {
-            self.push(item, now);
+            self.push(item, now, false);
         } else {
             let d = self.finalize(w.slot, Some(Forced::Shutdown));
             self.send_later(d);
