@@ -114,6 +114,19 @@ pub(crate) enum Forced {
     Replaced,
 }
 
+impl Forced {
+    /// The task's error for this outcome.
+    pub(crate) fn error<E>(self) -> crate::error::TaskError<E> {
+        use crate::error::TaskError;
+        match self {
+            Forced::Cancelled => TaskError::Cancelled,
+            Forced::Shutdown => TaskError::Shutdown,
+            Forced::Dropped => TaskError::Dropped,
+            Forced::Replaced => TaskError::Replaced,
+        }
+    }
+}
+
 /// The options the engine reads on every attempt. The cell stores the fields
 /// flat (see [`TaskCell`]) and hands out this copy.
 #[derive(Debug, Clone, Copy)]

@@ -258,6 +258,49 @@ async fn cancel_during_backoff(mode: RetryMode) {
     cluster.stop(Duration::from_secs(1)).await.unwrap();
 }
 
+/// The attempt error of [`cancel_overrides_the_last_error_of_a_plain_task`],
+/// counted when dropped.
+#[derive(Debug, PartialEq)]
+struct CountedError;
+
+static COUNTED_ERRORS_DROPPED: AtomicU32 = AtomicU32::new(0);
+static COUNTED_ERRORS_MADE: AtomicU32 = AtomicU32::new(0);
+
+impl Drop for CountedError {
+    fn drop(&mut self) {
+        COUNTED_ERRORS_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_overrides_the_last_error_of_a_plain_task() {
+    // A body that captures nothing (no drop glue), no callbacks, no cache,
+    // no subscriber: the cell's shortest delivery. The error its attempt
+    // left is replaced by `Cancelled` and dropped once, not leaked.
+    let cluster = Cluster::new(1).unwrap();
+    let h = cluster
+        .task(|_| async {
+            COUNTED_ERRORS_MADE.fetch_add(1, Ordering::SeqCst);
+            Err::<u32, _>(CountedError)
+        })
+        .retry(1)
+        .backoff(FixedBackoff::new(HOUR))
+        .submit()
+        .unwrap();
+    yield_until("the first attempt failed and waits for its retry", || {
+        COUNTED_ERRORS_MADE.load(Ordering::SeqCst) == 1 && cluster.stats() == stats(1, 0, 0, 1)
+    })
+    .await;
+    assert_eq!(COUNTED_ERRORS_DROPPED.load(Ordering::SeqCst), 0);
+    assert_eq!(cluster.cancel_task(h.id()), CancelOutcome::Cancelled);
+    assert_eq!(COUNTED_ERRORS_DROPPED.load(Ordering::SeqCst), 1);
+    assert_eq!(h.await, Err(TaskError::Cancelled));
+    assert_eq!(cluster.stats(), stats(0, 0, 0, 0));
+    cluster.stop(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(COUNTED_ERRORS_MADE.load(Ordering::SeqCst), 1);
+    assert_eq!(COUNTED_ERRORS_DROPPED.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn cancel_task_waiting_for_requeue_retry() {
     cancel_during_backoff(RetryMode::Requeue).await;

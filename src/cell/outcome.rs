@@ -26,8 +26,7 @@ where
         // The common case, in one short lock section: the attempt's result
         // is the outcome, and there is nothing to call, copy or drop that
         // could run user code.
-        let plain = forced.is_none()
-            && st.rare.is_none()
+        let plain = st.rare.is_none()
             && !std::mem::needs_drop::<B>()
             && self.opts.extras().is_none_or(|x| {
                 x.on_failure.is_none()
@@ -37,6 +36,9 @@ where
             });
         if plain {
             st.body = None;
+            // A cancel, shutdown or replacement overrides the last attempt's
+            // result, if there was one (dropped unlocked below).
+            let overridden = forced.and_then(|f| st.result.replace(Err(f.error())));
             st.done = true;
             let unread = if st.handle_gone {
                 st.result.take()
@@ -45,6 +47,12 @@ where
             };
             let waker = st.handle_waker.take();
             drop(st);
+            if let Some(old) = overridden {
+                drop_guarded(
+                    old,
+                    "an attempt's result overridden by a cancel or shutdown",
+                );
+            }
             if let Some(outcome) = unread {
                 drop_guarded(outcome, "an unread outcome");
             }
@@ -60,10 +68,7 @@ where
         // the lock released and under a guard.
         let body = st.body.take();
         let (outcome, overridden) = match (forced, st.result.take()) {
-            (Some(Forced::Cancelled), last) => (Err(TaskError::Cancelled), last),
-            (Some(Forced::Shutdown), last) => (Err(TaskError::Shutdown), last),
-            (Some(Forced::Dropped), last) => (Err(TaskError::Dropped), last),
-            (Some(Forced::Replaced), last) => (Err(TaskError::Replaced), last),
+            (Some(f), last) => (Err(f.error()), last),
             (None, Some(r)) => (r, None),
             // Unreachable by construction; never invent a value.
             (None, None) => (Err(TaskError::Shutdown), None),
