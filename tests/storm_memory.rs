@@ -11,37 +11,13 @@
 //! because it empties the cluster.
 
 mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+#[path = "common/counting.rs"]
+mod counting;
 
 use corral::{CancelOutcome, Cluster, TaskError};
 
 use common::{HOUR, SEC};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting::{live, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -51,7 +27,7 @@ static GLOBAL: Counting = Counting;
 async fn storm(cluster: &Cluster, n: usize) -> (isize, isize) {
     // The caller's vector of handles is not the cluster's memory.
     let mut handles = Vec::with_capacity(n);
-    let base = LIVE.load(Relaxed);
+    let base = live();
     for i in 0..n as u64 {
         let h = cluster
             .task(move |_| async move { Ok::<u64, String>(i) })
@@ -60,14 +36,14 @@ async fn storm(cluster: &Cluster, n: usize) -> (isize, isize) {
             .unwrap();
         handles.push(h);
     }
-    let peak = LIVE.load(Relaxed) - base;
+    let peak = live() - base;
     for h in &handles {
         assert_eq!(cluster.cancel_task(h.id()), CancelOutcome::Cancelled);
     }
     for h in handles.drain(..) {
         assert_eq!(h.await, Err(TaskError::Cancelled));
     }
-    (peak, LIVE.load(Relaxed) - base)
+    (peak, live() - base)
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,37 +8,13 @@
 //! per dropped subscription (about 96 bytes) would show as megabytes.
 
 mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+#[path = "common/counting.rs"]
+mod counting;
 
 use corral::{Cluster, TaskError};
 
 use common::{cancel, resolve, HOUR, MS, SEC};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        // SAFETY: forwarded as is to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting::{live, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -65,9 +41,9 @@ async fn dropped_subscriptions_give_their_slot_back() {
         .unwrap();
     // Warm up (timers, the task's first subscriber list, runtime buffers).
     rounds(&cluster, 1_000).await;
-    let after_1k = LIVE.load(Relaxed);
+    let after_1k = live();
     rounds(&cluster, 100_000).await;
-    let after_100k = LIVE.load(Relaxed);
+    let after_100k = live();
     let growth = after_100k - after_1k;
     eprintln!("live bytes: {after_1k} after 1k rounds, {after_100k} after 100k more (+{growth})");
     // 99,000 leaked slots of ~96 bytes would be ~9.5 MB; allow 64 KiB of
