@@ -4,8 +4,8 @@
 //! A [`HashTable`] rather than a `HashMap`, for two things a map cannot
 //! do, both for a cancel by name (W6, `bench/README.md#w6-cancel-by-id`):
 //! - the removal that follows a lookup in the same lock section (the
-//!   cancel's finalize) takes the bucket the lookup found, without hashing
-//!   and comparing the name again;
+//!   cancel's finalize) takes the bucket the lookup found, without reading
+//!   the task's name, hashing it or comparing it again;
 //! - each entry keeps its hash, so growing or shrinking the table (a cancel
 //!   storm shrinks it) rehashes no string.
 //!
@@ -32,7 +32,7 @@ pub(crate) struct Names {
     /// colliding ids.
     hasher: foldhash::quality::RandomState,
     /// The slot and bucket of the name last found by [`get`](Self::get),
-    /// for a [`remove`](Self::remove) that follows. A hint only: a removal
+    /// for a [`remove_found`](Self::remove_found) that follows. A hint only: a removal
     /// trusts it only if that bucket still holds that slot (the invariant
     /// makes that enough), so nothing has to clear it.
     found: Cell<Option<(Slot, usize)>>,
@@ -105,19 +105,29 @@ impl Names {
             .insert_unique(spread(hash), Named { name, slot, hash }, |n| spread(n.hash));
     }
 
-    /// Forgets `name`, held by the task in `slot`: at the bucket the last
-    /// [`get`](Self::get) found if that was this task's, else by its hash.
-    pub(crate) fn remove(&mut self, name: &str, slot: Slot) {
-        if let Some((found, bucket)) = self.found.take() {
-            if found == slot {
-                if let Ok(e) = self.table.get_bucket_entry(bucket) {
-                    if e.get().slot == slot {
-                        e.remove();
-                        return;
-                    }
-                }
-            }
+    /// Forgets the name of the task in `slot` if the last [`get`](Self::get)
+    /// found it: at the bucket found, without the name (a cancel by name
+    /// then never reads the task's name, a cache miss per cancel in W6).
+    /// `false` if the hint is for another slot or went stale; the caller
+    /// then asks the task for its name and calls [`remove`](Self::remove).
+    pub(crate) fn remove_found(&mut self, slot: Slot) -> bool {
+        let Some((found, bucket)) = self.found.take() else {
+            return false;
+        };
+        if found != slot {
+            return false;
         }
+        match self.table.get_bucket_entry(bucket) {
+            Ok(e) if e.get().slot == slot => {
+                e.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets `name`, held by the task in `slot`, by its hash.
+    pub(crate) fn remove(&mut self, name: &str, slot: Slot) {
         let hash = self.hash(name);
         // By slot: the invariant makes it the key, and it spares the string compare.
         if let Ok(e) = self.table.find_entry(spread(hash), |n| n.slot == slot) {
@@ -147,6 +157,13 @@ impl Names {
 mod tests {
     use super::*;
 
+    /// What `Engine::remove` does: the hint first, else by name.
+    fn forget(names: &mut Names, name: &str, slot: Slot) {
+        if !names.remove_found(slot) {
+            names.remove(name, slot);
+        }
+    }
+
     fn names(n: u32) -> Names {
         let mut names = Names::default();
         for i in 0..n {
@@ -172,7 +189,7 @@ mod tests {
         for i in (0..100).step_by(3) {
             let name = format!("task-{i}");
             assert_eq!(names.get(&name), Some(&i));
-            names.remove(&name, i);
+            forget(&mut names, &name, i);
             assert_eq!(names.get(&name), None);
         }
         for i in 0..100 {
@@ -182,11 +199,24 @@ mod tests {
     }
 
     #[test]
+    fn only_the_hint_of_that_slot_removes_without_the_name() {
+        let mut names = names(10);
+        assert!(!names.remove_found(3), "no lookup yet");
+        assert_eq!(names.get("task-3"), Some(&3));
+        assert!(!names.remove_found(4), "the hint is for slot 3");
+        assert_eq!(names.get("task-3"), Some(&3));
+        assert!(names.remove_found(3));
+        assert_eq!(names.get("task-3"), None);
+        assert!(!names.remove_found(3), "the hint is used up");
+        assert_eq!(names.len(), 9);
+    }
+
+    #[test]
     fn a_stale_hint_removes_the_right_name() {
         let mut names = names(10);
         // The hint is for task-3; task-7 is removed (by its hash).
         assert_eq!(names.get("task-3"), Some(&3));
-        names.remove("task-7", 7);
+        forget(&mut names, "task-7", 7);
         assert_eq!(names.get("task-7"), None);
         assert_eq!(names.get("task-3"), Some(&3));
         // A hint that outlived a resize: the table grows, buckets move.
@@ -194,7 +224,7 @@ mod tests {
         for i in 10..1000 {
             names.insert(Arc::from(format!("task-{i}")), i);
         }
-        names.remove("task-5", 5);
+        forget(&mut names, "task-5", 5);
         assert_eq!(names.get("task-5"), None);
         assert_eq!(names.len(), 998);
         for i in (0..1000).filter(|&i| i != 5 && i != 7) {
@@ -206,11 +236,11 @@ mod tests {
     fn a_removal_after_another_lookup_finds_its_own_name() {
         let mut names = names(4);
         assert_eq!(names.get("task-2"), Some(&2));
-        names.remove("task-2", 2);
+        forget(&mut names, "task-2", 2);
         // Slot 2 is reused by a new name, maybe in another bucket.
         names.insert(Arc::from("other"), 2);
         assert_eq!(names.get("task-1"), Some(&1));
-        names.remove("other", 2);
+        forget(&mut names, "other", 2);
         assert_eq!(names.get("other"), None);
         assert_eq!(names.get("task-1"), Some(&1));
         assert_eq!(names.len(), 3);
@@ -220,7 +250,7 @@ mod tests {
     fn shrinking_keeps_every_name() {
         let mut names = names(5000);
         for i in 0..4990 {
-            names.remove(&format!("task-{i}"), i);
+            forget(&mut names, &format!("task-{i}"), i);
         }
         names.shrink_to_fit();
         assert_eq!(names.len(), 10);
