@@ -11,11 +11,14 @@
 //! even those are executed.
 //!
 //! **Parent side.** [`main`] runs each (workload, side) under `valgrind
-//! --tool=callgrind` with `n` and with `2n` tasks, `--reps` times each, reads
-//! the section's instruction count (`Ir`) from each dump, and reports
+//! --tool=callgrind --collect-bus=yes` with `n` and with `2n` tasks,
+//! `--reps` times each, reads the section's instruction count (`Ir`) and
+//! atomic instruction count (`Ge`, callgrind's "global bus events": the
+//! `lock`-prefixed read-modify-write instructions, i.e. lock acquisitions
+//! and releases, reference counts, wake-ups) from each dump, and reports
 //! `(Ir(2n) - Ir(n)) / n` instructions per task, with the median `Ir` of
-//! each size. The difference cancels whatever fixed cost the section still
-//! has (waking the workers, the last park).
+//! each size, and the same for `Ge`. The difference cancels whatever fixed
+//! cost the section still has (waking the workers, the last park).
 //!
 //! Valgrind runs one thread at a time. With its default scheduling, which
 //! thread runs next, and so how often threads park and wake each other,
@@ -179,7 +182,10 @@ Ir per task = (Ir(2n) - Ir(n)) / n. Ir: the instructions callgrind counts, all t
   has answered), the median of --reps runs with n tasks and of as many with 2n. Start-up, runtime
   and cluster construction and shutdown are not counted. ratio = corral/floor, lower is better.
   W6's floor aborts JoinHandles in both rows; corral cancels by the handle's generated id, or by
-  the task's user string id (`cancel_task(name.as_str())`).";
+  the task's user string id (`cancel_task(name.as_str())`).
+Atomic ops per task: the same for callgrind's Ge (`--collect-bus=yes`): lock-prefixed
+  read-modify-write instructions (lock acquisitions and releases, reference counts, wake-ups),
+  which cost far more than their count of instructions when threads share the cache lines.";
 
 /// `valgrind --version`, or why callgrind cannot run.
 fn valgrind_version() -> Result<String, String> {
@@ -215,20 +221,48 @@ fn stem(spec: &Spec, n: usize) -> String {
     )
 }
 
-/// The `summary:` count of a callgrind profile (the events callgrind
-/// counted; `totals:`, the sum of the cost lines written, can differ from it
-/// by a few parts in 100,000), else its `totals:`.
-fn total_ir(profile: &str) -> Option<u64> {
+/// What a section's profile counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    /// Instructions (`Ir`).
+    ir: u64,
+    /// Atomic read-modify-write instructions (`Ge`).
+    ge: u64,
+}
+
+/// The counts of a callgrind profile, from its `summary:` line (the events
+/// callgrind counted; `totals:`, the sum of the cost lines written, can
+/// differ from it by a few parts in 100,000), else its `totals:`. The
+/// `events:` line names the columns; a profile without `Ge` (no
+/// `--collect-bus`) has none.
+fn section_counts(profile: &str) -> Option<Counts> {
+    let events: Vec<&str> = profile
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))?
+        .split_whitespace()
+        .collect();
     let line = profile
         .lines()
-        .find(|l| l.starts_with("summary:"))
-        .or_else(|| profile.lines().find(|l| l.starts_with("totals:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .or_else(|| profile.lines().find_map(|l| l.strip_prefix("totals:")))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let column = |name: &str| {
+        let i = events.iter().position(|e| *e == name)?;
+        values.get(i).copied()
+    };
+    Some(Counts {
+        ir: column("Ir")?,
+        ge: column("Ge")?,
+    })
 }
 
 /// Runs `spec` with `n` tasks under callgrind; returns the measured
-/// section's instruction count and the path of its profile.
-fn measure(exe: &Path, dir: &Path, spec: &Spec, n: usize) -> Result<(u64, PathBuf), String> {
+/// section's counts and the path of its profile.
+fn measure(exe: &Path, dir: &Path, spec: &Spec, n: usize) -> Result<(Counts, PathBuf), String> {
     let stem = stem(spec, n);
     // Profiles of an earlier run would be mistaken for this one's.
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -245,6 +279,7 @@ fn measure(exe: &Path, dir: &Path, spec: &Spec, n: usize) -> Result<(u64, PathBu
     let out = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg("--fair-sched=yes")
+        .arg("--collect-bus=yes")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(exe)
         .args(spec.to_args())
@@ -283,9 +318,9 @@ fn measure(exe: &Path, dir: &Path, spec: &Spec, n: usize) -> Result<(u64, PathBu
             if found.is_some() {
                 return Err(format!("more than one section dump for {stem}"));
             }
-            let ir = total_ir(&text)
-                .ok_or_else(|| format!("no totals line in {}", e.path().display()))?;
-            found = Some((ir, e.path()));
+            let counts = section_counts(&text)
+                .ok_or_else(|| format!("no Ir and Ge totals in {}", e.path().display()))?;
+            found = Some((counts, e.path()));
         }
     }
     found.ok_or_else(|| {
@@ -294,6 +329,29 @@ fn measure(exe: &Path, dir: &Path, spec: &Spec, n: usize) -> Result<(u64, PathBu
             dir.display()
         )
     })
+}
+
+/// Instructions and atomic instructions per task of one spec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PerTask {
+    ir: f64,
+    ge: f64,
+}
+
+impl PerTask {
+    /// `(median(2n) - median(n)) / n` of each count, from the runs with `n`
+    /// tasks (`small`) and with `2n` (`large`).
+    fn of(small: &[Counts], large: &[Counts], n: usize) -> Result<Self, String> {
+        let per = |count: fn(&Counts) -> u64| {
+            let a: Vec<f64> = small.iter().map(|c| count(c) as f64).collect();
+            let b: Vec<f64> = large.iter().map(|c| count(c) as f64).collect();
+            Some((median(&b)? - median(&a)?) / n as f64)
+        };
+        match (per(|c| c.ir), per(|c| c.ge)) {
+            (Some(ir), Some(ge)) => Ok(PerTask { ir, ge }),
+            _ => Err("no runs".into()),
+        }
+    }
 }
 
 /// Runs the `--callgrind` mode; returns the process exit status.
@@ -327,12 +385,13 @@ pub fn main(
         return 1;
     }
     let header = format!(
-        "{header}\ninstruction counts: {version} --tool=callgrind --fair-sched=yes, median of {reps} run(s) per size"
+        "{header}\ninstruction counts: {version} --tool=callgrind --fair-sched=yes --collect-bus=yes, median of {reps} run(s) per size"
     );
     eprintln!("{header}\nprofiles in {}", dir.display());
     let total = Instant::now();
-    // Instructions per task of each spec run (W6's floor serves two rows).
-    let mut per_task: HashMap<Spec, Option<f64>> = HashMap::new();
+    // Instructions and atomics per task of each spec run (W6's floor serves
+    // two rows).
+    let mut per_task: HashMap<Spec, Option<PerTask>> = HashMap::new();
     let mut failures = Vec::new();
     for spec in rows.iter().flat_map(|r| [&r.corral, &r.floor]) {
         if per_task.contains_key(spec) {
@@ -348,8 +407,8 @@ pub fn main(
                 Ok((a, b))
             }) {
                 Ok((a, b)) => {
-                    small.push(a as f64);
-                    large.push(b as f64);
+                    small.push(a);
+                    large.push(b);
                 }
                 Err(e) => {
                     error = Some(e);
@@ -357,26 +416,30 @@ pub fn main(
                 }
             }
         }
-        let value = match (error, median(&small), median(&large)) {
-            (None, Some(a), Some(b)) => {
-                let v = (b - a) / n as f64;
-                let list = |v: &[f64]| {
+        let value = match error {
+            None => PerTask::of(&small, &large, n),
+            Some(e) => Err(e),
+        };
+        let value = match value {
+            Ok(v) => {
+                let list = |v: &[Counts]| {
                     v.iter()
-                        .map(|x| format!("{:.1}M", x / 1e6))
+                        .map(|x| format!("{:.1}M", x.ir as f64 / 1e6))
                         .collect::<Vec<_>>()
                         .join(" ")
                 };
                 eprintln!(
-                    "  {:<30} {v:>6.0} per task  Ir(n={n}): {}  Ir(2n): {}  {:.1} s",
+                    "  {:<30} {:>6.0} Ir {:>5.1} atomics per task  Ir(n={n}): {}  Ir(2n): {}  {:.1} s",
                     spec.to_string(),
+                    v.ir,
+                    v.ge,
                     list(&small),
                     list(&large),
                     t.elapsed().as_secs_f64(),
                 );
                 Some(v)
             }
-            (e, _, _) => {
-                let e = e.unwrap_or_else(|| "no runs".into());
+            Err(e) => {
                 eprintln!("  {:<30} FAILED: {e}", spec.to_string());
                 failures.push(format!("{spec}: {e}"));
                 None
@@ -387,20 +450,39 @@ pub fn main(
     eprintln!("  all runs: {:.1} s", total.elapsed().as_secs_f64());
 
     let cell = |s: &Spec| per_task.get(s).copied().flatten();
-    let table: Vec<Row> = rows
+    let row = |name: String, unit, c: Option<f64>, f: Option<f64>, target| Row {
+        name,
+        unit,
+        corral: c.map_or(Cell::Missing, Cell::Value),
+        floor: f.map_or(Cell::Missing, Cell::Value),
+        ratio: c.zip(f).map(|(c, f)| c / f).filter(|r| r.is_finite()),
+        target,
+    };
+    let mut table: Vec<Row> = rows
         .iter()
         .map(|r| {
             let (c, f) = (cell(&r.corral), cell(&r.floor));
-            Row {
-                name: r.name.clone(),
-                unit: Unit::Instr,
-                corral: c.map_or(Cell::Missing, Cell::Value),
-                floor: f.map_or(Cell::Missing, Cell::Value),
-                ratio: c.zip(f).map(|(c, f)| c / f).filter(|r| r.is_finite()),
-                target: r.target,
-            }
+            row(
+                r.name.clone(),
+                Unit::Instr,
+                c.map(|c| c.ir),
+                f.map(|f| f.ir),
+                r.target,
+            )
         })
         .collect();
+    // The atomics of each row, after all the instruction rows (informative:
+    // the issue's targets are in instructions).
+    table.extend(rows.iter().map(|r| {
+        let (c, f) = (cell(&r.corral), cell(&r.floor));
+        row(
+            r.name.replacen(" Ir per ", " atomic ops per ", 1),
+            Unit::Atomics,
+            c.map(|c| c.ge),
+            f.map(|f| f.ge),
+            Target::Info,
+        )
+    }));
     let n_note = match n {
         Some(n) => format!("n = {n}"),
         None => "n = 20,000 (W1, W7) or 10,000 (W4, W6)".into(),
@@ -443,10 +525,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_summary_then_totals() {
-        assert_eq!(total_ir("events: Ir\nsummary: 12\ntotals: 34\n"), Some(12));
-        assert_eq!(total_ir("events: Ir\ntotals: 34\n"), Some(34));
-        assert_eq!(total_ir("events: Ir\n"), None);
+    fn reads_summary_then_totals_by_event_name() {
+        let counts = |ir, ge| Some(Counts { ir, ge });
+        assert_eq!(
+            section_counts("events: Ir Ge\nsummary: 12 3\ntotals: 34 5\n"),
+            counts(12, 3)
+        );
+        assert_eq!(
+            section_counts("events: Ge Ir\ntotals: 5 34\n"),
+            counts(34, 5)
+        );
+        // No Ge column (callgrind without --collect-bus), no totals, junk.
+        assert_eq!(section_counts("events: Ir\nsummary: 12\n"), None);
+        assert_eq!(section_counts("events: Ir Ge\n"), None);
+        assert_eq!(section_counts("events: Ir Ge\nsummary: 12 x\n"), None);
+    }
+
+    #[test]
+    fn per_task_is_the_difference_of_the_medians() {
+        let c = |ir, ge| Counts { ir, ge };
+        let small = [c(1_000, 10), c(1_100, 12), c(1_050, 11)];
+        let large = [c(3_000, 30), c(3_050, 31), c(9_000, 99)];
+        let v = PerTask::of(&small, &large, 100).unwrap();
+        assert_eq!(v, PerTask { ir: 20.0, ge: 0.2 });
+        assert!(PerTask::of(&[], &[], 100).is_err());
     }
 
     #[test]

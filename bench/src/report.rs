@@ -47,6 +47,8 @@ pub enum Unit {
     Ratio,
     /// Instructions (callgrind's `Ir`), per task.
     Instr,
+    /// Atomic read-modify-write instructions (callgrind's `Ge`), per task.
+    Atomics,
 }
 
 /// `2160` -> "2,160".
@@ -82,6 +84,7 @@ impl Unit {
             Unit::Pct => format!("{v:.2} %"),
             Unit::Ratio => format!("{v:.3}"),
             Unit::Instr => thousands(v),
+            Unit::Atomics => format!("{v:.1}"),
         }
     }
 }
