@@ -439,10 +439,19 @@ impl Engine {
         self.lookup_ref(id.as_ref())
     }
 
+    /// The slot of the task holding the user-given id `name`, if any.
+    #[inline]
+    fn slot_named(&self, name: &str) -> Option<Slot> {
+        let entries = &self.entries;
+        self.names.get(name, |slot| {
+            entries.get(slot as usize)?.job.name().map(|n| &**n)
+        })
+    }
+
     fn lookup_ref(&self, id: IdRef<'_>) -> Option<Slot> {
         match id {
             IdRef::Generated { seq, slot } => current(&self.entries, slot, seq).map(|_| slot),
-            IdRef::Named(n) => self.names.get(n).copied(),
+            IdRef::Named(n) => self.slot_named(n),
         }
     }
 
@@ -475,7 +484,7 @@ impl Engine {
         }
         let mut replaced = None;
         if let Some(name) = name {
-            if let Some(&old) = self.names.get(name) {
+            if let Some(old) = self.slot_named(name) {
                 let e = &self.entries[old as usize];
                 // A finished task holds its id through its dedup window.
                 if e.state != State::Retained || e.job.holds_id(now) {
@@ -496,7 +505,7 @@ impl Engine {
         self.next_seq += 1;
         assign(seq, slot);
         if let Some(name) = name {
-            self.names.insert(name.clone(), slot);
+            self.names.insert(name, slot);
         }
         self.entries.insert(Entry {
             job,
@@ -837,7 +846,7 @@ impl Engine {
         now: i64,
         req: &mut dyn std::any::Any,
     ) -> Option<(Arc<dyn Job>, Result<(), &'static str>)> {
-        let &slot = self.names.get(name)?;
+        let slot = self.slot_named(name)?;
         let e = &self.entries[slot as usize];
         if e.state == State::Retained && !e.job.holds_id(now) {
             return None;
@@ -926,11 +935,21 @@ impl Engine {
 
     /// Drops cached outcomes whose retention has passed; returns them to
     /// release after unlocking ([`crate::cache::release`]).
+    ///
+    /// Inlined, with the sweep out of line: every `Shared::locked` section
+    /// calls it (a cancel by id among them, W6), almost always with nothing
+    /// cached, and a call for that cost about 29 instructions.
+    #[inline]
     pub(crate) fn sweep(&mut self) -> Vec<Arc<dyn Job>> {
-        let mut out = Vec::new();
         if self.expiries.is_empty() {
-            return out;
+            return Vec::new();
         }
+        self.sweep_due()
+    }
+
+    #[inline(never)]
+    fn sweep_due(&mut self) -> Vec<Arc<dyn Job>> {
+        let mut out = Vec::new();
         let now = self.clock.now();
         while let Some((seq, slot)) = self.expiries.pop_due(now) {
             let retained =

@@ -160,7 +160,7 @@ impl Engine {
 
     /// Whether a task named `name` would be refused as a duplicate at `now`.
     fn name_taken_at(&self, name: Option<&Arc<str>>, now: i64) -> bool {
-        let Some(&old) = name.and_then(|n| self.names.get(n)) else {
+        let Some(old) = name.and_then(|n| self.slot_named(n)) else {
             return false;
         };
         let e = &self.entries[old as usize];
@@ -169,7 +169,7 @@ impl Engine {
 
     /// [`name_taken_at`](Self::name_taken_at) now.
     fn name_taken(&self, name: Option<&Arc<str>>) -> bool {
-        name.is_some_and(|n| self.names.contains_key(n))
+        name.is_some_and(|n| self.slot_named(n).is_some())
             && self.name_taken_at(name, self.clock.now())
     }
 

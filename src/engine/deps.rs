@@ -273,9 +273,8 @@ impl Engine {
         for (i, t) in tasks.iter().enumerate() {
             if let Some(name) = t.job.name() {
                 let taken = self
-                    .names
-                    .get(name)
-                    .is_some_and(|&old| self.entries[old as usize].state != State::Retained);
+                    .slot_named(name)
+                    .is_some_and(|old| self.entries[old as usize].state != State::Retained);
                 if taken || names.insert(name.clone(), i).is_some() {
                     return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
@@ -381,7 +380,7 @@ impl Engine {
             Vec::with_capacity(tasks.len());
         for ((t, refs), mine) in tasks.iter().zip(found).zip(holds) {
             if let Some(name) = t.job.name() {
-                if let Some(&old) = self.names.get(name) {
+                if let Some(old) = self.slot_named(name) {
                     admitted.replaced.push(self.remove(old));
                     self.cached -= 1;
                 }
@@ -390,7 +389,7 @@ impl Engine {
             let seq = self.take_seq();
             t.job.assign(seq, slot);
             if let Some(name) = t.job.name() {
-                self.names.insert(name.clone(), slot);
+                self.names.insert(name, slot);
             }
             self.entries.insert(Entry {
                 job: t.job.clone(),

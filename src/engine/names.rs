@@ -9,6 +9,13 @@
 //! - each entry keeps its hash, so growing or shrinking the table (a cancel
 //!   storm shrinks it) rehashes no string.
 //!
+//! An entry is only a slot and a hash (8 bytes): the name itself is the
+//! task's (`Job::name`, the `Arc<str>` its id and handle share), which a
+//! lookup reads through the registry to confirm a hash match. A copy of the
+//! `Arc` per entry made the table three times as large (random probes
+//! into it are the cost of a cancel by name, W6) and took two atomic
+//! reference-count operations per named task.
+//!
 //! Invariant: the table holds at most one entry per slot, the name of the
 //! task in that registry slot. (`Engine::remove` is the one place a task
 //! leaves the registry, and it removes the name; a name is inserted for a
@@ -17,7 +24,6 @@
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -38,9 +44,8 @@ pub(crate) struct Names {
     found: Cell<Option<(Slot, usize)>>,
 }
 
-/// One entry: 24 bytes, the hash in what would be padding.
+/// One entry: the slot of the task holding the name, and the name's hash.
 struct Named {
-    name: Arc<str>,
     slot: Slot,
     /// The name's hash, folded to 32 bits (see [`Names::hash`]).
     hash: u32,
@@ -77,32 +82,33 @@ impl Names {
         (h ^ h >> 32) as u32
     }
 
-    /// The bucket holding `name`, if any.
-    fn find(&self, name: &str) -> Option<usize> {
+    /// The bucket holding `name`, if any. `name_of` gives the name of the
+    /// task in a slot (the table holds no names).
+    fn find<'a>(&self, name: &str, name_of: impl Fn(Slot) -> Option<&'a str>) -> Option<usize> {
         let hash = self.hash(name);
-        self.table
-            .find_bucket_index(spread(hash), |n| n.hash == hash && *n.name == *name)
+        self.table.find_bucket_index(spread(hash), |n| {
+            n.hash == hash && name_of(n.slot).is_some_and(|held| held == name)
+        })
     }
 
-    /// The slot of the task holding `name`, if any.
-    pub(crate) fn get(&self, name: &str) -> Option<&Slot> {
-        let bucket = self.find(name)?;
-        let slot = &self.table.get_bucket(bucket)?.slot;
-        self.found.set(Some((*slot, bucket)));
+    /// The slot of the task holding `name`, if any; `name_of` gives the
+    /// name of the task in a slot.
+    pub(crate) fn get<'a>(
+        &self,
+        name: &str,
+        name_of: impl Fn(Slot) -> Option<&'a str>,
+    ) -> Option<Slot> {
+        let bucket = self.find(name, name_of)?;
+        let slot = self.table.get_bucket(bucket)?.slot;
+        self.found.set(Some((slot, bucket)));
         Some(slot)
     }
 
-    /// Whether a task holds `name`.
-    pub(crate) fn contains_key(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
     /// Records that the task in `slot` holds `name`, which no task holds.
-    pub(crate) fn insert(&mut self, name: Arc<str>, slot: Slot) {
-        debug_assert!(self.find(&name).is_none(), "{name} is already held");
-        let hash = self.hash(&name);
+    pub(crate) fn insert(&mut self, name: &str, slot: Slot) {
+        let hash = self.hash(name);
         self.table
-            .insert_unique(spread(hash), Named { name, slot, hash }, |n| spread(n.hash));
+            .insert_unique(spread(hash), Named { slot, hash }, |n| spread(n.hash));
     }
 
     /// Forgets the name of the task in `slot` if the last [`get`](Self::get)
@@ -157,105 +163,146 @@ impl Names {
 mod tests {
     use super::*;
 
-    /// What `Engine::remove` does: the hint first, else by name.
-    fn forget(names: &mut Names, name: &str, slot: Slot) {
-        if !names.remove_found(slot) {
-            names.remove(name, slot);
-        }
+    /// A table and what it indexes: the name held in each slot (the
+    /// registry's tasks, in the engine).
+    #[derive(Default)]
+    struct Registry {
+        names: Names,
+        held: Vec<Option<String>>,
     }
 
-    fn names(n: u32) -> Names {
-        let mut names = Names::default();
-        for i in 0..n {
-            names.insert(Arc::from(format!("task-{i}")), i);
+    impl Registry {
+        fn with(n: u32) -> Self {
+            let mut r = Registry::default();
+            for i in 0..n {
+                r.add(&format!("task-{i}"), i);
+            }
+            r
         }
-        names
+
+        fn add(&mut self, name: &str, slot: Slot) {
+            let i = slot as usize;
+            if self.held.len() <= i {
+                self.held.resize(i + 1, None);
+            }
+            assert!(self.held[i].is_none(), "slot {slot} is taken");
+            self.held[i] = Some(name.to_owned());
+            self.names.insert(name, slot);
+        }
+
+        fn get(&self, name: &str) -> Option<Slot> {
+            let held = &self.held;
+            self.names.get(name, |s| held.get(s as usize)?.as_deref())
+        }
+
+        /// What `Engine::remove` does: the task leaves its slot, then its
+        /// name goes, by the hint if it is for this slot, else by name.
+        fn remove(&mut self, slot: Slot) {
+            let name = self.held[slot as usize].take().expect("slot is held");
+            if !self.names.remove_found(slot) {
+                self.names.remove(&name, slot);
+            }
+        }
     }
 
     #[test]
     fn finds_what_it_holds_and_nothing_else() {
-        let names = names(100);
+        let r = Registry::with(100);
         for i in 0..100 {
-            assert_eq!(names.get(&format!("task-{i}")), Some(&i));
+            assert_eq!(r.get(&format!("task-{i}")), Some(i));
         }
-        assert_eq!(names.get("task-100"), None);
-        assert_eq!(names.get("task-"), None);
-        assert!(!names.contains_key(""));
+        assert_eq!(r.get("task-100"), None);
+        assert_eq!(r.get("task-"), None);
+        assert_eq!(r.get(""), None);
+    }
+
+    #[test]
+    fn a_hash_match_counts_only_if_the_slot_holds_the_name() {
+        let mut r = Registry::with(3);
+        // Slot 1 now holds another name than the table was told (never so
+        // in the engine): the table confirms every match by the holder's name.
+        r.held[1] = Some("renamed".into());
+        assert_eq!(r.get("task-1"), None);
+        assert_eq!(r.get("task-0"), Some(0));
+        r.held[1] = None;
+        assert_eq!(r.get("task-1"), None);
     }
 
     #[test]
     fn removes_after_a_lookup_by_the_bucket_found() {
-        let mut names = names(100);
+        let mut r = Registry::with(100);
         for i in (0..100).step_by(3) {
             let name = format!("task-{i}");
-            assert_eq!(names.get(&name), Some(&i));
-            forget(&mut names, &name, i);
-            assert_eq!(names.get(&name), None);
+            assert_eq!(r.get(&name), Some(i));
+            r.remove(i);
+            assert_eq!(r.get(&name), None);
         }
         for i in 0..100 {
-            let held = names.get(&format!("task-{i}")).is_some();
+            let held = r.get(&format!("task-{i}")).is_some();
             assert_eq!(held, i % 3 != 0, "task-{i}");
         }
+        assert_eq!(r.names.len(), 66);
     }
 
     #[test]
     fn only_the_hint_of_that_slot_removes_without_the_name() {
-        let mut names = names(10);
-        assert!(!names.remove_found(3), "no lookup yet");
-        assert_eq!(names.get("task-3"), Some(&3));
-        assert!(!names.remove_found(4), "the hint is for slot 3");
-        assert_eq!(names.get("task-3"), Some(&3));
-        assert!(names.remove_found(3));
-        assert_eq!(names.get("task-3"), None);
-        assert!(!names.remove_found(3), "the hint is used up");
-        assert_eq!(names.len(), 9);
+        let mut r = Registry::with(10);
+        assert!(!r.names.remove_found(3), "no lookup yet");
+        assert_eq!(r.get("task-3"), Some(3));
+        assert!(!r.names.remove_found(4), "the hint is for slot 3");
+        assert_eq!(r.get("task-3"), Some(3));
+        assert!(r.names.remove_found(3));
+        r.held[3] = None;
+        assert_eq!(r.get("task-3"), None);
+        assert!(!r.names.remove_found(3), "the hint is used up");
+        assert_eq!(r.names.len(), 9);
     }
 
     #[test]
     fn a_stale_hint_removes_the_right_name() {
-        let mut names = names(10);
+        let mut r = Registry::with(10);
         // The hint is for task-3; task-7 is removed (by its hash).
-        assert_eq!(names.get("task-3"), Some(&3));
-        forget(&mut names, "task-7", 7);
-        assert_eq!(names.get("task-7"), None);
-        assert_eq!(names.get("task-3"), Some(&3));
+        assert_eq!(r.get("task-3"), Some(3));
+        r.remove(7);
+        assert_eq!(r.get("task-7"), None);
+        assert_eq!(r.get("task-3"), Some(3));
         // A hint that outlived a resize: the table grows, buckets move.
-        assert_eq!(names.get("task-5"), Some(&5));
+        assert_eq!(r.get("task-5"), Some(5));
         for i in 10..1000 {
-            names.insert(Arc::from(format!("task-{i}")), i);
+            r.add(&format!("task-{i}"), i);
         }
-        forget(&mut names, "task-5", 5);
-        assert_eq!(names.get("task-5"), None);
-        assert_eq!(names.len(), 998);
+        r.remove(5);
+        assert_eq!(r.get("task-5"), None);
+        assert_eq!(r.names.len(), 998);
         for i in (0..1000).filter(|&i| i != 5 && i != 7) {
-            assert_eq!(names.get(&format!("task-{i}")), Some(&i), "task-{i}");
+            assert_eq!(r.get(&format!("task-{i}")), Some(i), "task-{i}");
         }
     }
 
     #[test]
     fn a_removal_after_another_lookup_finds_its_own_name() {
-        let mut names = names(4);
-        assert_eq!(names.get("task-2"), Some(&2));
-        forget(&mut names, "task-2", 2);
+        let mut r = Registry::with(4);
+        assert_eq!(r.get("task-2"), Some(2));
+        r.remove(2);
         // Slot 2 is reused by a new name, maybe in another bucket.
-        names.insert(Arc::from("other"), 2);
-        assert_eq!(names.get("task-1"), Some(&1));
-        forget(&mut names, "other", 2);
-        assert_eq!(names.get("other"), None);
-        assert_eq!(names.get("task-1"), Some(&1));
-        assert_eq!(names.len(), 3);
+        r.add("other", 2);
+        assert_eq!(r.get("task-1"), Some(1));
+        r.remove(2);
+        assert_eq!(r.get("other"), None);
+        assert_eq!(r.get("task-1"), Some(1));
+        assert_eq!(r.names.len(), 3);
     }
 
     #[test]
     fn shrinking_keeps_every_name() {
-        let mut names = names(5000);
+        let mut r = Registry::with(5000);
         for i in 0..4990 {
-            forget(&mut names, &format!("task-{i}"), i);
+            r.remove(i);
         }
-        names.shrink_to_fit();
-        assert_eq!(names.len(), 10);
+        r.names.shrink_to_fit();
+        assert_eq!(r.names.len(), 10);
         for i in 4990..5000 {
-            assert_eq!(names.get(&format!("task-{i}")), Some(&i));
+            assert_eq!(r.get(&format!("task-{i}")), Some(i));
         }
     }
 }
