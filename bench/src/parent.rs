@@ -25,8 +25,9 @@ usage: corral-bench [--quick] [--reps N] [--only W1,W3,...] [--markdown FILE]
   --reps N         repetitions per side (default 3; with --callgrind, per size)
   --only LIST      run only these workloads (comma separated, e.g. W1,W4)
   --markdown FILE  also write the table as markdown to FILE
-  --callgrind      instead of timing, count instructions per task under
-                   valgrind's callgrind (W1, W4, W6, W7; needs valgrind)
+  --callgrind      instead of timing, count instructions and atomic
+                   operations per task under valgrind's callgrind (W1, W4,
+                   W6, W7; needs valgrind)
   --n N            with --callgrind: run N and 2N tasks (default 20000 for
                    W1 and W7, 10000 for W4 and W6)
 
