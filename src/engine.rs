@@ -533,7 +533,26 @@ impl Engine {
     }
 
     /// The next due task for worker `worker`.
+    #[inline]
     pub(crate) fn claim(&mut self, worker: u16) -> Next {
+        // Nothing queued at all (the claim after the last task of a burst,
+        // once per W4 round trip): straight to the idle set, as the full
+        // claim would (about 60 instructions less).
+        if self.queue.holds_nothing()
+            && self.parking.is_none()
+            && matches!(self.phase, Phase::Idle | Phase::Running)
+            && usize::from(worker) < self.flow.open
+        {
+            self.idle.park(worker);
+            return Next::Idle;
+        }
+        self.claim_queued(worker)
+    }
+
+    /// [`claim`](Self::claim) with something queued (or a phase, a gate or
+    /// parked attempts to see to).
+    #[inline(never)]
+    fn claim_queued(&mut self, worker: u16) -> Next {
         if self.parking.is_some() {
             if let Some(next) = self.claim_parked(worker) {
                 return next;

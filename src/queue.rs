@@ -438,6 +438,13 @@ impl Queue {
         !self.sched.is_empty()
     }
 
+    /// No entry at all, live or dead, scheduled or due: a claim has
+    /// nothing to look at.
+    #[inline]
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.ready_entries == 0 && self.sched.is_empty()
+    }
+
     /// Live entries, scheduled and due.
     pub(crate) fn len(&self) -> usize {
         self.sched.len() + self.ready_entries - self.dead

@@ -80,9 +80,7 @@ impl Shared {
         drop(core);
         let woke = picked.is_some();
         if let Some(picked) = picked {
-            for w in picked {
-                self.wakes[usize::from(w)].notify_work();
-            }
+            picked.each(|w| self.wakes[usize::from(w)].notify_work());
         }
         if timer {
             self.timer.notify_one();
