@@ -48,6 +48,16 @@ impl Picked {
     }
 }
 
+/// Clears the lowest set bit of `word`, the `i`-th word of the set (not
+/// zero), and returns the worker it stood for. (`bits` holds one bit per
+/// worker, and workers are numbered by u16.)
+#[inline]
+fn take_lowest(word: &mut u64, i: usize) -> u16 {
+    let bit = word.trailing_zeros();
+    *word &= !(1 << bit);
+    (i * 64) as u16 + bit as u16
+}
+
 impl IdleWorkers {
     pub(crate) fn new(workers: usize) -> Self {
         IdleWorkers {
@@ -101,22 +111,17 @@ impl IdleWorkers {
         // bookkeeping.
         if n == 1 && self.first.is_none() {
             if let Some((i, word)) = self.bits.iter_mut().enumerate().find(|(_, w)| **w != 0) {
-                let bit = word.trailing_zeros();
-                *word &= !(1 << bit);
                 self.count -= 1;
-                self.first = Some((i * 64) as u16 + bit as u16);
+                self.first = Some(take_lowest(word, i));
             }
             return;
         }
         let mut left = n.min(self.count);
         for (i, word) in self.bits.iter_mut().enumerate() {
             while left > 0 && *word != 0 {
-                let bit = word.trailing_zeros();
-                *word &= !(1 << bit);
                 left -= 1;
                 self.count -= 1;
-                // `bits` holds one bit per worker, and workers are numbered by u16.
-                let w = (i * 64) as u16 + bit as u16;
+                let w = take_lowest(word, i);
                 if self.first.is_none() {
                     self.first = Some(w);
                 } else {
