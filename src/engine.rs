@@ -448,6 +448,13 @@ impl Engine {
         })
     }
 
+    /// Whether the task in `slot`, found by its user-given id, still holds
+    /// that id at `now`: unfinished, or finished within its dedup window.
+    fn still_holds_id(&self, slot: Slot, now: i64) -> bool {
+        let e = &self.entries[slot as usize];
+        e.state != State::Retained || e.job.holds_id(now)
+    }
+
     fn lookup_ref(&self, id: IdRef<'_>) -> Option<Slot> {
         match id {
             IdRef::Generated { seq, slot } => current(&self.entries, slot, seq).map(|_| slot),
@@ -485,9 +492,8 @@ impl Engine {
         let mut replaced = None;
         if let Some(name) = name {
             if let Some(old) = self.slot_named(name) {
-                let e = &self.entries[old as usize];
                 // A finished task holds its id through its dedup window.
-                if e.state != State::Retained || e.job.holds_id(now) {
+                if self.still_holds_id(old, now) {
                     return Err(SubmitError::DuplicateId(TaskId::named(name.clone())));
                 }
                 replaced = Some(self.remove(old));
@@ -866,11 +872,10 @@ impl Engine {
         req: &mut dyn std::any::Any,
     ) -> Option<(Arc<dyn Job>, Result<(), &'static str>)> {
         let slot = self.slot_named(name)?;
-        let e = &self.entries[slot as usize];
-        if e.state == State::Retained && !e.job.holds_id(now) {
+        if !self.still_holds_id(slot, now) {
             return None;
         }
-        let job = e.job.clone();
+        let job = self.entries[slot as usize].job.clone();
         let joined = job.clone().subscribe(req);
         Some((job, joined))
     }

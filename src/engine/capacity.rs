@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::{is_live, Engine, Phase, State};
+use super::{is_live, Engine, Phase};
 use crate::capacity::Overflow;
 use crate::error::SubmitError;
 use crate::job::Forced;
@@ -160,17 +160,15 @@ impl Engine {
 
     /// Whether a task named `name` would be refused as a duplicate at `now`.
     fn name_taken_at(&self, name: Option<&Arc<str>>, now: i64) -> bool {
-        let Some(old) = name.and_then(|n| self.slot_named(n)) else {
-            return false;
-        };
-        let e = &self.entries[old as usize];
-        e.state != State::Retained || e.job.holds_id(now)
+        name.and_then(|n| self.slot_named(n))
+            .is_some_and(|old| self.still_holds_id(old, now))
     }
 
-    /// [`name_taken_at`](Self::name_taken_at) now.
+    /// [`name_taken_at`](Self::name_taken_at) now: one lookup, and the
+    /// clock is read only when the name is held.
     fn name_taken(&self, name: Option<&Arc<str>>) -> bool {
-        name.is_some_and(|n| self.slot_named(n).is_some())
-            && self.name_taken_at(name, self.clock.now())
+        name.and_then(|n| self.slot_named(n))
+            .is_some_and(|old| self.still_holds_id(old, self.clock.now()))
     }
 
     /// Whether `n` more tasks fit now (rooms reserved for others count as taken).
