@@ -511,6 +511,8 @@ impl Engine {
         self.next_seq += 1;
         assign(seq, slot);
         if let Some(name) = name {
+            // `Names::insert`'s precondition: no task holds the name now.
+            debug_assert!(self.slot_named(name).is_none(), "{name} is held twice");
             self.names.insert(name, slot);
         }
         self.entries.insert(Entry {

@@ -533,6 +533,31 @@ mod tests {
             })
         }
 
+        /// Plays `ops` on our GCRA `g` (from tick `start`) and on governor's
+        /// limiter for `quota`, and checks that every acquire gets the same
+        /// answer from both.
+        fn agree(g: &Gcra, quota: Quota, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+            let clock = FakeRelativeClock::default();
+            let reference = RateLimiter::direct_with_clock(quota, clock.clone());
+            let (mut now, mut tat) = (start, FRESH);
+            for op in ops {
+                match op {
+                    Op::Advance(d) => {
+                        clock.advance(Duration::from_nanos(d));
+                        now += d as i64;
+                    }
+                    Op::Acquire => {
+                        let ours = g.allows(tat, now);
+                        if ours {
+                            tat = g.charge(tat, now);
+                        }
+                        prop_assert_eq!(ours, reference.check().is_ok(), "at {}", now);
+                    }
+                }
+            }
+            Ok(())
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig {
                 cases: 512,
@@ -550,25 +575,8 @@ mod tests {
                 let quota = Quota::with_period(rate.interval())
                     .unwrap()
                     .allow_burst(NonZeroU32::new(burst).unwrap());
-                let clock = FakeRelativeClock::default();
-                let reference = RateLimiter::direct_with_clock(quota, clock.clone());
                 // Our clock starts anywhere: tick 0 is the cluster's creation.
-                let (mut now, mut tat) = (12_345i64, FRESH);
-                for op in ops {
-                    match op {
-                        Op::Advance(d) => {
-                            clock.advance(Duration::from_nanos(d));
-                            now += d as i64;
-                        }
-                        Op::Acquire => {
-                            let ours = g.allows(tat, now);
-                            if ours {
-                                tat = g.charge(tat, now);
-                            }
-                            prop_assert_eq!(ours, reference.check().is_ok(), "at {}", now);
-                        }
-                    }
-                }
+                agree(&g, quota, 12_345, ops)?;
             }
 
             /// `Rate::per_second(n)` is governor's `Quota::per_second(n)`,
@@ -576,25 +584,7 @@ mod tests {
             #[test]
             fn per_second_is_governors(n in 1u32..2000, ops in prop::collection::vec(op(1_000_000), 1..300)) {
                 let g = Rate::per_second(n).validate().unwrap();
-                let clock = FakeRelativeClock::default();
-                let quota = Quota::per_second(NonZeroU32::new(n).unwrap());
-                let reference = RateLimiter::direct_with_clock(quota, clock.clone());
-                let (mut now, mut tat) = (0i64, FRESH);
-                for op in ops {
-                    match op {
-                        Op::Advance(d) => {
-                            clock.advance(Duration::from_nanos(d));
-                            now += d as i64;
-                        }
-                        Op::Acquire => {
-                            let ours = g.allows(tat, now);
-                            if ours {
-                                tat = g.charge(tat, now);
-                            }
-                            prop_assert_eq!(ours, reference.check().is_ok());
-                        }
-                    }
-                }
+                agree(&g, Quota::per_second(NonZeroU32::new(n).unwrap()), 0, ops)?;
             }
         }
     }

@@ -389,6 +389,8 @@ impl Engine {
             let seq = self.take_seq();
             t.job.assign(seq, slot);
             if let Some(name) = t.job.name() {
+                // `Names::insert`'s precondition: no task holds the name now.
+                debug_assert!(self.slot_named(name).is_none(), "{name} is held twice");
                 self.names.insert(name, slot);
             }
             self.entries.insert(Entry {
