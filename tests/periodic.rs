@@ -8,7 +8,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral::{Cluster, Firing, Missed, Overlap, ScheduleError, ScheduleHandle, TaskError, Trigger};
+use corral::{
+    Cluster, Firing, FiringTime, Missed, Overlap, ScheduleError, ScheduleHandle, TaskError, Trigger,
+};
 
 use common::SEC;
 
@@ -620,4 +622,43 @@ mod cron {
         let (log, _) = restarted(Missed::RunAll(2)).await;
         assert_eq!(log.len(), 3, "bounded: the latest 2 missed, then the next");
     }
+}
+
+/// An interval schedule has no cap on its firing count: a 1 ms schedule
+/// fires on past its 2^32nd firing (about 49.7 days), numbered and timed
+/// as `n * period` after its start.
+#[tokio::test(start_paused = true)]
+async fn an_interval_fires_past_two_to_the_32_firings() {
+    let cluster = Cluster::new(1).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let last: Arc<Mutex<Option<FiringTime>>> = Default::default();
+    let l = last.clone();
+    let handle = cluster
+        .schedule(
+            "tick",
+            Trigger::every(Duration::from_millis(1)),
+            move |_ctx, firing: Firing| {
+                *l.lock().unwrap() = Some(firing.due);
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::advance(Duration::from_secs(50 * 86_400)).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = handle.stats().fired;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!handle.is_finished(), "the schedule ended");
+    assert!(handle.stats().fired > before, "no firing after 50 days");
+    let Some(FiringTime::Interval { number, at }) = *last.lock().unwrap() else {
+        panic!("no interval firing recorded");
+    };
+    assert!(number > u64::from(u32::MAX), "firing {number}");
+    assert_eq!(
+        at - t0,
+        Duration::from_millis(number),
+        "firing {number} at {:?}",
+        at - t0
+    );
 }

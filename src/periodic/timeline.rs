@@ -36,9 +36,17 @@ pub(crate) struct Interval {
 }
 
 impl Interval {
+    /// When firing `key` is due; `None` past what an `Instant` holds
+    /// (`Duration::checked_mul` takes a `u32`, which would end a 1 ms
+    /// schedule after 49.7 days, so the product is taken in nanoseconds).
     fn at(&self, key: i64) -> Option<Instant> {
-        let n = u32::try_from(key).ok()?;
-        self.anchor.checked_add(self.period.checked_mul(n)?)
+        let n = u128::try_from(key).ok()?;
+        let nanos = self.period.as_nanos().checked_mul(n)?;
+        let offset = Duration::new(
+            u64::try_from(nanos / 1_000_000_000).ok()?,
+            (nanos % 1_000_000_000) as u32,
+        );
+        self.anchor.checked_add(offset)
     }
 
     /// The index of the latest firing due by now (0: none yet).
@@ -55,7 +63,7 @@ impl Timeline for Interval {
     }
 
     fn next_after(&self, key: i64) -> Option<i64> {
-        // Past `u32::MAX` firings (136 years of seconds) the schedule ends.
+        // The schedule ends where an `Instant` ends (hundreds of years).
         key.checked_add(1).filter(|&k| self.at(k).is_some())
     }
 
