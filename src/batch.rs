@@ -8,6 +8,8 @@
 //! 1. [`Batch::task`] counts a member when it makes the builder, before the
 //!    task can possibly finish; the member's hook (or, if the builder is
 //!    dropped or its submit refused, the hook's `Drop`) uncounts it, once.
+//!    A member that joins another task (`Duplicate::Join`) hands its hook
+//!    to that task, which calls it with its own outcome.
 //! 2. The group's callbacks are decided under the batch's own mutex and
 //!    run after it is released, under a panic guard: never under any lock.
 //! 3. Nothing fires before [`Batch::seal`]; `seal` consumes the `Batch`,
@@ -296,7 +298,9 @@ impl Drop for Member {
 ///   has finished; an empty batch is done at its seal.
 ///
 /// A member builder that is dropped, or whose submit is refused, is no
-/// member. Dropping an unsealed batch seals it, so a forgotten `seal` still
+/// member. A member whose submit joins the task already holding its id
+/// ([`Duplicate::Join`](crate::Duplicate::Join)) is counted with that
+/// task's outcome, once that task has finished. Dropping an unsealed batch seals it, so a forgotten `seal` still
 /// ends in the callbacks. Tasks cannot join a sealed batch (`seal`
 /// consumes it).
 ///

@@ -95,7 +95,7 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
         mut self,
         hook: impl Fn(&TaskId, &Outcome<T, E>) + Send + Sync + 'static,
     ) -> Self {
-        self.extras().settled = Some(Box::new(hook));
+        self.extras().settled = Some(Arc::new(hook));
         self
     }
 
@@ -999,7 +999,9 @@ where
         Ok(admitted)
     };
     let admitted = match (joiner, cell.name()) {
-        (Some((cloner, name)), _) => join_or_submit(&mut core, name, now, cloner, admit),
+        (Some((cloner, name)), _) => {
+            join_or_submit(&mut core, name, now, cloner, cell.settled_hook(), admit)
+        }
         _ => admit(&mut core).map(Joined::Fresh),
     };
     shared.unlock(core);
@@ -1015,11 +1017,11 @@ where
             }
             Ok(TaskHandle::new(cell))
         }
-        Joined::Existing(job, state) => {
+        Joined::Existing(job, state, hook) => {
             let cloner = joiner.expect("only a joining submit joins").0;
             drop_guarded(cell, "the body of a submit that joined another task");
             Ok(TaskHandle::new(Arc::new(JoinedSlot::new(
-                job, state, cloner,
+                job, state, cloner, hook,
             ))))
         }
     }

@@ -622,6 +622,7 @@ impl Cluster {
         let mut req = SubscribeRequest::<T, E> {
             cloner,
             answer: None,
+            hook: None,
         };
         let found = self.shared().locked(|core| core.subscribe(&id, &mut req));
         match (found, req.answer) {

@@ -20,7 +20,9 @@
 //! - A joined handle is a subscriber: it needs `T: Clone` and `E: Clone`,
 //!   and its types must be the existing task's
 //!   ([`SubmitError::TypeMismatch`] otherwise). The joining submit's own
-//!   body and options are dropped unused.
+//!   body and options are dropped unused, except a batch member's hook,
+//!   which the joined task calls with its outcome, as it serves its
+//!   subscribers.
 //!
 //! Cost: nothing for a task that does not use it. The window lives in the
 //! task's boxed `Extras`, is read only when a submit finds a finished task
@@ -36,13 +38,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::cell::copy_for_subscriber;
+use crate::cell::{copy_for_subscriber, Settled};
 use crate::clock::duration_ticks;
 use crate::engine::{Engine, Phase};
 use crate::error::SubmitError;
 use crate::history::History;
 use crate::job::{Answer, Cloner, Job, Outcome, OutcomeSlot, SubscribeRequest};
-use crate::panic::drop_guarded;
+use crate::panic::{drop_guarded, guard};
 use crate::progress::Progress;
 use crate::task::TaskId;
 
@@ -90,7 +92,9 @@ pub enum Duplicate {
     Reject,
     /// Return a handle to the task that holds the id (its
     /// [`deduplicated`](crate::TaskHandle::deduplicated) is `true`); this
-    /// submit's body and options are dropped unused.
+    /// submit's body and options are dropped unused. A
+    /// [batch](crate::Batch) member that joins stays a member: it is
+    /// counted with the joined task's outcome.
     Join,
 }
 
@@ -124,12 +128,15 @@ impl Window {
 
 /// Submits a task that joins a duplicate: under one lock section, joins the
 /// task holding `name` if there is one, else admits `admit`'s task.
-/// `admit` runs under the engine's lock (it is the plain submit).
+/// `admit` runs under the engine's lock (it is the plain submit). `hook`,
+/// the joining submit's completion hook (a batch member's), goes to the
+/// task it joins: called with that task's outcome, as this submit's.
 pub(crate) fn join_or_submit<T, E, R>(
     core: &mut Engine,
     name: &Arc<str>,
     now: i64,
     cloner: Cloner<T, E>,
+    hook: Option<Settled<T, E>>,
     admit: impl FnOnce(&mut Engine) -> Result<R, SubmitError>,
 ) -> Result<Joined<R, T, E>, SubmitError>
 where
@@ -144,13 +151,17 @@ where
     let mut req = SubscribeRequest::<T, E> {
         cloner,
         answer: None,
+        hook,
     };
     match core.join(name, now, &mut req) {
         Some((job, Ok(()))) => match req.answer {
-            Some(Answer::Pending(rx)) => Ok(Joined::Existing(job, JoinState::Waiting(rx))),
-            Some(Answer::Lent(cached, cell)) => {
-                Ok(Joined::Existing(job, JoinState::Lent(cached, cell)))
-            }
+            // The task took the hook, if any, with the subscription.
+            Some(Answer::Pending(rx)) => Ok(Joined::Existing(job, JoinState::Waiting(rx), None)),
+            Some(Answer::Lent(cached, cell)) => Ok(Joined::Existing(
+                job,
+                JoinState::Lent(cached, cell),
+                req.hook,
+            )),
             // Not reachable while the registry holds the task retained (the
             // cache lets go only after the registry forgot it); a fresh task
             // is then the coherent answer.
@@ -169,8 +180,10 @@ where
 pub(crate) enum Joined<R, T, E> {
     /// Nothing held the id: the task was admitted as usual.
     Fresh(R),
-    /// The task that holds the id, and how its outcome comes.
-    Existing(Arc<dyn Job>, JoinState<T, E>),
+    /// The task that holds the id, how its outcome comes, and the joining
+    /// submit's hook if the task did not take it (a lent outcome: the
+    /// caller calls it with its copy, see [`JoinedSlot::new`]).
+    Existing(Arc<dyn Job>, JoinState<T, E>, Option<Settled<T, E>>),
 }
 
 /// How a joined handle gets its outcome: as a subscriber, or from the
@@ -191,14 +204,27 @@ pub(crate) struct JoinedSlot<T, E> {
 
 impl<T, E> JoinedSlot<T, E> {
     /// Builds the slot; called with no lock held, since copying a lent
-    /// outcome is user code (`Clone`).
-    pub(crate) fn new(job: Arc<dyn Job>, state: JoinState<T, E>, cloner: Cloner<T, E>) -> Self {
+    /// outcome is user code (`Clone`). `hook`: the joining submit's
+    /// completion hook, which a finished task did not take: called here
+    /// with the outcome.
+    pub(crate) fn new(
+        job: Arc<dyn Job>,
+        state: JoinState<T, E>,
+        cloner: Cloner<T, E>,
+        hook: Option<Settled<T, E>>,
+    ) -> Self {
         let state = match state {
             JoinState::Lent(cached, cell) => {
                 let copy = copy_for_subscriber(cloner, &cached);
                 cell.give_back(cached);
                 // The last reference if the cache let go meanwhile.
                 drop_guarded(cell, "a finished task");
+                if let Some(hook) = hook {
+                    let id = job.id();
+                    if let Err(msg) = guard(|| hook(&id, &copy)) {
+                        tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
+                    }
+                }
                 JoinState::Ready(copy)
             }
             other => other,

@@ -264,6 +264,7 @@ where
         let mut req = SubscribeRequest::<T, E> {
             cloner,
             answer: None,
+            hook: None,
         };
         if parent.subscribe(&mut req).is_err() {
             return Subscribed::Gone;

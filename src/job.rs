@@ -276,6 +276,11 @@ pub(crate) struct SubscribeRequest<T, E> {
     /// retained outcome itself, lent out so that the caller copies it once
     /// every lock is released (`Clone` is user code) and then gives it back.
     pub(crate) answer: Option<Answer<T, E>>,
+    /// A completion hook to call with the outcome as well (a joining batch
+    /// member's, `crate::dedup`). Taken by a task still to finish; left
+    /// here if the answer is `Lent` (the caller calls it with its copy) or
+    /// `Gone`.
+    pub(crate) hook: Option<crate::cell::Settled<T, E>>,
 }
 
 /// A cell's answer to a subscriber (see [`SubscribeRequest`]).

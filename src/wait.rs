@@ -40,6 +40,7 @@ where
         let mut req = SubscribeRequest::<T, E> {
             cloner: <Outcome<T, E> as Clone>::clone,
             answer: None,
+            hook: None,
         };
         let attached = match job.subscribe(&mut req) {
             Err(found) => Err(WaitError::TypeMismatch {
@@ -233,6 +234,7 @@ impl Cluster {
         let mut req = SubscribeRequest::<T, E> {
             cloner,
             answer: None,
+            hook: None,
         };
         let shared = self.shared();
         enum Found<T, E> {
@@ -345,6 +347,7 @@ where
     let mut req = SubscribeRequest::<T, E> {
         cloner,
         answer: None,
+        hook: None,
     };
     let found = shared.locked(|core| {
         let target = core.add_wait(waiter, &id)?;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral::{BatchSummary, Cluster, OutcomeKind, SubmitError, TaskError, TaskId};
+use corral::{BatchSummary, Cluster, Duplicate, OutcomeKind, SubmitError, TaskError, TaskId};
 use tokio::sync::Notify;
 
 use common::{yield_until, HOUR, MS, SEC};
@@ -426,4 +426,86 @@ async fn members_resolved_by_their_parents_are_counted_by_kind() {
     assert_eq!(summary.count(OutcomeKind::Skipped), 1);
     assert_eq!(summary.total(), 2);
     assert_eq!(summary.failures.len(), 2);
+}
+
+/// A member that joins the running task holding its id
+/// (`Duplicate::Join`) is a member: the batch counts it with that task's
+/// outcome and is done only once that task has finished.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_joins_a_running_task_counts_with_its_outcome() {
+    let cluster = Cluster::new(1).unwrap();
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let first = cluster
+        .task(move |_| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Err::<u32, String>("first".into())
+            }
+        })
+        .id("shared")
+        .submit()
+        .unwrap();
+    let batch = cluster.batch();
+    let member = batch
+        .task(|_| async { Ok::<u32, String>(2) })
+        .id("shared")
+        .on_duplicate(Duplicate::Join)
+        .submit()
+        .unwrap();
+    assert!(member.deduplicated());
+    let sealed = batch.seal();
+    tokio::time::sleep(10 * MS).await;
+    assert!(!sealed.is_done(), "done before its member finished");
+    assert_eq!(sealed.summary().total(), 0);
+    gate.notify_one();
+    assert_eq!(first.await, Err(TaskError::Failed("first".into())));
+    assert_eq!(member.await, Err(TaskError::Failed("first".into())));
+    let summary = sealed.wait().await;
+    assert_eq!((summary.total(), summary.failed), (1, 1), "{summary:?}");
+    assert_eq!(summary.failures, [("shared".into(), OutcomeKind::Failed)]);
+}
+
+/// A member that joins a finished task (within its dedup window) counts
+/// at once, with that task's cached outcome.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_joins_a_finished_task_counts_at_once() {
+    let cluster = Cluster::new(1).unwrap();
+    let first = cluster
+        .task(|_| async { Ok::<u32, String>(1) })
+        .id("done-before")
+        .dedup_window(HOUR)
+        .submit()
+        .unwrap();
+    assert_eq!(first.await, Ok(1));
+    let batch = cluster.batch();
+    let member = batch
+        .task(|_| async { Ok::<u32, String>(2) })
+        .id("done-before")
+        .on_duplicate(Duplicate::Join)
+        .submit()
+        .unwrap();
+    assert!(member.deduplicated());
+    let sealed = batch.seal();
+    assert!(sealed.is_done());
+    assert_eq!(sealed.summary().succeeded, 1);
+    assert_eq!(member.await, Ok(1));
+}
+
+/// A joining member whose id is free runs as a member of its own.
+#[tokio::test(start_paused = true)]
+async fn a_joining_member_with_a_free_id_runs_itself() {
+    let cluster = Cluster::new(1).unwrap();
+    let batch = cluster.batch();
+    let member = batch
+        .task(|_| async { Ok::<u32, String>(2) })
+        .id("free")
+        .on_duplicate(Duplicate::Join)
+        .submit()
+        .unwrap();
+    assert!(!member.deduplicated());
+    let sealed = batch.seal();
+    assert_eq!(member.await, Ok(2));
+    assert_eq!(sealed.wait().await.succeeded, 1);
 }

@@ -77,6 +77,11 @@ use crate::task::{TaskContext, TaskId};
 pub(crate) type RetryWith<E> = Box<dyn Fn(&TaskError<E>, u32) -> RetryDecision + Send + Sync>;
 pub(crate) type OnFailure<E> = Box<dyn Fn(&TaskId, &TaskError<E>) + Send + Sync>;
 pub(crate) type OnComplete<T, E> = Box<dyn Fn(&TaskId, &Outcome<T, E>) + Send + Sync>;
+/// A crate feature's completion hook (a batch member's, `crate::batch`).
+/// Shared, not boxed: a submit that joins another task
+/// ([`Duplicate::Join`](crate::Duplicate::Join)) hands its hook to that
+/// task, whose outcome is then this member's.
+pub(crate) type Settled<T, E> = Arc<dyn Fn(&TaskId, &Outcome<T, E>) + Send + Sync>;
 
 /// Options most tasks do not use, boxed so that a plain task stays small.
 pub(crate) struct Extras<T, E> {
@@ -93,7 +98,7 @@ pub(crate) struct Extras<T, E> {
     pub(crate) on_complete: Option<OnComplete<T, E>>,
     /// A crate feature's completion hook (a batch's, `crate::batch`), run
     /// after the user's callbacks, with the same guard and rules.
-    pub(crate) settled: Option<OnComplete<T, E>>,
+    pub(crate) settled: Option<Settled<T, E>>,
     /// The task's parents (`crate::deps`).
     pub(crate) parents: Vec<After>,
     /// How long the id stays taken after the task finished (`crate::dedup`).
@@ -215,6 +220,9 @@ struct Rare<T, E> {
     /// subscriber or by `cacheable`, whose bounds guarantee `Clone`.
     cloner: Option<Cloner<T, E>>,
     subscribers: Vec<oneshot::Sender<Outcome<T, E>>>,
+    /// Completion hooks of submits that joined this task (a batch member's,
+    /// see [`Settled`]), called with the outcome where subscribers get theirs.
+    hooks: Vec<Settled<T, E>>,
     /// The current attempt's cancellation token, made when the body asks.
     token: Option<CancellationToken>,
     /// The retained outcome. A late subscriber borrows it out of the lock
@@ -252,6 +260,7 @@ impl<T, E> Rare<T, E> {
         Box::new(Rare {
             cloner,
             subscribers: Vec::new(),
+            hooks: Vec::new(),
             token: None,
             cached: None,
             lent: false,
@@ -408,6 +417,12 @@ impl<B, T, E, O: Options<T, E>> TaskCell<B, T, E, O> {
     pub(crate) fn joiner(&self) -> Option<(Cloner<T, E>, &Arc<str>)> {
         let x = self.opts.extras()?;
         Some((x.join?, x.name.as_ref()?))
+    }
+
+    /// The crate's completion hook, for a submit that joins another task
+    /// and hands the hook to it (`crate::dedup`).
+    pub(crate) fn settled_hook(&self) -> Option<Settled<T, E>> {
+        self.opts.extras()?.settled.clone()
     }
 
     /// Drops the result of an earlier attempt that a later one replaced, or

@@ -9,10 +9,11 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use super::{Extras, Options, TaskCell};
+use super::{Extras, Options, Rare, Settled, TaskCell};
 use crate::error::TaskError;
 use crate::job::{Answer, Cloner, Forced, Outcome, SubscribeRequest};
 use crate::panic::{drop_guarded, guard};
+use crate::task::TaskId;
 
 impl<B, T, E, O> TaskCell<B, T, E, O>
 where
@@ -123,29 +124,17 @@ where
             }
             st = self.state.lock();
         }
-        // Subscribers get copies made unlocked (`Clone` is user code). One
-        // that subscribes meanwhile is served by the next round; the round
-        // that finds none left marks the task done, under the same lock.
-        loop {
-            let round = st.rare.as_deref_mut().and_then(|rare| {
-                let clone = rare.cloner?;
-                (!rare.subscribers.is_empty())
-                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
-            });
-            let Some((clone, subscribers)) = round else {
-                break;
-            };
+        // Subscribers get copies made unlocked (`Clone` is user code), and
+        // joiners' hooks are called unlocked. One that subscribes meanwhile
+        // is served by the next round; the round that finds none left marks
+        // the task done, under the same lock.
+        while let Some(waiting) = st.rare.as_deref_mut().and_then(Waiting::take) {
             drop(st);
             let view = handle_copy
                 .as_ref()
                 .or(cache_copy.as_ref())
                 .expect("the outcome is kept for the handle or the cache");
-            for tx in subscribers {
-                // A subscriber that gave up is not an error.
-                if let Err(copy) = tx.send(copy_for_subscriber(clone, view)) {
-                    drop_guarded(copy, "an unread copy of an outcome");
-                }
-            }
+            waiting.serve(&self.id(), view);
             st = self.state.lock();
         }
         st.done = true;
@@ -214,6 +203,7 @@ where
             None if !done || rare.lent => {
                 rare.cloner.get_or_insert(req.cloner);
                 rare.add_subscriber(tx);
+                rare.hooks.extend(req.hook.take());
                 Answer::Pending(rx)
             }
             None => Answer::Gone,
@@ -264,21 +254,9 @@ where
 
     pub(super) fn take_back(&self, outcome: Outcome<T, E>) {
         let mut st = self.state.lock();
-        loop {
-            let round = st.rare.as_deref_mut().and_then(|rare| {
-                let clone = rare.cloner?;
-                (!rare.subscribers.is_empty())
-                    .then(|| (clone, std::mem::take(&mut rare.subscribers)))
-            });
-            let Some((clone, subscribers)) = round else {
-                break;
-            };
+        while let Some(waiting) = st.rare.as_deref_mut().and_then(Waiting::take) {
             drop(st);
-            for tx in subscribers {
-                if let Err(copy) = tx.send(copy_for_subscriber(clone, &outcome)) {
-                    drop_guarded(copy, "an unread copy of an outcome");
-                }
-            }
+            waiting.serve(&self.id(), &outcome);
             st = self.state.lock();
         }
         let expired = st.expired;
@@ -307,6 +285,54 @@ where
         if let Some(cb) = &x.settled {
             if let Err(msg) = guard(|| cb(&id, outcome)) {
                 tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
+            }
+        }
+    }
+}
+
+/// A subscriber's end of its copy of the outcome.
+type Subscriber<T, E> = oneshot::Sender<Outcome<T, E>>;
+
+/// The readers waiting for a task's outcome besides its handle, taken out
+/// of the cell's lock to be served unlocked: subscribers get copies
+/// (`Clone` is user code) and joiners' hooks are called with the outcome.
+struct Waiting<T, E> {
+    /// Subscribers, and how to copy the outcome for them.
+    subscribers: Vec<Subscriber<T, E>>,
+    clone: Option<Cloner<T, E>>,
+    hooks: Vec<Settled<T, E>>,
+}
+
+impl<T, E> Waiting<T, E> {
+    /// Takes what waits in `rare`, if anything does. (Subscribers wait
+    /// only where a cloner is set: the first one sets it.)
+    fn take(rare: &mut Rare<T, E>) -> Option<Self> {
+        let clone = rare.cloner.filter(|_| !rare.subscribers.is_empty());
+        let subscribers = match clone {
+            Some(_) => std::mem::take(&mut rare.subscribers),
+            None => Vec::new(),
+        };
+        let hooks = std::mem::take(&mut rare.hooks);
+        (clone.is_some() || !hooks.is_empty()).then_some(Waiting {
+            subscribers,
+            clone,
+            hooks,
+        })
+    }
+
+    /// Serves them the outcome of task `id`; with no lock held.
+    fn serve(self, id: &TaskId, outcome: &Outcome<T, E>) {
+        for hook in self.hooks {
+            if let Err(msg) = guard(|| hook(id, outcome)) {
+                tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
+            }
+        }
+        if let Some(clone) = self.clone {
+            for tx in self.subscribers {
+                // A subscriber that gave up is not an error.
+                if let Err(copy) = tx.send(copy_for_subscriber(clone, outcome)) {
+                    drop_guarded(copy, "an unread copy of an outcome");
+                }
             }
         }
     }
