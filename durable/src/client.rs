@@ -21,6 +21,26 @@ use crate::{MemoryStore, PgStore};
 
 /// The longest user-given job id (key), in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
+/// The longest queue name, in bytes. PostgreSQL sends a queue's name in
+/// its notices (at most 8000 bytes each) and keeps it in the claim index (a
+/// few KiB an entry): a longer name would fail the statements that stage
+/// or notify every queue's rows, not just its own.
+pub const MAX_QUEUE_LEN: usize = 1024;
+
+/// Why `queue` cannot name a queue, if it cannot: the same rule for every
+/// store, at submit and at a worker's start.
+pub(crate) fn check_queue(queue: &str) -> Result<(), &'static str> {
+    if queue.is_empty() {
+        Err("must not be empty")
+    } else if queue.len() > MAX_QUEUE_LEN {
+        Err("longer than MAX_QUEUE_LEN (1024) bytes")
+    } else if queue.contains('\0') {
+        // PostgreSQL's text cannot hold it.
+        Err("holds a NUL character")
+    } else {
+        Ok(())
+    }
+}
 /// The default limit on encoded arguments: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// How long a finished job's outcome is kept unless the job says otherwise: 24 hours.
@@ -377,7 +397,9 @@ impl<J: Job> EnqueueBuilder<'_, J> {
         self
     }
 
-    /// The queue (workers say which queues they serve).
+    /// The queue (workers say which queues they serve): a name of 1 to
+    /// [`MAX_QUEUE_LEN`] bytes without NUL, checked at submit
+    /// ([`SubmitError::InvalidOption`]).
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.opts.queue = Cow::Owned(queue.into());
         self
@@ -391,7 +413,7 @@ impl<J: Job> EnqueueBuilder<'_, J> {
 
     /// Not started before this wall-clock time, as judged by the store's
     /// clock (the database server's, for PostgreSQL). At most 100 years
-    /// ahead.
+    /// ahead; any time in the past (however far) means due now.
     pub fn start_at(mut self, at: SystemTime) -> Self {
         self.opts.start = Start::At(at);
         self
@@ -457,8 +479,8 @@ impl<J: Job> EnqueueBuilder<'_, J> {
             }
         }
         let invalid = |option, reason| Err(SubmitError::InvalidOption { option, reason });
-        if o.queue.is_empty() {
-            return invalid("queue", "must not be empty");
+        if let Err(reason) = check_queue(&o.queue) {
+            return invalid("queue", reason);
         }
         if o.timeout == Some(Duration::ZERO) {
             return invalid("timeout", "must be greater than zero");

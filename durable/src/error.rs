@@ -89,11 +89,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// PostgreSQL refused the data itself (SQLSTATE class 22): retrying the
-    /// same statement cannot succeed.
+    /// PostgreSQL refused the data of the statement, not for the state of
+    /// the connection or the server: retrying the same statement cannot
+    /// succeed, and splitting a batch finds the row at fault. SQLSTATE
+    /// class 22 (data exception: a bad value, a NUL in `jsonb`), 23
+    /// (integrity constraint violation: a value the schema's checks refuse)
+    /// and 54 (program limit exceeded: `jsonb` nested deeper than
+    /// `max_stack_depth` allows is 54001, one too large is 54000). Outages
+    /// (classes 08, 53, 57, 58, a pool error) and conflicts (40) are not.
     pub(crate) fn is_data(&self) -> bool {
-        matches!(self, StoreError::Db(e) if e.code().is_some_and(|c| c.code().starts_with("22")))
+        matches!(self, StoreError::Db(e) if e.code().is_some_and(|c| is_data_code(c.code())))
     }
+}
+
+impl StoreError {
+    /// What the database said, for a message: its own text and SQLSTATE
+    /// (the `Display` of a server error is only "db error").
+    pub(crate) fn why(&self) -> String {
+        match self {
+            StoreError::Db(e) => e.as_db_error().map_or_else(
+                || self.to_string(),
+                |db| format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            ),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Whether SQLSTATE `code` is about the statement's data (see
+/// [`StoreError::is_data`]).
+fn is_data_code(code: &str) -> bool {
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 /// `true` if JSON `text` holds an escaped NUL character, which PostgreSQL's
@@ -112,6 +140,21 @@ pub(crate) fn has_nul(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_errors_are_told_from_outages() {
+        // Data: bad values, a NUL in jsonb, constraints, jsonb too deep or
+        // too large.
+        for code in ["22P02", "22P05", "22023", "23514", "54000", "54001"] {
+            assert!(super::is_data_code(code), "{code}");
+        }
+        // Outages and conflicts: retried.
+        for code in [
+            "08006", "53300", "57P01", "57014", "58030", "40001", "40P01", "XX000",
+        ] {
+            assert!(!super::is_data_code(code), "{code}");
+        }
+    }
+
     #[test]
     fn nul_escapes_are_told_from_literal_backslashes() {
         let nul = serde_json::to_string("a\0b").unwrap();

@@ -61,7 +61,7 @@ mod worker;
 
 pub use crate::client::{
     Backend, CancelOutcome, Client, EnqueueBuilder, JobHandle, QueueStats, DEFAULT_MAX_PAYLOAD,
-    DEFAULT_QUEUE, DEFAULT_RETENTION, MAX_KEY_LEN,
+    DEFAULT_QUEUE, DEFAULT_RETENTION, MAX_KEY_LEN, MAX_QUEUE_LEN,
 };
 pub use crate::error::{
     CompleteError, JobError, StoreError, SubmitError, SubscribeError, WorkerError,
@@ -71,7 +71,7 @@ pub use crate::job::{Ending, Job, JobContext, JobResult};
 pub use crate::options::Backoff;
 pub use crate::store::memory::MemoryStore;
 pub use crate::store::pg::{PgStore, PgStoreBuilder};
-pub use crate::worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_LEASE_TTL};
+pub use crate::worker::{Worker, WorkerBuilder, WorkerStats, DEFAULT_LEASE_TTL, MAX_LEASE_TTL};
 pub use corral::RetryMode;
 
 /// How many times a job's attempt may be lost with its worker's lease

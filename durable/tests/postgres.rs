@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{database_url, drop_schema, pg_store, raw_client, unique_schema, Probe, Step};
 use corral_durable::{
-    Client, CompleteError, Ending, Job, JobContext, JobResult, PgStore, SubmitError, Worker,
+    Client, CompleteError, Ending, Job, JobContext, JobError, JobResult, PgStore, SubmitError,
+    Worker,
 };
 use serde::{Deserialize, Serialize};
 
@@ -594,6 +595,64 @@ async fn a_uniform_batch_keeps_order_keys_and_options() {
         300,
         "nothing of the refused batch was inserted"
     );
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// Its output is nested deeper than PostgreSQL's `jsonb` accepts (refused
+/// with SQLSTATE 54001, not a class 22 data error).
+#[derive(Serialize, Deserialize)]
+struct Deep;
+
+impl Job for Deep {
+    const KIND: &'static str = "deep";
+    type Output = Box<serde_json::value::RawValue>;
+    type Error = ();
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<Self::Output, ()> {
+        const DEPTH: usize = 100_000;
+        let text = format!("{}{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+        Ok(serde_json::value::RawValue::from_string(text).unwrap())
+    }
+}
+
+/// A result the database refuses for its data with an error outside class
+/// 22 does not wedge the finalizer: the job fails saying why, and the jobs
+/// finished with it complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_deep_for_jsonb_fails_alone() {
+    let schema = unique_schema("deep");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<Deep>()
+        .register::<Probe>()
+        .queue("default", 4)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let deep = client.enqueue(Deep).submit().await.unwrap();
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let label = format!("ok{i}");
+        let probe = Probe::new("deep", &label, vec![Step::Ok]);
+        others.push((label, client.enqueue(probe).submit().await.unwrap()));
+    }
+    match tokio::time::timeout(LONG, deep)
+        .await
+        .expect("the finalizer is wedged")
+    {
+        Err(JobError::Undecodable { message }) => {
+            assert!(message.contains("could not be stored"), "{message}");
+            assert!(message.contains("SQLSTATE 54001"), "{message}");
+        }
+        other => panic!("expected a failure saying why, got {other:?}"),
+    }
+    for (label, h) in others {
+        let out = tokio::time::timeout(LONG, h).await.expect("hung");
+        assert_eq!(out, Ok(format!("{label}@1")));
+    }
+    w.stop(LONG).await;
     drop(store);
     drop_schema(&schema).await;
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{eventually, recorded, started_at, Env, Probe, Step};
 use corral_durable::{
     Backoff, CancelOutcome, Client, Job, JobContext, JobError, JobResult, RetryMode, SubmitError,
-    SubscribeError, Worker,
+    SubscribeError, Worker, WorkerError, MAX_LEASE_TTL, MAX_QUEUE_LEN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,10 @@ both_stores!(
     a_panic_after_the_body_fails_the_job_and_frees_the_slot,
     a_prune_backlog_is_cleared_without_waiting_a_period,
     a_cancel_ends_an_immediate_retry_wait,
+    a_lease_ttl_over_the_maximum_is_refused,
+    a_prune_interval_of_duration_max_leaves_the_leader_alive,
+    start_times_far_in_the_past_are_due_now,
+    queue_names_are_checked_at_submit_and_start,
 );
 
 async fn submit_await_and_subscribe_elsewhere(env: Env) {
@@ -1050,5 +1054,156 @@ async fn a_cancel_ends_an_immediate_retry_wait(env: Env) {
         Err(JobError::Cancelled)
     );
     assert_eq!(recorded(&tag).len(), 1, "no second attempt");
+    w.stop(LONG).await;
+}
+
+/// The same refusal from both stores (the memory store's clock overflowed
+/// at `Duration::MAX`; PostgreSQL's interval did not), and the maximum
+/// itself works.
+async fn a_lease_ttl_over_the_maximum_is_refused(env: Env) {
+    for ttl in [MAX_LEASE_TTL + Duration::from_millis(1), Duration::MAX] {
+        let started = Worker::builder(env.backend())
+            .register::<Probe>()
+            .queue("default", 1)
+            .lease_ttl(ttl)
+            .start()
+            .await;
+        assert!(
+            matches!(started, Err(WorkerError::Config(_))),
+            "{ttl:?}: {started:?}"
+        );
+    }
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 1)
+        .lease_ttl(MAX_LEASE_TTL)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let h = client
+        .enqueue(Probe::new("maxttl", "a", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("a job under the longest TTL", h).await,
+        Ok("a@1".into())
+    );
+    w.stop(LONG).await;
+}
+
+/// `prune_interval(Duration::MAX)` is accepted (no rounds on a schedule);
+/// the leader goes on staging: a delayed job runs.
+async fn a_prune_interval_of_duration_max_leaves_the_leader_alive(env: Env) {
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_secs(10))
+        .prune_interval(Duration::MAX)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(env.backend());
+    let h = client
+        .enqueue(Probe::new("prunemax", "a", vec![Step::Ok]))
+        .delay(Duration::from_millis(100))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(
+        within("a delayed job (the leader died?)", h).await,
+        Ok("a@1".into())
+    );
+    w.stop(LONG).await;
+}
+
+/// A start time in the past means due now, however far back (before
+/// PostgreSQL's range, or so far that encoding it overflowed).
+async fn start_times_far_in_the_past_are_due_now(env: Env) {
+    let w = worker(&env, 2).await;
+    let client = Client::new(env.backend());
+    let epoch = SystemTime::UNIX_EPOCH;
+    let pasts = [
+        (
+            "before-4713bc",
+            epoch - Duration::from_secs(7000 * 366 * 24 * 3600),
+        ),
+        ("2^62s-before-1970", epoch - Duration::from_secs(1 << 62)),
+        ("an-hour-ago", SystemTime::now() - Duration::from_secs(3600)),
+    ];
+    for (label, at) in pasts {
+        let h = client
+            .enqueue(Probe::new("pastat", label, vec![Step::Ok]))
+            .start_at(at)
+            .submit()
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        assert_eq!(within(label, h).await, Ok(format!("{label}@1")));
+    }
+    w.stop(LONG).await;
+}
+
+/// A queue name too long for PostgreSQL's notices (8000 bytes) once
+/// failed the leader's staging of every queue's rows, for good; both
+/// stores now refuse it, and a NUL, at submit and at a worker's start. The
+/// longest name allowed is staged, notified and claimed.
+async fn queue_names_are_checked_at_submit_and_start(env: Env) {
+    let client = Client::new(env.backend());
+    let p = || Probe::new("queuename", "bad", vec![Step::Ok]);
+    let too_long = "q".repeat(MAX_QUEUE_LEN + 1);
+    let refused = [
+        client.enqueue(p()).queue(too_long.as_str()).submit().await,
+        client
+            .enqueue(p())
+            .queue(too_long.as_str())
+            .delay(Duration::from_millis(10))
+            .submit()
+            .await,
+        client.enqueue(p()).queue("a\0b").submit().await,
+    ];
+    for r in refused {
+        assert!(
+            matches!(
+                r,
+                Err(SubmitError::InvalidOption {
+                    option: "queue",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    for name in [too_long.as_str(), "a\0b", ""] {
+        let started = Worker::builder(env.backend())
+            .register::<Probe>()
+            .queue(name, 1)
+            .start()
+            .await;
+        assert!(
+            matches!(started, Err(WorkerError::Config(_))),
+            "{started:?}"
+        );
+    }
+    let longest = "q".repeat(MAX_QUEUE_LEN);
+    let w = Worker::builder(env.backend())
+        .register::<Probe>()
+        .queue("default", 1)
+        .queue(longest.as_str(), 1)
+        .lease_ttl(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let delayed = |label: &str, queue: &str| {
+        client
+            .enqueue(Probe::new("queuename", label, vec![Step::Ok]))
+            .queue(queue)
+            .delay(Duration::from_millis(50))
+            .submit()
+    };
+    let long = delayed("long", &longest).await.unwrap();
+    let default = delayed("default", "default").await.unwrap();
+    assert_eq!(within("the longest queue", long).await, Ok("long@1".into()));
+    assert_eq!(within("default", default).await, Ok("default@1".into()));
     w.stop(LONG).await;
 }

@@ -140,7 +140,20 @@ impl<J: Job> ErasedJob for Erased<J> {
             let ended = match builder.submit() {
                 Ok(handle) => handle.await,
                 // The engine is shutting down: give the claim back.
-                Err(_) => Err(TaskError::Shutdown),
+                Err(corral::SubmitError::ShuttingDown) => Err(TaskError::Shutdown),
+                Err(e) => {
+                    // Not expected (each run's task id is unique). Given back
+                    // at once, the row would be claimed by this worker again
+                    // and refused again, in a hot loop: it waits a while
+                    // instead, without spending its attempt.
+                    tracing::error!(error = %e, job = %c.id, retry_in = ?REFUSED_PAUSE, "corral-durable engine refused an attempt");
+                    return (
+                        Action::Snooze {
+                            delay: REFUSED_PAUSE,
+                        },
+                        requeue_hooks::<J>(job),
+                    );
+                }
             };
             let (action, hooks) = decide::<J>(job, &c, ended);
             match clamp(action) {
@@ -166,6 +179,10 @@ impl<J: Job> ErasedJob for Erased<J> {
         })
     }
 }
+
+/// How long a row whose attempt the engine refused waits before it is
+/// claimed again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
 /// The longest delay a retry or snooze is stored with: longer ones (up to
 /// `Duration::MAX` from a saturating backoff) would overflow a timestamp.

@@ -163,7 +163,8 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
         slots.give_back();
         return;
     };
-    let task_id = format!("{}/{}", job.id, job.attempt);
+    let run = shared.runs.fetch_add(1, Ordering::Relaxed);
+    let task_id = format!("{}/{}/{run}", job.id, job.attempt);
     let interrupt = CancellationToken::new();
     shared
         .running

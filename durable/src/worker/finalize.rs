@@ -88,6 +88,8 @@ fn chunks(mut items: Vec<Item>) -> Vec<Vec<Item>> {
 /// turned into a failure saying why: one bad row never blocks the others.
 async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>) -> Vec<Fate> {
     let mut backoff = Duration::from_millis(50);
+    // Failures put in place of a refused single write so far.
+    let mut replaced = 0;
     loop {
         match shared.store.finish(lease, finishes.clone()).await {
             Ok(fates) => return fates,
@@ -99,14 +101,21 @@ async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>)
                 }
                 return fates;
             }
-            Err(e) if e.is_data() && !matches!(finishes[0].action, Action::Fail { .. }) => {
+            // Any action's data may be refused (a body's own error too, in
+            // a failure or a retry): it becomes a failure saying why, then,
+            // should that be refused as well, one with no detail at all.
+            Err(e) if e.is_data() && replaced < 2 => {
                 tracing::error!(error = %e, job = %finishes[0].id, "corral-durable cannot store this result; the job fails");
-                let error: JobError<()> = JobError::Undecodable {
-                    message: format!("the result could not be stored: {e}"),
+                let message = if replaced == 0 {
+                    format!("the result could not be stored: {}", e.why())
+                } else {
+                    "the result could not be stored".to_owned()
                 };
+                let error: JobError<()> = JobError::Undecodable { message };
                 finishes[0].action = Action::Fail {
                     error: StoredError::encode(&error),
                 };
+                replaced += 1;
             }
             Err(e) => {
                 // Keep the results: the lease may still be alive when the

@@ -30,6 +30,14 @@ pub(crate) struct Hints {
     pub(crate) prune_at: Option<Instant>,
 }
 
+/// `at + d`, saturating far in the future: `d` may come from an option
+/// (`prune_interval(Duration::MAX)` means never on a schedule) or from the
+/// store, and an overflow would kill the task that computes it.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// A worker that does not lead contends again this long after the leader
 /// row expires (the holder's last heartbeat may be in flight).
 const LEADER_SLACK: Duration = Duration::from_millis(50);
@@ -41,7 +49,7 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
     // which then renews at once if the last renewal is older than a third
     // of the TTL: held rows always have at least two thirds of a TTL ahead.
     let busy_period = shared.ttl / 3;
-    let idle_period = shared.ttl * 2 / 3;
+    let idle_period = shared.ttl.saturating_mul(2) / 3;
     // The first beat goes at once: it decides leadership, and the leader
     // stages scheduled jobs, so a fresh worker must not wait a period.
     let mut last: Option<Instant> = None;
@@ -63,9 +71,9 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 } else {
                     idle_period
                 };
-                let mut due = last + period;
+                let mut due = later(last, period);
                 if let Some(at) = leader_expiry {
-                    due = due.min(at + LEADER_SLACK);
+                    due = due.min(later(at, LEADER_SLACK));
                 }
                 due
             }
@@ -108,14 +116,14 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
             Ok(beat) if beat.alive => {
                 backoff = Duration::from_millis(50);
                 // The store renewed before its answer arrived.
-                expired_by = Some(Instant::now() + shared.ttl);
+                expired_by = Some(later(Instant::now(), shared.ttl));
                 last = Some(started);
                 retry_at = None;
-                leader_expiry = beat.leader_expires_in.map(|d| started + d);
+                leader_expiry = beat.leader_expires_in.map(|d| later(started, d));
                 if beat.leader {
                     shared.hints.send_replace(Hints {
-                        rescue_at: beat.rescue_in.map(|d| started + d),
-                        prune_at: beat.prune_in.map(|d| started + d),
+                        rescue_at: beat.rescue_in.map(|d| later(started, d)),
+                        prune_at: beat.prune_in.map(|d| later(started, d)),
                     });
                 }
                 if shared.leader.swap(beat.leader, Ordering::AcqRel) != beat.leader {
@@ -159,13 +167,13 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>) {
                 }
                 // The new lease was just registered: renewed now.
                 last = Some(Instant::now());
-                expired_by = Some(Instant::now() + shared.ttl);
+                expired_by = Some(later(Instant::now(), shared.ttl));
                 retry_at = None;
                 leader_expiry = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "corral-durable heartbeat failed");
-                retry_at = Some(Instant::now() + backoff.min(busy_period));
+                retry_at = Some(later(Instant::now(), backoff.min(busy_period)));
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -222,13 +230,13 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
     let mut scheduled = shared.store.signals().scheduled();
     let mut hints = shared.hints.subscribe();
     let mut finished = shared.store.signals().finished();
-    let fallback = shared.ttl * RESCUE_FALLBACK_TTLS;
+    let fallback = shared.ttl.saturating_mul(RESCUE_FALLBACK_TTLS);
     let mut next_stage = Some(Instant::now());
     let mut next_rescue = Instant::now();
     let mut next_prune: Option<Instant> = None;
     // The earliest a regular prune round may run (the last round's end
     // plus `prune_every`, or at once after a round that hit its bound).
-    let mut prune_floor = Instant::now() + shared.prune_every;
+    let mut prune_floor = later(Instant::now(), shared.prune_every);
     let mut backoff = Duration::from_millis(50);
     loop {
         if !shared.leader.load(Ordering::Acquire) {
@@ -255,7 +263,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                     // A full batch: more rows may be due now.
                     Some(Instant::now())
                 } else {
-                    next_due.map(|d| Instant::now() + d)
+                    next_due.map(|d| later(Instant::now(), d))
                 };
             }
             if Instant::now() >= next_rescue {
@@ -266,8 +274,9 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                         "corral-durable leader rescued jobs of expired leases"
                     );
                 }
-                let wait = next_expiry.map_or(fallback, |d| (d + RESCUE_SLACK).min(fallback));
-                next_rescue = Instant::now() + wait;
+                let wait =
+                    next_expiry.map_or(fallback, |d| d.saturating_add(RESCUE_SLACK).min(fallback));
+                next_rescue = later(Instant::now(), wait);
             }
             if next_prune.is_some_and(|t| Instant::now() >= t) {
                 let mut backlog = true;
@@ -283,7 +292,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                     next_prune = Some(prune_floor);
                 } else {
                     // The next heartbeat says when a row is due next.
-                    prune_floor = Instant::now() + shared.prune_every;
+                    prune_floor = later(Instant::now(), shared.prune_every);
                     next_prune = None;
                 }
             }
@@ -317,7 +326,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
                 if r.is_ok() {
                     let h = *hints.borrow_and_update();
                     if let Some(at) = h.rescue_at {
-                        next_rescue = next_rescue.min(at + RESCUE_SLACK);
+                        next_rescue = next_rescue.min(later(at, RESCUE_SLACK));
                     }
                     if let Some(at) = h.prune_at {
                         next_prune = Some(at.max(prune_floor));

@@ -28,7 +28,7 @@ mod claim;
 mod finalize;
 mod lease;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +50,11 @@ use crate::store::{Claimed, LeaseId, Store};
 /// The default lease TTL: a worker silent this long is presumed dead and its
 /// jobs are rescued.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The longest lease TTL a worker accepts (365 days): a longer one would
+/// only delay the rescue of a dead worker's jobs, and overflow the stores'
+/// clocks at `Duration::MAX`.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Configures a [`Worker`].
 ///
@@ -98,13 +103,15 @@ impl WorkerBuilder {
         self
     }
 
-    /// Serves `queue` with up to `slots` attempts at once.
+    /// Serves `queue` with up to `slots` attempts at once. The name follows
+    /// the submit's rule (1 to [`MAX_QUEUE_LEN`](crate::MAX_QUEUE_LEN) bytes,
+    /// no NUL), checked at [`start`](Self::start).
     pub fn queue(mut self, queue: impl Into<String>, slots: usize) -> Self {
         self.queues.push((queue.into(), slots));
         self
     }
 
-    /// The lease TTL (at least 300 ms). Heartbeats go every third of it
+    /// The lease TTL (at least 300 ms, at most [`MAX_LEASE_TTL`]). Heartbeats go every third of it
     /// while the worker holds claimed jobs, every two thirds while it holds
     /// none (an idle worker's lease guards nothing; losing it would only
     /// mean registering again).
@@ -117,7 +124,9 @@ impl WorkerBuilder {
     /// batches of 1,000, at most 10 batches a round; a round that deleted
     /// all it could is followed by the next at once, until none is left).
     /// Rounds run only while rows finish or some are due (the leader's
-    /// heartbeat reports the earliest): an idle leader does not prune.
+    /// heartbeat reports the earliest): an idle leader does not prune. Any
+    /// interval is accepted; one too long to add to the clock (up to
+    /// `Duration::MAX`) means no rounds on a schedule.
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_every = every;
         self
@@ -143,8 +152,10 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`WorkerError::Config`] for no job type, no queue, a queue with zero
-    /// slots or too short a TTL; [`WorkerError::Start`] outside a tokio
-    /// runtime; [`WorkerError::Store`] if the lease cannot be registered.
+    /// slots or an invalid name, or a TTL too short or over
+    /// [`MAX_LEASE_TTL`];
+    /// [`WorkerError::Start`] outside a tokio runtime; [`WorkerError::Store`]
+    /// if the lease cannot be registered.
     pub async fn start(self) -> Result<Worker, WorkerError> {
         if self.jobs.is_empty() {
             return Err(WorkerError::Config("no job type registered"));
@@ -152,13 +163,27 @@ impl WorkerBuilder {
         if self.queues.is_empty() {
             return Err(WorkerError::Config("no queue given"));
         }
-        if self.queues.iter().any(|(q, n)| *n == 0 || q.is_empty()) {
+        if self.queues.iter().any(|(_, n)| *n == 0) {
+            return Err(WorkerError::Config("every queue needs at least one slot"));
+        }
+        if self
+            .queues
+            .iter()
+            .any(|(q, _)| crate::client::check_queue(q).is_err())
+        {
             return Err(WorkerError::Config(
-                "every queue needs a name and at least one slot",
+                "every queue needs a name of at most MAX_QUEUE_LEN (1024) bytes, without NUL",
             ));
         }
         if self.ttl < Duration::from_millis(300) {
             return Err(WorkerError::Config("the lease TTL must be at least 300 ms"));
+        }
+        if self.ttl > MAX_LEASE_TTL {
+            // Checked here, the same for every store: the memory store's
+            // clock would overflow, PostgreSQL's interval would not.
+            return Err(WorkerError::Config(
+                "the lease TTL must be at most 365 days",
+            ));
         }
         let slots: usize = self.queues.iter().map(|(_, n)| n).sum();
         let cluster = start_cluster(slots)?;
@@ -179,6 +204,7 @@ impl WorkerBuilder {
             lease: AtomicI64::new(lease),
             lease_renewed: tokio::sync::watch::Sender::new(0),
             running: Mutex::default(),
+            runs: AtomicU64::new(0),
             finish_tx,
             leader: AtomicBool::new(false),
             leader_changed: tokio::sync::Notify::new(),
@@ -228,8 +254,13 @@ struct ClaimBook {
     next: i64,
     /// Claims sent and not answered yet.
     in_flight: BTreeSet<i64>,
-    /// Rows claimed and not yet written back: (job, attempt).
-    held: HashSet<(JobId, i32)>,
+    /// Rows claimed and not yet written back: (job, attempt) -> runs not
+    /// yet written back. A count, not a set: a snooze gives the attempt
+    /// back, so this worker may claim the same (job, attempt) again before
+    /// the snoozed run's write is unheld, and that late unhold must not
+    /// forget the new run (the heartbeat would give the running row back as
+    /// unknown).
+    held: HashMap<(JobId, i32), u32>,
 }
 
 #[derive(Debug, Default)]
@@ -268,6 +299,11 @@ pub(crate) struct Shared {
     /// Running attempts: job -> engine task id, and the token that ends an
     /// immediate-mode retry wait (for cancels and a lost lease).
     running: Mutex<HashMap<JobId, (String, CancellationToken)>>,
+    /// Numbers the runs of this worker: each run's engine task id is unique
+    /// (a snoozed job runs again with the same id and attempt, maybe while
+    /// the engine still knows the last run's task id; a duplicate id would
+    /// be refused, and a refused run is given back and claimed again).
+    runs: AtomicU64,
     finish_tx: mpsc::UnboundedSender<finalize::Item>,
     leader: AtomicBool,
     leader_changed: tokio::sync::Notify,
@@ -307,16 +343,25 @@ impl Shared {
     fn end_claim(&self, no: i64, rows: &[Claimed]) {
         let mut book = self.book.lock();
         let was_idle = book.held.is_empty();
-        book.held.extend(rows.iter().map(|r| (r.id, r.attempt)));
+        for r in rows {
+            *book.held.entry((r.id, r.attempt)).or_insert(0) += 1;
+        }
         book.in_flight.remove(&no);
         if was_idle && !book.held.is_empty() {
             self.busy.notify_one();
         }
     }
 
-    /// A claimed row was written back (or given up).
+    /// A claimed row was written back (or given up): one run of it is no
+    /// longer held. A later claim of the same (job, attempt) stays held.
     fn unhold(&self, id: JobId, attempt: i32) {
-        self.book.lock().held.remove(&(id, attempt));
+        let mut book = self.book.lock();
+        if let Some(n) = book.held.get_mut(&(id, attempt)) {
+            *n -= 1;
+            if *n == 0 {
+                book.held.remove(&(id, attempt));
+            }
+        }
     }
 
     /// Whether the worker holds claimed rows (then its lease guards them).
@@ -329,7 +374,7 @@ impl Shared {
     fn held_and_settled(&self) -> (Vec<i64>, i64) {
         let book = self.book.lock();
         let below = book.in_flight.first().copied().unwrap_or(book.next);
-        (book.held.iter().map(|(id, _)| id.0).collect(), below)
+        (book.held.keys().map(|(id, _)| id.0).collect(), below)
     }
 
     /// Cuts a local attempt short (a cancel from another process, or a

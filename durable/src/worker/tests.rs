@@ -27,6 +27,12 @@ struct Gated {
     release: Notify,
     /// The next claim commits, but its caller gets an error.
     lose_reply: AtomicBool,
+    /// The next finish commits, then waits at a gate before it answers.
+    hold_finish: AtomicBool,
+    finish_entered: Notify,
+    finish_release: Notify,
+    /// Claims sent.
+    claims: AtomicUsize,
     /// Statements of the lease and the leader's duties, by kind.
     beats: AtomicUsize,
     stages: AtomicUsize,
@@ -63,6 +69,7 @@ impl Store for Gated {
         after: Option<ClaimCursor>,
         claim_no: i64,
     ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
+        self.claims.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let claimed = self
                 .inner
@@ -80,7 +87,14 @@ impl Store for Gated {
         })
     }
     fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>> {
-        self.inner.finish(lease, batch)
+        Box::pin(async move {
+            let fates = self.inner.finish(lease, batch).await;
+            if self.hold_finish.swap(false, Ordering::AcqRel) {
+                self.finish_entered.notify_one();
+                self.finish_release.notified().await;
+            }
+            fates
+        })
     }
     fn lookup(&self, id: JobId) -> BoxFut<'_, StoreResult<Lookup>> {
         self.inner.lookup(id)
@@ -276,5 +290,122 @@ async fn a_claim_whose_answer_was_lost_is_given_back() {
         "a claim's answer was lost"
     );
     assert_eq!(w.stats().lost, 0);
+    w.stop(Duration::from_secs(10)).await;
+}
+
+static SNOOZY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Snoozes at once on its first run; later runs take a while.
+#[derive(Serialize, Deserialize)]
+struct Snoozy;
+
+impl Job for Snoozy {
+    const KIND: &'static str = "snoozy";
+    type Output = ();
+    type Error = ();
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<(), ()> {
+        if SNOOZY_RUNS.fetch_add(1, Ordering::AcqRel) == 0 {
+            return Err(crate::Ending::Snooze(Duration::ZERO));
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok(())
+    }
+}
+
+/// A snooze gives the attempt back: the worker claims the same (job,
+/// attempt) again as soon as the snooze is written, and here before the
+/// finalizer unholds the snoozed run (its write is held at a gate after it
+/// committed). That late unhold must not forget the new run: a heartbeat
+/// would then report the running row as a claim whose answer was lost,
+/// give it back while it runs, and the job would run a third time.
+#[tokio::test(start_paused = true)]
+async fn a_snoozed_run_unheld_late_does_not_release_its_next_run() {
+    let gated = Arc::new(Gated::default());
+    let backend = Backend(gated.clone());
+    let w = Worker::builder(backend.clone())
+        .register::<Snoozy>()
+        .queue("q", 1)
+        .lease_ttl(Duration::from_secs(3))
+        .start()
+        .await
+        .unwrap();
+    gated.hold_finish.store(true, Ordering::Release);
+    let client = Client::new(backend);
+    let h = client.enqueue(Snoozy).queue("q").submit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gated.finish_entered.notified())
+        .await
+        .expect("the snooze was never written");
+    // The snooze committed; its unhold waits. The worker claims the row
+    // again (same attempt, same lease) and runs it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while SNOOZY_RUNS.load(Ordering::Acquire) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the snoozed job was not claimed again");
+    gated.finish_release.notify_one();
+    // The second run takes 10 s: heartbeats go every second meanwhile.
+    tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .expect("the job never finished")
+        .unwrap();
+    assert_eq!(
+        SNOOZY_RUNS.load(Ordering::Acquire),
+        2,
+        "one snoozed run, then exactly one more"
+    );
+    assert_eq!(w.stats().lost, 0, "no write was refused");
+    w.stop(Duration::from_secs(10)).await;
+}
+
+/// The engine refuses a run's task id (held here by a task of the test's,
+/// under both the id a first run of job 1 gets now and the one it got when
+/// ids were "job/attempt", which a snoozed run's next claim could reuse).
+/// The row is neither lost nor given back at once to be claimed and
+/// refused again in a hot loop: it runs once the engine accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_engine_task_id_does_not_loop_claims() {
+    let gated = Arc::new(Gated::default());
+    let backend = Backend(gated.clone());
+    let w = Worker::builder(backend.clone())
+        .register::<Sleepy>()
+        .queue("q", 1)
+        .start()
+        .await
+        .unwrap();
+    let taken = ["1/1", "1/1/0"];
+    let mut holders = Vec::new();
+    for id in taken {
+        let holder = w
+            .shared
+            .cluster
+            .task(|_ctx| async { Ok::<(), ()>(()) })
+            .id(id)
+            // Pending, not running: the engine's one slot stays free.
+            .delay(Duration::from_secs(3600))
+            .submit()
+            .unwrap();
+        holders.push(holder);
+    }
+    let client = Client::new(backend);
+    let h = client
+        .enqueue(Sleepy { secs: 0 })
+        .queue("q")
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(h.id(), JobId(1), "the engine holds this job's task ids");
+    tokio::time::timeout(Duration::from_secs(30), h)
+        .await
+        .expect("the refused job never ran")
+        .unwrap();
+    let claims = gated.claims.load(Ordering::Relaxed);
+    assert!(claims < 20, "{claims} claims: a claim/release loop");
+    for id in taken {
+        w.shared.cluster.cancel_task(id);
+    }
+    drop(holders);
     w.stop(Duration::from_secs(10)).await;
 }

@@ -486,7 +486,10 @@ fn uniform(jobs: &[NewJob]) -> Option<&NewJob> {
 fn split_start(start: Start) -> (Option<SystemTime>, i64) {
     match start {
         Start::Now => (None, 0),
-        Start::At(at) => (Some(at), 0),
+        // A past start means due now: any time before the epoch is past on
+        // every clock, and encoding it could overflow (a panic) or leave
+        // PostgreSQL's range (an error).
+        Start::At(at) => (Some(at.max(SystemTime::UNIX_EPOCH)), 0),
         Start::After(d) => (None, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
     }
 }
