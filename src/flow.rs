@@ -232,14 +232,12 @@ impl Engine {
             self.idle.remove(worker);
             self.flow.held.remove(worker);
             self.flow.left(worker);
-            if self.phase == Phase::Draining
-                && self.queue.len() == 0
-                && self.running() == 0
-                && self.limited() == 0
-            {
+            // Parked attempts and waiting tasks count too: a drain is not
+            // over while one may still need a worker.
+            if self.phase == Phase::Draining && self.drained() {
                 return Next::ExitAll;
             }
-            if self.queue.len() > 0 {
+            if self.queue.len() + self.parked_ready() > 0 {
                 self.note_ready(1);
             }
             return Next::Exit;
@@ -268,7 +266,9 @@ impl Engine {
     }
 
     /// Ends a pause: waiting workers go back to the idle set, and as many
-    /// as there are queued tasks are woken. Returns whether it was paused.
+    /// as there are queued tasks and parked attempts ready to resume (their
+    /// waits ended during the pause, when no worker could be woken for them)
+    /// are woken. Returns whether it was paused.
     pub(crate) fn resume(&mut self) -> bool {
         if !self.flow.paused {
             return false;
@@ -277,7 +277,7 @@ impl Engine {
         self.flow.resume_at = NEVER;
         self.flow.reopen();
         self.idle.absorb(&mut self.flow.held);
-        let n = self.queue.len();
+        let n = self.queue.len() + self.parked_ready();
         self.note_ready(n);
         true
     }

@@ -474,16 +474,21 @@ async fn run_claim(
                     biased;
                     forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced)), None, attempts),
                     _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown)), None, attempts),
-                    // A pause holds the next attempt (and the worker) until resumed.
-                    _ = async {
-                        sleep_ticks(&shared.clock, delay).await;
-                        shared.flow.until_resumed().await;
-                        crate::keys::until_key_resumed(shared, job.as_ref()).await;
-                    } => {}
+                    _ = before_immediate_retry(shared, job.as_ref(), delay) => {}
                 }
             }
         }
     }
+}
+
+/// What an `Immediate` retry waits for on its worker before its next
+/// attempt: its delay, then the end of a pause of the cluster or of its key
+/// (which hold the next attempt, and the worker, until resumed), whether
+/// the failed attempt ran straight through or was parked.
+async fn before_immediate_retry(shared: &Shared, job: &dyn Job, delay: Duration) {
+    sleep_ticks(&shared.clock, delay).await;
+    shared.flow.until_resumed().await;
+    crate::keys::until_key_resumed(shared, job).await;
 }
 
 /// Drives a parked attempt (`crate::park`) held by this worker: polls it
@@ -590,7 +595,7 @@ async fn resume_claim(
                 biased;
                 forced = interrupted(job.as_ref(), wake) => return finish(Plan::Final(Some(forced))),
                 _ = shared.stopping.cancelled() => return finish(Plan::Final(Some(Forced::Shutdown))),
-                _ = sleep_ticks(&shared.clock, delay) => {}
+                _ = before_immediate_retry(shared, job.as_ref(), delay) => {}
             }
             Box::pin(run_claim(shared, wake, claim, turns, attempt_box)).await
         }

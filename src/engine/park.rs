@@ -37,6 +37,11 @@ impl Engine {
         self.parking.as_ref().map_or(0, |p| p.parked)
     }
 
+    /// Parked attempts whose wait is over, waiting for a worker.
+    pub(crate) fn parked_ready(&self) -> usize {
+        self.parking.as_ref().map_or(0, |p| p.ready.len())
+    }
+
     /// A worker parks the attempt it ran: it no longer counts as running.
     pub(crate) fn park(&mut self) {
         self.running -= 1;
