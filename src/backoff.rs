@@ -150,7 +150,9 @@ impl ExponentialBackoff {
         }
     }
 
-    /// Caps every delay at `max`.
+    /// Caps every delay at `max`. The task's
+    /// [`jitter`](crate::TaskBuilder::jitter) applies after the cap, so a
+    /// capped delay with jitter `r` lies in `[max * (1 - r), max * (1 + r)]`.
     pub fn with_max(mut self, max: Duration) -> Self {
         self.max = Some(max);
         self

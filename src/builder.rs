@@ -178,7 +178,9 @@ impl<'c, B, T, E> TaskBuilder<'c, B, T, E> {
     }
 
     /// Multiplies each retry delay by a factor drawn uniformly from
-    /// `[1 - ratio, 1 + ratio]`. The reference API's jitter is `0.1`. A ratio
+    /// `[1 - ratio, 1 + ratio]`, after any cap of the backoff (so a delay
+    /// capped at `max` may come out up to `max * (1 + ratio)`). The
+    /// reference API's jitter is `0.1`. A ratio
     /// outside `0.0..=1.0` (or NaN) is rejected at submit.
     pub fn jitter(mut self, ratio: f64) -> Self {
         self.extras().jitter = ratio;

@@ -662,3 +662,95 @@ async fn an_interval_fires_past_two_to_the_32_firings() {
         at - t0
     );
 }
+
+/// Every 10 s; paused at 3 s and resumed at 5 s (no firing came due in
+/// between); watched until 25 s. Returns (id, catch_up) of each firing.
+async fn pause_between_firings(missed: Missed) -> Vec<(String, bool)> {
+    let cluster = Cluster::new(1).unwrap();
+    let log: Arc<Mutex<Vec<(String, bool)>>> = Default::default();
+    let l = log.clone();
+    let t0 = tokio::time::Instant::now();
+    let h = cluster
+        .schedule(
+            "p",
+            Trigger::every(10 * SEC),
+            move |_ctx, firing: Firing| {
+                l.lock()
+                    .unwrap()
+                    .push((firing.id.to_string(), firing.catch_up));
+                async { Ok::<_, String>(()) }
+            },
+        )
+        .missed(missed)
+        .start()
+        .unwrap();
+    at(t0, 3).await;
+    h.pause();
+    at(t0, 5).await;
+    h.resume();
+    at(t0, 25).await;
+    h.cancel();
+    let seen = log.lock().unwrap().clone();
+    seen
+}
+
+/// A pause that missed nothing leaves the next firing on time: run (not
+/// skipped as missed) and not marked as a catch-up, whatever the policy.
+#[tokio::test(start_paused = true)]
+async fn a_pause_between_firings_misses_nothing() {
+    for missed in [Missed::Skip, Missed::RunOnce, Missed::RunAll(3)] {
+        let log = pause_between_firings(missed).await;
+        assert_eq!(
+            log,
+            [("p@1".to_string(), false), ("p@2".to_string(), false)],
+            "{missed:?}"
+        );
+    }
+}
+
+/// With `Overlap::Queue`, a firing queued behind a run does not start while
+/// the schedule is paused: it starts at the resume.
+#[tokio::test(start_paused = true)]
+async fn a_queued_firing_waits_for_the_resume() {
+    let cluster = Cluster::new(2).unwrap();
+    let log: Arc<Mutex<Vec<(String, u64)>>> = Default::default();
+    let l = log.clone();
+    let t0 = tokio::time::Instant::now();
+    let h = cluster
+        .schedule(
+            "q",
+            Trigger::every(10 * SEC),
+            move |_ctx, firing: Firing| {
+                l.lock()
+                    .unwrap()
+                    .push((firing.id.to_string(), t0.elapsed().as_secs()));
+                async {
+                    tokio::time::sleep(15 * SEC).await;
+                    Ok::<_, String>(())
+                }
+            },
+        )
+        .overlap(Overlap::Queue)
+        .start()
+        .unwrap();
+    // Firing 1 runs 10..25 s; firing 2 is queued at 20 s.
+    at(t0, 21).await;
+    h.pause();
+    at(t0, 60).await;
+    assert_eq!(
+        ids_at(&log),
+        [("q@1".to_string(), 10)],
+        "started while paused"
+    );
+    h.resume();
+    at(t0, 61).await;
+    assert_eq!(
+        ids_at(&log),
+        [("q@1".to_string(), 10), ("q@2".to_string(), 60)]
+    );
+    h.cancel();
+}
+
+fn ids_at(log: &Arc<Mutex<Vec<(String, u64)>>>) -> Vec<(String, u64)> {
+    log.lock().unwrap().clone()
+}

@@ -90,7 +90,8 @@ where
                 catching_up = true;
             }
             was_paused = paused;
-            if run.active.is_none() {
+            // A pause holds the backlog too: nothing starts until the resume.
+            if run.active.is_none() && !paused {
                 if let Some((key, catch_up)) = run.backlog.pop_front() {
                     self.start(&mut run, key, catch_up);
                     continue;
@@ -108,7 +109,12 @@ where
                         catching_up = false;
                         continue;
                     }
-                    Some(d) => Some(d),
+                    // The next firing is still to come: none was missed (a
+                    // pause or a restart that ends between two firings).
+                    Some(d) => {
+                        catching_up = false;
+                        Some(d)
+                    }
                 },
                 // No firing left: end once the last run is done.
                 None if !paused && run.active.is_none() => break,

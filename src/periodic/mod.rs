@@ -573,7 +573,9 @@ impl ScheduleHandle {
     }
 
     /// Stops firing until [`resume`](Self::resume); firings due meanwhile
-    /// are missed (see [`Missed`]). Runs already started go on.
+    /// are missed (see [`Missed`]). Runs already started go on; firings
+    /// queued behind a run ([`Overlap::Queue`]) start only after the resume.
+    /// A pause during which no firing came due misses nothing.
     pub fn pause(&self) {
         self.control.paused.store(true, Relaxed);
         self.control.changed.notify_one();
