@@ -219,8 +219,12 @@ impl Client {
     /// retained.
     ///
     /// # Errors
-    /// [`SubscribeError::NotFound`] if no job ever had this id or key,
-    /// [`SubscribeError::Expired`] if its outcome was pruned,
+    /// [`SubscribeError::NotFound`] if no job ever had this id, or no
+    /// retained job has this key (a key is forgotten when its job's row is
+    /// pruned: by key, a pruned job is `NotFound`),
+    /// [`SubscribeError::Expired`] if the job of this id was pruned after
+    /// its retention (ids are never reused, so a pruned one is told from
+    /// one never handed out),
     /// [`SubscribeError::KindMismatch`] if it is not a `J`,
     /// [`SubscribeError::Store`] if the store cannot be reached.
     pub async fn subscribe<J: Job>(

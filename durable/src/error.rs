@@ -74,8 +74,10 @@ impl<E> JobError<E> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// PostgreSQL answered with an error, or the connection failed.
-    #[error("database error: {0}")]
+    /// PostgreSQL answered with an error, or the connection failed. Shown
+    /// with the server's message and SQLSTATE (or the connection failure's
+    /// cause), which the driver's own `Display` leaves out.
+    #[error("database error: {}", db_text(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be taken from the pool.
     #[error("connection pool error: {0}")]
@@ -107,12 +109,23 @@ impl StoreError {
     /// (the `Display` of a server error is only "db error").
     pub(crate) fn why(&self) -> String {
         match self {
-            StoreError::Db(e) => e.as_db_error().map_or_else(
-                || self.to_string(),
-                |db| format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-            ),
+            StoreError::Db(e) => db_text(e),
             _ => self.to_string(),
         }
+    }
+}
+
+/// A driver error as a message that says what went wrong: a server error's
+/// own text and SQLSTATE, or another error with its cause. The driver's
+/// `Display` is only its kind ("db error", "error communicating with the
+/// server"), which told a user or a log reader nothing.
+fn db_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -214,10 +227,14 @@ impl From<StoreError> for SubmitError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubscribeError {
-    /// No job has, or ever had, this id or key.
+    /// By id: no job ever had this id. By key: no retained job has this
+    /// key. A key is forgotten when its job's row is pruned (keeping every
+    /// key ever used would grow without bound), so a job pruned after its
+    /// retention is `NotFound` by key, and [`Expired`](Self::Expired) by id.
     #[error("no job {0:?}")]
     NotFound(JobRef),
-    /// The job existed, and its row was pruned after its retention.
+    /// The job of this id existed, and its row was pruned after its
+    /// retention (by key such a job is [`NotFound`](Self::NotFound)).
     #[error("job {0} has expired")]
     Expired(JobId),
     /// The job is of another kind than the type asked for.

@@ -247,6 +247,9 @@ impl JobContext {
             }
             Fate::CancelledInstead => Err(CompleteError::Cancelled),
             Fate::Refused => Err(CompleteError::LeaseLost),
+            // Not answered in a caller's transaction (its statement waits
+            // for a lock instead); were it, the write did not apply.
+            Fate::Busy => Err(CompleteError::LeaseLost),
         }
     }
 

@@ -656,3 +656,228 @@ async fn a_result_too_deep_for_jsonb_fails_alone() {
     drop(store);
     drop_schema(&schema).await;
 }
+
+/// A server error reaches the user (and the logs) with the server's own
+/// message and SQLSTATE, not only the driver's "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_show_the_server_message_and_sqlstate() {
+    let schema = unique_schema("errtext");
+    let store = pg_store(&schema).await;
+    // The jobs table goes behind the store's back: the insert fails on the
+    // server with "relation ... does not exist" (SQLSTATE 42P01).
+    raw_client()
+        .await
+        .batch_execute(&format!("DROP TABLE {schema}.jobs"))
+        .await
+        .unwrap();
+    let err = Client::new(&store)
+        .enqueue(Probe::new("errtext", "x", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("does not exist") && text.contains("42P01"),
+        "{text}"
+    );
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// Submits two jobs of `tag` ("locked" and "free"), makes both due in
+/// `state` by hand, and locks the first from another session's open
+/// transaction (as an application's `SELECT ... FOR UPDATE` would). The
+/// transaction is returned: committing it ends the lock.
+async fn lock_one_of_two(
+    schema: &str,
+    client: &Client,
+    tag: &str,
+    state: &str,
+) -> (
+    corral_durable::JobHandle<Probe>,
+    corral_durable::JobHandle<Probe>,
+    tokio_postgres::Client,
+) {
+    let submit = |label: &'static str| {
+        client
+            .enqueue(Probe::new(tag, label, vec![Step::Ok]))
+            .delay(Duration::from_secs(3600))
+            .submit()
+    };
+    let (locked, free) = (
+        submit("locked").await.unwrap(),
+        submit("free").await.unwrap(),
+    );
+    // Due now, in `state`, without an insert's notice.
+    let holder = raw_client().await;
+    holder
+        .execute(
+            &format!("UPDATE {schema}.jobs SET run_at = now() - interval '1 second', state = $1"),
+            &[&state],
+        )
+        .await
+        .unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM {schema}.jobs WHERE id = {} FOR UPDATE",
+            locked.id().get()
+        ))
+        .await
+        .unwrap();
+    (locked, free, holder)
+}
+
+/// A due scheduled row held locked when the leader stages is passed over
+/// (`SKIP LOCKED`); once the lock goes it still starts, though no notice
+/// tells the leader (it stages again after a backoff while such rows
+/// remain, instead of sleeping until the next insert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_row_locked_at_staging_starts_once_unlocked() {
+    let schema = unique_schema("lockstage");
+    let store = pg_store(&schema).await;
+    let client = Client::new(&store);
+    let (locked, free, holder) = lock_one_of_two(&schema, &client, "lockstage", "scheduled").await;
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    // The free row finished: the stage that passed over the locked one is
+    // over (the new leader's first, which staged both rows' batch).
+    let out = tokio::time::timeout(LONG, free)
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(out, "free@1");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), locked)
+        .await
+        .expect("the row locked at staging stayed scheduled")
+        .unwrap();
+    assert_eq!(out, "locked@1");
+    w.stop(Duration::from_secs(5)).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// An available row held locked when a claim runs is passed over (`SKIP
+/// LOCKED`); once the lock goes an idle worker still claims it, though no
+/// notice comes (it claims again after a backoff while such rows remain,
+/// instead of waiting for the next notice or the fallback poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_available_row_locked_at_claim_runs_once_unlocked() {
+    let schema = unique_schema("lockclaim");
+    let store = pg_store(&schema).await;
+    let client = Client::new(&store);
+    let (locked, free, holder) = lock_one_of_two(&schema, &client, "lockclaim", "available").await;
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    // The free row ran: a claim passed over the locked one.
+    let out = tokio::time::timeout(LONG, free)
+        .await
+        .expect("hung")
+        .unwrap();
+    assert_eq!(out, "free@1");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), locked)
+        .await
+        .expect("the row locked at claim stayed available with the worker idle")
+        .unwrap();
+    assert_eq!(out, "locked@1");
+    w.stop(Duration::from_secs(5)).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
+/// Permits for `Gated` bodies to end.
+fn gate() -> &'static tokio::sync::Semaphore {
+    static GATE: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| tokio::sync::Semaphore::new(0))
+}
+
+/// A job that records its start, then waits for a permit of `gate()`.
+#[derive(Serialize, Deserialize)]
+struct Gated {
+    tag: String,
+}
+
+impl Job for Gated {
+    const KIND: &'static str = "gated";
+    type Output = ();
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<(), String> {
+        common::record(&self.tag, "started", ctx.attempt());
+        gate().acquire().await.unwrap().forget();
+        common::record(&self.tag, "ended", ctx.attempt());
+        Ok(())
+    }
+}
+
+/// A running row held locked by another session (`FOR SHARE` in an open
+/// transaction) when its result is written does not hold up the worker's
+/// later results: its write is tried again after a backoff, and the rows
+/// finished after it are written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_running_row_does_not_hold_up_later_results() {
+    let tag = "lockfinish";
+    let schema = unique_schema(tag);
+    let store = pg_store(&schema).await;
+    let client = Client::new(&store);
+    let w = Worker::builder(&store)
+        .register::<Gated>()
+        .register::<Probe>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let locked = client
+        .enqueue(Gated { tag: tag.into() })
+        .submit()
+        .await
+        .unwrap();
+    common::eventually(LONG, "the gated job starts", || {
+        common::recorded(tag).contains(&("started".into(), 1))
+    })
+    .await;
+    // Running now (the claim committed before the body began): lock it.
+    let holder = raw_client().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM {schema}.jobs WHERE id = {} FOR SHARE",
+            locked.id().get()
+        ))
+        .await
+        .unwrap();
+    gate().add_permits(1);
+    common::eventually(LONG, "the gated job ends", || {
+        common::recorded(tag).contains(&("ended".into(), 1))
+    })
+    .await;
+    // Its result is queued for the finalizer before this job is even
+    // inserted: this one's result comes after it.
+    let later = client
+        .enqueue(Probe::new(tag, "later", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), later)
+        .await
+        .expect("a later result waited for the locked row's")
+        .unwrap();
+    assert_eq!(out, "later@1");
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), locked)
+        .await
+        .expect("the locked row's result was never written")
+        .unwrap();
+    w.stop(Duration::from_secs(5)).await;
+    assert_eq!(w.stats().lost, 0);
+    drop(store);
+    drop_schema(&schema).await;
+}

@@ -658,7 +658,9 @@ async fn outcomes_expire_after_retention(env: Env) {
     }
     // A handle awaited after the prune answers "expired", never hangs.
     assert_eq!(within("expired handle", h).await, Err(JobError::Expired));
-    // The key no longer names anything.
+    // The key no longer names anything: a key is forgotten with its pruned
+    // row, so by key the job is `NotFound` (by id `Expired`), as
+    // `SubscribeError` documents.
     assert!(matches!(
         client.subscribe::<Probe>(format!("{tag}-gone")).await,
         Err(SubscribeError::NotFound(_))

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::signals::Signals;
 use super::{
-    Action, Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup,
-    NewJob, RawOutcome, RawStats, Start, Store, StoreResult,
+    Action, Beat, BoxFut, CancelResult, ClaimBatch, ClaimCursor, Claimed, Fate, Finish, LeaseId,
+    Lookup, NewJob, RawOutcome, RawStats, Staged, Start, Store, StoreResult,
 };
 use crate::error::StoreError;
 use crate::id::JobId;
@@ -307,12 +307,12 @@ impl Store for MemoryStore {
         // A hint only: this table is small and has no dead entries to skip.
         _after: Option<ClaimCursor>,
         claim_no: i64,
-    ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
+    ) -> BoxFut<'a, StoreResult<ClaimBatch>> {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut t = self.inner.table.lock();
         if !t.lease_alive(lease, now) {
-            return ready(Ok(Vec::new()));
+            return ready(Ok(ClaimBatch::default()));
         }
         let mut due: Vec<(std::cmp::Reverse<i32>, Instant, i64)> = t
             .rows
@@ -353,7 +353,11 @@ impl Store for MemoryStore {
                 },
             });
         }
-        ready(Ok(out))
+        // No row locks here: nothing due is ever passed over.
+        ready(Ok(ClaimBatch {
+            rows: out,
+            skipped: false,
+        }))
     }
 
     fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>> {
@@ -531,7 +535,7 @@ impl Store for MemoryStore {
         ready(Ok(RawStats { rows }))
     }
 
-    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<Staged>> {
         let now = Instant::now();
         let mut t = self.inner.table.lock();
         let limit = u64::try_from(limit).unwrap_or(0);
@@ -552,7 +556,12 @@ impl Store for MemoryStore {
         }
         drop(t);
         woken.iter().for_each(|q| self.inner.signals.wake_queue(q));
-        ready(Ok((staged, next.map(|n| n - now))))
+        // No row locks here: nothing due is ever passed over.
+        ready(Ok(Staged {
+            staged,
+            next_due: next.map(|n| n - now),
+            skipped: false,
+        }))
     }
 
     fn rescue(&self, own: LeaseId) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {

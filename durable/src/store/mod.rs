@@ -96,6 +96,29 @@ pub(crate) struct Claimed {
     pub(crate) cursor: ClaimCursor,
 }
 
+/// What one claim took.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClaimBatch {
+    /// The rows now running under the caller's lease, in claim order.
+    pub(crate) rows: Vec<Claimed>,
+    /// The claim came back short, yet due rows of the queue it may take
+    /// were left: another session held them locked. No notice comes when
+    /// such a lock goes, so the caller claims again after a backoff.
+    pub(crate) skipped: bool,
+}
+
+/// What one stage did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Staged {
+    /// Rows moved to `available` (`limit` of them: more may be due now).
+    pub(crate) staged: u64,
+    /// How long until the next scheduled row not yet due is due.
+    pub(crate) next_due: Option<Duration>,
+    /// Due rows stayed scheduled because another session held them
+    /// locked: the caller stages again after a backoff.
+    pub(crate) skipped: bool,
+}
+
 /// A position in a queue's claim order (priority descending, then start
 /// time, then id): the last row of a full claim. The next claim may start
 /// past it instead of walking again, from the front of the claim index,
@@ -143,6 +166,10 @@ pub(crate) enum Fate {
     Applied,
     /// Applied, but a cancel request turned it into `cancelled`.
     CancelledInstead,
+    /// Not written: another session held the row locked. The row is still
+    /// the writer's; the write is tried again later (a row lock held for
+    /// long must not hold up the writer's other results).
+    Busy,
 }
 
 /// A finished job's stored outcome.
@@ -230,7 +257,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Claims up to `limit` due rows of `queue` whose kind is in `kinds`,
     /// stamping them with the caller's claim number `claim_no`. With `after`, only rows of the cursor's priority past it in claim
     /// order (a hint: a store may ignore it; the caller makes a claim
-    /// without it whenever one with it comes back short).
+    /// without it whenever one with it comes back short). Says whether a
+    /// short claim without `after` passed over due rows held locked.
     fn claim<'a>(
         &'a self,
         lease: LeaseId,
@@ -239,7 +267,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         limit: usize,
         after: Option<ClaimCursor>,
         claim_no: i64,
-    ) -> BoxFut<'a, StoreResult<Vec<Claimed>>>;
+    ) -> BoxFut<'a, StoreResult<ClaimBatch>>;
     /// Applies fenced writes in one statement; the fate of each, in order.
     fn finish(&self, lease: LeaseId, batch: Vec<Finish>) -> BoxFut<'_, StoreResult<Vec<Fate>>>;
     /// Finds a job by id.
@@ -250,10 +278,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn cancel(&self, id: JobId) -> BoxFut<'_, StoreResult<CancelResult>>;
     /// Counts by queue and state.
     fn stats(&self) -> BoxFut<'_, StoreResult<RawStats>>;
-    /// Moves up to `limit` due scheduled rows to available; returns how
-    /// many, and how long until the next scheduled row not yet due is due
-    /// (`limit` staged: more may be due now).
-    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>>;
+    /// Moves up to `limit` due scheduled rows to available (see [`Staged`]).
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<Staged>>;
     /// Requeues running rows of expired leases; returns how many, and how
     /// long until the next live lease other than `own` (the caller's,
     /// which it keeps renewing) expires: when the next rescue may have work.

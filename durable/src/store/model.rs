@@ -190,7 +190,8 @@ async fn run(h: &Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let claimed = store
                     .claim(lease, "q", &kinds, n, None, 1)
                     .await
-                    .map_err(err)?;
+                    .map_err(err)?
+                    .rows;
                 let available = jobs
                     .values()
                     .filter(|j| j.state == MState::Available)
@@ -479,7 +480,11 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
             .unwrap();
         let kinds = vec!["k".to_owned()];
         let old = store.register(TTL).await.unwrap();
-        let claimed = store.claim(old, "q", &kinds, N, None, 1).await.unwrap();
+        let claimed = store
+            .claim(old, "q", &kinds, N, None, 1)
+            .await
+            .unwrap()
+            .rows;
         assert_eq!(claimed.len(), N);
         store.expire(old).await;
         let new = store.register(TTL).await.unwrap();
@@ -503,7 +508,7 @@ fn concurrent_rescues_never_touch_a_reclaimed_job_postgres() {
                 let mut done = 0;
                 let mut refused = 0;
                 while done < N {
-                    let got = s.claim(new, "q", &kinds, 16, None, 1).await.unwrap();
+                    let got = s.claim(new, "q", &kinds, 16, None, 1).await.unwrap().rows;
                     let batch: Vec<Finish> = got
                         .iter()
                         .map(|c| Finish {
@@ -577,6 +582,7 @@ fn a_heartbeat_racing_a_rescue_never_revives_the_lease_postgres() {
                 .claim(lease, "q", &kinds, 1, None, 1)
                 .await
                 .unwrap()
+                .rows
                 .len(),
             1
         );
@@ -627,7 +633,11 @@ fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres()
         store.insert(vec![new_job()]).await.unwrap();
         let lease = store.register(Duration::from_millis(300)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        let claimed = store.claim(lease, "q", &kinds, 1, None, 1).await.unwrap();
+        let claimed = store
+            .claim(lease, "q", &kinds, 1, None, 1)
+            .await
+            .unwrap()
+            .rows;
         let (mut db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -671,7 +681,11 @@ fn a_claim_past_a_cursor_starts_after_it_postgres() {
             let store = store.clone();
             let kinds = kinds.clone();
             async move {
-                let rows = store.claim(lease, "q", &kinds, n, after, 1).await.unwrap();
+                let rows = store
+                    .claim(lease, "q", &kinds, n, after, 1)
+                    .await
+                    .unwrap()
+                    .rows;
                 rows
             }
         };
@@ -731,8 +745,16 @@ fn a_heartbeat_reports_rows_of_a_lost_claim_answer_postgres() {
         store.insert(vec![new_job(); 2]).await.unwrap();
         let lease = store.register(Duration::from_secs(60)).await.unwrap();
         let kinds = vec!["k".to_owned()];
-        let lost = store.claim(lease, "q", &kinds, 1, None, 7).await.unwrap();
-        let held = store.claim(lease, "q", &kinds, 1, None, 8).await.unwrap();
+        let lost = store
+            .claim(lease, "q", &kinds, 1, None, 7)
+            .await
+            .unwrap()
+            .rows;
+        let held = store
+            .claim(lease, "q", &kinds, 1, None, 8)
+            .await
+            .unwrap()
+            .rows;
         let ttl = Duration::from_secs(60);
         let beat = |held: Vec<i64>, below: i64| {
             let store = store.clone();

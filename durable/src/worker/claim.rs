@@ -13,6 +13,13 @@
 //! the dead entries of every row claimed so far, and walking them each time
 //! made a burn-down quadratic. Any notice, a new lease, or a short claim
 //! past the cursor sends the next claim to the front again.
+//!
+//! A row another session holds locked (a `SELECT ... FOR UPDATE` in an open
+//! transaction) is passed over by the claim's `SKIP LOCKED`, and no notice
+//! comes when the lock goes. A short claim from the front that passed over
+//! such rows says so, and the loop claims again after a backoff (doubling
+//! to [`LOCKED_RETRY_MAX`]) while they remain; a claim that passed over
+//! nothing sets no timer, so an idle worker stays quiet.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::Hooks;
 use super::finalize::Item;
+use super::lease::{LOCKED_RETRY_MAX, LOCKED_RETRY_MIN};
 use super::Shared;
 use crate::error::JobError;
 use crate::job::{InBody, StoredError};
@@ -59,6 +67,9 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
     let mut maybe_more = true;
     let mut cursor: Option<ClaimCursor> = None;
     let mut backoff = Duration::from_millis(50);
+    // When to claim again for rows a claim passed over as locked.
+    let mut locked_at: Option<tokio::time::Instant> = None;
+    let mut locked_retry = LOCKED_RETRY_MIN;
     loop {
         if shared.claiming.is_cancelled() {
             return;
@@ -88,7 +99,8 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                     // store may hang); one that answers soon has its rows
                     // given back at once, else they are rescued with the
                     // retired lease.
-                    if let Ok(Ok(jobs)) = tokio::time::timeout(STOP_GRACE, claim).await {
+                    if let Ok(Ok(batch)) = tokio::time::timeout(STOP_GRACE, claim).await {
+                        let jobs = batch.rows;
                         shared.end_claim(no, &jobs);
                         for job in &jobs {
                             let _ = shared.finish_tx.send(Item::release(lease, job));
@@ -100,8 +112,17 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                 }
             };
             match claimed {
-                Ok(jobs) => {
+                Ok(batch) => {
                     backoff = Duration::from_millis(50);
+                    if batch.skipped {
+                        locked_at = Some(tokio::time::Instant::now() + locked_retry);
+                        locked_retry = (locked_retry * 2).min(LOCKED_RETRY_MAX);
+                    } else if cursor.is_none() {
+                        // From the front, nothing passed over: no timer.
+                        locked_at = None;
+                        locked_retry = LOCKED_RETRY_MIN;
+                    }
+                    let jobs = batch.rows;
                     // A full claim: a backlog, whose next claim starts past
                     // this one's last row. A short claim past a cursor may
                     // have missed rows before it (a claim of another worker
@@ -151,7 +172,20 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                 cursor = None;
             }
             () = slots.freed.notified() => {}
+            () = sleep_until(locked_at) => {
+                locked_at = None;
+                maybe_more = true;
+                cursor = None;
+            }
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

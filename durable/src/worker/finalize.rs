@@ -1,12 +1,16 @@
 //! The finalizer: every finished attempt waiting is written in one fenced
 //! statement per lease (batches, not one round trip per job). A refused
-//! write is reported: this worker lost the job with its lease.
+//! write is reported: this worker lost the job with its lease. A row
+//! another session holds locked is not waited on (the statement skips it):
+//! its result is written again after a backoff while the later results go
+//! on being written.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::attempt::Hooks;
 use super::Shared;
@@ -42,34 +46,81 @@ impl Item {
     }
 }
 
+/// The first and the longest pause before writing again results whose
+/// rows another session held locked (`Fate::Busy`). Doubling while they
+/// stay locked: a lock held long costs a statement per `BUSY_RETRY_MAX`.
+const BUSY_RETRY_MIN: Duration = Duration::from_millis(50);
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(1);
+
 pub(crate) async fn finalizer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Item>) {
+    // Results whose rows were held locked, written again at `busy_at` (with
+    // the next batch, or alone): they never hold up the results after them.
+    let mut busy: Vec<Item> = Vec::new();
+    let mut busy_at: Option<Instant> = None;
+    let mut busy_wait = BUSY_RETRY_MIN;
     loop {
         let first = tokio::select! {
             biased;
             item = rx.recv() => match item {
-                Some(item) => item,
+                Some(item) => Some(item),
                 None => return,
             },
+            () = sleep_until(busy_at) => None,
             () = shared.halt.cancelled() => {
                 // Stop: every attempt has queued its write; drain and end.
-                let mut rest = Vec::new();
+                // Rows still held locked are tried again until the stop's
+                // timeout gives up on this task (they are rescued then).
+                let mut rest = std::mem::take(&mut busy);
                 while let Ok(item) = rx.try_recv() {
                     rest.push(item);
                 }
-                for chunk in chunks(rest) {
-                    write(&shared, chunk).await;
+                let mut wait = BUSY_RETRY_MIN;
+                loop {
+                    let mut again = Vec::new();
+                    for chunk in chunks(rest) {
+                        again.extend(write(&shared, chunk).await);
+                    }
+                    if again.is_empty() {
+                        return;
+                    }
+                    rest = again;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(BUSY_RETRY_MAX);
                 }
-                return;
             }
         };
-        let mut batch = vec![first];
+        let mut batch: Vec<Item> = first.into_iter().collect();
+        if busy_at.is_some_and(|at| Instant::now() >= at) {
+            busy_at = None;
+            batch.append(&mut busy);
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        write(&shared, batch).await;
+        let mut again = Vec::new();
+        for chunk in chunks(batch) {
+            again.extend(write(&shared, chunk).await);
+        }
+        if !again.is_empty() {
+            busy.extend(again);
+            if busy_at.is_none() {
+                busy_at = Some(Instant::now() + busy_wait);
+                busy_wait = (busy_wait * 2).min(BUSY_RETRY_MAX);
+            }
+        } else if busy.is_empty() {
+            busy_wait = BUSY_RETRY_MIN;
+        }
+    }
+}
+
+/// Sleeps until `at`; never wakes for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -130,7 +181,10 @@ async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>)
 
 /// Writes one batch, retrying through store outages. Items of different
 /// leases (a lease lost and renewed meanwhile) are written per lease.
-async fn write(shared: &Shared, batch: Vec<Item>) {
+/// Returns the items whose rows another session held locked, to write
+/// again later (their rows stay held: still running under the lease).
+async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
+    let mut busy = Vec::new();
     let mut by_lease: Vec<(LeaseId, Vec<Item>)> = Vec::new();
     for item in batch {
         match by_lease.iter_mut().find(|(l, _)| *l == item.lease) {
@@ -142,6 +196,10 @@ async fn write(shared: &Shared, batch: Vec<Item>) {
         let finishes: Vec<Finish> = items.iter().map(|i| i.finish.clone()).collect();
         let fates = write_group(shared, lease, finishes).await;
         for (item, fate) in items.into_iter().zip(fates) {
+            if fate == Fate::Busy {
+                busy.push(item);
+                continue;
+            }
             shared.unhold(item.finish.id, item.finish.attempt);
             let id = item.finish.id;
             match fate {
@@ -165,7 +223,9 @@ async fn write(shared: &Shared, batch: Vec<Item>) {
                     shared.counters.finalized.fetch_add(1, Ordering::Relaxed);
                     (item.hooks)(id, true);
                 }
+                Fate::Busy => unreachable!("kept above"),
             }
         }
     }
+    busy
 }

@@ -38,6 +38,14 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// The first and the longest pause before staging again while due rows
+/// stay scheduled because another session holds them locked (no notice
+/// comes when that lock goes). Doubling: a lock held long costs a stage
+/// per `LOCKED_RETRY_MAX`, not a spin; a job whose lock goes starts at most
+/// that long after.
+pub(crate) const LOCKED_RETRY_MIN: Duration = Duration::from_millis(25);
+pub(crate) const LOCKED_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// A worker that does not lead contends again this long after the leader
 /// row expires (the holder's last heartbeat may be in flight).
 const LEADER_SLACK: Duration = Duration::from_millis(50);
@@ -219,7 +227,8 @@ const RESCUE_FALLBACK_TTLS: u32 = 10;
 /// The leader's duties, while this worker holds the leader row: stage
 /// scheduled rows at their start time, rescue leases as they expire,
 /// prune. Each statement runs only when it can have work: staging when a
-/// scheduled row is due or was inserted; a rescue at once on taking the
+/// scheduled row is due or was inserted, or again after a backoff while
+/// due rows are held locked by another session; a rescue at once on taking the
 /// lead, then when another lease expires (the leader's heartbeat reports
 /// the next expiry, and each rescue the one after it); pruning every
 /// `prune_every` while rows finish (this process's own, or heard of) or the
@@ -238,6 +247,7 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
     // plus `prune_every`, or at once after a round that hit its bound).
     let mut prune_floor = later(Instant::now(), shared.prune_every);
     let mut backoff = Duration::from_millis(50);
+    let mut locked_retry = LOCKED_RETRY_MIN;
     loop {
         if !shared.leader.load(Ordering::Acquire) {
             tokio::select! {
@@ -258,12 +268,22 @@ pub(crate) async fn lead(shared: Arc<Shared>) {
         }
         let duties = async {
             if next_stage.is_some_and(|t| Instant::now() >= t) {
-                let (staged, next_due) = shared.store.stage(shared.stage_batch).await?;
-                next_stage = if staged >= shared.stage_batch as u64 {
+                let s = shared.store.stage(shared.stage_batch).await?;
+                next_stage = if s.staged >= shared.stage_batch as u64 {
                     // A full batch: more rows may be due now.
                     Some(Instant::now())
                 } else {
-                    next_due.map(|d| later(Instant::now(), d))
+                    let due = s.next_due.map(|d| later(Instant::now(), d));
+                    if s.skipped {
+                        // Due rows were held locked by another session:
+                        // nothing tells when that lock goes, so look again.
+                        let retry = later(Instant::now(), locked_retry);
+                        locked_retry = (locked_retry * 2).min(LOCKED_RETRY_MAX);
+                        Some(due.map_or(retry, |d| d.min(retry)))
+                    } else {
+                        locked_retry = LOCKED_RETRY_MIN;
+                        due
+                    }
                 };
             }
             if Instant::now() >= next_rescue {

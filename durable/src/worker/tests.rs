@@ -12,8 +12,8 @@ use crate::client::Backend;
 use crate::id::JobId;
 use crate::store::signals::Signals;
 use crate::store::{
-    Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup, NewJob,
-    RawStats, Store, StoreResult,
+    Beat, BoxFut, CancelResult, ClaimBatch, ClaimCursor, Fate, Finish, LeaseId, Lookup, NewJob,
+    RawStats, Staged, Store, StoreResult,
 };
 use crate::{Client, Job, JobContext, JobResult, MemoryStore, Worker};
 
@@ -68,7 +68,7 @@ impl Store for Gated {
         limit: usize,
         after: Option<ClaimCursor>,
         claim_no: i64,
-    ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
+    ) -> BoxFut<'a, StoreResult<ClaimBatch>> {
         self.claims.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let claimed = self
@@ -108,7 +108,7 @@ impl Store for Gated {
     fn stats(&self) -> BoxFut<'_, StoreResult<RawStats>> {
         self.inner.stats()
     }
-    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<Staged>> {
         self.stages.fetch_add(1, Ordering::Relaxed);
         self.inner.stage(limit)
     }

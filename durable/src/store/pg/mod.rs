@@ -16,8 +16,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use self::sql::Sql;
 use super::signals::Signals;
 use super::{
-    Action, Beat, BoxFut, CancelResult, ClaimCursor, Claimed, Fate, Finish, LeaseId, Lookup,
-    NewJob, RawOutcome, RawStats, Start, Store, StoreResult,
+    Action, Beat, BoxFut, CancelResult, ClaimBatch, ClaimCursor, Claimed, Fate, Finish, LeaseId,
+    Lookup, NewJob, RawOutcome, RawStats, Staged, Start, Store, StoreResult,
 };
 use crate::error::StoreError;
 use crate::id::JobId;
@@ -444,7 +444,7 @@ impl PgStore {
     ) -> StoreResult<Fate> {
         let rows = tx
             .query(
-                &self.inner.sql.finish,
+                &self.inner.sql.finish_in_tx,
                 &[
                     &lease,
                     &vec![id.0],
@@ -593,7 +593,7 @@ impl Store for PgStore {
         limit: usize,
         after: Option<ClaimCursor>,
         claim_no: i64,
-    ) -> BoxFut<'a, StoreResult<Vec<Claimed>>> {
+    ) -> BoxFut<'a, StoreResult<ClaimBatch>> {
         Box::pin(async move {
             let client = self.conn().await?;
             let sql = &self.inner.sql;
@@ -624,8 +624,15 @@ impl Store for PgStore {
                         .await?
                 }
             };
-            Ok(rows
+            // The claim from the front answers at least one row, with
+            // `skipped` and, if it took nothing, a NULL id.
+            let skipped = rows
+                .first()
+                .and_then(|r| r.get::<_, Option<bool>>(14))
+                .unwrap_or(false);
+            let rows = rows
                 .iter()
+                .filter(|r| r.get::<_, Option<i64>>(0).is_some())
                 .map(|r| Claimed {
                     id: JobId(r.get(0)),
                     key: r.get(1),
@@ -645,7 +652,8 @@ impl Store for PgStore {
                         id: JobId(r.get(0)),
                     },
                 })
-                .collect())
+                .collect();
+            Ok(ClaimBatch { rows, skipped })
         })
     }
 
@@ -679,15 +687,22 @@ impl Store for PgStore {
                     &[&lease, &ids, &attempts, &actions, &payloads, &delays],
                 )
                 .await?;
+            // Rows with no state: not written, another session held them
+            // locked (see `sql::FINISH_LOCK`).
+            let (busy, rows): (Vec<_>, Vec<_>) = rows
+                .into_iter()
+                .partition(|r| r.get::<_, Option<&str>>(1).is_none());
             self.signal_moved(&rows);
             let moved: std::collections::HashMap<i64, bool> = rows
                 .iter()
                 .map(|r| (r.get(0), r.get::<_, bool>(3)))
                 .collect();
+            let busy: std::collections::HashSet<i64> = busy.iter().map(|r| r.get(0)).collect();
             Ok(ids
                 .iter()
                 .zip(&actions)
                 .map(|(id, action)| match moved.get(id) {
+                    None if busy.contains(id) => Fate::Busy,
                     None => Fate::Refused,
                     Some(true) if *action != 2 => Fate::CancelledInstead,
                     Some(_) => Fate::Applied,
@@ -795,17 +810,18 @@ impl Store for PgStore {
         })
     }
 
-    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<(u64, Option<Duration>)>> {
+    fn stage(&self, limit: i64) -> BoxFut<'_, StoreResult<Staged>> {
         Box::pin(async move {
             let client = self.control().await?;
             let stmt = client.prepare_cached(&self.inner.sql.stage).await?;
             let row = client.query_one(&stmt, &[&limit]).await?;
             let staged: i64 = row.get(0);
             let next: Option<i64> = row.get(2);
-            Ok((
-                staged as u64,
-                next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            ))
+            Ok(Staged {
+                staged: staged as u64,
+                next_due: next.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                skipped: row.get::<_, Option<bool>>(3).unwrap_or(false),
+            })
         })
     }
 

@@ -137,9 +137,77 @@ const CLAIMED: &str = "), claimed AS (
                               j.max_attempts, j.timeout_ms, j.backoff::text AS backoff, j.jitter,
                               j.immediate, j.priority, j.run_at
                  )
-                 SELECT id, key, queue, kind, args, attempt, lost, max_attempts, timeout_ms, backoff, jitter,
-                        immediate, priority, run_at
-                   FROM claimed ORDER BY priority DESC, run_at, id";
+                 SELECT c.id, c.key, c.queue, c.kind, c.args, c.attempt, c.lost, c.max_attempts, c.timeout_ms,
+                        c.backoff, c.jitter, c.immediate, c.priority, c.run_at, s.skipped
+                   FROM (SELECT {skipped} AS skipped) s LEFT JOIN claimed c ON true
+                  ORDER BY c.priority DESC, c.run_at, c.id";
+
+/// Whether a short claim from the front left due rows of its queue (and
+/// kinds) it did not take: rows another session held locked, which `SKIP
+/// LOCKED` passed over. No notice comes when such a lock goes, so the
+/// worker claims again after a backoff while this says so. Read from the
+/// statement's snapshot, where the rows just claimed are still
+/// `available`: they are left out. Only evaluated for a short claim (`AND`
+/// stops at a full one), so a backlog pays nothing for it.
+const SKIPPED: &str = "((SELECT count(*) FROM claimed) < $4 AND EXISTS (
+                    SELECT 1 FROM {s}.jobs x
+                     WHERE x.state = 'available' AND x.queue = $2 AND x.kind = ANY($3) AND x.run_at <= now()
+                       AND x.id NOT IN (SELECT id FROM claimed)))";
+
+/// The fenced write of running jobs (see `Sql::finish`). Fenced on job,
+/// attempt, running state, lease, and the lease being alive when the
+/// statement runs (`statement_timestamp()`, not `now()`: inside a body's
+/// long transaction `now()` is when that transaction began). Actions: 0
+/// complete, 1 fail, 2 cancel, 3 retry, 4 snooze, 5 release. A cancel
+/// request wins over any action.
+const FINISH: &str = "WITH input AS (
+                    SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::text[], $6::bigint[])
+                        AS i(id, attempt, action, payload, delay_ms)
+                 ){lock}, moved AS (
+                    UPDATE {s}.jobs j SET
+                        state = CASE
+                            WHEN j.cancel_requested OR i.action = 2 THEN 'cancelled'
+                            WHEN i.action = 0 THEN 'completed'
+                            WHEN i.action = 1 THEN 'failed'
+                            WHEN i.action IN (3, 4) AND i.delay_ms > 0 THEN 'scheduled'
+                            ELSE 'available' END,
+                        attempt = CASE WHEN i.action IN (4, 5) AND NOT j.cancel_requested
+                                       THEN j.attempt - 1 ELSE j.attempt END,
+                        output = CASE WHEN i.action = 0 THEN i.payload::jsonb ELSE j.output END,
+                        error = CASE WHEN i.action IN (1, 3) THEN i.payload::jsonb ELSE j.error END,
+                        run_at = CASE WHEN i.action IN (3, 4)
+                                      THEN now() + i.delay_ms * interval '1 millisecond' ELSE j.run_at END,
+                        lease = NULL,
+                        finished_at = CASE WHEN j.cancel_requested OR i.action IN (0, 1, 2) THEN now() END,
+                        prune_at = CASE WHEN j.cancel_requested OR i.action IN (0, 1, 2)
+                                        THEN now() + j.retention_ms * interval '1 millisecond' END
+                      FROM input i
+                     WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
+                       AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > statement_timestamp())
+                       {only_locked}
+                    RETURNING j.id, j.state, j.queue, j.cancel_requested
+                 ), {notes}
+                 SELECT moved.id, moved.state, moved.queue, moved.cancel_requested FROM moved CROSS JOIN notes{busy}";
+
+/// The finalizer's rows are locked with `SKIP LOCKED` first: a row another
+/// session holds locked (an application's `SELECT ... FOR SHARE` in an open
+/// transaction) is not waited on, or the whole batch, and every batch of
+/// the worker after it, would wait with it. Rows of the batch that are
+/// still this lease's in the statement's snapshot but were not locked come
+/// back as `busy` (a NULL state), for the finalizer to write again later;
+/// only looked for when some row of the batch was not locked (the first,
+/// one-time condition), so the usual batch pays nothing for it.
+const FINISH_LOCK: &str = ", locked AS (
+                    SELECT j.id FROM {s}.jobs j JOIN input i ON j.id = i.id
+                     WHERE j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
+                       FOR UPDATE OF j SKIP LOCKED
+                 )";
+const FINISH_BUSY: &str = "
+                 UNION ALL
+                 SELECT i.id, NULL::text, NULL::text, NULL::bool FROM input i JOIN {s}.jobs j ON j.id = i.id
+                  WHERE (SELECT count(*) FROM locked) < (SELECT count(*) FROM input)
+                    AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
+                    AND i.id NOT IN (SELECT id FROM locked)";
 
 /// The statements of one schema.
 #[derive(Debug)]
@@ -155,6 +223,7 @@ pub(crate) struct Sql {
     pub(crate) claim_after: String,
     pub(crate) insert_one: String,
     pub(crate) finish: String,
+    pub(crate) finish_in_tx: String,
     pub(crate) lookup: String,
     pub(crate) find_key: String,
     pub(crate) lock_for_cancel: String,
@@ -287,7 +356,7 @@ impl Sql {
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
                  {}",
-                CLAIMED.replace("{claim_no}", "$5")
+                CLAIMED.replace("{claim_no}", "$5").replace("{skipped}", SKIPPED)
             )),
             // The same past a cursor: a range scan of the claim index from
             // the cursor on (within its priority), not from the front, where
@@ -302,43 +371,27 @@ impl Sql {
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED
                  {}",
-                CLAIMED.replace("{claim_no}", "$8")
+                // Not asked past a cursor: a short claim there is followed
+                // by one from the front anyway.
+                CLAIMED.replace("{claim_no}", "$8").replace("{skipped}", "false")
             )),
-            // Fenced on job, attempt, running state, lease, and the lease
-            // being alive when the statement runs (`statement_timestamp()`,
-            // not `now()`: inside a body's long transaction `now()` is when
-            // that transaction began). Actions: 0 complete, 1 fail, 2 cancel, 3 retry,
-            // 4 snooze, 5 release. A cancel request wins over any action.
-            finish: fill(&format!(
-                "WITH input AS (
-                    SELECT * FROM unnest($2::bigint[], $3::int[], $4::smallint[], $5::text[], $6::bigint[])
-                        AS i(id, attempt, action, payload, delay_ms)
-                 ), moved AS (
-                    UPDATE {{s}}.jobs j SET
-                        state = CASE
-                            WHEN j.cancel_requested OR i.action = 2 THEN 'cancelled'
-                            WHEN i.action = 0 THEN 'completed'
-                            WHEN i.action = 1 THEN 'failed'
-                            WHEN i.action IN (3, 4) AND i.delay_ms > 0 THEN 'scheduled'
-                            ELSE 'available' END,
-                        attempt = CASE WHEN i.action IN (4, 5) AND NOT j.cancel_requested
-                                       THEN j.attempt - 1 ELSE j.attempt END,
-                        output = CASE WHEN i.action = 0 THEN i.payload::jsonb ELSE j.output END,
-                        error = CASE WHEN i.action IN (1, 3) THEN i.payload::jsonb ELSE j.error END,
-                        run_at = CASE WHEN i.action IN (3, 4)
-                                      THEN now() + i.delay_ms * interval '1 millisecond' ELSE j.run_at END,
-                        lease = NULL,
-                        finished_at = CASE WHEN j.cancel_requested OR i.action IN (0, 1, 2) THEN now() END,
-                        prune_at = CASE WHEN j.cancel_requested OR i.action IN (0, 1, 2)
-                                        THEN now() + j.retention_ms * interval '1 millisecond' END
-                      FROM input i
-                     WHERE j.id = i.id AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
-                       AND EXISTS (SELECT 1 FROM {{s}}.workers w WHERE w.id = $1 AND w.expires_at > statement_timestamp())
-                    RETURNING j.id, j.state, j.queue, j.cancel_requested
-                 ), {}
-                 SELECT moved.id, moved.state, moved.queue, moved.cancel_requested FROM moved CROSS JOIN notes",
-                notify("moved")
-            )),
+            // The finalizer's: skips rows held locked (`FINISH_LOCK`).
+            finish: fill(
+                &FINISH
+                    .replace("{lock}", FINISH_LOCK)
+                    .replace("{only_locked}", "AND j.id IN (SELECT id FROM locked)")
+                    .replace("{busy}", FINISH_BUSY)
+                    .replace("{notes}", &notify("moved")),
+            ),
+            // In a body's own transaction (`complete_in`): waits for a
+            // lock like any statement of the caller's, and never says busy.
+            finish_in_tx: fill(
+                &FINISH
+                    .replace("{lock}", "")
+                    .replace("{only_locked}", "")
+                    .replace("{busy}", "")
+                    .replace("{notes}", &notify("moved")),
+            ),
             lookup: fill(
                 "SELECT j.kind, j.state, j.output::text, j.error::text,
                         (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}.jobs_id_seq) AS last
@@ -374,7 +427,14 @@ impl Sql {
                  ), {}
                  SELECT (SELECT count(*) FROM moved) AS staged, (SELECT sent FROM notes) AS sent,
                         (SELECT (extract(epoch FROM min(run_at) - now()) * 1000)::bigint
-                           FROM {{s}}.jobs WHERE state = 'scheduled' AND run_at > now()) AS next_ms",
+                           FROM {{s}}.jobs WHERE state = 'scheduled' AND run_at > now()) AS next_ms,
+                        -- Due rows a short stage left scheduled: another session held
+                        -- them locked (`SKIP LOCKED` passed them over). No notice comes
+                        -- when that lock goes: the leader stages again after a backoff.
+                        -- The snapshot still shows the rows staged here as scheduled.
+                        ((SELECT count(*) FROM moved) < $1 AND EXISTS (
+                            SELECT 1 FROM {{s}}.jobs x WHERE x.state = 'scheduled' AND x.run_at <= now()
+                               AND x.id NOT IN (SELECT id FROM moved))) AS skipped",
                 notify("moved")
             )),
             // Self-guarding: the join on an expired lease is re-checked on
