@@ -172,9 +172,11 @@ impl JobContext {
         self.key.as_deref()
     }
 
-    /// The attempt number, from 1. It counts every attempt started, also
-    /// those lost with a worker (a snooze or a worker's stop gives its
-    /// attempt back).
+    /// The attempt number, from 1. It counts every claim of the job by a
+    /// worker: every attempt started, and also every one lost with a
+    /// worker, even a claim whose worker died before the body started (the
+    /// store cannot tell the two apart). A snooze or a worker's stop gives
+    /// its attempt back.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
