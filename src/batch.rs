@@ -300,9 +300,9 @@ impl Drop for Member {
 /// A member builder that is dropped, or whose submit is refused, is no
 /// member. A member whose submit joins the task already holding its id
 /// ([`Duplicate::Join`](crate::Duplicate::Join)) is counted with that
-/// task's outcome, once that task has finished. Dropping an unsealed batch seals it, so a forgotten `seal` still
-/// ends in the callbacks. Tasks cannot join a sealed batch (`seal`
-/// consumes it).
+/// task's outcome, once that task has finished. Dropping an unsealed batch
+/// seals it, so a forgotten `seal` still ends in the callbacks. Tasks
+/// cannot join a sealed batch (`seal` consumes it).
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};

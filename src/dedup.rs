@@ -38,13 +38,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::cell::{copy_for_subscriber, Settled};
+use crate::cell::{call_settled, copy_for_subscriber, Settled};
 use crate::clock::duration_ticks;
 use crate::engine::{Engine, Phase};
 use crate::error::SubmitError;
 use crate::history::History;
 use crate::job::{Answer, Cloner, Job, Outcome, OutcomeSlot, SubscribeRequest};
-use crate::panic::{drop_guarded, guard};
+use crate::panic::drop_guarded;
 use crate::progress::Progress;
 use crate::task::TaskId;
 
@@ -220,10 +220,7 @@ impl<T, E> JoinedSlot<T, E> {
                 // The last reference if the cache let go meanwhile.
                 drop_guarded(cell, "a finished task");
                 if let Some(hook) = hook {
-                    let id = job.id();
-                    if let Err(msg) = guard(|| hook(&id, &copy)) {
-                        tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
-                    }
+                    call_settled(&hook, &job.id(), &copy);
                 }
                 JoinState::Ready(copy)
             }

@@ -31,22 +31,27 @@ fn sleeper(
     }
 }
 
+/// Submits "waiter", which parks in `wait_for("slow")` and then answers
+/// one more than "slow".
+fn waiter_on_slow(c: &Cluster) -> TaskHandle<u32, String> {
+    c.task(|ctx| async move {
+        let v = ctx
+            .wait_for::<u32, String>("slow")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<u32, String>(v + 1)
+    })
+    .id("waiter")
+    .submit()
+    .unwrap()
+}
+
 /// One worker: "waiter" runs first and parks in `wait_for("slow")`, freeing
 /// the worker for "slow" (10 s). The cluster is paused while "slow" runs;
 /// "slow" finishes during the pause (ending the wait), then the cluster is
 /// resumed.
 async fn waiter_whose_wait_ends_during_a_pause(c: &Cluster) -> TaskHandle<u32, String> {
-    let waiter = c
-        .task(|ctx| async move {
-            let v = ctx
-                .wait_for::<u32, String>("slow")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<u32, String>(v + 1)
-        })
-        .id("waiter")
-        .submit()
-        .unwrap();
+    let waiter = waiter_on_slow(c);
     let slow = c.task(sleeper(10)).id("slow").submit().unwrap();
     settle().await;
     assert_eq!(c.stats().waiting, 1, "the waiter is parked");
@@ -148,17 +153,7 @@ async fn an_immediate_retry_after_a_parked_attempt_waits_for_the_key_resume() {
 #[tokio::test(start_paused = true)]
 async fn a_drain_runs_that_attempt_to_its_end() {
     let c = Cluster::new(1).unwrap();
-    let waiter = c
-        .task(|ctx| async move {
-            let v = ctx
-                .wait_for::<u32, String>("slow")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<u32, String>(v + 1)
-        })
-        .id("waiter")
-        .submit()
-        .unwrap();
+    let waiter = waiter_on_slow(&c);
     let slow = c.task(sleeper(10)).id("slow").submit().unwrap();
     settle().await;
     assert!(c.pause());

@@ -727,24 +727,21 @@ async fn lock_one_of_two(
     (locked, free, holder)
 }
 
-/// A due scheduled row held locked when the leader stages is passed over
-/// (`SKIP LOCKED`); once the lock goes it still starts, though no notice
-/// tells the leader (it stages again after a backoff while such rows
-/// remain, instead of sleeping until the next insert).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduled_row_locked_at_staging_starts_once_unlocked() {
-    let schema = unique_schema("lockstage");
+/// Two due rows in `state`, one held locked by another session: the free
+/// one runs (so the stage or claim that passed over the locked one is
+/// over), then, once the lock goes, the locked one runs too, though no
+/// notice tells the worker (`stuck` says what it would have stayed).
+async fn locked_row_runs_once_unlocked(tag: &'static str, state: &str, stuck: &str) {
+    let schema = unique_schema(tag);
     let store = pg_store(&schema).await;
     let client = Client::new(&store);
-    let (locked, free, holder) = lock_one_of_two(&schema, &client, "lockstage", "scheduled").await;
+    let (locked, free, holder) = lock_one_of_two(&schema, &client, tag, state).await;
     let w = Worker::builder(&store)
         .register::<Probe>()
         .queue("default", 2)
         .start()
         .await
         .unwrap();
-    // The free row finished: the stage that passed over the locked one is
-    // over (the new leader's first, which staged both rows' batch).
     let out = tokio::time::timeout(LONG, free)
         .await
         .expect("hung")
@@ -753,12 +750,26 @@ async fn a_scheduled_row_locked_at_staging_starts_once_unlocked() {
     holder.batch_execute("COMMIT").await.unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), locked)
         .await
-        .expect("the row locked at staging stayed scheduled")
+        .expect(stuck)
         .unwrap();
     assert_eq!(out, "locked@1");
     w.stop(Duration::from_secs(5)).await;
     drop(store);
     drop_schema(&schema).await;
+}
+
+/// A due scheduled row held locked when the leader stages is passed over
+/// (`SKIP LOCKED`); once the lock goes it still starts, though no notice
+/// tells the leader (it stages again after a backoff while such rows
+/// remain, instead of sleeping until the next insert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_row_locked_at_staging_starts_once_unlocked() {
+    locked_row_runs_once_unlocked(
+        "lockstage",
+        "scheduled",
+        "the row locked at staging stayed scheduled",
+    )
+    .await;
 }
 
 /// An available row held locked when a claim runs is passed over (`SKIP
@@ -767,31 +778,12 @@ async fn a_scheduled_row_locked_at_staging_starts_once_unlocked() {
 /// instead of waiting for the next notice or the fallback poll).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_available_row_locked_at_claim_runs_once_unlocked() {
-    let schema = unique_schema("lockclaim");
-    let store = pg_store(&schema).await;
-    let client = Client::new(&store);
-    let (locked, free, holder) = lock_one_of_two(&schema, &client, "lockclaim", "available").await;
-    let w = Worker::builder(&store)
-        .register::<Probe>()
-        .queue("default", 2)
-        .start()
-        .await
-        .unwrap();
-    // The free row ran: a claim passed over the locked one.
-    let out = tokio::time::timeout(LONG, free)
-        .await
-        .expect("hung")
-        .unwrap();
-    assert_eq!(out, "free@1");
-    holder.batch_execute("COMMIT").await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), locked)
-        .await
-        .expect("the row locked at claim stayed available with the worker idle")
-        .unwrap();
-    assert_eq!(out, "locked@1");
-    w.stop(Duration::from_secs(5)).await;
-    drop(store);
-    drop_schema(&schema).await;
+    locked_row_runs_once_unlocked(
+        "lockclaim",
+        "available",
+        "the row locked at claim stayed available with the worker idle",
+    )
+    .await;
 }
 
 /// Permits for `Gated` bodies to end.

@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 
 mod outcome;
 
-pub(crate) use self::outcome::copy_for_subscriber;
+pub(crate) use self::outcome::{call_settled, copy_for_subscriber};
 
 use crate::backoff::{jittered, Backoff, RetryDecision};
 use crate::body::Body;

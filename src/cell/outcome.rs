@@ -282,10 +282,8 @@ where
                 tracing::error!(task = %id, panic = %msg, "on_complete callback panicked");
             }
         }
-        if let Some(cb) = &x.settled {
-            if let Err(msg) = guard(|| cb(&id, outcome)) {
-                tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
-            }
+        if let Some(hook) = &x.settled {
+            call_settled(hook, &id, outcome);
         }
     }
 }
@@ -323,9 +321,7 @@ impl<T, E> Waiting<T, E> {
     /// Serves them the outcome of task `id`; with no lock held.
     fn serve(self, id: &TaskId, outcome: &Outcome<T, E>) {
         for hook in self.hooks {
-            if let Err(msg) = guard(|| hook(id, outcome)) {
-                tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
-            }
+            call_settled(&hook, id, outcome);
         }
         if let Some(clone) = self.clone {
             for tx in self.subscribers {
@@ -335,6 +331,14 @@ impl<T, E> Waiting<T, E> {
                 }
             }
         }
+    }
+}
+
+/// Calls a crate feature's completion hook (`Settled`) with the outcome of
+/// task `id`, under a panic guard; with no lock held.
+pub(crate) fn call_settled<T, E>(hook: &Settled<T, E>, id: &TaskId, outcome: &Outcome<T, E>) {
+    if let Err(msg) = guard(|| hook(id, outcome)) {
+        tracing::error!(task = %id, panic = %msg, "a completion hook panicked");
     }
 }
 

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::Hooks;
 use super::finalize::Item;
-use super::lease::{LOCKED_RETRY_MAX, LOCKED_RETRY_MIN};
+use super::lease::{sleep_until, LOCKED_RETRY_MAX, LOCKED_RETRY_MIN};
 use super::Shared;
 use crate::error::JobError;
 use crate::job::{InBody, StoredError};
@@ -178,14 +178,6 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>, queue: String, slots: usize)
                 cursor = None;
             }
         }
-    }
-}
-
-/// Sleeps until `at`; never wakes for `None`.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

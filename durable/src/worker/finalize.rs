@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::attempt::Hooks;
+use super::lease::sleep_until;
 use super::Shared;
 use crate::error::JobError;
 use crate::job::StoredError;
@@ -113,14 +114,6 @@ pub(crate) async fn finalizer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiv
         } else if busy.is_empty() {
             busy_wait = BUSY_RETRY_MIN;
         }
-    }
-}
-
-/// Sleeps until `at`; never wakes for `None`.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

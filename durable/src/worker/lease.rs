@@ -46,6 +46,15 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
 pub(crate) const LOCKED_RETRY_MIN: Duration = Duration::from_millis(25);
 pub(crate) const LOCKED_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// Sleeps until `at`; never wakes for `None` (a retry timer that is not
+/// set: the claim loop's and the finalizer's for rows held locked).
+pub(crate) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A worker that does not lead contends again this long after the leader
 /// row expires (the holder's last heartbeat may be in flight).
 const LEADER_SLACK: Duration = Duration::from_millis(50);

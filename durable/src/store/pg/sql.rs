@@ -194,7 +194,8 @@ const FINISH: &str = "WITH input AS (
 /// transaction) is not waited on, or the whole batch, and every batch of
 /// the worker after it, would wait with it. Rows of the batch that are
 /// still this lease's in the statement's snapshot but were not locked come
-/// back as `busy` (a NULL state), for the finalizer to write again later;
+/// back as `busy` (a NULL state), for the finalizer to write again later,
+/// if the lease is alive (a dead lease's write is refused either way);
 /// only looked for when some row of the batch was not locked (the first,
 /// one-time condition), so the usual batch pays nothing for it.
 const FINISH_LOCK: &str = ", locked AS (
@@ -207,7 +208,9 @@ const FINISH_BUSY: &str = "
                  SELECT i.id, NULL::text, NULL::text, NULL::bool FROM input i JOIN {s}.jobs j ON j.id = i.id
                   WHERE (SELECT count(*) FROM locked) < (SELECT count(*) FROM input)
                     AND j.attempt = i.attempt AND j.state = 'running' AND j.lease = $1
-                    AND i.id NOT IN (SELECT id FROM locked)";
+                    AND i.id NOT IN (SELECT id FROM locked)
+                    -- A dead lease's write is refused, locked or not: not busy.
+                    AND EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = $1 AND w.expires_at > statement_timestamp())";
 
 /// The statements of one schema.
 #[derive(Debug)]
