@@ -2,7 +2,7 @@
 //! and whose code (run, retry decision, backoff, hooks) ships with the worker.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,9 +156,11 @@ pub(crate) struct InBody {
     pub(crate) store: PgStore,
     pub(crate) lease: LeaseId,
     pub(crate) attempt: i32,
-    /// A completion written in the body was applied (its transaction may
-    /// still commit or roll back).
-    pub(crate) tried: AtomicBool,
+    /// The id of the body's transaction in which a completion was applied
+    /// (`0`: none). That transaction may still commit or roll back: should
+    /// the worker's own write then be refused, the transaction's status
+    /// says whether the body completed the job or the lease was lost.
+    pub(crate) applied_in: AtomicI64,
 }
 
 impl JobContext {
@@ -241,17 +243,17 @@ impl JobContext {
             .complete_in(tx, fence.lease, self.id, fence.attempt, text)
             .await?
         {
-            Fate::Applied => {
-                // Only an applied write makes the worker's own (refused)
-                // write count as finalized; a refused one is a lost job.
-                fence.tried.store(true, Ordering::Release);
+            (Fate::Applied, xid) => {
+                // Only an applied write, in a transaction that commits, makes
+                // the worker's own (refused) write count as finalized.
+                fence.applied_in.store(xid, Ordering::Release);
                 Ok(())
             }
-            Fate::CancelledInstead => Err(CompleteError::Cancelled),
-            Fate::Refused => Err(CompleteError::LeaseLost),
+            (Fate::CancelledInstead, _) => Err(CompleteError::Cancelled),
+            (Fate::Refused, _) => Err(CompleteError::LeaseLost),
             // Not answered in a caller's transaction (its statement waits
             // for a lock instead); were it, the write did not apply.
-            Fate::Busy => Err(CompleteError::LeaseLost),
+            (Fate::Busy, _) => Err(CompleteError::LeaseLost),
         }
     }
 

@@ -420,6 +420,90 @@ async fn a_refused_completion_in_the_body_counts_as_lost() {
     drop_schema(&schema).await;
 }
 
+/// An outcome `on_complete` saw, with the schema of the test that ran it.
+type Seen = (String, Result<u32, JobError<String>>);
+static SEEN: std::sync::Mutex<Vec<Seen>> = std::sync::Mutex::new(Vec::new());
+
+/// Its first attempt completes in its own transaction, then loses the lease
+/// (expired by hand) and rolls that transaction back: the completion never
+/// happened, and the rescued job runs again.
+#[derive(Serialize, Deserialize)]
+struct RollsBackAfterLoss {
+    schema: String,
+}
+
+impl Job for RollsBackAfterLoss {
+    const KIND: &'static str = "rolls_back_after_loss";
+    type Output = u32;
+    type Error = String;
+
+    async fn run(&self, ctx: JobContext) -> JobResult<u32, String> {
+        let e = |e: tokio_postgres::Error| Ending::Retry(e.to_string());
+        let mut db = raw_client().await;
+        let tx = db.transaction().await.map_err(e)?;
+        ctx.complete_in(&tx, &ctx.attempt())
+            .await
+            .map_err(|e| Ending::Permanent(e.to_string()))?;
+        if ctx.attempt() == 1 {
+            raw_client()
+                .await
+                .batch_execute(&format!(
+                    "UPDATE {}.workers SET expires_at = now() - interval '1 millisecond'",
+                    self.schema
+                ))
+                .await
+                .map_err(e)?;
+            tx.rollback().await.map_err(e)?;
+        } else {
+            tx.commit().await.map_err(e)?;
+        }
+        Ok(ctx.attempt())
+    }
+
+    fn on_complete(&self, _id: corral_durable::JobId, outcome: &Result<u32, JobError<String>>) {
+        SEEN.lock()
+            .unwrap()
+            .push((self.schema.clone(), outcome.clone()));
+    }
+}
+
+/// A completion applied in the body whose transaction then rolls back, the
+/// lease lost meanwhile, is a lost job: the worker neither counts it as
+/// finalized nor runs the job's hooks with an outcome that was never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_in_the_body_rolled_back_after_the_lease_is_lost_counts_as_lost() {
+    let schema = unique_schema("inbodyrollback");
+    let store = pg_store(&schema).await;
+    let w = Worker::builder(&store)
+        .register::<RollsBackAfterLoss>()
+        .queue("default", 1)
+        .lease_ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let h = Client::new(&store)
+        .enqueue(RollsBackAfterLoss {
+            schema: schema.clone(),
+        })
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(tokio::time::timeout(LONG, h).await.expect("hung"), Ok(2));
+    w.stop(LONG).await;
+    let stats = w.stats();
+    assert_eq!((stats.finalized, stats.lost), (1, 1), "{stats:?}");
+    let seen: Vec<_> = SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| *s == schema)
+        .map(|(_, outcome)| outcome.clone())
+        .collect();
+    assert_eq!(seen, [Ok(2)]);
+    drop(store);
+    drop_schema(&schema).await;
+}
+
 /// Client load that holds every connection of the store's pool (here
 /// cancels waiting on a row lock) does not starve the worker's heartbeats:
 /// they have connections of their own, and the lease stays alive.

@@ -645,7 +645,7 @@ fn a_completion_in_an_old_transaction_is_fenced_by_the_statement_time_postgres()
         let tx = db.transaction().await.unwrap();
         tx.batch_execute("SELECT 1").await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let fate = store
+        let (fate, _) = store
             .complete_in(&tx, lease, claimed[0].id, claimed[0].attempt, "1".into())
             .await
             .unwrap();

@@ -21,7 +21,7 @@
 //! to [`LOCKED_RETRY_MAX`]) while they remain; a claim that passed over
 //! nothing sets no timer, so an idle worker stays quiet.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,7 +209,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
                 store: pg.clone(),
                 lease,
                 attempt,
-                tried: AtomicBool::new(false),
+                applied_in: AtomicI64::new(0),
             })
         });
         // Everything after the engine (decoding, the retry decision, the
@@ -241,7 +241,9 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
             };
             (action, Box::new(|_, _| {}) as Hooks)
         });
-        let completed_in_body = in_body.is_some_and(|b| b.tried.load(Ordering::Acquire));
+        let completed_in = in_body
+            .map(|b| b.applied_in.load(Ordering::Acquire))
+            .filter(|xid| *xid != 0);
         {
             // Only this attempt's entry: a later claim of the same job (after
             // a lost lease) may have replaced it.
@@ -259,7 +261,7 @@ fn start_attempt(shared: &Arc<Shared>, slots: &Arc<Slots>, lease: i64, job: Clai
                 action,
             },
             hooks,
-            completed_in_body,
+            completed_in,
         };
         let _ = shared.finish_tx.send(item);
     });

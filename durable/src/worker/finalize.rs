@@ -26,10 +26,12 @@ pub(crate) struct Item {
     pub(crate) lease: LeaseId,
     pub(crate) finish: Finish,
     pub(crate) hooks: Hooks,
-    /// A completion written by `JobContext::complete_in` was applied: a
-    /// refusal then means its own transaction completed the row (had it
-    /// rolled back, the row would still be running and this write apply).
-    pub(crate) completed_in_body: bool,
+    /// The id of the body's transaction in which `JobContext::complete_in`
+    /// applied a completion. A refusal of this write is then no lost job if
+    /// that transaction committed: it completed the row itself. Had it
+    /// rolled back, the row stayed running, and a refusal means the lease
+    /// was lost (the rescued job runs again).
+    pub(crate) completed_in: Option<i64>,
 }
 
 impl Item {
@@ -42,7 +44,7 @@ impl Item {
                 action: Action::Release,
             },
             hooks: Box::new(|_, _| {}),
-            completed_in_body: false,
+            completed_in: None,
         }
     }
 }
@@ -189,6 +191,15 @@ async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
         let finishes: Vec<Finish> = items.iter().map(|i| i.finish.clone()).collect();
         let fates = write_group(shared, lease, finishes).await;
         for (item, fate) in items.into_iter().zip(fates) {
+            let fate = match (fate, item.completed_in) {
+                (Fate::Refused, Some(xid)) => match committed_in_body(shared, xid).await {
+                    Some(true) => Fate::Applied,
+                    Some(false) => Fate::Refused,
+                    // Still open (or not known now): asked again later.
+                    None => Fate::Busy,
+                },
+                (fate, _) => fate,
+            };
             if fate == Fate::Busy {
                 busy.push(item);
                 continue;
@@ -196,10 +207,6 @@ async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
             shared.unhold(item.finish.id, item.finish.attempt);
             let id = item.finish.id;
             match fate {
-                Fate::Refused if item.completed_in_body => {
-                    shared.counters.finalized.fetch_add(1, Ordering::Relaxed);
-                    (item.hooks)(id, false);
-                }
                 Fate::Refused => {
                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -221,4 +228,18 @@ async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
         }
     }
     busy
+}
+
+/// Whether the body's transaction `xid`, which applied its completion,
+/// committed; `None` while it is open or the store cannot say (then asked
+/// again later, like a row held locked).
+async fn committed_in_body(shared: &Shared, xid: i64) -> Option<bool> {
+    let pg = shared.store.pg()?;
+    match pg.committed(xid).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::warn!(error = %e, "corral-durable cannot ask whether a body's transaction committed");
+            None
+        }
+    }
 }

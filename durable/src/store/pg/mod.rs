@@ -433,7 +433,9 @@ impl PgStore {
 }
 
 impl PgStore {
-    /// The fenced completion of one attempt, in the caller's transaction.
+    /// The fenced completion of one attempt, in the caller's transaction,
+    /// and, when it applied, that transaction's id (to ask later whether
+    /// it committed: [`PgStore::committed`]).
     pub(crate) async fn complete_in(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -441,7 +443,7 @@ impl PgStore {
         id: JobId,
         attempt: i32,
         output: String,
-    ) -> StoreResult<Fate> {
+    ) -> StoreResult<(Fate, i64)> {
         let rows = tx
             .query(
                 &self.inner.sql.finish_in_tx,
@@ -456,9 +458,25 @@ impl PgStore {
             )
             .await?;
         Ok(match rows.first() {
-            None => Fate::Refused,
-            Some(r) if r.get::<_, bool>(3) => Fate::CancelledInstead,
-            Some(_) => Fate::Applied,
+            None => (Fate::Refused, 0),
+            Some(r) if r.get::<_, bool>(3) => (Fate::CancelledInstead, 0),
+            Some(_) => {
+                let xid = tx.query_one("SELECT txid_current()", &[]).await?;
+                (Fate::Applied, xid.get(0))
+            }
+        })
+    }
+
+    /// Whether the transaction `xid` committed: `Some(true)` committed,
+    /// `Some(false)` rolled back (or too old for the server to remember,
+    /// which a transaction of a running attempt is not), `None` still open.
+    pub(crate) async fn committed(&self, xid: i64) -> StoreResult<Option<bool>> {
+        let client = self.conn().await?;
+        let row = client.query_one("SELECT txid_status($1)", &[&xid]).await?;
+        Ok(match row.get::<_, Option<String>>(0).as_deref() {
+            Some("committed") => Some(true),
+            Some("in progress") => None,
+            _ => Some(false),
         })
     }
 }
