@@ -683,8 +683,28 @@ async fn a_uniform_batch_keeps_order_keys_and_options() {
     drop_schema(&schema).await;
 }
 
-/// Its output is nested deeper than PostgreSQL's `jsonb` accepts (refused
-/// with SQLSTATE 54001, not a class 22 data error).
+/// JSON nested deeper than PostgreSQL's `jsonb` accepts (refused with
+/// SQLSTATE 54001, not a class 22 data error).
+fn too_deep() -> Box<serde_json::value::RawValue> {
+    const DEPTH: usize = 100_000;
+    let text = format!("{}{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+    serde_json::value::RawValue::from_string(text).unwrap()
+}
+
+/// What the hooks of `Deep` and `DeepRetry` saw: the job's kind, the hook,
+/// and the outcome's error (empty for a success).
+static DEEP_HOOKS: std::sync::Mutex<Vec<(&str, &str, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn deep_hook<E>(kind: &'static str, hook: &'static str, error: Option<&JobError<E>>) {
+    let error = match error {
+        Some(JobError::Undecodable { message }) => format!("undecodable: {message}"),
+        Some(_) => "another error".to_owned(),
+        None => String::new(),
+    };
+    DEEP_HOOKS.lock().unwrap().push((kind, hook, error));
+}
+
+/// Its output is too deep for `jsonb`.
 #[derive(Serialize, Deserialize)]
 struct Deep;
 
@@ -694,21 +714,91 @@ impl Job for Deep {
     type Error = ();
 
     async fn run(&self, _ctx: JobContext) -> JobResult<Self::Output, ()> {
-        const DEPTH: usize = 100_000;
-        let text = format!("{}{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
-        Ok(serde_json::value::RawValue::from_string(text).unwrap())
+        Ok(too_deep())
+    }
+
+    fn on_complete(
+        &self,
+        _id: corral_durable::JobId,
+        outcome: &Result<Self::Output, JobError<()>>,
+    ) {
+        deep_hook(Self::KIND, "on_complete", outcome.as_ref().err());
+    }
+
+    fn on_failure(&self, _id: corral_durable::JobId, error: &JobError<()>) {
+        deep_hook(Self::KIND, "on_failure", Some(error));
+    }
+}
+
+/// JSON arrays nested `.0` deep, serialized as such (not parsed from text:
+/// the stored error is built as a `serde_json::Value`, whose parser stops
+/// at depth 128). Deserialized as anything at all.
+#[derive(Debug)]
+struct Nested(usize);
+
+impl Serialize for Nested {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.0 == 0 {
+            return s.serialize_unit();
+        }
+        let mut seq = s.serialize_seq(Some(1))?;
+        seq.serialize_element(&Nested(self.0 - 1))?;
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Nested {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Nested(0))
+    }
+}
+
+/// It fails, to be retried, with an error too deep for `jsonb` (deeper
+/// than PostgreSQL's stack allows at its default `max_stack_depth`).
+#[derive(Serialize, Deserialize)]
+struct DeepRetry;
+
+impl Job for DeepRetry {
+    const KIND: &'static str = "deep_retry";
+    type Output = ();
+    type Error = Nested;
+
+    async fn run(&self, _ctx: JobContext) -> JobResult<(), Self::Error> {
+        Err(Ending::Retry(Nested(100_000)))
+    }
+
+    fn on_complete(&self, _id: corral_durable::JobId, outcome: &Result<(), JobError<Self::Error>>) {
+        deep_hook(Self::KIND, "on_complete", outcome.as_ref().err());
+    }
+
+    fn on_failure(&self, _id: corral_durable::JobId, error: &JobError<Self::Error>) {
+        deep_hook(Self::KIND, "on_failure", Some(error));
     }
 }
 
 /// A result the database refuses for its data with an error outside class
-/// 22 does not wedge the finalizer: the job fails saying why, and the jobs
+/// 22 does not wedge the finalizer: the job fails saying why, its hooks see
+/// that failure (not the result that was never stored), and the jobs
 /// finished with it complete.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_too_deep_for_jsonb_fails_alone() {
+#[test]
+fn a_result_too_deep_for_jsonb_fails_alone() {
+    // Serializing `DeepRetry`'s error recurses once per level.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(256 << 20)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(too_deep_for_jsonb());
+}
+
+async fn too_deep_for_jsonb() {
     let schema = unique_schema("deep");
     let store = pg_store(&schema).await;
     let w = Worker::builder(&store)
         .register::<Deep>()
+        .register::<DeepRetry>()
         .register::<Probe>()
         .queue("default", 4)
         .start()
@@ -716,6 +806,7 @@ async fn a_result_too_deep_for_jsonb_fails_alone() {
         .unwrap();
     let client = Client::new(&store);
     let deep = client.enqueue(Deep).submit().await.unwrap();
+    let deep_retry = client.enqueue(DeepRetry).retry(3).submit().await.unwrap();
     let mut others = Vec::new();
     for i in 0..5 {
         let label = format!("ok{i}");
@@ -732,11 +823,39 @@ async fn a_result_too_deep_for_jsonb_fails_alone() {
         }
         other => panic!("expected a failure saying why, got {other:?}"),
     }
+    // The retry whose error cannot be stored fails for good at once.
+    match tokio::time::timeout(LONG, deep_retry).await.expect("hung") {
+        Err(JobError::Undecodable { message }) => {
+            assert!(message.contains("SQLSTATE 54001"), "{message}");
+        }
+        other => panic!("expected a failure saying why, got {other:?}"),
+    }
     for (label, h) in others {
         let out = tokio::time::timeout(LONG, h).await.expect("hung");
         assert_eq!(out, Ok(format!("{label}@1")));
     }
     w.stop(LONG).await;
+    let mut hooks = DEEP_HOOKS.lock().unwrap().clone();
+    hooks.sort();
+    let seen: Vec<_> = hooks
+        .iter()
+        .map(|(kind, hook, error)| {
+            assert!(
+                error.starts_with("undecodable: the result could not be stored"),
+                "{kind} {hook}: {error}"
+            );
+            (*kind, *hook)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("deep", "on_complete"),
+            ("deep", "on_failure"),
+            ("deep_retry", "on_complete"),
+            ("deep_retry", "on_failure"),
+        ]
+    );
     drop(store);
     drop_schema(&schema).await;
 }

@@ -17,9 +17,20 @@ use crate::job::{Ending, InBody, Job, JobContext, JobResult, StoredError};
 use crate::options::{jittered, Backoff};
 use crate::store::{Action, BoxFut, Claimed};
 
-/// Called once the write is accepted; `true` if a cancel request turned it
-/// into `cancelled`.
-pub(crate) type Hooks = Box<dyn FnOnce(JobId, bool) + Send>;
+/// What the store kept of an attempt's write, for its hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Written {
+    /// The write as the attempt asked.
+    AsAsked,
+    /// A cancel request turned it into `cancelled`.
+    Cancelled,
+    /// The database refused its data: the job failed instead, with an
+    /// `Undecodable` error saying why (this message).
+    Failed(String),
+}
+
+/// Called once the write is accepted, with what was kept of it.
+pub(crate) type Hooks = Box<dyn FnOnce(JobId, Written) + Send>;
 
 /// A job type with its type erased, as the worker's registry holds it.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
@@ -57,11 +68,11 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
 
 /// Hooks for a final outcome.
 fn final_hooks<J: Job>(job: Arc<J>, outcome: Result<J::Output, JobError<J::Error>>) -> Hooks {
-    Box::new(move |id, cancelled| {
-        let outcome = if cancelled {
-            Err(JobError::Cancelled)
-        } else {
-            outcome
+    Box::new(move |id, written| {
+        let outcome = match written {
+            Written::AsAsked => outcome,
+            Written::Cancelled => Err(JobError::Cancelled),
+            Written::Failed(message) => Err(JobError::Undecodable { message }),
         };
         if let Err(e) = &outcome {
             guarded("on_failure", || job.on_failure(id, e));
@@ -70,11 +81,12 @@ fn final_hooks<J: Job>(job: Arc<J>, outcome: Result<J::Output, JobError<J::Error
     })
 }
 
-/// Hooks for a non-final write: they run only if a cancel made it final.
+/// Hooks for a non-final write: they run only if the store made it final
+/// (a cancel request, or its data refused).
 fn requeue_hooks<J: Job>(job: Arc<J>) -> Hooks {
-    Box::new(move |id, cancelled| {
-        if cancelled {
-            final_hooks::<J>(job, Err(JobError::Cancelled))(id, false);
+    Box::new(move |id, written| {
+        if written != Written::AsAsked {
+            final_hooks::<J>(job, Err(JobError::Cancelled))(id, written);
         }
     })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::attempt::Hooks;
+use super::attempt::{Hooks, Written};
 use super::lease::sleep_until;
 use super::Shared;
 use crate::error::JobError;
@@ -132,13 +132,28 @@ fn chunks(mut items: Vec<Item>) -> Vec<Vec<Item>> {
 /// Writes one lease's batch, retrying through store outages. A batch the
 /// database refuses for its data is split, and a single write it refuses is
 /// turned into a failure saying why: one bad row never blocks the others.
-async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>) -> Vec<Fate> {
+/// Each write's fate comes back with what was kept of it.
+async fn write_group(
+    shared: &Shared,
+    lease: LeaseId,
+    mut finishes: Vec<Finish>,
+) -> Vec<(Fate, Written)> {
     let mut backoff = Duration::from_millis(50);
-    // Failures put in place of a refused single write so far.
+    // Failures put in place of a refused single write so far, and the
+    // message of the last one.
     let mut replaced = 0;
+    let mut written = Written::AsAsked;
     loop {
         match shared.store.finish(lease, finishes.clone()).await {
-            Ok(fates) => return fates,
+            Ok(fates) => {
+                return fates
+                    .into_iter()
+                    .map(|fate| match fate {
+                        Fate::CancelledInstead => (fate, Written::Cancelled),
+                        _ => (fate, written.clone()),
+                    })
+                    .collect()
+            }
             Err(e) if e.is_data() && finishes.len() > 1 => {
                 tracing::warn!(error = %e, "corral-durable finalize refused a batch's data; writing one by one");
                 let mut fates = Vec::with_capacity(finishes.len());
@@ -157,10 +172,13 @@ async fn write_group(shared: &Shared, lease: LeaseId, mut finishes: Vec<Finish>)
                 } else {
                     "the result could not be stored".to_owned()
                 };
-                let error: JobError<()> = JobError::Undecodable { message };
+                let error: JobError<()> = JobError::Undecodable {
+                    message: message.clone(),
+                };
                 finishes[0].action = Action::Fail {
                     error: StoredError::encode(&error),
                 };
+                written = Written::Failed(message);
                 replaced += 1;
             }
             Err(e) => {
@@ -190,7 +208,7 @@ async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
     for (lease, items) in by_lease {
         let finishes: Vec<Finish> = items.iter().map(|i| i.finish.clone()).collect();
         let fates = write_group(shared, lease, finishes).await;
-        for (item, fate) in items.into_iter().zip(fates) {
+        for (item, (fate, written)) in items.into_iter().zip(fates) {
             let fate = match (fate, item.completed_in) {
                 (Fate::Refused, Some(xid)) => match committed_in_body(shared, xid).await {
                     Some(true) => Fate::Applied,
@@ -215,13 +233,9 @@ async fn write(shared: &Shared, batch: Vec<Item>) -> Vec<Item> {
                         "corral-durable worker lost this job with its lease: its result was refused"
                     );
                 }
-                Fate::Applied => {
+                Fate::Applied | Fate::CancelledInstead => {
                     shared.counters.finalized.fetch_add(1, Ordering::Relaxed);
-                    (item.hooks)(id, false);
-                }
-                Fate::CancelledInstead => {
-                    shared.counters.finalized.fetch_add(1, Ordering::Relaxed);
-                    (item.hooks)(id, true);
+                    (item.hooks)(id, written);
                 }
                 Fate::Busy => unreachable!("kept above"),
             }
