@@ -88,6 +88,24 @@ pub enum StoreError {
     /// A live job already holds this key.
     #[error("a live job already holds key {0:?}")]
     DuplicateKey(String),
+    /// The schema lacks migrations this build needs: a store connected
+    /// with `migrate(false)` to a schema nobody migrated, or that an older
+    /// build migrated. Apply
+    /// [`PgStore::migration_sql`](crate::PgStore::migration_sql), or
+    /// connect once with `migrate(true)`. Reported by a worker's start:
+    /// its statements would fail on every claim.
+    #[error(
+        "schema {schema:?} is at migration {found}, this build needs {needed}: \
+         apply PgStore::migration_sql or connect with migrate(true)"
+    )]
+    SchemaBehind {
+        /// The schema.
+        schema: String,
+        /// Its newest applied migration (0: none, or no schema at all).
+        found: i32,
+        /// The newest migration of this build.
+        needed: i32,
+    },
 }
 
 impl StoreError {

@@ -48,6 +48,65 @@ async fn exported_sql_applies_and_migrating_again_is_a_no_op() {
     drop_schema(&schema).await;
 }
 
+/// A worker refuses to start on a schema missing a migration of its build
+/// (its claims would fail forever), saying which; jobs submitted meanwhile
+/// run once the schema is migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_does_not_start_on_a_schema_behind_its_build() {
+    let schema = unique_schema("behind");
+    let sql = PgStore::migration_sql(&schema);
+    let needed = sql.matches("\n-- migration ").count() as i32;
+    let unmigrated = |found: i32| {
+        let schema = schema.clone();
+        move |r: Result<Worker, corral_durable::WorkerError>| match r {
+            Err(corral_durable::WorkerError::Store(
+                e @ corral_durable::StoreError::SchemaBehind { .. },
+            )) => {
+                let text = e.to_string();
+                assert!(
+                    matches!(&e, corral_durable::StoreError::SchemaBehind { schema: s, found: f, needed: n }
+                        if *s == schema && *f == found && *n == needed),
+                    "{e:?}"
+                );
+                assert!(text.contains("migration_sql"), "{text}");
+            }
+            Err(other) => panic!("expected SchemaBehind, got {other}"),
+            Ok(_) => panic!("a worker started on a schema behind its build"),
+        }
+    };
+    let store = PgStore::builder(database_url())
+        .schema(&schema)
+        .migrate(false)
+        .connect()
+        .await
+        .unwrap();
+    let start = || {
+        Worker::builder(&store)
+            .register::<Probe>()
+            .queue("default", 1)
+            .start()
+    };
+    // No schema at all.
+    unmigrated(0)(start().await);
+    // Every migration but the last, as a team's own tooling applied it.
+    let older = &sql[..sql.rfind("\n-- migration ").unwrap()];
+    raw_client().await.batch_execute(older).await.unwrap();
+    let h = Client::new(&store)
+        .enqueue(Probe::new("behind", "b", vec![Step::Ok]))
+        .submit()
+        .await
+        .expect("a submit works on the older schema");
+    unmigrated(needed - 1)(start().await);
+    // Migrated: the job submitted meanwhile runs.
+    drop(pg_store(&schema).await);
+    let w = start().await.expect("starts on the migrated schema");
+    let out = tokio::time::timeout(LONG, h).await.expect("hung");
+    assert_eq!(out, Ok("b@1".to_owned()));
+    w.stop(LONG).await;
+    drop(store);
+    drop_schema(&schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_only_mode_runs_jobs_without_listen() {
     let schema = unique_schema("poll");

@@ -155,7 +155,9 @@ impl WorkerBuilder {
     /// slots or an invalid name, or a TTL too short or over
     /// [`MAX_LEASE_TTL`];
     /// [`WorkerError::Start`] outside a tokio runtime; [`WorkerError::Store`]
-    /// if the lease cannot be registered.
+    /// if the lease cannot be registered, or
+    /// ([`StoreError::SchemaBehind`](crate::StoreError::SchemaBehind)) the
+    /// PostgreSQL schema lacks migrations of this build.
     pub async fn start(self) -> Result<Worker, WorkerError> {
         if self.jobs.is_empty() {
             return Err(WorkerError::Config("no job type registered"));
@@ -185,9 +187,13 @@ impl WorkerBuilder {
                 "the lease TTL must be at most 365 days",
             ));
         }
+        let store = self.store.0;
+        if let Some(pg) = store.pg() {
+            // A schema behind this build fails every claim: say so now.
+            pg.check_schema().await?;
+        }
         let slots: usize = self.queues.iter().map(|(_, n)| n).sum();
         let cluster = start_cluster(slots)?;
-        let store = self.store.0;
         let lease = store.register(self.ttl).await?;
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let mut kinds: Vec<String> = self.jobs.keys().cloned().collect();

@@ -1,7 +1,7 @@
 //! Embedded, versioned migrations, applied under an advisory lock so that
 //! processes starting together migrate once; also exportable as plain SQL.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::sql::Sql;
 use crate::error::StoreError;
@@ -51,6 +51,45 @@ pub(crate) async fn migrate(client: &mut Client, sql: &Sql) -> Result<(), StoreE
         .await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Fails with [`StoreError::SchemaBehind`] unless the schema has every
+/// migration of this build. A newer schema (a newer build migrated it) is
+/// accepted with a warning: migrations only add.
+pub(crate) async fn check(client: &impl GenericClient, sql: &Sql) -> Result<(), StoreError> {
+    let table = format!("{}.migrations", sql.schema);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    let found: i32 = if exists {
+        client
+            .query_one(
+                &format!("SELECT COALESCE(max(version), 0) FROM {table}"),
+                &[],
+            )
+            .await?
+            .get(0)
+    } else {
+        0
+    };
+    let needed = sql.latest_migration();
+    if found < needed {
+        return Err(StoreError::SchemaBehind {
+            schema: sql.schema.clone(),
+            found,
+            needed,
+        });
+    }
+    if found > needed {
+        tracing::warn!(
+            schema = %sql.schema,
+            found,
+            needed,
+            "corral-durable schema was migrated by a newer build"
+        );
+    }
     Ok(())
 }
 

@@ -69,6 +69,9 @@ impl PgStoreBuilder {
     }
 
     /// Whether `connect` applies missing migrations (see [`PgStore::migration_sql`]).
+    /// Without, `connect` does not touch the database; a worker's start
+    /// then checks that the schema has every migration of this build
+    /// ([`StoreError::SchemaBehind`] if not).
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
         self
@@ -254,6 +257,13 @@ impl PgStore {
     /// The schema this store uses.
     pub fn schema(&self) -> &str {
         &self.inner.sql.schema
+    }
+
+    /// Fails with [`StoreError::SchemaBehind`] unless the schema has every
+    /// migration of this build.
+    pub(crate) async fn check_schema(&self) -> StoreResult<()> {
+        let client = self.control().await?;
+        migrate::check(&**client, &self.inner.sql).await
     }
 
     async fn control(&self) -> StoreResult<deadpool_postgres::Object> {

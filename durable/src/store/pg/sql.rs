@@ -498,6 +498,11 @@ impl Sql {
         }
     }
 
+    /// The newest migration's version.
+    pub(crate) fn latest_migration(&self) -> i32 {
+        MIGRATIONS.last().map_or(0, |(v, _)| *v)
+    }
+
     /// The migrations for this schema, in order.
     pub(crate) fn migrations(&self) -> Vec<(i32, String)> {
         MIGRATIONS
