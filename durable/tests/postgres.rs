@@ -563,6 +563,54 @@ async fn a_completion_in_the_body_rolled_back_after_the_lease_is_lost_counts_as_
     drop_schema(&schema).await;
 }
 
+/// A worker's stop returns within its bounds while the database hangs
+/// (connections open, nothing answered): nothing it waits on is a query
+/// without an end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_while_the_database_hangs() {
+    let schema = unique_schema("hung");
+    drop(pg_store(&schema).await);
+    let proxy = common::Proxy::start().await;
+    let store = PgStore::builder(&proxy.url)
+        .schema(&schema)
+        .connect()
+        .await
+        .unwrap();
+    let w = Worker::builder(&store)
+        .register::<Probe>()
+        .queue("default", 2)
+        .start()
+        .await
+        .unwrap();
+    let client = Client::new(&store);
+    let h = client
+        .enqueue(Probe::new("hung", "a", vec![Step::Ok]))
+        .submit()
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(LONG, h).await.expect("hung"),
+        Ok("a@1".to_owned())
+    );
+    // One attempt running when the server stops answering.
+    let running = client
+        .enqueue(Probe::new("hung", "b", vec![Step::SleepMs(600_000)]))
+        .submit()
+        .await
+        .unwrap();
+    drop(running);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.freeze(true);
+    // Its bounds are a few times `timeout` (attempts, results, retire);
+    // a minute is only there to fail rather than hang.
+    tokio::time::timeout(Duration::from_secs(60), w.stop(Duration::from_secs(1)))
+        .await
+        .expect("stop hung with the database");
+    proxy.freeze(false);
+    drop(store);
+    drop_schema(&schema).await;
+}
+
 /// Client load that holds every connection of the store's pool (here
 /// cancels waiting on a row lock) does not starve the worker's heartbeats:
 /// they have connections of their own, and the lease stays alive.

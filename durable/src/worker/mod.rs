@@ -468,8 +468,9 @@ impl Worker {
     /// Stops without failing jobs: claims stop at once; running attempts
     /// may finish until `timeout`, then are cut short and requeued without
     /// spending their attempt; results are written (for up to `timeout`
-    /// more, if the store is down); the lease is retired. Safe to call more
-    /// than once.
+    /// more, if the store is down or hangs); the lease is retired (waiting
+    /// up to `timeout` once more; else it expires, and its jobs are
+    /// rescued). Safe to call more than once.
     pub async fn stop(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.claiming.cancel();
@@ -497,8 +498,16 @@ impl Worker {
             }
         }
         self.background.wait().await;
-        if let Err(e) = shared.store.retire(shared.lease()).await {
-            tracing::warn!(error = %e, "corral-durable worker could not retire its lease; it will expire");
+        // Bounded too: a server that hangs (no answer, connection open)
+        // would hold the stop forever; an unretired lease just expires.
+        match tokio::time::timeout(timeout, shared.store.retire(shared.lease())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "corral-durable worker could not retire its lease; it will expire");
+            }
+            Err(_) => {
+                tracing::warn!("corral-durable worker's store did not answer its retire; the lease will expire");
+            }
         }
     }
 }

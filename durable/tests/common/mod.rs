@@ -290,3 +290,75 @@ pub async fn serve_until_stop(worker: Worker) {
     let s = worker.stats();
     println!("STATS {} {} {}", s.finalized, s.lost, s.leases_lost);
 }
+
+/// A TCP proxy to the test server that can stop answering, like a server
+/// hung (or a network partition that drops packets): connections stay
+/// open, and nothing comes back from either side while frozen.
+pub struct Proxy {
+    /// A database URL through the proxy.
+    pub url: String,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let url = database_url();
+        let config: tokio_postgres::Config = url.parse().expect("DATABASE_URL parses");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect((host.as_str(), port)).await
+                else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pipe(ri, wo, flag.clone()));
+                tokio::spawn(pipe(ro, wi, flag.clone()));
+            }
+        });
+        let user = config.get_user().unwrap_or("postgres");
+        let db = config.get_dbname().unwrap_or("test");
+        Proxy {
+            url: format!("postgres://{user}@{local}/{db}"),
+            frozen,
+        }
+    }
+
+    /// Stops (or resumes) forwarding, in both directions.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Held, not dropped: what was sent arrives if the proxy resumes.
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
